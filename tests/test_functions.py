@@ -1,0 +1,266 @@
+"""The Lua library through raw FCALL/FCALL_RO: its contract, its errors, and how it is loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import ResponseError
+
+import pyhistory
+from pyhistory import _core, errors, testing
+from pyhistory.functions import load_functions, run
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "lua" / "pyhistory.lua"
+
+# Every released library version and the sha256 of its code. A change to lua/pyhistory.lua must
+# ship under a new library name (pyhistory_v2, ...): two releases share one server during a
+# rollout, and FUNCTION LOAD REPLACE of the same name with other code would flap between them.
+RELEASED = {
+    "pyhistory_v1": "feafbed1b0c6b547",
+}
+
+
+@pytest.fixture
+def loaded(client: redis.Redis) -> redis.Redis:
+    load_functions(client)
+    return client
+
+
+def fcall(client: redis.Redis, name: str, key: str, *args: object) -> object:
+    return client.execute_command("FCALL", f"{_core.LIBRARY}_{name}", 1, key, *args)
+
+
+def test_library_version_is_pinned_to_its_code() -> None:
+    digest = hashlib.sha256(LUA.read_bytes()).hexdigest()[:16]
+    assert _core.LIBRARY in RELEASED, f"add {_core.LIBRARY} to RELEASED"
+    assert RELEASED[_core.LIBRARY] == digest, (
+        f"lua/pyhistory.lua changed (now {digest}) but its library name is still "
+        f"{_core.LIBRARY}: ship the change as a new version"
+    )
+
+
+def test_server_lists_exactly_the_functions_python_calls(loaded: redis.Redis) -> None:
+    (library,) = loaded.function_list(library=_core.LIBRARY)
+    info = dict(zip(library[::2], library[1::2], strict=True))
+    assert info[b"library_name"].decode() == _core.LIBRARY
+    listed = {}
+    for fn in info[b"functions"]:
+        fields = dict(zip(fn[::2], fn[1::2], strict=True))
+        listed[fields[b"name"].decode()] = {f.decode() for f in fields[b"flags"]}
+    assert set(listed) == set(_core.FUNCTIONS)
+    assert listed[_core.WINDOW_RO] == {"no-writes"}
+    assert listed[_core.LENGTH] == {"no-writes"}
+    assert listed[_core.APPEND] == set()
+
+
+def test_limits_come_from_the_lua_file() -> None:
+    text = LUA.read_text()
+    assert f"local MAX_BATCH = {_core.MAX_BATCH} " in text
+    assert f"local MAX_INT = {_core.MAX_INT} " in text
+    assert pyhistory.MAX_BATCH == _core.MAX_BATCH
+
+
+def test_every_error_code_in_the_lua_maps_to_one_exception() -> None:
+    sent = set(re.findall(r"'(BAD[A-Z]+|TOOMANY)'", LUA.read_text()))
+    assert sent == {"BADARGS", "BADSIZE", "BADTTL", "TOOMANY"}
+    assert sent <= set(errors.SERVER_ERRORS)
+    classes = [errors.SERVER_ERRORS[code] for code in sorted(sent)]
+    assert len(set(classes)) == len(classes)
+
+
+# --- append -----------------------------------------------------------------------------------
+
+
+def test_append_pushes_in_order_trims_and_returns_the_length(loaded: redis.Redis) -> None:
+    assert fcall(loaded, "append", "s", 0, 0, "a", "b") == 2
+    assert fcall(loaded, "append", "s", 3, 0, "c", "d") == 3
+    assert loaded.lrange("s", 0, -1) == [b"d", b"c", b"b"]
+    assert loaded.ttl("s") == -1
+
+
+def test_append_larger_than_the_bound_keeps_the_newest(loaded: redis.Redis) -> None:
+    assert fcall(loaded, "append", "s", 2, 0, *"abcde") == 2
+    assert loaded.lrange("s", 0, -1) == [b"e", b"d"]
+
+
+def test_append_sets_and_refreshes_the_ttl(loaded: redis.Redis) -> None:
+    fcall(loaded, "append", "s", 0, 100, "a")
+    assert 99 <= loaded.ttl("s") <= 100
+    loaded.expire("s", 5)
+    fcall(loaded, "append", "s", 0, 100, "b")
+    assert loaded.ttl("s") >= 99
+
+
+def test_append_without_ttl_leaves_an_existing_ttl(loaded: redis.Redis) -> None:
+    fcall(loaded, "append", "s", 0, 50, "a")
+    fcall(loaded, "append", "s", 0, 0, "b")
+    assert 0 < loaded.ttl("s") <= 50
+
+
+def test_append_of_a_whole_batch_beyond_lua_stack_limits(loaded: redis.Redis) -> None:
+    entries = [str(i) for i in range(_core.MAX_BATCH)]
+    assert fcall(loaded, "append", "s", 0, 0, *entries) == _core.MAX_BATCH
+    assert loaded.lindex("s", 0) == entries[-1].encode()
+    assert loaded.lindex("s", -1) == b"0"
+
+
+# --- window, touch, length --------------------------------------------------------------------
+
+
+def test_window_returns_the_newest_and_slides_the_ttl(loaded: redis.Redis) -> None:
+    fcall(loaded, "append", "s", 0, 0, *"abcd")
+    assert fcall(loaded, "window", "s", 2, 0) == [b"d", b"c"]
+    assert fcall(loaded, "window", "s", 0, 0) == [b"d", b"c", b"b", b"a"]
+    assert loaded.ttl("s") == -1
+    assert fcall(loaded, "window", "s", 1, 70) == [b"d"]
+    assert 69 <= loaded.ttl("s") <= 70
+
+
+def test_window_of_a_missing_session_creates_nothing(loaded: redis.Redis) -> None:
+    assert fcall(loaded, "window", "nope", 5, 60) == []
+    assert loaded.exists("nope") == 0
+
+
+def test_window_ro_runs_under_fcall_ro_and_window_does_not(loaded: redis.Redis) -> None:
+    fcall(loaded, "append", "s", 0, 0, "a", "b")
+    assert loaded.execute_command("FCALL_RO", _core.WINDOW_RO, 1, "s", 1) == [b"b"]
+    assert loaded.execute_command("FCALL_RO", _core.LENGTH, 1, "s") == 2
+    with pytest.raises(ResponseError):
+        loaded.execute_command("FCALL_RO", _core.WINDOW, 1, "s", 1, 10)
+
+
+def test_touch_and_length(loaded: redis.Redis) -> None:
+    assert fcall(loaded, "touch", "s", 30) == 0
+    assert fcall(loaded, "length", "s") == 0
+    fcall(loaded, "append", "s", 0, 0, "a", "b", "c")
+    assert fcall(loaded, "touch", "s", 30) == 1
+    assert 29 <= loaded.ttl("s") <= 30
+    assert fcall(loaded, "length", "s") == 3
+
+
+# --- errors: each code, and nothing changed ---------------------------------------------------
+
+BAD_CALLS = [
+    # (function, numkeys/keys, args, code)
+    ("append", ["s"], [], "BADARGS"),
+    ("append", ["s"], [0, 0], "BADARGS"),
+    ("append", ["s", "t"], [0, 0, "x"], "BADARGS"),
+    ("append", [], [0, 0, "x"], "BADARGS"),
+    ("append", ["s"], ["ten", 0, "x"], "BADSIZE"),
+    ("append", ["s"], [-1, 0, "x"], "BADSIZE"),
+    ("append", ["s"], [1.5, 0, "x"], "BADSIZE"),
+    ("append", ["s"], [2**31, 0, "x"], "BADSIZE"),
+    ("append", ["s"], [10**30, 0, "x"], "BADSIZE"),
+    ("append", ["s"], [0, "soon", "x"], "BADTTL"),
+    ("append", ["s"], [0, -5, "x"], "BADTTL"),
+    ("append", ["s"], [0, "nan", "x"], "BADTTL"),
+    ("append", ["s"], [0, "inf", "x"], "BADTTL"),
+    ("append", ["s"], [0, 0, *["x"] * (10_001)], "TOOMANY"),
+    ("window", ["s"], [5], "BADARGS"),
+    ("window", ["s"], [5, 0, 0], "BADARGS"),
+    ("window", ["s"], ["all", 0], "BADSIZE"),
+    ("window", ["s"], [5, "-1"], "BADTTL"),
+    ("window_ro", ["s"], [], "BADARGS"),
+    ("window_ro", ["s"], ["-3"], "BADSIZE"),
+    ("touch", ["s"], [0], "BADTTL"),
+    ("touch", ["s"], ["x"], "BADTTL"),
+    ("touch", ["s"], [], "BADARGS"),
+    ("length", ["s"], [1], "BADARGS"),
+]
+
+
+@pytest.mark.parametrize(("name", "keys", "args", "code"), BAD_CALLS)
+def test_bad_arguments_get_their_code_and_change_nothing(
+    loaded: redis.Redis, name: str, keys: list[str], args: list[object], code: str
+) -> None:
+    fcall(loaded, "append", "s", 0, 40, "kept")
+    before = (loaded.lrange("s", 0, -1), loaded.ttl("s"), loaded.dbsize())
+    command = "FCALL_RO" if name in ("window_ro", "length") else "FCALL"
+    with pytest.raises(ResponseError) as caught:
+        loaded.execute_command(command, f"{_core.LIBRARY}_{name}", len(keys), *keys, *args)
+    assert str(caught.value).split(" ", 1)[0] == code
+    assert "script:" not in str(caught.value)  # the message is ours, exactly as written
+    assert (loaded.lrange("s", 0, -1), loaded.ttl("s"), loaded.dbsize()) == before
+
+
+@pytest.mark.parametrize("name", ["append", "window", "window_ro", "length"])
+def test_wrong_key_type_is_wrongtype_and_changes_nothing(loaded: redis.Redis, name: str) -> None:
+    loaded.set("s", "a string", ex=100)
+    args = {"append": [0, 10, "x"], "window": [0, 10], "window_ro": [0], "length": []}[name]
+    command = "FCALL_RO" if name in ("window_ro", "length") else "FCALL"
+    with pytest.raises(ResponseError, match=r"^WRONGTYPE"):
+        loaded.execute_command(command, f"{_core.LIBRARY}_{name}", 1, "s", *args)
+    assert loaded.get("s") == b"a string"
+    assert 99 <= loaded.ttl("s") <= 100
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def test_explicit_load_is_idempotent(client: redis.Redis) -> None:
+    assert load_functions(client) == _core.LIBRARY
+    assert load_functions(client) == _core.LIBRARY
+    assert [lib[1] for lib in client.function_list()] == [_core.LIBRARY.encode()]
+
+
+def test_first_call_loads_the_library_lazily(client: redis.Redis) -> None:
+    assert client.function_list() == []
+    assert run(client, _core.append("s", ["a"], 0, 0)) == 1
+    assert [lib[1] for lib in client.function_list()] == [_core.LIBRARY.encode()]
+
+
+def test_call_after_function_flush_reloads_and_retries_once(client: redis.Redis) -> None:
+    run(client, _core.append("s", ["a"], 0, 0))
+    client.function_flush()
+    assert run(client, _core.append("s", ["b"], 0, 0)) == 2
+    client.function_flush()
+    assert run(client, _core.window("s", 0, 0)) == [b"b", b"a"]
+
+
+async def test_async_call_after_function_flush_reloads(aclient: redis.asyncio.Redis) -> None:
+    from pyhistory.functions import arun
+
+    assert await arun(aclient, _core.append("s", ["a"], 0, 0)) == 1
+    await aclient.function_flush()
+    assert await arun(aclient, _core.window("s", 0, 0)) == [b"a"]
+
+
+def test_call_after_server_restart_reloads(local_server: testing.LocalServer) -> None:
+    with local_server.client() as client:
+        load_functions(client)
+        local_server.restart()  # no persistence: data and functions are gone
+        assert run(client, _core.append("s", ["a"], 0, 0)) == 1
+        assert run(client, _core.length("s")) == 1
+
+
+def test_other_libraries_and_versions_are_left_alone(client: redis.Redis) -> None:
+    other = _core.library_source().replace("pyhistory_v1", "pyhistory_v0")
+    client.function_load(other)
+    load_functions(client)
+    names = sorted(lib[1] for lib in client.function_list())
+    assert names == [b"pyhistory_v0", _core.LIBRARY.encode()]
+    # both versions answer, on the same data
+    assert fcall(client, "append", "s", 0, 0, "a") == 1
+    assert client.execute_command("FCALL", "pyhistory_v0_window", 1, "s", 0, 0) == [b"a"]
+
+
+# --- packaging --------------------------------------------------------------------------------
+
+
+def test_wheel_ships_the_lua_file_byte_for_byte(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("pyhistory-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("pyhistory/lua/pyhistory.lua") == LUA.read_bytes()
+        assert "pyhistory/py.typed" in archive.namelist()

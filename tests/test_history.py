@@ -1,0 +1,410 @@
+"""RedisChatMessageHistory against real servers: behaviour, round trips, connections, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+import pyhistory
+from pyhistory import RedisChatMessageHistory, _clients
+
+
+def turn(i: int) -> list[Any]:
+    return [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
+
+
+# --- behaviour --------------------------------------------------------------------------------
+
+
+def test_add_and_read_in_order(url: str) -> None:
+    history = RedisChatMessageHistory("s", url=url)
+    assert history.messages == []
+    history.add_user_message("hi!")
+    history.add_ai_message("whats up?")
+    history.add_messages([*turn(1), *turn(2)])
+    assert [m.content for m in history.messages] == [
+        "hi!",
+        "whats up?",
+        "question 1",
+        "answer 1",
+        "question 2",
+        "answer 2",
+    ]
+    assert len(history) == 6
+    assert history.key == "message_store:s"
+
+
+def test_max_messages_bounds_what_is_stored(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url, max_messages=3)
+    for i in range(5):
+        history.add_messages(turn(i))
+    assert client.llen(history.key) == 3
+    assert [m.content for m in history.messages] == ["answer 3", "question 4", "answer 4"]
+
+
+def test_window_bounds_what_is_read(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url, window=4)
+    for i in range(5):
+        history.add_messages(turn(i))
+    assert client.llen(history.key) == 10
+    assert [m.content for m in history.messages] == [
+        "question 3",
+        "answer 3",
+        "question 4",
+        "answer 4",
+    ]
+    assert len(history) == 10
+
+
+def test_ttl_is_set_by_appends_and_slides_on_reads(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=120)
+    history.add_user_message("hi")
+    assert 119 <= client.ttl(history.key) <= 120
+    client.expire(history.key, 5)
+    _ = history.messages
+    assert client.ttl(history.key) >= 119
+    client.expire(history.key, 5)
+    assert history.touch() is True
+    assert client.ttl(history.key) >= 119
+    history.clear()
+    assert history.touch() is False
+
+
+def test_refresh_on_read_can_be_turned_off(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=120, refresh_ttl_on_read=False)
+    history.add_user_message("hi")
+    client.expire(history.key, 5)
+    assert len(history.messages) == 1
+    assert client.ttl(history.key) <= 5
+
+
+@pytest.mark.parametrize("ttl", [None, 0])
+def test_no_ttl_leaves_the_key_persistent(url: str, client: redis.Redis, ttl: int | None) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=ttl)
+    history.add_user_message("hi")
+    _ = history.messages
+    assert client.ttl(history.key) == -1
+
+
+def test_clear_deletes_only_this_session(url: str, client: redis.Redis) -> None:
+    a = RedisChatMessageHistory("a", url=url)
+    b = RedisChatMessageHistory("b", url=url)
+    a.add_user_message("x")
+    b.add_user_message("y")
+    a.clear()
+    assert a.messages == [] and client.exists(a.key) == 0
+    assert [m.content for m in b.messages] == ["y"]
+
+
+def test_key_prefix(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url, key_prefix="tenant-7:chat:")
+    history.add_user_message("x")
+    assert client.keys() == [b"tenant-7:chat:s"]
+
+
+def test_messages_cannot_be_assigned(url: str) -> None:
+    history = RedisChatMessageHistory("s", url=url)
+    with pytest.raises(NotImplementedError):
+        history.messages = []
+
+
+async def test_asyncio_methods(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=3)
+    await history.aadd_messages([*turn(1), *turn(2)])
+    assert [m.content for m in await history.aget_messages()] == [
+        "answer 1",
+        "question 2",
+        "answer 2",
+    ]
+    assert await history.alength() == 3
+    client.expire(history.key, 5)
+    assert await history.atouch() is True
+    assert client.ttl(history.key) >= 59
+    await history.aclear()
+    assert await history.aget_messages() == []
+
+
+async def test_asyncio_with_only_a_sync_client_runs_in_a_thread(url: str) -> None:
+    history = RedisChatMessageHistory("s", redis_client=redis.Redis.from_url(url))
+    await history.aadd_messages(turn(1))
+    assert [m.content for m in await history.aget_messages()] == ["question 1", "answer 1"]
+    assert await history.alength() == 2
+    await history.aclear()
+    assert history.messages == []
+
+
+async def test_injected_async_client(url: str, aclient: redis.asyncio.Redis) -> None:
+    history = RedisChatMessageHistory("s", async_redis_client=aclient)
+    await history.aadd_messages(turn(1))
+    assert len(await history.aget_messages()) == 2
+    with pytest.raises(pyhistory.HistoryError, match="only an async_redis_client"):
+        _ = history.messages
+
+
+def test_decoded_responses_client_works_too(url: str) -> None:
+    history = RedisChatMessageHistory(
+        "s", redis_client=redis.Redis.from_url(url, decode_responses=True)
+    )
+    history.add_messages(turn(1))
+    assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+
+
+def test_settings_are_checked_when_changed(url: str) -> None:
+    history = RedisChatMessageHistory("s", url=url)
+    history.ttl = 30
+    assert history.ttl == 30
+    with pytest.raises(pyhistory.InvalidTTLError):
+        history.ttl = -1
+    with pytest.raises(pyhistory.InvalidSizeError):
+        history.max_messages = 0
+    assert history.ttl == 30 and history.max_messages is None
+
+
+# --- orphan tool results ----------------------------------------------------------------------
+
+
+def tool_conversation() -> list[Any]:
+    call = {"name": "weather", "args": {"city": "Oslo"}, "id": "call_1", "type": "tool_call"}
+    call2 = {"name": "time", "args": {"tz": "CET"}, "id": "call_2", "type": "tool_call"}
+    return [
+        SystemMessage("be brief"),
+        HumanMessage("weather and time in Oslo?"),
+        AIMessage("", tool_calls=[call, call2]),
+        ToolMessage("4 degrees", tool_call_id="call_1"),
+        ToolMessage("14:00", tool_call_id="call_2"),
+        AIMessage("4 degrees at 14:00"),
+    ]
+
+
+@pytest.mark.parametrize("bound", ["window", "max_messages"])
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_a_window_never_starts_with_an_orphan_tool_result(url: str, bound: str, size: int) -> None:
+    history = RedisChatMessageHistory("s", url=url, **{bound: size})
+    history.add_messages(tool_conversation())
+    got = history.messages
+    # size 3 cuts the AIMessage that called the tools; sizes 1-2 leave no tool result
+    assert [m.content for m in got] == ["4 degrees at 14:00"]
+
+
+def test_a_window_that_holds_the_tool_call_keeps_its_results(url: str) -> None:
+    history = RedisChatMessageHistory("s", url=url, window=4)
+    history.add_messages(tool_conversation())
+    assert [type(m).__name__ for m in history.messages] == [
+        "AIMessage",
+        "ToolMessage",
+        "ToolMessage",
+        "AIMessage",
+    ]
+
+
+# --- one round trip per operation -------------------------------------------------------------
+
+
+class CommandLog:
+    """Commands the server received from clients (not from inside functions), via MONITOR."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.marker = redis.Redis.from_url(url)
+        self.marker.ping()  # connected before anything is watched
+
+    def commands_of(self, operation: Callable[[], Any]) -> list[str]:
+        marker = "pyhistory-count-end"
+        with redis.Redis.from_url(self.url) as other, other.monitor() as monitor:
+            operation()
+            self.marker.echo(marker)
+            seen = []
+            while True:
+                entry = monitor.next_command()
+                if marker in entry["command"]:
+                    return seen
+                if entry.get("client_type") != "lua":
+                    seen.append(entry["command"].split(" ", 1)[0].upper())
+
+
+def test_each_sync_operation_is_one_command(url: str) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=50, window=20)
+    log = CommandLog(url)
+    operations: dict[str, Callable[[], Any]] = {
+        "add_messages": lambda: history.add_messages(turn(1) * 5),
+        "add_message": lambda: history.add_user_message("x"),
+        "messages": lambda: history.messages,
+        "len": lambda: len(history),
+        "touch": history.touch,
+        "clear": history.clear,
+    }
+    for name, operation in operations.items():
+        operation()  # warm-up: connection made, functions loaded
+        assert len(log.commands_of(operation)) == 1, name
+    assert log.commands_of(lambda: history.add_messages(turn(2)))[0] == "FCALL"
+    assert log.commands_of(lambda: history.messages) == ["FCALL"]
+    history.ttl = None
+    assert log.commands_of(lambda: history.messages) == ["FCALL_RO"]
+
+
+def test_each_asyncio_operation_is_one_command(url: str) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=50, window=20)
+    log = CommandLog(url)
+    operations: dict[str, Callable[[], Awaitable[Any]]] = {
+        "aadd_messages": lambda: history.aadd_messages(turn(1) * 5),
+        "aget_messages": history.aget_messages,
+        "alength": history.alength,
+        "atouch": history.atouch,
+        "aclear": history.aclear,
+    }
+    loop = asyncio.new_event_loop()
+    try:
+        for name, operation in operations.items():
+            loop.run_until_complete(operation())  # warm-up
+            commands = log.commands_of(lambda op=operation: loop.run_until_complete(op()))
+            assert len(commands) == 1, (name, commands)
+    finally:
+        loop.close()
+
+
+# --- connection reuse -------------------------------------------------------------------------
+
+
+def connected_clients(client: redis.Redis) -> int:
+    return int(client.info("clients")["connected_clients"])
+
+
+def test_a_thousand_histories_from_one_url_share_one_pool(url: str, client: redis.Redis) -> None:
+    before = connected_clients(client)
+    for i in range(1000):
+        RedisChatMessageHistory(f"s{i % 10}", url=url).add_user_message("x")
+    assert connected_clients(client) - before <= 1
+    assert RedisChatMessageHistory("a", url=url).redis_client is _clients.sync_client(url)
+
+
+def test_threads_share_the_pool_too(url: str, client: redis.Redis) -> None:
+    before = connected_clients(client)
+
+    def worker(n: int) -> None:
+        for i in range(100):
+            RedisChatMessageHistory(f"t{n}", url=url).add_user_message(str(i))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert connected_clients(client) - before <= 8
+    assert sum(client.llen(f"message_store:t{n}") for n in range(8)) == 800
+
+
+async def test_asyncio_histories_share_one_pool_per_loop(url: str, client: redis.Redis) -> None:
+    before = connected_clients(client)
+    for i in range(1000):
+        await RedisChatMessageHistory(f"s{i % 10}", url=url).aadd_messages([HumanMessage("x")])
+    assert connected_clients(client) - before <= 1
+
+
+# --- bad input: a typed error, and nothing stored changes -------------------------------------
+
+
+def stored(client: redis.Redis) -> dict[bytes, Any]:
+    return {key: (client.type(key), client.dump(key)) for key in client.keys()}  # noqa: SIM118 (a Redis command)
+
+
+@pytest.mark.parametrize("session_id", ["", None, 42, b"bytes"])
+def test_bad_session_id(url: str, session_id: Any) -> None:
+    with pytest.raises(pyhistory.InvalidSessionIdError):
+        RedisChatMessageHistory(session_id, url=url)
+
+
+@pytest.mark.parametrize("name", ["max_messages", "window"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "10", 2**31])
+def test_bad_sizes(url: str, name: str, value: Any) -> None:
+    with pytest.raises(pyhistory.InvalidSizeError):
+        RedisChatMessageHistory("s", url=url, **{name: value})
+
+
+@pytest.mark.parametrize("ttl", [-1, 1.5, "60", True, 2**31, datetime.timedelta(seconds=5)])
+def test_bad_ttl(url: str, ttl: Any) -> None:
+    with pytest.raises(pyhistory.InvalidTTLError):
+        RedisChatMessageHistory("s", url=url, ttl=ttl)
+
+
+UNSERIALISABLE = {
+    "datetime in artifact": ToolMessage("ok", tool_call_id="c", artifact=datetime.datetime.now()),
+    "bytes in additional_kwargs": AIMessage("ok", additional_kwargs={"raw": b"\x00"}),
+    "a set in response_metadata": AIMessage("ok", response_metadata={"tags": {"a"}}),
+    "not a message": "just a string",
+}
+
+
+@pytest.mark.parametrize("bad", list(UNSERIALISABLE.values()), ids=list(UNSERIALISABLE))
+async def test_unserialisable_message_stores_nothing(
+    url: str, client: redis.Redis, bad: Any
+) -> None:
+    history = RedisChatMessageHistory("s", url=url, ttl=60)
+    history.add_user_message("kept")
+    before = stored(client)
+    with pytest.raises(pyhistory.SerializationError):
+        history.add_messages([HumanMessage("good"), bad])
+    with pytest.raises(pyhistory.SerializationError):
+        await history.aadd_messages([bad, HumanMessage("good")])
+    assert stored(client) == before
+
+
+def test_oversized_batch_stores_nothing(url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=url)
+    with pytest.raises(pyhistory.BatchTooLargeError):
+        history.add_messages([HumanMessage("x")] * (pyhistory.MAX_BATCH + 1))
+    assert client.dbsize() == 0
+    history.add_messages([HumanMessage("x")] * pyhistory.MAX_BATCH)
+    assert len(history) == pyhistory.MAX_BATCH
+
+
+async def test_key_of_another_type(url: str, client: redis.Redis) -> None:
+    client.hset("message_store:s", "field", "value")
+    before = stored(client)
+    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=5)
+    for operation in (
+        lambda: history.add_user_message("x"),
+        lambda: history.messages,
+        lambda: len(history),
+    ):
+        with pytest.raises(pyhistory.WrongTypeError):
+            operation()
+    with pytest.raises(pyhistory.WrongTypeError):
+        await history.aadd_messages([HumanMessage("x")])
+    with pytest.raises(pyhistory.WrongTypeError):
+        await history.aget_messages()
+    assert stored(client) == before
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [b"not json", b'{"type": "human"', b"[1, 2]", b'{"type": "alien", "data": {}}', b'"text"'],
+)
+async def test_corrupt_entry_is_reported_and_kept(
+    url: str, client: redis.Redis, entry: bytes
+) -> None:
+    history = RedisChatMessageHistory("s", url=url)
+    history.add_user_message("fine")
+    client.lpush(history.key, entry)
+    before = stored(client)
+    with pytest.raises(pyhistory.CorruptEntryError):
+        _ = history.messages
+    with pytest.raises(pyhistory.CorruptEntryError):
+        await history.aget_messages()
+    assert stored(client) == before
+
+
+def test_errors_share_one_base_and_the_usual_builtins() -> None:
+    for name in pyhistory.__all__:
+        obj = getattr(pyhistory, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, pyhistory.HistoryError)
+    assert issubclass(pyhistory.InvalidTTLError, ValueError)
+    assert issubclass(pyhistory.SerializationError, TypeError)

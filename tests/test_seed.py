@@ -1,0 +1,111 @@
+"""LangChain's Redis chat-history page, run on pyhistory with only the import changed.
+
+The code below is the page's, verbatim. It is run with the import swapped for pyhistory's, the
+URL pointed at the test server and, offline, ``ChatOpenAI()`` swapped for a fake model that answers
+from the conversation it is sent."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from langchain_core.messages import AIMessage, HumanMessage
+
+from pyhistory.demo import RecallingFakeChatModel
+
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_8642149dbb709608.txt"
+
+IMPORT = "from langchain_community.chat_message_histories import RedisChatMessageHistory"
+
+STORE_AND_RETRIEVE = """\
+history = RedisChatMessageHistory("foo", url="redis://localhost:6379")
+
+history.add_user_message("hi!")
+
+history.add_ai_message("whats up?")
+"""
+
+CHAIN_IMPORTS = """\
+from typing import Optional
+
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables.history import RunnableWithMessageHistory
+from langchain_openai import ChatOpenAI
+"""
+
+CHAIN = """\
+prompt = ChatPromptTemplate.from_messages(
+    [
+        ("system", "You're an assistant。"),
+        MessagesPlaceholder(variable_name="history"),
+        ("human", "{question}"),
+    ]
+)
+
+chain = prompt | ChatOpenAI()
+
+chain_with_history = RunnableWithMessageHistory(
+    chain,
+    lambda session_id: RedisChatMessageHistory(
+        session_id, url="redis://localhost:6379"
+    ),
+    input_messages_key="question",
+    history_messages_key="history",
+)
+
+config = {"configurable": {"session_id": "foo"}}
+
+chain_with_history.invoke({"question": "Hi! I'm bob"}, config=config)
+
+chain_with_history.invoke({"question": "Whats my name"}, config=config)
+"""
+
+
+def run(code: str, url: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    code = code.replace("redis://localhost:6379", url)
+    code = code.replace("from langchain_openai import ChatOpenAI\n", "")
+    exec(compile(code, "<seed>", "exec"), namespace)
+    return namespace
+
+
+def pyhistory_namespace() -> dict[str, Any]:
+    namespace: dict[str, Any] = {"ChatOpenAI": RecallingFakeChatModel}
+    exec(IMPORT.replace("langchain_community.chat_message_histories", "pyhistory"), namespace)
+    return namespace
+
+
+def test_store_and_retrieve_messages(url: str) -> None:
+    namespace = run(STORE_AND_RETRIEVE, url, pyhistory_namespace())
+    messages = namespace["history"].messages
+    assert messages == [HumanMessage(content="hi!"), AIMessage(content="whats up?")]
+    assert repr(messages).startswith("[HumanMessage(content='hi!'")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_using_in_the_chains(url: str, client: redis.Redis) -> None:
+    namespace = run(CHAIN_IMPORTS + CHAIN, url, pyhistory_namespace())
+    config = namespace["config"]
+    answer = namespace["chain_with_history"].invoke({"question": "Whats my name"}, config=config)
+    assert "Bob" in answer.content  # it saw the first turn, through the stored history
+    # the two turns of the example and this third one, newest first, as langchain_community stores
+    assert client.llen("message_store:foo") == 6
+    assert b"Hi! I'm bob" in client.lindex("message_store:foo", -1)
+
+
+def test_the_fake_model_answers_only_from_what_it_is_sent() -> None:
+    model = RecallingFakeChatModel()
+    assert "Bob" not in model.invoke([HumanMessage("Whats my name")]).text
+    asked = model.invoke([HumanMessage("Hi! I'm bob"), AIMessage("hi"), HumanMessage("my name?")])
+    assert "Bob" in asked.text
+
+
+def test_the_examples_here_are_the_pages_verbatim() -> None:
+    if not SEED.is_file():
+        pytest.skip(f"{SEED} is not beside this checkout")
+    page = SEED.read_text(encoding="utf-8")
+    code = "\n".join(re.findall(r"```python\n(.*?)```", page, re.DOTALL))
+    for block in (IMPORT, STORE_AND_RETRIEVE, CHAIN_IMPORTS, CHAIN):
+        assert block.strip() in code
