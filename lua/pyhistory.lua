@@ -34,16 +34,26 @@ local function bad(code, message)
 end
 
 -- A non-negative integer argument (a count or a TTL in seconds; 0 means "none"), or nil.
+-- Plain decimal digits only: tonumber() alone would take " 5", "1e3", "0x10", and read "5\0junk"
+-- as 5 (it stops at a NUL byte).
 local function whole(value)
+  if #value == 0 or #value > 10 or string.find(value, '%D') then
+    return nil
+  end
   local n = tonumber(value)
-  if n == nil or n < 0 or n > MAX_INT or n % 1 ~= 0 then
+  if n > MAX_INT then
     return nil
   end
   return n
 end
 
+-- The start of a rejected argument, quoted, for an error message.
+local function shown(value)
+  return string.format('%q', string.sub(value, 1, 24))
+end
+
 local function not_whole(code, name, value)
-  return bad(code, name .. ' must be an integer in [0, ' .. MAX_INT .. '], got ' .. tostring(value))
+  return bad(code, name .. ' must be an integer in [0, ' .. MAX_INT .. '], got ' .. shown(value))
 end
 
 local function wrong_arity(nargs, usage)
@@ -137,7 +147,7 @@ local function touch(keys, args)
   if #keys ~= 1 or #args ~= 1 then return wrong_arity(1, 'ttl') end
   local ttl = whole(args[1])
   if not ttl or ttl == 0 then
-    return bad('BADTTL', 'ttl must be an integer in [1, ' .. MAX_INT .. '], got ' .. args[1])
+    return bad('BADTTL', 'ttl must be an integer in [1, ' .. MAX_INT .. '], got ' .. shown(args[1]))
   end
   return redis.call('EXPIRE', keys[1], ttl)
 end

