@@ -35,6 +35,7 @@ import datetime
 import http.client
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -174,18 +175,34 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now, and whose cluster bus port (+10000) is too.
 
+    Chosen below the kernel's ephemeral range where possible, so that a client's outgoing
+    connection cannot grab the port of a server that is down for a moment (kill, restart).
     Ports already handed out by this process are not handed out again (best effort: another
     process may still take the port before the server binds it).
     """
+    low, high = 10000, min(_ephemeral_low(), 65536) - 10001
     with _PORT_LOCK:
-        for _ in range(200):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((HOST, 0))
-                port = int(sock.getsockname()[1])
-            if port in _HANDED_OUT or port + 10000 > 65535 or not _bindable(port + 10000):
+        for attempt in range(300):
+            if high > low and attempt < 200:
+                port = random.randint(low, high)
+            else:  # no room below the ephemeral range: let the kernel pick
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((HOST, 0))
+                    port = int(sock.getsockname()[1])
+            if port in _HANDED_OUT or port + 10000 > 65535:
+                continue
+            if not (_bindable(port) and _bindable(port + 10000)):
                 continue
             _HANDED_OUT.add(port)
             return port
@@ -310,7 +327,7 @@ def make_tls_files(directory: str) -> TLSFiles:
 
 # --------------------------------------------------------------------------- process hygiene
 
-_LIVE: set[LocalServer] = set()
+_LIVE: set[LocalServer] = set()  # created and not yet stopped (process and/or directory)
 _LIVE_LOCK = threading.Lock()
 _PR_SET_PDEATHSIG = 1
 _libc: Any = None
@@ -434,6 +451,8 @@ class LocalServer:
         self.directory = tempfile.mkdtemp(prefix=f"pyhistory-{kind}-{self.port}-")
         self._proc: subprocess.Popen[bytes] | None = None
         self._version: str | None = None
+        with _LIVE_LOCK:  # until stop(): the atexit hook stops it and removes its directory
+            _LIVE.add(self)
 
     # ---- description
 
@@ -542,7 +561,7 @@ class LocalServer:
         finally:
             out.close()
         with _LIVE_LOCK:
-            _LIVE.add(self)
+            _LIVE.add(self)  # again, in case it was stopped before and is started anew
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -600,8 +619,6 @@ class LocalServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
 
     def _terminate(self, grace: float = _STOP_GRACE) -> None:
         self._signal(signal.SIGTERM)
@@ -609,6 +626,8 @@ class LocalServer:
 
     def _cleanup_dir(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
 
     def stop(self) -> None:
         """SIGTERM, wait (SIGKILL after a few seconds), remove the directory. Idempotent."""

