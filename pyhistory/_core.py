@@ -21,6 +21,7 @@ from pyhistory.errors import (
     InvalidSessionIdError,
     InvalidSizeError,
     InvalidTTLError,
+    ReplicationError,
     SerializationError,
 )
 
@@ -146,31 +147,60 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
 
 @dataclass(frozen=True)
 class Call:
-    """One command to send: the command name and its arguments."""
+    """One command to send: the command name, its arguments, and the key it touches."""
 
     command: str
     args: tuple[Any, ...]
-    readonly: bool = False
+    key: str
 
 
 def append(key: str, encoded: Sequence[str], max_messages: int, ttl: int) -> Call:
-    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded))
+    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded), key)
 
 
 def window(key: str, count: int, ttl: int) -> Call:
-    """The newest `count` entries (0 = all); with ttl > 0 the read also refreshes the TTL."""
+    """The newest `count` entries (0 = all); with ttl > 0 the read also refreshes the TTL, else
+    it is the no-writes twin under FCALL_RO, which replicas may serve."""
     if ttl:
-        return Call("FCALL", (WINDOW, 1, key, count, ttl))
-    return Call("FCALL_RO", (WINDOW_RO, 1, key, count), readonly=True)
+        return Call("FCALL", (WINDOW, 1, key, count, ttl), key)
+    return Call("FCALL_RO", (WINDOW_RO, 1, key, count), key)
 
 
 def touch(key: str, ttl: int) -> Call:
-    return Call("FCALL", (TOUCH, 1, key, ttl))
+    return Call("FCALL", (TOUCH, 1, key, ttl), key)
 
 
 def length(key: str) -> Call:
-    return Call("FCALL_RO", (LENGTH, 1, key), readonly=True)
+    return Call("FCALL_RO", (LENGTH, 1, key), key)
 
 
 def clear(key: str) -> Call:
-    return Call("DEL", (key,))
+    return Call("DEL", (key,), key)
+
+
+# --- durability: WAIT in the same round trip --------------------------------------------------
+
+
+def check_replicas(replicas: object, timeout_ms: object) -> tuple[int, int]:
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise InvalidArgumentError(f"wait_for_replicas must be an int >= 0, got {replicas!r}")
+    if (
+        isinstance(timeout_ms, bool)
+        or not isinstance(timeout_ms, int)
+        or not 1 <= timeout_ms <= MAX_INT
+    ):
+        raise InvalidArgumentError(
+            f"wait_timeout_ms must be an int in [1, {MAX_INT}] (WAIT 0 would block forever), "
+            f"got {timeout_ms!r}"
+        )
+    return replicas, timeout_ms
+
+
+def check_acknowledged(acknowledged: int, required: int, timeout_ms: int) -> None:
+    if acknowledged < required:
+        raise ReplicationError(
+            f"the write was applied, but only {acknowledged} of {required} replicas acknowledged "
+            f"it within {timeout_ms} ms",
+            acknowledged=acknowledged,
+            required=required,
+        )

@@ -4,35 +4,98 @@ a new or failed-over node)."""
 
 from __future__ import annotations
 
-from typing import Any, Union
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoPermissionError, ResponseError
+import redis.asyncio.cluster
+import redis.cluster
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    MasterDownError,
+    MovedError,
+    NoPermissionError,
+    RedisClusterException,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from pyhistory import _core
-from pyhistory.errors import FunctionsNotLoadedError, translate
+from pyhistory.errors import FunctionsNotLoadedError, HistoryError, translate
 
-SyncClient = Union["redis.Redis", "redis.cluster.RedisCluster"]
-AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
+SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
+AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 _MISSING = "Function not found"
 
 _LOAD_HINT = (
     "the server does not have the pyhistory functions ({library}) and this client may not load "
     "them ({error}). Load them once with a user that may run FUNCTION LOAD, at deploy time: "
-    "`pyhistory load --url redis://admin@host:port` or pyhistory.load_functions(admin_client)."
+    "`pyhistory --url redis://admin@host:port load` or pyhistory.load_functions(admin_client)."
 )
 
 
-def _is_missing(error: ResponseError) -> bool:
-    return str(error).startswith(_MISSING)
+def _is_missing(error: Exception) -> bool:
+    return isinstance(error, ResponseError) and str(error).startswith(_MISSING)
 
 
 def _load_failed(error: Exception) -> FunctionsNotLoadedError:
-    failure = FunctionsNotLoadedError(_LOAD_HINT.format(library=_core.LIBRARY, error=error))
-    failure.__cause__ = error
-    return failure
+    return FunctionsNotLoadedError(_LOAD_HINT.format(library=_core.LIBRARY, error=error))
+
+
+def _raise_typed(error: ResponseError) -> None:
+    translated = translate(error)
+    if translated is not error:
+        raise translated from error
+
+
+# --- cluster routing --------------------------------------------------------------------------
+
+
+def _fcall_keys(args: tuple[Any, ...]) -> list[Any] | None:
+    """The keys of an FCALL/FCALL_RO, read from its numkeys argument; None for other commands."""
+    if len(args) >= 3 and str(args[0]).upper() in ("FCALL", "FCALL_RO"):
+        return list(args[3 : 3 + int(args[2])])
+    return None
+
+
+def prepare(client: Any) -> None:
+    """Make a redis-py cluster client find an FCALL's keys itself.
+
+    redis-py asks the server (COMMAND GETKEYS) for the keys of every FCALL it routes, because the
+    command's key positions are "movable": two extra round trips per call. They are plainly
+    ``numkeys`` followed by the keys, as redis-py already assumes for EVAL, so this answers for
+    FCALL and FCALL_RO locally and leaves every other command to redis-py. Idempotent; a no-op for
+    clients that are not cluster clients.
+    """
+    parser = getattr(client, "commands_parser", None)
+    if parser is None or getattr(parser, "_pyhistory_fcall_keys", False):
+        return
+    original: Callable[..., Any] = parser.get_keys
+    if asyncio.iscoroutinefunction(original):
+
+        async def get_keys_async(*args: Any) -> Any:
+            keys = _fcall_keys(args)
+            return keys if keys is not None else await original(*args)
+
+        parser.get_keys = get_keys_async
+    else:
+
+        def get_keys(redis_conn: Any, *args: Any) -> Any:
+            keys = _fcall_keys(args)
+            return keys if keys is not None else original(redis_conn, *args)
+
+        parser.get_keys = get_keys
+    parser._pyhistory_fcall_keys = True
+
+
+# --- loading ----------------------------------------------------------------------------------
 
 
 def load_functions(client: SyncClient) -> str:
@@ -57,21 +120,21 @@ async def aload_functions(client: AsyncClient) -> str:
     return _core.LIBRARY
 
 
-def _raise_typed(error: ResponseError) -> None:
-    translated = translate(error)
-    if translated is not error:
-        raise translated from error
+# --- running ----------------------------------------------------------------------------------
 
 
-def run(client: SyncClient, call: _core.Call) -> Any:
-    """Send one call; load the library and resend once if the server lacks it."""
+def run(client: SyncClient, call: _core.Call, loader: SyncClient | None = None) -> Any:
+    """Send one call; load the library and resend once if the server lacks it.
+
+    ``loader`` is the client that loads it when ``client`` may not (a read-only replica).
+    """
     try:
         return client.execute_command(call.command, *call.args)
     except ResponseError as error:
         if not _is_missing(error):
             _raise_typed(error)
             raise
-    load_functions(client)
+    load_functions(loader or client)
     try:
         return client.execute_command(call.command, *call.args)
     except ResponseError as error:
@@ -79,7 +142,7 @@ def run(client: SyncClient, call: _core.Call) -> Any:
         raise
 
 
-async def arun(client: AsyncClient, call: _core.Call) -> Any:
+async def arun(client: AsyncClient, call: _core.Call, loader: AsyncClient | None = None) -> Any:
     """The asyncio twin of :func:`run`."""
     try:
         return await client.execute_command(call.command, *call.args)
@@ -87,9 +150,96 @@ async def arun(client: AsyncClient, call: _core.Call) -> Any:
         if not _is_missing(error):
             _raise_typed(error)
             raise
-    await aload_functions(client)
+    await aload_functions(loader or client)
     try:
         return await client.execute_command(call.command, *call.args)
     except ResponseError as error:
         _raise_typed(error)
         raise
+
+
+# --- running with WAIT ------------------------------------------------------------------------
+
+# Attempts of a durable write when the cluster's topology changed under it (failover, resharding)
+# and the pause between them while the cluster settles.
+_TOPOLOGY_ATTEMPTS = 20
+_TOPOLOGY_PAUSE = 0.5
+# Replies that say the key's owner is changing: MOVED/ASK, CLUSTERDOWN while a failover runs,
+# TRYAGAIN during a slot migration, MASTERDOWN from a replica that lost its primary.
+_TOPOLOGY_ERRORS = (MovedError, ClusterDownError, TryAgainError, MasterDownError)
+
+
+def _durable_reply(replies: list[Any], replicas: int, timeout_ms: int) -> Any:
+    reply, acknowledged = replies
+    if isinstance(reply, ResponseError):
+        _raise_typed(reply)
+        raise reply
+    if isinstance(acknowledged, ResponseError):
+        raise acknowledged
+    _core.check_acknowledged(int(acknowledged), replicas, timeout_ms)
+    return reply
+
+
+def _send_with_wait(node: redis.Redis, call: _core.Call, replicas: int, timeout_ms: int) -> Any:
+    pipe = node.pipeline(transaction=False)
+    pipe.execute_command(call.command, *call.args)
+    pipe.execute_command("WAIT", replicas, timeout_ms)
+    return pipe.execute(raise_on_error=False)
+
+
+def run_durable(client: SyncClient, call: _core.Call, replicas: int, timeout_ms: int) -> Any:
+    """Send a write and ``WAIT replicas timeout_ms`` pipelined on one connection: one round trip.
+
+    Raises ReplicationError when fewer replicas acknowledged in time (the write itself applied).
+    On a cluster the pair goes to the primary that owns the key; when that changes under it
+    (failover), the topology is refreshed and the pair sent again.
+    """
+    loaded = False
+    for attempt in range(_TOPOLOGY_ATTEMPTS):
+        try:
+            if isinstance(client, redis.cluster.RedisCluster):
+                node = client.get_redis_connection(client.get_node_from_key(call.key))
+            else:
+                node = client
+            replies = _send_with_wait(node, call, replicas, timeout_ms)
+        except (ConnectionError, TimeoutError):
+            if (
+                not isinstance(client, redis.cluster.RedisCluster)
+                or attempt + 1 == _TOPOLOGY_ATTEMPTS
+            ):
+                raise
+            _refresh_topology(client)
+            continue
+        reply = replies[0]
+        if _is_missing(reply) and not loaded:
+            load_functions(client)
+            loaded = True
+            continue
+        if isinstance(reply, _TOPOLOGY_ERRORS) and isinstance(client, redis.cluster.RedisCluster):
+            _refresh_topology(client)
+            continue
+        return _durable_reply(replies, replicas, timeout_ms)
+    raise HistoryError(f"the cluster did not settle after {_TOPOLOGY_ATTEMPTS} attempts")
+
+
+def _refresh_topology(client: redis.cluster.RedisCluster) -> None:
+    time.sleep(_TOPOLOGY_PAUSE)
+    # Still failing over when this fails: the next attempt tries again.
+    with contextlib.suppress(ConnectionError, TimeoutError, RedisClusterException):
+        client.nodes_manager.initialize()
+
+
+async def arun_durable(
+    client: redis.asyncio.Redis, call: _core.Call, replicas: int, timeout_ms: int
+) -> Any:
+    """The asyncio twin of :func:`run_durable`, for a standalone server."""
+    for loaded in (False, True):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command(call.command, *call.args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        replies = await pipe.execute(raise_on_error=False)
+        if _is_missing(replies[0]) and not loaded:
+            await aload_functions(client)
+            continue
+        break
+    return _durable_reply(replies, replicas, timeout_ms)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
+import redis.asyncio.cluster
+import redis.cluster
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage
 
 from pyhistory import _clients, _core
-from pyhistory.errors import HistoryError
-from pyhistory.functions import AsyncClient, SyncClient, arun, run
+from pyhistory.errors import HistoryError, InvalidArgumentError
+from pyhistory.functions import (
+    AsyncClient,
+    SyncClient,
+    arun,
+    arun_durable,
+    prepare,
+    run,
+    run_durable,
+)
 
 
 class RedisChatMessageHistory(BaseChatMessageHistory):
@@ -35,7 +46,16 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``) to use
             instead of ``url``. Without ``async_redis_client``, the asyncio methods run this client
             in a worker thread.
-        async_redis_client: a ``redis.asyncio`` client for the asyncio methods.
+        async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
+        cluster: ``url`` names a node of a Redis Cluster (``RedisCluster.from_url``).
+        read_from_replicas: reads go to replicas with ``FCALL_RO`` and accept their lag; they no
+            longer refresh the TTL (replicas cannot write), appends still do. On a cluster built
+            from ``url`` the cluster client routes them; on a standalone server, name the replica
+            with ``replica_url`` or ``replica_client`` / ``async_replica_client``.
+        wait_for_replicas: after each write, wait until this many replicas acknowledged it
+            (``WAIT``, pipelined with the write: still one round trip), else raise
+            ``ReplicationError``. 0: do not wait.
+        wait_timeout_ms: how long a write waits for its replicas (default 1000 ms).
     """
 
     def __init__(
@@ -50,6 +70,13 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         refresh_ttl_on_read: bool = True,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
+        cluster: bool = False,
+        read_from_replicas: bool = False,
+        replica_url: str | None = None,
+        replica_client: SyncClient | None = None,
+        async_replica_client: AsyncClient | None = None,
+        wait_for_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.session_id = _core.check_session_id(session_id)
         self.key_prefix = _core.check_key_prefix(key_prefix)
@@ -58,8 +85,36 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         self.ttl = ttl
         self.max_messages = max_messages
         self.window = window
+        self.cluster = cluster
+        self.replica_url = replica_url
+        self.read_from_replicas = bool(
+            read_from_replicas or replica_url or replica_client or async_replica_client
+        )
+        if (
+            read_from_replicas
+            and not (cluster or replica_url or replica_client or async_replica_client)
+            and not _is_cluster(redis_client, async_redis_client)
+        ):
+            raise InvalidArgumentError(
+                "read_from_replicas needs a cluster (cluster=True or a RedisCluster client) or a "
+                "replica (replica_url, replica_client or async_replica_client)"
+            )
+        self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
+            wait_for_replicas, wait_timeout_ms
+        )
+        if self.wait_for_replicas and isinstance(
+            async_redis_client, redis.asyncio.cluster.RedisCluster
+        ):
+            raise InvalidArgumentError(
+                "wait_for_replicas is not supported with an asyncio RedisCluster client; pass a "
+                "sync RedisCluster as redis_client (the a* methods then run it in a thread)"
+            )
+        for client in (redis_client, async_redis_client, replica_client, async_replica_client):
+            prepare(client)
         self._redis_client = redis_client
         self._async_redis_client = async_redis_client
+        self._replica_client = replica_client
+        self._async_replica_client = async_replica_client
         self._key = self.key_prefix + self.session_id
 
     # The settings are checked when set, here or later, so a bad value never reaches the server.
@@ -88,13 +143,11 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         self._window = _core.check_size("window", window)
 
     @property
-    def _read_ttl(self) -> int:
-        return self._ttl if self.refresh_ttl_on_read else 0
-
-    @property
     def key(self) -> str:
         """The session's Redis key."""
         return self._key
+
+    # --- clients -------------------------------------------------------------------------------
 
     @property
     def redis_client(self) -> SyncClient:
@@ -106,7 +159,7 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
                 "this history was given only an async_redis_client: use the a* methods "
                 "(aget_messages, aadd_messages, aclear) or also pass redis_client"
             )
-        return _clients.sync_client(self.url)
+        return _clients.sync_client(self.url, self.cluster, self.read_from_replicas)
 
     def _async_client(self) -> AsyncClient | None:
         """The asyncio client in use, or None when only a sync client was given."""
@@ -114,15 +167,62 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
             return self._async_redis_client
         if self._redis_client is not None:
             return None
-        return _clients.async_client(self.url)
+        return _clients.async_client(self.url, self.cluster, self.read_from_replicas)
+
+    def _read_client(self) -> SyncClient:
+        if self._replica_client is not None:
+            return self._replica_client
+        if self.replica_url is not None:
+            return _clients.sync_client(self.replica_url)
+        return self.redis_client
+
+    def _async_read_client(self) -> AsyncClient | None:
+        if self._async_replica_client is not None:
+            return self._async_replica_client
+        if self.replica_url is not None and self._async_client() is not None:
+            return _clients.async_client(self.replica_url)
+        return self._async_client()
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def _read_call(self) -> _core.Call:
+        refresh = self._ttl if self.refresh_ttl_on_read and not self.read_from_replicas else 0
+        return _core.window(self._key, self._window, refresh)
+
+    def _append_call(self, messages: Sequence[BaseMessage]) -> _core.Call | None:
+        encoded = _core.encode_batch(messages)
+        if not encoded:
+            return None
+        return _core.append(self._key, encoded, self._max_messages, self._ttl)
+
+    def _touch_call(self) -> _core.Call:
+        if not self._ttl:
+            raise HistoryError("touch() needs a history constructed with a ttl")
+        return _core.touch(self._key, self._ttl)
+
+    def _write(self, call: _core.Call) -> Any:
+        if self.wait_for_replicas:
+            return run_durable(
+                self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms
+            )
+        return run(self.redis_client, call)
+
+    async def _awrite(self, call: _core.Call) -> Any:
+        client = self._async_client()
+        if client is None:
+            return await asyncio.to_thread(self._write, call)
+        if self.wait_for_replicas:
+            assert isinstance(client, redis.asyncio.Redis)  # clusters were refused in __init__
+            return await arun_durable(client, call, self.wait_for_replicas, self.wait_timeout_ms)
+        return await arun(client, call)
 
     # --- reads ---------------------------------------------------------------------------------
 
     @property
     def messages(self) -> list[BaseMessage]:
         """The newest ``window`` messages (all when unset), oldest first, in one round trip."""
-        entries = run(self.redis_client, _core.window(self._key, self._window, self._read_ttl))
-        return _core.decode(entries)
+        loader = self.redis_client if self.read_from_replicas else None
+        return _core.decode(run(self._read_client(), self._read_call(), loader))
 
     @messages.setter
     def messages(self, messages: list[BaseMessage]) -> None:
@@ -131,11 +231,11 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         )
 
     async def aget_messages(self) -> list[BaseMessage]:
-        client = self._async_client()
+        client = self._async_read_client()
         if client is None:
             return await asyncio.to_thread(lambda: self.messages)
-        entries = await arun(client, _core.window(self._key, self._window, self._read_ttl))
-        return _core.decode(entries)
+        loader = self._async_client() if self.read_from_replicas else None
+        return _core.decode(await arun(client, self._read_call(), loader))
 
     def __len__(self) -> int:
         """How many messages the session stores (may exceed ``window``)."""
@@ -157,53 +257,36 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         """
         call = self._append_call(messages)
         if call is not None:
-            run(self.redis_client, call)
+            self._write(call)
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         call = self._append_call(messages)
-        if call is None:
-            return
-        client = self._async_client()
-        if client is None:
-            await asyncio.to_thread(run, self.redis_client, call)
-        else:
-            await arun(client, call)
-
-    def _append_call(self, messages: Sequence[BaseMessage]) -> _core.Call | None:
-        encoded = _core.encode_batch(messages)
-        if not encoded:
-            return None
-        return _core.append(self._key, encoded, self._max_messages, self._ttl)
+        if call is not None:
+            await self._awrite(call)
 
     def clear(self) -> None:
         """Delete the session."""
-        run(self.redis_client, _core.clear(self._key))
+        self._write(_core.clear(self._key))
 
     async def aclear(self) -> None:
-        client = self._async_client()
-        if client is None:
-            await asyncio.to_thread(self.clear)
-        else:
-            await arun(client, _core.clear(self._key))
+        await self._awrite(_core.clear(self._key))
 
     def touch(self) -> bool:
         """Refresh the session's TTL without reading it; False when the session does not exist."""
-        return bool(run(self.redis_client, self._touch_call()))
+        return bool(self._write(self._touch_call()))
 
     async def atouch(self) -> bool:
-        call = self._touch_call()
-        client = self._async_client()
-        if client is None:
-            return bool(await asyncio.to_thread(run, self.redis_client, call))
-        return bool(await arun(client, call))
-
-    def _touch_call(self) -> _core.Call:
-        if not self._ttl:
-            raise HistoryError("touch() needs a history constructed with a ttl")
-        return _core.touch(self._key, self._ttl)
+        return bool(await self._awrite(self._touch_call()))
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(session_id={self.session_id!r}, key={self._key!r}, "
             f"ttl={self.ttl!r}, max_messages={self.max_messages!r}, window={self.window!r})"
         )
+
+
+def _is_cluster(*clients: object) -> bool:
+    return any(
+        isinstance(c, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
+        for c in clients
+    )

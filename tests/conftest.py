@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 import redis
 import redis.asyncio
+import redis.cluster
 
 from pyhistory import testing
 
@@ -64,9 +65,13 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         yield Server(kind, EXTERNAL_URL)
         return
     if kind == "redis" and testing.docker_image_available(IMAGE):
-        from testcontainers.redis import RedisContainer
-
+        # No image can be pulled here, ryuk's included; and inside a container testcontainers
+        # would guess the Docker gateway's address: published ports are on loopback.
         os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+        os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+        os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+        from testcontainers.community.redis import RedisContainer
+
         with RedisContainer(IMAGE) as container:
             host = container.get_container_host_ip()
             port = container.get_exposed_port(container.port)
@@ -111,3 +116,30 @@ async def aclient(url: str) -> AsyncIterator[redis.asyncio.Redis]:
         yield c
     finally:
         await c.aclose()
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[testing.LocalCluster]:
+    """A Redis Cluster of 3 primaries + 3 replicas on loopback, for the whole session."""
+    if EXTERNAL_URL:
+        pytest.skip("PYHISTORY_TEST_REDIS_URL names one server; the cluster tests start their own")
+    if testing.server_binary("redis") is None:
+        _missing("redis")
+    with testing.start_cluster("redis") as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_client(cluster: testing.LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
+    """A client of the cluster, emptied of keys and functions on every primary."""
+    cluster.wait_healthy()
+    client = cluster.client()
+    try:
+        client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        client.function_flush()  # redis-py sends it to every primary
+        yield client
+    finally:
+        client.close()

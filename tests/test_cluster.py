@@ -1,0 +1,185 @@
+"""On a Redis Cluster of 3 primaries + 3 replicas: the core behaviours, routing with no extra
+round trips, loading on every primary, healing a primary that lost the library, replica reads."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio.cluster
+import redis.cluster
+from langchain_core.messages import AIMessage, HumanMessage
+
+import pyhistory
+from pyhistory import RedisChatMessageHistory, _core, testing
+
+pytestmark = pytest.mark.cluster
+
+
+def turn(i: int) -> list[Any]:
+    return [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
+
+
+def command_calls(cluster: testing.LocalCluster) -> Counter[str]:
+    """Commands run on all nodes since the last reset, as INFO commandstats counts them."""
+    total: Counter[str] = Counter()
+    for node in cluster.nodes:
+        with node.client() as c:
+            for name, stats in c.info("commandstats").items():
+                total[name.removeprefix("cmdstat_")] += int(stats["calls"])
+    return total
+
+
+def reset_stats(cluster: testing.LocalCluster) -> None:
+    for node in cluster.nodes:
+        with node.client() as c:
+            c.config_resetstat()
+
+
+def libraries_on(node: testing.LocalServer) -> list[bytes]:
+    with node.client() as c:
+        return [lib[1] for lib in c.function_list()]
+
+
+def test_core_behaviours(cluster_client: redis.cluster.RedisCluster) -> None:
+    history = RedisChatMessageHistory(
+        "s", redis_client=cluster_client, ttl=60, max_messages=5, window=4
+    )
+    for i in range(4):
+        history.add_messages(turn(i))
+    assert [m.content for m in history.messages] == [
+        "question 2",
+        "answer 2",
+        "question 3",
+        "answer 3",
+    ]
+    assert len(history) == 5
+    assert 59 <= cluster_client.ttl(history.key) <= 60
+    assert history.touch() is True
+    history.clear()
+    assert history.messages == [] and len(history) == 0
+
+
+async def test_core_behaviours_asyncio(cluster: testing.LocalCluster) -> None:
+    host, port = cluster.startup_nodes[0]
+    client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
+    try:
+        history = RedisChatMessageHistory("a", async_redis_client=client, ttl=60, max_messages=3)
+        await history.aadd_messages([*turn(1), *turn(2)])
+        assert [m.content for m in await history.aget_messages()] == [
+            "answer 1",
+            "question 2",
+            "answer 2",
+        ]
+        assert await history.alength() == 3
+        assert await history.atouch() is True
+        await history.aclear()
+        assert await history.aget_messages() == []
+    finally:
+        await client.aclose()
+
+
+def test_from_a_cluster_url(cluster: testing.LocalCluster, cluster_client: Any) -> None:
+    histories = [RedisChatMessageHistory(f"u{i}", url=cluster.url, cluster=True) for i in range(3)]
+    for h in histories:
+        h.add_user_message("hi")
+        assert [m.content for m in h.messages] == ["hi"]
+    assert histories[0].redis_client is histories[2].redis_client
+
+
+def test_lazy_load_reaches_every_primary(
+    cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    RedisChatMessageHistory("s", redis_client=cluster_client).add_user_message("x")
+    time.sleep(0.2)  # replicas receive FUNCTION LOAD by replication
+    for node in cluster.nodes:
+        assert libraries_on(node) == [_core.LIBRARY.encode()], node.port
+
+
+def test_sessions_spread_over_all_primaries(
+    cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    for i in range(60):
+        RedisChatMessageHistory(f"user-{i}", redis_client=cluster_client).add_user_message("x")
+    sizes = []
+    for node in cluster.primaries():
+        with node.client() as c:
+            sizes.append(c.dbsize())
+    assert sum(sizes) == 60 and all(size > 0 for size in sizes), sizes
+
+
+def test_each_operation_is_one_command_with_no_key_lookups(
+    cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    history = RedisChatMessageHistory("s", redis_client=cluster_client, ttl=60, window=20)
+    history.add_messages(turn(0))
+    _ = history.messages  # warm-up: library loaded, slots known
+    reset_stats(cluster)
+    for i in range(10):
+        history.add_messages(turn(i))
+        _ = history.messages
+    calls = command_calls(cluster)
+    assert calls["fcall"] == 20
+    assert "command|getkeys" not in calls  # redis-py would ask for each FCALL's keys
+    assert "command" not in calls
+
+
+async def test_asyncio_cluster_sends_no_key_lookups(cluster: testing.LocalCluster) -> None:
+    history = RedisChatMessageHistory("s", url=cluster.url, cluster=True, ttl=60)
+    await history.aadd_messages(turn(0))
+    reset_stats(cluster)
+    for i in range(5):
+        await history.aadd_messages(turn(i))
+        await history.aget_messages()
+    calls = command_calls(cluster)
+    assert calls["fcall"] == 10 and "command|getkeys" not in calls
+
+
+def test_a_primary_that_lost_the_library_is_healed(
+    cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    history = RedisChatMessageHistory("s", redis_client=cluster_client)
+    history.add_user_message("before")
+    owner = cluster_client.get_node_from_key(history.key)
+    cluster_client.execute_command("FUNCTION FLUSH", target_nodes=owner)
+    history.add_user_message("after")
+    assert [m.content for m in history.messages] == ["before", "after"]
+
+
+def test_other_fcalls_still_route_by_their_own_keys(
+    cluster_client: redis.cluster.RedisCluster,
+) -> None:
+    pyhistory.load_functions(cluster_client)
+    for key in ("a", "b", "{tag}x"):
+        cluster_client.execute_command("FCALL", _core.APPEND, 1, key, 0, 0, "v")
+        assert cluster_client.execute_command("FCALL_RO", _core.LENGTH, 1, key) == 1
+
+
+def test_reads_from_replicas(cluster: testing.LocalCluster, cluster_client: Any) -> None:
+    writer = RedisChatMessageHistory("r", url=cluster.url, cluster=True, ttl=60)
+    writer.add_messages(turn(1))
+    reader = RedisChatMessageHistory(
+        "r", url=cluster.url, cluster=True, ttl=60, read_from_replicas=True
+    )
+    deadline = time.monotonic() + 5
+    while [m.content for m in reader.messages] != ["question 1", "answer 1"]:
+        assert time.monotonic() < deadline, "replicas never caught up"
+        time.sleep(0.05)
+    reset_stats(cluster)
+    for _ in range(20):
+        assert len(reader.messages) == 2
+    served: Counter[str] = Counter()
+    for node in cluster.replicas():
+        with node.client() as c:
+            served[str(node.port)] = int(
+                c.info("commandstats").get("cmdstat_fcall_ro", {}).get("calls", 0)
+            )
+    assert sum(served.values()) > 0  # some reads were served by replicas
+
+
+def test_read_from_replicas_needs_somewhere_to_read() -> None:
+    with pytest.raises(pyhistory.InvalidArgumentError, match="read_from_replicas"):
+        RedisChatMessageHistory("s", url="redis://127.0.0.1:1/0", read_from_replicas=True)

@@ -1,0 +1,297 @@
+"""Faults under load, on real servers: the library flushed or the server restarted mid-load, a
+cluster primary killed mid-load; and the durability option (WAIT in the same round trip)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+from langchain_core.messages import AIMessage, HumanMessage
+
+import pyhistory
+from pyhistory import RedisChatMessageHistory, testing
+
+pytestmark = pytest.mark.faults
+
+
+def turn(i: int) -> list[Any]:
+    return [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
+
+
+class Load:
+    """Chat turns from several threads until stopped, counting what succeeded and what failed."""
+
+    def __init__(self, make: Callable[[int], RedisChatMessageHistory], threads: int = 6) -> None:
+        self.make = make
+        self.ok = 0
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            try:
+                history = self.make(n)
+                history.add_messages(turn(i))
+                got = history.messages  # empty only when a restart wiped the server in between
+                assert not got or got[-1].content == f"answer {i}"
+            except Exception as error:
+                with self._lock:
+                    self.failures.append(error)
+            else:
+                with self._lock:
+                    self.ok += 1
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def test_function_flush_during_load_fails_nothing(url: str, client: redis.Redis) -> None:
+    with Load(lambda n: RedisChatMessageHistory(f"flush-{n}", url=url, ttl=60, window=4)) as load:
+        for _ in range(5):
+            time.sleep(0.3)
+            client.function_flush()
+        time.sleep(0.3)
+    assert load.failures == []
+    assert load.ok > 50
+
+
+def test_server_restart_during_load_fails_nothing(local_server: testing.LocalServer) -> None:
+    url = local_server.url
+    with Load(lambda n: RedisChatMessageHistory(f"restart-{n}", url=url, ttl=60, window=4)) as load:
+        time.sleep(0.5)
+        local_server.restart()  # no persistence: data and functions are gone
+        time.sleep(1.0)
+        before_second = load.ok
+        local_server.restart()
+        time.sleep(1.0)
+    assert load.failures == []
+    assert load.ok > before_second > 0
+
+
+async def test_asyncio_restart_and_flush_during_load_fail_nothing(
+    local_server: testing.LocalServer,
+) -> None:
+    url = local_server.url
+    failures: list[BaseException] = []
+    done = 0
+    stop = asyncio.Event()
+
+    async def user(n: int) -> None:
+        nonlocal done
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                history = RedisChatMessageHistory(f"a{n}", url=url, ttl=60, window=4)
+                await history.aadd_messages(turn(i))
+                got = await history.aget_messages()
+                assert not got or got[-1].content == f"answer {i}"
+                done += 1
+            except Exception as error:
+                failures.append(error)
+
+    tasks = [asyncio.create_task(user(n)) for n in range(16)]
+    await asyncio.sleep(0.3)
+    with local_server.client() as c:
+        c.function_flush()
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(local_server.restart)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert failures == []
+    assert done > 20
+
+
+# --- durability: WAIT pipelined with the write ------------------------------------------------
+
+
+@pytest.fixture
+def replicated(server: Any, url: str) -> Iterator[tuple[str, testing.LocalServer]]:
+    """The test's server as a primary, with one replica of the same kind attached."""
+    if server.local is None:
+        pytest.skip("needs a server process started by the tests")
+    replica = testing.start_server(
+        server.kind, args=["--replicaof", "127.0.0.1", str(server.local.port)]
+    )
+    try:
+        with replica.client() as r:
+            deadline = time.monotonic() + 10
+            while r.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica never connected"
+                time.sleep(0.05)
+        with server.client() as primary:  # until the primary counts the replica's acks
+            while primary.execute_command("WAIT", 1, 100) < 1:
+                assert time.monotonic() < deadline, "the replica never acknowledged"
+        yield url, replica
+    finally:
+        replica.stop()
+
+
+def test_wait_for_replicas_acknowledged(replicated: tuple[str, testing.LocalServer]) -> None:
+    url, replica = replicated
+    history = RedisChatMessageHistory("d", url=url, ttl=60, wait_for_replicas=1)
+    history.add_messages(turn(1))
+    with replica.client() as r:  # acknowledged means the replica has it now
+        assert r.llen(history.key) == 2
+    history.clear()
+    with replica.client() as r:
+        assert r.exists(history.key) == 0
+
+
+def test_too_few_replicas_is_a_typed_error_and_the_write_stays(
+    replicated: tuple[str, testing.LocalServer], client: redis.Redis
+) -> None:
+    url, _ = replicated
+    history = RedisChatMessageHistory("d", url=url, wait_for_replicas=2, wait_timeout_ms=1000)
+    with pytest.raises(pyhistory.ReplicationError) as caught:
+        history.add_messages(turn(1))
+    assert (caught.value.acknowledged, caught.value.required) == (1, 2)
+    assert client.llen(history.key) == 2
+
+
+async def test_wait_for_replicas_asyncio(
+    replicated: tuple[str, testing.LocalServer], client: redis.Redis
+) -> None:
+    url, replica = replicated
+    history = RedisChatMessageHistory("d", url=url, wait_for_replicas=1)
+    client.function_flush()  # the durable path reloads too
+    await history.aadd_messages(turn(1))
+    with replica.client() as r:
+        assert r.llen(history.key) == 2
+    strict = RedisChatMessageHistory("d", url=url, wait_for_replicas=3, wait_timeout_ms=100)
+    with pytest.raises(pyhistory.ReplicationError):
+        await strict.aadd_messages(turn(2))
+
+
+@pytest.mark.parametrize(
+    ("replicas", "timeout_ms"), [(-1, 100), (1.5, 100), (1, 0), (1, -5), (True, 100)]
+)
+def test_bad_durability_settings(replicas: Any, timeout_ms: Any) -> None:
+    with pytest.raises(pyhistory.InvalidArgumentError):
+        RedisChatMessageHistory("s", wait_for_replicas=replicas, wait_timeout_ms=timeout_ms)
+
+
+# --- cluster failover -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def doomed_cluster() -> Iterator[testing.LocalCluster]:
+    """A cluster of its own: this module kills one of its primaries."""
+    if testing.server_binary("redis") is None:
+        pytest.skip("no redis-server")
+    with testing.start_cluster("redis") as started:
+        yield started
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("durable", [True, False], ids=["wait_for_replicas=1", "no-wait"])
+def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durable: bool) -> None:
+    """Writers with wait_for_replicas=1 on many sessions; one primary is killed. Its replica
+    takes over; the killed node is restarted (as a supervisor would) and rejoins as the new
+    primary's replica, so writes can be acknowledged again. Writes resume within 10 s, and every
+    acknowledged message is there after. Without the durability option, writes resume too, but
+    what the primary acknowledged and had not yet replicated may be lost: that is counted."""
+    client = doomed_cluster.client()
+    acknowledged: dict[str, list[str]] = {}
+    errors: list[tuple[float, BaseException]] = []
+    successes: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    sessions = [f"failover-{i}" for i in range(24)]
+
+    def writer(mine: list[str]) -> None:
+        i = 0
+        while not stop.is_set():
+            for session in mine:
+                i += 1
+                text = f"{session}#{i}"
+                history = RedisChatMessageHistory(
+                    session,
+                    redis_client=client,
+                    wait_for_replicas=1 if durable else 0,
+                    wait_timeout_ms=500,
+                )
+                try:
+                    history.add_messages([HumanMessage(text)])
+                except Exception as error:
+                    with lock:
+                        errors.append((time.monotonic(), error))
+                else:
+                    with lock:
+                        acknowledged.setdefault(session, []).append(text)
+                        successes.append((time.monotonic(), session))
+
+    threads = [threading.Thread(target=writer, args=(sessions[n::4],)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        victim = doomed_cluster.primaries()[0]
+        owned = [
+            s
+            for s in sessions
+            if client.get_node_from_key(f"message_store:{s}").port == victim.port
+        ]
+        assert owned, "no session lives on the killed primary"
+        killed_at = time.monotonic()
+        victim.kill()
+        deadline = killed_at + 10
+        while (
+            victim.port in [p.port for p in doomed_cluster.primaries()]
+            or len(doomed_cluster.primaries()) < 3
+        ):
+            assert time.monotonic() < deadline, "no replica took over"
+            time.sleep(0.1)
+        promoted_at = time.monotonic()
+        victim.restart()  # back as a replica of the promoted node
+        while time.monotonic() < deadline:
+            with lock:
+                resumed = [t for t, s in successes if t > killed_at + 0.1 and s in owned]
+            if resumed:
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert resumed, f"writes to the killed primary's sessions did not resume in 10 s: {errors[-3:]}"
+    outage = resumed[0] - killed_at
+    print(
+        f"failover ({'durable' if durable else 'no wait'}): replica promoted "
+        f"{promoted_at - killed_at:.2f} s after the kill, writes "
+        f"resumed after {outage:.2f} s; errors meanwhile: "
+        f"{Counter(type(e).__name__ for _, e in errors)}"
+    )
+    assert outage < 10
+
+    doomed_cluster.wait_healthy()
+    fresh = doomed_cluster.client()
+    lost = []
+    for session, texts in acknowledged.items():
+        stored = [m.content for m in RedisChatMessageHistory(session, redis_client=fresh).messages]
+        lost += [t for t in texts if t not in stored]
+    print(f"failover ({'durable' if durable else 'no wait'}): {len(lost)} acknowledged lost")
+    if durable:
+        assert not lost, f"acknowledged but lost: {lost[:5]}"
+    for _, error in errors:
+        assert isinstance(error, (redis.exceptions.RedisError, pyhistory.HistoryError)), error
