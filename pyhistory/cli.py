@@ -1,0 +1,786 @@
+"""The ``pyhistory`` command: deploy the Functions library, check which versions servers hold,
+remove old ones, and inspect a session.
+
+    pyhistory [--url URL] [--cluster] load
+    pyhistory [--url URL] [--cluster] status [--json]
+    pyhistory [--url URL] [--cluster] versions [--json]
+    pyhistory [--url URL] [--cluster] remove LIBRARY [--yes] [--force]
+    pyhistory [--url URL] [--cluster] show SESSION_ID [--key-prefix P] [--limit N] [--raw] [--json]
+
+``load`` is the deploy-time step for applications whose runtime ACL user may not run FUNCTION
+LOAD. ``status`` exits 0 only when this package's library is loaded, with this package's code, on
+every primary, so it can gate a deploy. Expected failures (connection refused, NOPERM, a wrong-type
+key, ...) print one line on stderr and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.cluster
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, message_to_dict
+from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
+
+from pyhistory import __version__, _core
+from pyhistory.errors import (
+    CorruptEntryError,
+    FunctionsNotLoadedError,
+    HistoryError,
+    WrongTypeError,
+)
+from pyhistory.functions import SyncClient, load_functions
+from pyhistory.history import RedisChatMessageHistory
+
+PROG = "pyhistory"
+DEFAULT_URL = "redis://localhost:6379/0"
+PREFIX = "pyhistory_"  # every library this package has shipped or will ship starts with it
+# Client defaults; query parameters in the URL override them (redis-py's from_url semantics).
+CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
+REPLICA_WAIT_MS = 2000  # how long `load` waits for replicas to acknowledge the new library
+PREVIEW = 100  # characters of a message's content `show` prints on its one line
+
+CURRENT, MISSING, DIFFERENT = "current", "missing", "different_code"
+_STATE_TEXT = {CURRENT: "current", MISSING: "missing", DIFFERENT: "DIFFERENT CODE"}
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line on stderr, exit code 1."""
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def _cmd(client: SyncClient, *args: Any) -> Any:
+    """``execute_command`` (untyped in redis-py) behind a typed signature."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
+
+
+def _fields(item: Any) -> dict[str, Any]:
+    """A reply map as a dict with str keys: RESP3 sends a map, RESP2 a flat key/value list."""
+    if isinstance(item, dict):
+        return {_text(k): v for k, v in item.items()}
+    return {_text(k): v for k, v in zip(item[::2], item[1::2], strict=True)}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def redact(url: str) -> str:
+    """The URL with its password (in the user info or the query) replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, hostport = netloc.rsplit("@", 1)
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any("password" in key.lower() for key, _ in query):
+            hidden = [(k, "***" if "password" in k.lower() else v) for k, v in query]
+            return urllib.parse.urlunsplit(
+                parts._replace(netloc=netloc, query=urllib.parse.urlencode(hidden))
+            )
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def _url_for_node(url: str, host: str, port: int) -> str:
+    """The same URL (credentials, TLS options, ...) pointed at another node."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    bracketed = f"[{host}]" if ":" in host else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{bracketed}:{port}"))
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip())
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- connecting -------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What the URL points at: a standalone server, or a cluster reached through one node."""
+
+    url: str
+    base: redis.Redis  # the node named in the URL
+    cluster: redis.cluster.RedisCluster | None = None
+    _clients: list[redis.Redis] = field(default_factory=list)
+
+    @property
+    def client(self) -> SyncClient:
+        """The client for key and library commands: the cluster client routes and broadcasts."""
+        return self.cluster if self.cluster is not None else self.base
+
+    def node_client(self, host: str, port: int) -> redis.Redis:
+        client = redis.Redis.from_url(_url_for_node(self.url, host, port), **CLIENT_OPTIONS)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in [self.base, *self._clients]:
+            client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    try:
+        info = _cmd(client, "INFO", "cluster")
+    except ResponseError:  # INFO refused by the ACL, or not understood: treat as standalone
+        return False
+    if isinstance(info, dict):
+        return str(info.get("cluster_enabled")) == "1"
+    return "cluster_enabled:1" in _text(info)
+
+
+def connect(url: str, cluster: bool) -> Target:
+    """A client for ``url``; a cluster client when asked or when the server is a cluster node."""
+    try:
+        base = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    except ValueError as error:
+        raise CliError(f"bad URL {redact(url)}: {_one_line(error)}") from error
+    target = Target(url, base)
+    try:
+        if cluster or _cluster_enabled(base):
+            target.cluster = redis.cluster.RedisCluster.from_url(url, **CLIENT_OPTIONS)
+    except BaseException:
+        target.close()
+        raise
+    return target
+
+
+# --- what the nodes hold ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Library:
+    name: str
+    code: bytes
+    functions: tuple[str, ...]
+
+    @property
+    def state(self) -> str:
+        return CURRENT if self.code == _core.library_source().encode() else DIFFERENT
+
+
+@dataclass
+class Node:
+    """One server: its place in the topology and, once inspected, what it runs and holds."""
+
+    host: str
+    port: int
+    role: str = "unknown"  # "primary" or "replica"
+    primary: str | None = None  # a replica's primary, "host:port"
+    failed: bool = False  # marked failed by the cluster
+    client: redis.Redis | None = None
+    server: str = ""
+    version: str = ""
+    libraries: dict[str, Library] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def address(self) -> str:
+        if not self.port:  # a unix socket
+            return self.host
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role == "primary" and not self.failed
+
+    @property
+    def state(self) -> str | None:
+        """This package's library here: current / missing / different_code (None: unknown)."""
+        if self.error is not None:
+            return None
+        library = self.libraries.get(_core.LIBRARY)
+        return MISSING if library is None else library.state
+
+    @property
+    def functions_missing(self) -> list[str]:
+        registered = {fn for library in self.libraries.values() for fn in library.functions}
+        return [fn for fn in _core.FUNCTIONS if fn not in registered]
+
+    @property
+    def ok(self) -> bool:
+        return self.state == CURRENT and not self.functions_missing
+
+    def role_text(self) -> str:
+        role = self.role if self.primary is None else f"{self.role} of {self.primary}"
+        return f"{role} (FAILED)" if self.failed else role
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "role": self.role,
+            "primary": self.primary,
+            "failed": self.failed,
+            "server": self.server or None,
+            "version": self.version or None,
+            "libraries": sorted(self.libraries),
+            "library": self.state,
+            "functions_missing": self.functions_missing if self.error is None else None,
+            "ok": self.ok,
+            "error": self.error,
+        }
+
+
+def _parse_cluster_nodes(text: str, default_host: str) -> list[Node]:
+    """CLUSTER NODES, every node with an address, each primary followed by its replicas.
+
+    Not redis-py's view: it comes from CLUSTER SLOTS, which leaves out replicas that have not
+    replicated anything yet and primaries without slots.
+    """
+    by_id: dict[str, Node] = {}
+    primary_ids: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        flags = set(parts[2].split(","))
+        if flags & {"handshake", "noaddr"}:
+            continue
+        host, _, port = parts[1].split("@")[0].split(",")[0].rpartition(":")
+        if not port.isdigit() or int(port) == 0:
+            continue
+        node = Node(host.strip("[]") or default_host, int(port))
+        node.role = "primary" if "master" in flags else "replica"
+        node.failed = "fail" in flags
+        by_id[parts[0]] = node
+        if parts[3] != "-":
+            primary_ids[parts[0]] = parts[3]
+    for node_id, primary_id in primary_ids.items():
+        primary = by_id.get(primary_id)
+        by_id[node_id].primary = primary.address if primary is not None else primary_id
+    primaries = sorted((n for n in by_id.values() if n.role == "primary"), key=_sort_key)
+    ordered: list[Node] = []
+    for primary in primaries:
+        ordered.append(primary)
+        replicas = [n for n in by_id.values() if n.primary == primary.address]
+        ordered.extend(sorted(replicas, key=_sort_key))
+    ordered.extend(sorted((n for n in by_id.values() if n not in ordered), key=_sort_key))
+    return ordered
+
+
+def _sort_key(node: Node) -> tuple[str, int]:
+    return (node.host, node.port)
+
+
+def discover(target: Target) -> list[Node]:
+    """Every node: the one server, or every primary and replica of the cluster."""
+    kwargs = target.base.connection_pool.connection_kwargs
+    host, port = str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379))
+    if target.cluster is None:
+        if "path" in kwargs:  # unix socket
+            host, port = str(kwargs["path"]), 0
+        node = Node(host, port, client=target.base)
+        return [node]
+    nodes = _parse_cluster_nodes(_text(_cmd(target.base, "CLUSTER", "NODES")), host)
+    for node in nodes:
+        same = (node.host, node.port) == (host, port)
+        node.client = target.base if same else target.node_client(node.host, node.port)
+    return nodes
+
+
+def list_libraries(client: SyncClient) -> dict[str, Library]:
+    """The pyhistory libraries loaded on one server (LIBRARYNAME is a glob pattern)."""
+    reply = _cmd(client, "FUNCTION", "LIST", "LIBRARYNAME", f"{PREFIX}*", "WITHCODE")
+    libraries = {}
+    for item in reply:
+        fields = _fields(item)
+        name = _text(fields["library_name"])
+        if not name.startswith(PREFIX):  # the pattern matches case-insensitively
+            continue
+        code = fields.get("library_code") or b""
+        functions = tuple(_text(_fields(fn)["name"]) for fn in fields.get("functions") or [])
+        libraries[name] = Library(
+            name, code if isinstance(code, bytes) else str(code).encode(), functions
+        )
+    return libraries
+
+
+def inspect_node(node: Node) -> Node:
+    """Fill in what the node runs and which pyhistory libraries it holds (or why it can't)."""
+    assert node.client is not None
+    try:
+        info = _cmd(node.client, "INFO", "server", "replication")
+        if info.get("valkey_version"):
+            node.server, node.version = "valkey", str(info["valkey_version"])
+        else:
+            node.server = str(info.get("server_name") or "redis")
+            node.version = str(info.get("redis_version", "?"))
+        node.role = "primary" if info.get("role") == "master" else "replica"
+        if node.role == "replica" and node.primary is None and info.get("master_host"):
+            node.primary = f"{info['master_host']}:{info.get('master_port')}"
+        node.libraries = list_libraries(node.client)
+        node.error = None
+    except (redis.RedisError, OSError) as error:
+        node.error = _one_line(error)
+    return node
+
+
+def inspect_all(target: Target) -> list[Node]:
+    return [inspect_node(node) for node in discover(target)]
+
+
+def _gate(nodes: Sequence[Node]) -> list[Node]:
+    """The nodes that must hold the current library: every live primary (standalone: the one)."""
+    if len(nodes) == 1:
+        return list(nodes)
+    return [n for n in nodes if n.is_primary or (n.role == "unknown" and not n.failed)]
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_load(target: Target, args: argparse.Namespace) -> int:
+    try:
+        name = load_functions(target.client)
+    except FunctionsNotLoadedError as error:
+        raise CliError(
+            f"permission denied: this user may not load functions ({error.__cause__}); run "
+            f"`{PROG} load` as a user that may run FUNCTION LOAD, e.g. --url redis://admin:...@host"
+        ) from error
+    nodes = _gate(inspect_all(target))
+    print(f"{name}: loaded ({len(_core.FUNCTIONS)} functions, pyhistory {__version__})")
+    failures = 0
+    for node in nodes:
+        if node.error is None and not node.ok:
+            # a primary redis-py does not route to (no slots yet): load it there directly
+            assert node.client is not None
+            load_functions(node.client)
+            inspect_node(node)
+        if node.error is not None:
+            failures += 1
+            print(f"  {node.address}  {node.role}  ERROR: {node.error}")
+            continue
+        if not node.ok:
+            failures += 1
+            missing = ", ".join(node.functions_missing) or "none"
+            state = _STATE_TEXT.get(node.state or "", "?")
+            print(
+                f"  {node.address}  {node.role}  NOT LOADED: {state}; missing functions {missing}"
+            )
+            continue
+        print(
+            f"  {node.address}  {node.role}  loaded, identical to this package's code"
+            f"{_replication(node)}"
+        )
+    return 1 if failures else 0
+
+
+def _replication(node: Node) -> str:
+    """Wait briefly for the node's replicas to receive the change; describe the outcome."""
+    assert node.client is not None
+    try:
+        replicas = int(_cmd(node.client, "INFO", "replication").get("connected_slaves", 0))
+        if not replicas:
+            return ""
+        acked = int(_cmd(node.client, "WAIT", replicas, REPLICA_WAIT_MS))
+    except (redis.RedisError, ValueError, AttributeError):
+        return "; replicas not checked"
+    return f"; replicated to {acked}/{replicas} replicas"
+
+
+def cmd_status(target: Target, args: argparse.Namespace) -> int:
+    nodes = inspect_all(target)
+    gate = _gate(nodes)
+    ok = bool(gate) and all(node.ok for node in gate)
+    mode = "standalone" if target.cluster is None else "cluster"
+    if args.json:
+        _print_json(
+            {
+                "url": redact(target.url),
+                "mode": mode,
+                "package_version": __version__,
+                "library": _core.LIBRARY,
+                "functions": list(_core.FUNCTIONS),
+                "ok": ok,
+                "nodes": [node.as_json() for node in nodes],
+            }
+        )
+        return 0 if ok else 1
+    print(
+        f"pyhistory {__version__} calls library {_core.LIBRARY} ({len(_core.FUNCTIONS)} functions)"
+    )
+    print(f"{redact(target.url)}: {mode}, {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
+    print()
+    header = ("NODE", "ROLE", "SERVER", _core.LIBRARY, "FUNCTIONS", "PYHISTORY LIBRARIES")
+    rows = []
+    for node in nodes:
+        if node.error is not None:
+            rows.append((node.address, node.role_text(), "-", "?", "-", f"ERROR: {node.error}"))
+            continue
+        registered = len(_core.FUNCTIONS) - len(node.functions_missing)
+        functions = f"{registered}/{len(_core.FUNCTIONS)}"
+        if node.functions_missing and node.state != MISSING:
+            functions += " (missing " + ", ".join(node.functions_missing) + ")"
+        rows.append(
+            (
+                node.address,
+                node.role_text(),
+                f"{node.server} {node.version}",
+                _STATE_TEXT[node.state or MISSING],
+                functions,
+                ", ".join(sorted(node.libraries)) or "-",
+            )
+        )
+    _print_table(header, rows)
+    print()
+    where = "primaries" if target.cluster is not None else "server"
+    good = sum(node.ok for node in gate)
+    if ok:
+        print(
+            f"OK: {_core.LIBRARY} is loaded with this package's code on {good}/{len(gate)} {where}"
+        )
+    else:
+        problems = [
+            f"{n.address} {'unreachable' if n.error else _STATE_TEXT[n.state or MISSING]}"
+            for n in gate
+            if not n.ok
+        ]
+        print(
+            f"NOT READY: {_core.LIBRARY} is current on {good}/{len(gate)} {where} "
+            f"({', '.join(problems) or 'no primary found'})"
+        )
+        if any(n.error is None and not n.ok for n in gate):
+            print(f"run `{PROG} load` (as a user that may run FUNCTION LOAD) to load it")
+    stale = [n.address for n in nodes if n not in gate and n.error is None and not n.ok]
+    if stale:
+        print(f"note: replicas without the current library (yet): {', '.join(stale)}")
+    return 0 if ok else 1
+
+
+def cmd_versions(target: Target, args: argparse.Namespace) -> int:
+    nodes = inspect_all(target)
+    answered = [n for n in nodes if n.error is None]
+    primaries = [n for n in answered if n.is_primary] if target.cluster else answered
+    replicas = [n for n in answered if n not in primaries]
+    names = sorted({name for node in answered for name in node.libraries} | {_core.LIBRARY})
+    versions = []
+    for name in names:
+        on_primaries = [n for n in primaries if name in n.libraries]
+        entry: dict[str, Any] = {
+            "library": name,
+            "primaries": len(on_primaries),
+            "primaries_total": len(primaries),
+            "replicas": sum(name in n.libraries for n in replicas),
+            "replicas_total": len(replicas),
+            "this_package": name == _core.LIBRARY,
+        }
+        if name == _core.LIBRARY:
+            different = [n for n in on_primaries if n.libraries[name].state != CURRENT]
+            entry["different_code_on"] = [n.address for n in different]
+        versions.append(entry)
+    errors = [{"address": n.address, "error": n.error} for n in nodes if n.error is not None]
+    if args.json:
+        _print_json({"library": _core.LIBRARY, "versions": versions, "errors": errors})
+        return 1 if errors else 0
+    rows = []
+    for entry in versions:
+        note = ""
+        if entry["this_package"]:
+            note = f"<- this package (pyhistory {__version__})"
+            if not entry["primaries"]:
+                note += ": not loaded"
+            elif entry["different_code_on"]:
+                note += ": DIFFERENT CODE on " + ", ".join(entry["different_code_on"])
+        primaries_text = f"{entry['primaries']}/{entry['primaries_total']}"
+        replicas_text = f"{entry['replicas']}/{entry['replicas_total']}"
+        rows.append([entry["library"], primaries_text, replicas_text, note])
+    _print_table(["LIBRARY", "PRIMARIES", "REPLICAS", ""], rows)
+    for error in errors:
+        print(f"ERROR: {error['address']}: {error['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_remove(target: Target, args: argparse.Namespace) -> int:
+    name: str = args.library
+    if name == _core.LIBRARY and not args.force:
+        raise CliError(
+            f"refusing to remove {name}: this package (pyhistory {__version__}) calls it, and its "
+            f"processes would load it again on their next call; pass --force to remove it anyway"
+        )
+    nodes = inspect_all(target)
+    primaries = _gate(nodes)
+    for node in primaries:
+        if node.error is not None:
+            raise CliError(f"cannot check {node.address}: {node.error}")
+    holding = [n for n in primaries if name in n.libraries]
+    if not holding:
+        print(f"{name} is not loaded on any primary: nothing to remove")
+        return 0
+    addresses = ", ".join(n.address for n in holding)
+    if not args.yes:
+        where = "primary" if len(holding) == 1 else "primaries"
+        print(f"would delete {name} from {len(holding)} {where}: {addresses}")
+        print("(replicas follow their primary) re-run with --yes to delete")
+        return 1
+    failures = 0
+    for node in holding:
+        assert node.client is not None
+        try:
+            _cmd(node.client, "FUNCTION", "DELETE", name)
+            print(f"deleted {name} on {node.address}{_replication(node)}")
+        except redis.RedisError as error:
+            failures += 1
+            print(f"{PROG}: {node.address}: {_one_line(error)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_show(target: Target, args: argparse.Namespace) -> int:
+    _core.check_session_id(args.session_id)
+    key = args.key_prefix + args.session_id
+    client = target.client
+    kind = _text(_cmd(client, "TYPE", key))
+    if kind not in ("list", "none"):
+        raise WrongTypeError(f"{key} holds a {kind}, not a list: it is not a chat history")
+    ttl = int(_cmd(client, "TTL", key))
+    length = int(_cmd(client, "LLEN", key)) if kind == "list" else 0
+    entries: list[str] = []
+    messages: list[BaseMessage] = []
+    if kind == "list" and args.raw:
+        stop = -1 if args.limit is None else args.limit - 1
+        entries = [_text(entry) for entry in reversed(_cmd(client, "LRANGE", key, 0, stop))]
+    elif kind == "list":
+        history = RedisChatMessageHistory(
+            args.session_id,
+            key_prefix=args.key_prefix,
+            window=args.limit,
+            refresh_ttl_on_read=False,  # read-only: FCALL_RO, the TTL is left alone
+            redis_client=client,
+        )
+        messages = history.messages
+    ttl_value = ttl if ttl >= 0 else None
+    ttl_text = f"{ttl} s" if ttl >= 0 else ("none" if ttl == -1 else "missing")
+    if args.json:
+        data: dict[str, Any] = {
+            "key": key,
+            "type": kind,
+            "exists": kind != "none",
+            "length": length,
+            "ttl": ttl_value,
+        }
+        if args.raw:
+            data["entries"] = entries
+        else:
+            data["messages"] = [message_to_dict(message) for message in messages]
+        _print_json(data)
+        return 0
+    print(f"key     {key}")
+    print(f"type    {kind}")
+    print(f"length  {length}")
+    print(f"ttl     {ttl_text}")
+    if kind == "none":
+        print("(no such session)")
+        return 0
+    lines = [_escape(entry) for entry in entries] if args.raw else map(_describe, messages)
+    shown = len(entries) if args.raw else len(messages)
+    what = "stored entries" if args.raw else "messages"
+    scope = f"newest {shown} of {length}" if shown < length else f"all {length}"
+    print(f"{what} ({scope}, oldest first):")
+    width = len(str(length))
+    # numbered by position in the session, 1 = the oldest stored
+    for number, line in enumerate(lines, start=length - shown + 1):
+        print(f"  {number:>{width}}  {line}")
+    read = length if args.limit is None else min(args.limit, length)
+    if not args.raw and shown < read:  # the history drops tool results cut off from their call
+        print(
+            f"({read - shown} older tool result(s) in the window, whose tool call lies outside "
+            "it, not shown, as the history would not return them; --raw shows them)"
+        )
+    return 0
+
+
+def _escape(text: str) -> str:
+    """On one line: line breaks shown as \\n, \\r (the rest as is)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = _escape(text)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} chars)"
+
+
+def _describe(message: BaseMessage) -> str:
+    """One line: the type, the content (shortened), and the tool calls made or answered."""
+    content = message.content
+    text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+    parts = [f"{message.type:<6}"]
+    if text:
+        parts.append(_shorten(text, PREVIEW))
+    if isinstance(message, AIMessage) and message.tool_calls:
+        calls = [
+            f"{call['name']}({_shorten(json.dumps(call['args'], ensure_ascii=False), 60)})"
+            for call in message.tool_calls
+        ]
+        parts.append(f"[tool calls: {', '.join(calls)}]")
+    elif isinstance(message, ToolMessage):
+        parts.append(f"[result of {message.tool_call_id}]")
+    return " ".join(parts)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def _url_arg(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(
+            f"expected a redis://, rediss:// or unix:// URL, got {redact(value)!r}"
+        )
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= _core.MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {_core.MAX_INT}]")
+    return number
+
+
+def _library_arg(value: str) -> str:
+    if not value.startswith(PREFIX) or value == PREFIX:
+        raise argparse.ArgumentTypeError(f"only pyhistory libraries ({PREFIX}...) can be removed")
+    return value
+
+
+Command = Callable[[Target, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_url = os.environ.get("REDIS_URL") or DEFAULT_URL
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage the pyhistory Redis Functions library and inspect chat sessions.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # The connection options work before or after the subcommand; the subcommands' copies
+    # default to SUPPRESS so that they never override a value given before.
+    connection = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, True), (connection, False)):
+        target.add_argument(
+            "--url",
+            type=_url_arg,
+            default=default_url if default else argparse.SUPPRESS,
+            help="redis://, rediss:// (TLS options as query parameters, e.g. "
+            "?ssl_ca_certs=ca.pem) or unix:// URL; default: $REDIS_URL, else " + DEFAULT_URL,
+        )
+        target.add_argument(
+            "--cluster",
+            action="store_true",
+            default=False if default else argparse.SUPPRESS,
+            help="use a cluster client (default: detected from INFO cluster)",
+        )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[connection], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add(
+        "load",
+        cmd_load,
+        "load (or upgrade) this package's library on the server / every primary (deploy step)",
+    )
+    status = add(
+        "status",
+        cmd_status,
+        "which pyhistory libraries every node holds; exit 0 only when this package's library "
+        "is current on every primary",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    versions = add("versions", cmd_versions, "the pyhistory library versions across the nodes")
+    versions.add_argument("--json", action="store_true", help="print JSON")
+    remove = add(
+        "remove", cmd_remove, "delete a pyhistory library (FUNCTION DELETE) on every primary"
+    )
+    remove.add_argument("library", type=_library_arg, help="e.g. pyhistory_v1")
+    remove.add_argument("--yes", action="store_true", help="delete (without it: only show what)")
+    remove.add_argument(
+        "--force", action="store_true", help="also remove the library this package calls"
+    )
+    show = add("show", cmd_show, "print a session: key, type, length, TTL, messages (read-only)")
+    show.add_argument("session_id")
+    show.add_argument("--key-prefix", default="message_store:", help="default: message_store:")
+    show.add_argument(
+        "--limit", type=_positive_int, default=None, help="only the newest N (default: all)"
+    )
+    show.add_argument("--raw", action="store_true", help="the stored entries, not decoded")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors (2), --help and --version (0)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    handler: Command = args.handler
+    try:
+        target = connect(args.url, args.cluster)
+        try:
+            return handler(target, args)
+        finally:
+            target.close()
+    except CliError as error:
+        return _fail(str(error))
+    except HistoryError as error:
+        hint = (
+            " (`show --raw` prints the stored entries)"
+            if isinstance(error, CorruptEntryError)
+            else ""
+        )
+        return _fail(f"{type(error).__name__}: {_one_line(error)}{hint}")
+    except NoPermissionError as error:
+        return _fail(f"permission denied at {redact(args.url)}: {_one_line(error)}")
+    except redis.ConnectionError as error:  # also AuthenticationError
+        return _fail(f"cannot connect to {redact(args.url)}: {_one_line(error)}")
+    except redis.TimeoutError as error:
+        return _fail(f"timed out talking to {redact(args.url)}: {_one_line(error)}")
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (redis.RedisError, RedisClusterException, OSError) as error:
+        return _fail(f"{redact(args.url)}: {_one_line(error)}")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,536 @@
+"""The `pyhistory` command against real servers (and one real cluster), called in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from langchain_core.messages import (
+    AIMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    message_to_dict,
+)
+
+from pyhistory import RedisChatMessageHistory, _core, testing
+from pyhistory.cli import main, redact
+
+Run = Callable[..., tuple[int, str, str]]
+
+OLD = "pyhistory_v0"
+OLD_SOURCE = _core.library_source().replace(_core.LIBRARY, OLD)  # its functions: pyhistory_v0_*
+PATCHED_SOURCE = _core.library_source() + "\n-- patched by hand\n"  # same name, other code
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run ``pyhistory ARGS...`` in-process: (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def cmd(client: redis.Redis, *args: object) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
+
+
+def stored(client: redis.Redis, key: str, stop: int = -1) -> list[str]:
+    """The entries of a session as stored, oldest first."""
+    return [entry.decode() for entry in reversed(cmd(client, "LRANGE", key, 0, stop))]
+
+
+def libraries(client: redis.Redis) -> set[str]:
+    """The pyhistory libraries on one server (redis-py returns maps or flat lists by version)."""
+    reply = cmd(client, "FUNCTION", "LIST", "LIBRARYNAME", "pyhistory_*")
+    fields = [
+        item if isinstance(item, dict) else dict(zip(item[::2], item[1::2], strict=True))
+        for item in reply
+    ]
+    return {f[b"library_name"].decode() for f in fields}
+
+
+def load_source(client: redis.Redis, source: str) -> None:
+    cmd(client, "FUNCTION", "LOAD", "REPLACE", source)
+
+
+def assert_one_line(err: str) -> None:
+    assert err.startswith("pyhistory: error: ")
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+# --- load / status ----------------------------------------------------------------------------
+
+
+def test_status_before_load_says_missing(cli: Run, url: str) -> None:
+    code, out, err = cli("--url", url, "status")
+    assert code == 1, out + err
+    assert "missing" in out
+    assert "NOT READY" in out
+    assert "0/5" in out
+
+
+def test_load_then_status_says_current(cli: Run, url: str, client: redis.Redis) -> None:
+    code, out, err = cli("--url", url, "load")
+    assert code == 0, out + err
+    assert out.startswith(f"{_core.LIBRARY}: loaded")
+    assert "identical to this package's code" in out
+    assert libraries(client) == {_core.LIBRARY}
+
+    code, out, err = cli("--url", url, "status")
+    assert code == 0, out + err
+    assert "current" in out
+    assert "5/5" in out
+    assert "OK:" in out
+
+    code, out, _ = cli("--url", url, "status", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert report["mode"] == "standalone"
+    (node,) = report["nodes"]
+    assert node["role"] == "primary"
+    assert node["library"] == "current"
+    assert node["functions_missing"] == []
+    assert node["server"] in ("redis", "valkey")
+    assert node["version"][0].isdigit()
+
+
+def test_different_code_under_the_same_name(cli: Run, url: str, client: redis.Redis) -> None:
+    load_source(client, PATCHED_SOURCE)
+    code, out, _ = cli("--url", url, "status")
+    assert code == 1
+    assert "DIFFERENT CODE" in out
+    assert json.loads(cli("--url", url, "status", "--json")[1])["nodes"][0]["library"] == (
+        "different_code"
+    )
+
+    assert cli("--url", url, "load")[0] == 0
+    code, out, _ = cli("--url", url, "status")
+    assert code == 0
+    assert "current" in out
+
+
+def test_url_from_the_environment_and_options_after_the_command(
+    cli: Run, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    assert cli("load")[0] == 0
+    assert cli("status")[0] == 0
+    closed = f"redis://127.0.0.1:{testing.free_port()}/0"
+    assert cli("--url", closed, "status")[0] == 1
+    assert cli("status", "--url", url)[0] == 0  # after the subcommand, and it wins over $REDIS_URL
+
+
+def test_load_without_permission_is_one_line(cli: Run, url: str, client: redis.Redis) -> None:
+    cmd(client, "ACL", "SETUSER", "cli-app", "on", ">pw", "~*", "+@all", "-function")
+    try:
+        app_url = url.replace("redis://", "redis://cli-app:pw@", 1)
+        code, _, err = cli("--url", app_url, "load")
+        assert code == 1
+        assert_one_line(err)
+        assert "permission" in err
+        assert "pw@" not in err
+    finally:
+        cmd(client, "ACL", "DELUSER", "cli-app")
+
+
+# --- versions / remove ------------------------------------------------------------------------
+
+
+def test_versions_lists_every_pyhistory_library(cli: Run, url: str, client: redis.Redis) -> None:
+    load_source(client, OLD_SOURCE)
+    code, out, _ = cli("--url", url, "versions")
+    assert code == 0
+    (old_line,) = [line for line in out.splitlines() if line.startswith(OLD)]
+    (new_line,) = [line for line in out.splitlines() if line.startswith(_core.LIBRARY)]
+    assert "1/1" in old_line
+    assert "this package" not in old_line
+    assert "this package" in new_line
+    assert "not loaded" in new_line
+
+    cli("--url", url, "load")
+    code, out, _ = cli("--url", url, "versions", "--json")
+    assert code == 0
+    versions = {v["library"]: v for v in json.loads(out)["versions"]}
+    assert set(versions) == {OLD, _core.LIBRARY}
+    assert versions[_core.LIBRARY]["this_package"] is True
+    assert versions[_core.LIBRARY]["primaries"] == 1
+    assert versions[OLD]["this_package"] is False
+
+
+def test_remove_without_yes_deletes_nothing(cli: Run, url: str, client: redis.Redis) -> None:
+    load_source(client, OLD_SOURCE)
+    code, out, _ = cli("--url", url, "remove", OLD)
+    assert code == 1
+    assert "would delete" in out
+    assert "--yes" in out
+    assert libraries(client) == {OLD}
+
+
+def test_remove_with_yes(cli: Run, url: str, client: redis.Redis) -> None:
+    cli("--url", url, "load")
+    load_source(client, OLD_SOURCE)
+    code, out, err = cli("--url", url, "remove", OLD, "--yes")
+    assert code == 0, out + err
+    assert f"deleted {OLD}" in out
+    assert libraries(client) == {_core.LIBRARY}
+    code, out, _ = cli("--url", url, "remove", OLD, "--yes")  # again: nothing left to do
+    assert code == 0
+    assert "nothing to remove" in out
+
+
+def test_remove_refuses_the_current_library_without_force(
+    cli: Run, url: str, client: redis.Redis
+) -> None:
+    cli("--url", url, "load")
+    code, _, err = cli("--url", url, "remove", _core.LIBRARY, "--yes")
+    assert code == 1
+    assert_one_line(err)
+    assert "--force" in err
+    assert libraries(client) == {_core.LIBRARY}
+
+    code, _, _ = cli("--url", url, "remove", _core.LIBRARY, "--yes", "--force")
+    assert code == 0
+    assert libraries(client) == set()
+
+
+# --- show -------------------------------------------------------------------------------------
+
+CONVERSATION = [
+    SystemMessage("You are terse."),
+    HumanMessage("weather in Paris?\nand in Rome?"),
+    AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]),
+    ToolMessage("sunny", tool_call_id="c1"),
+    AIMessage("Paris is sunny. " * 20),
+]
+
+
+@pytest.fixture
+def session(url: str, client: redis.Redis) -> str:
+    """A session written by the history class; its TTL is then set to 1000 s (not the 600 s the
+    history would set), so that a refresh by `show` would be visible."""
+    RedisChatMessageHistory("s-1", url=url, ttl=600).add_messages(CONVERSATION)
+    client.expire("message_store:s-1", 1000)
+    return "s-1"
+
+
+def test_show_prints_the_session_and_leaves_its_ttl(
+    cli: Run, url: str, client: redis.Redis, session: str
+) -> None:
+    time.sleep(0.01)
+    before = client.pttl("message_store:s-1")
+    assert before < 1_000_000  # so a refresh to 600 s or to 1000 s by `show` would be seen
+    code, out, err = cli("--url", url, "show", session)
+    assert code == 0, out + err
+    assert 990_000 < client.pttl("message_store:s-1") <= before
+    lines = out.splitlines()
+    assert lines[:3] == ["key     message_store:s-1", "type    list", "length  5"]
+    assert re.fullmatch(r"ttl     (999|1000) s", lines[3])
+    assert lines[4] == "messages (all 5, oldest first):"
+    body = lines[5:]
+    assert len(body) == 5
+    assert body[0] == "  1  system You are terse."
+    assert body[1] == "  2  human  weather in Paris?\\nand in Rome?"
+    assert body[2] == '  3  ai     [tool calls: get_weather({"city": "Paris"})]'
+    assert body[3] == "  4  tool   sunny [result of c1]"
+    assert body[4].startswith("  5  ai     Paris is sunny. Paris")
+    assert body[4].endswith("... (320 chars)")
+    assert len(body[4]) < 130
+
+
+def test_show_keeps_a_session_without_ttl_persistent(
+    cli: Run, url: str, client: redis.Redis
+) -> None:
+    RedisChatMessageHistory("s-2", url=url).add_messages(CONVERSATION[:2])
+    code, out, _ = cli("--url", url, "show", "s-2")
+    assert code == 0
+    assert "ttl     none" in out
+    assert client.ttl("message_store:s-2") == -1
+
+
+def test_show_limit_raw_and_key_prefix(cli: Run, url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s-3", url=url, key_prefix="app:chat:")
+    history.add_messages(CONVERSATION)
+    code, out, _ = cli("--url", url, "show", "s-3", "--key-prefix", "app:chat:", "--limit", "3")
+    assert code == 0
+    assert "messages (newest 3 of 5, oldest first):" in out
+    assert "  3  ai     [tool calls: get_weather" in out
+    assert "  4  tool   sunny" in out
+    assert "system" not in out
+    assert "not shown" not in out
+
+    # a window that starts with a tool result: the history drops it, and show says so
+    code, out, _ = cli("--url", url, "show", "s-3", "--key-prefix", "app:chat:", "--limit", "2")
+    assert code == 0
+    assert "messages (newest 1 of 5, oldest first):" in out
+    assert "tool   sunny" not in out
+    assert "(1 older tool result(s) in the window" in out
+
+    code, out, _ = cli("--url", url, "show", "s-3", "--key-prefix", "app:chat:", "--raw")
+    assert code == 0
+    body = out.split("stored entries (all 5, oldest first):\n")[1].splitlines()
+    assert [line.split("  ", 2)[2] for line in body] == stored(client, "app:chat:s-3")
+
+
+def test_show_json(cli: Run, url: str, client: redis.Redis, session: str) -> None:
+    code, out, _ = cli("--url", url, "show", session, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["key"] == "message_store:s-1"
+    assert data["type"] == "list"
+    assert data["exists"] is True
+    assert data["length"] == 5
+    assert 990 <= data["ttl"] <= 1000
+    assert data["messages"] == [message_to_dict(m) for m in CONVERSATION]
+
+    code, out, _ = cli("--url", url, "show", session, "--json", "--raw", "--limit", "3")
+    assert code == 0
+    entries = json.loads(out)["entries"]
+    assert entries == stored(client, "message_store:s-1", 2)
+
+
+def test_show_a_missing_session(cli: Run, url: str) -> None:
+    code, out, _ = cli("--url", url, "show", "nobody")
+    assert code == 0
+    assert "type    none" in out
+    assert "ttl     missing" in out
+    assert "no such session" in out
+    data = json.loads(cli("--url", url, "show", "nobody", "--json")[1])
+    assert data == {
+        "key": "message_store:nobody",
+        "type": "none",
+        "exists": False,
+        "length": 0,
+        "ttl": None,
+        "messages": [],
+    }
+
+
+def test_show_a_wrong_type_key(cli: Run, url: str, client: redis.Redis) -> None:
+    client.set("message_store:s-4", "not a list")
+    code, out, err = cli("--url", url, "show", "s-4")
+    assert code == 1
+    assert out == ""
+    assert_one_line(err)
+    assert "WrongTypeError" in err
+    assert "message_store:s-4 holds a string" in err
+
+
+def test_show_a_corrupt_entry(cli: Run, url: str, client: redis.Redis) -> None:
+    client.rpush("message_store:s-5", "{not json")
+    code, _, err = cli("--url", url, "show", "s-5")
+    assert code == 1
+    assert_one_line(err)
+    assert "CorruptEntryError" in err
+    assert "--raw" in err
+    code, out, _ = cli("--url", url, "show", "s-5", "--raw")
+    assert code == 0
+    assert "  1  {not json" in out
+
+
+# --- errors and the command line --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["load"], ["status"], ["versions"], ["remove", OLD, "--yes"], ["show", "s"]],
+    ids=lambda c: c[0],
+)
+def test_connection_refused_is_one_line(cli: Run, command: list[str]) -> None:
+    closed = f"redis://user:secret@127.0.0.1:{testing.free_port()}/0"
+    for extra in ([], ["--cluster"]):
+        code, out, err = cli("--url", closed, *extra, *command)
+        assert code == 1
+        assert out == ""
+        assert_one_line(err)
+        assert "Connection refused" in err or "connect" in err
+        assert "secret" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["status", "--bogus"],
+        ["show"],
+        ["show", "s", "--limit", "0"],
+        ["show", "s", "--limit", "x"],
+        ["remove", "mylib", "--yes"],
+        ["--url", "http://localhost:6379", "status"],
+    ],
+)
+def test_usage_errors_exit_2(cli: Run, argv: list[str]) -> None:
+    code, _, err = cli(*argv)
+    assert code == 2
+    assert "usage: pyhistory" in err
+    assert "Traceback" not in err
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("redis://u:p%40ss@h:1/0") == "redis://u:***@h:1/0"
+    assert (
+        redact("rediss://:pw@h:1/0?ssl_cert_reqs=none") == "rediss://:***@h:1/0?ssl_cert_reqs=none"
+    )
+    assert "hunter2" not in redact("redis://h:1/0?password=hunter2")
+    assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_console_script_and_module() -> None:
+    """The installed entry points work (a packaging check: one server is enough)."""
+    with testing.start_server() as server:
+        env = {**os.environ, "REDIS_URL": server.url}
+        script = Path(sys.executable).with_name("pyhistory")
+        load = [str(script)] if script.exists() else [sys.executable, "-m", "pyhistory.cli"]
+        done = subprocess.run([*load, "load"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert f"{_core.LIBRARY}: loaded" in done.stdout
+        status = [sys.executable, "-m", "pyhistory.cli", "status", "--json"]
+        done = subprocess.run(status, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["ok"] is True
+        with server.client() as client:
+            client.function_flush()
+        done = subprocess.run(status, env=env, capture_output=True, text=True)
+        assert done.returncode == 1
+        assert done.stderr == ""
+
+
+def test_tls_url_with_options_as_query_parameters(cli: Run, tmp_path: Path) -> None:
+    tls = testing.make_tls_files(str(tmp_path))
+    try:
+        server = testing.start_server("redis", tls=tls)
+    except RuntimeError as error:  # not installed, or built without TLS
+        pytest.skip(str(error))
+    with server:
+        url = f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={tls.ca_cert}"
+        url += f"&ssl_certfile={tls.cert}&ssl_keyfile={tls.key}"
+        assert cli("--url", url, "load")[0] == 0
+        assert cli("--url", url, "status")[0] == 0
+        code, _, err = cli("--url", url.split("?")[0], "status")  # no CA: not trusted
+        assert code == 1
+        assert_one_line(err)
+        assert "certificate" in err
+
+
+# --- a cluster --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[testing.LocalCluster]:
+    started = testing.start_cluster()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def cluster_url(cluster: testing.LocalCluster) -> str:
+    """The cluster, emptied: no keys, no functions, on any node."""
+    for node in cluster.primaries():
+        with node.client() as c:
+            c.flushall()
+            c.function_flush()
+            c.execute_command("WAIT", 1, 2000)
+    return cluster.url
+
+
+def primary_libraries(cluster: testing.LocalCluster) -> list[set[str]]:
+    result = []
+    for node in cluster.primaries():
+        with node.client() as c:
+            result.append(libraries(c))
+    return result
+
+
+@pytest.mark.cluster
+def test_cluster_load_status_versions_remove(
+    cli: Run, cluster: testing.LocalCluster, cluster_url: str
+) -> None:
+    code, out, _ = cli("--url", cluster_url, "status", "--json")
+    assert code == 1
+    assert [n["library"] for n in json.loads(out)["nodes"]] == ["missing"] * 6
+
+    code, out, err = cli("--url", cluster_url, "load")
+    assert code == 0, out + err
+    assert out.count("identical to this package's code; replicated to 1/1 replicas") == 3
+    assert primary_libraries(cluster) == [{_core.LIBRARY}] * 3
+
+    for flag in ([], ["--cluster"]):  # detected from INFO cluster, or asked for
+        code, out, _ = cli("--url", cluster_url, *flag, "status", "--json")
+        assert code == 0
+        report = json.loads(out)
+        assert report["mode"] == "cluster"
+        assert report["ok"] is True
+        nodes = report["nodes"]
+        assert len(nodes) == 6
+        assert sorted(n["role"] for n in nodes) == ["primary"] * 3 + ["replica"] * 3
+        assert {n["address"] for n in nodes} == {f"127.0.0.1:{n.port}" for n in cluster.nodes}
+        assert all(n["library"] == "current" for n in nodes)
+    code, out, _ = cli("--url", cluster_url, "status")
+    assert code == 0
+    assert out.count("current") == 6
+    assert "on 3/3 primaries" in out
+
+    with cluster.client() as c:
+        c.execute_command("FUNCTION", "LOAD", OLD_SOURCE)  # redis-py sends it to every primary
+    code, out, _ = cli("--url", cluster_url, "versions")
+    assert code == 0
+    assert any(line.startswith(OLD) and "3/3" in line for line in out.splitlines())
+
+    assert cli("--url", cluster_url, "remove", OLD)[0] == 1
+    assert primary_libraries(cluster) == [{_core.LIBRARY, OLD}] * 3
+    code, out, _ = cli("--url", cluster_url, "remove", OLD, "--yes")
+    assert code == 0
+    assert out.count(f"deleted {OLD}") == 3
+    assert primary_libraries(cluster) == [{_core.LIBRARY}] * 3
+    for node in cluster.replicas():
+        with node.client() as c:
+            assert libraries(c) == {_core.LIBRARY}
+
+
+@pytest.mark.cluster
+def test_cluster_status_fails_when_one_primary_lacks_the_library(
+    cli: Run, cluster: testing.LocalCluster, cluster_url: str
+) -> None:
+    assert cli("--url", cluster_url, "load")[0] == 0
+    victim = cluster.primaries()[1]
+    with victim.client() as c:
+        c.function_flush()
+    code, out, _ = cli("--url", cluster_url, "status", "--json")
+    assert code == 1
+    states = {n["address"]: n["library"] for n in json.loads(out)["nodes"]}
+    assert states[f"127.0.0.1:{victim.port}"] == "missing"
+    assert cli("--url", cluster_url, "load")[0] == 0
+    assert cli("--url", cluster_url, "status")[0] == 0
+
+
+@pytest.mark.cluster
+def test_cluster_show_routes_by_key(
+    cli: Run, cluster: testing.LocalCluster, cluster_url: str
+) -> None:
+    with cluster.client() as c:
+        for n in range(6):  # sessions in different slots, so on different primaries
+            RedisChatMessageHistory(f"u{n}", redis_client=c, ttl=500).add_messages(
+                [HumanMessage(f"hi {n}"), AIMessage(f"hello {n}")]
+            )
+    for n in range(6):
+        code, out, err = cli("--url", cluster_url, "show", f"u{n}")
+        assert code == 0, err
+        assert f"  1  human  hi {n}" in out
+        assert f"  2  ai     hello {n}" in out
