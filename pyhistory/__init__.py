@@ -1,7 +1,7 @@
 """pyhistory: chat-message history for LLM applications in Redis, one atomic round trip per
 operation, laid out exactly as langchain_community's RedisChatMessageHistory lays it out."""
 
-from pyhistory._core import LIBRARY, MAX_BATCH
+from pyhistory._core import LIBRARY, MAX_BATCH, acl_rule
 from pyhistory.errors import (
     BatchTooLargeError,
     CorruptEntryError,
@@ -38,6 +38,7 @@ __all__ = [
     "SerializationError",
     "WrongTypeError",
     "__version__",
+    "acl_rule",
     "aload_functions",
     "load_functions",
 ]

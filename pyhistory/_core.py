@@ -63,6 +63,26 @@ LENGTH = f"{LIBRARY}_length"
 FUNCTIONS: tuple[str, ...] = (APPEND, WINDOW, WINDOW_RO, TOUCH, LENGTH)
 
 
+# Commands the library's functions run (Redis checks them against the caller's ACL), and the
+# commands the history sends itself: the calls, DEL for clear(), WAIT for wait_for_replicas.
+FUNCTION_COMMANDS: tuple[str, ...] = tuple(
+    sorted({c.lower() for c in re.findall(r"redis\.call\('(\w+)'", library_source())})
+)
+CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "fcall_ro", "del", "wait")
+
+
+def acl_rule(key_prefix: str = "message_store:") -> str:
+    """The least-privilege ACL rules for an application's runtime user: its sessions' keys only,
+    the calls and what they run, nothing else (no FUNCTION, no KEYS/SCAN, no other keys).
+    Loading the functions is left to an admin user at deploy time (``pyhistory load``)."""
+    commands = " ".join(f"+{c}" for c in (*CLIENT_COMMANDS, *FUNCTION_COMMANDS))
+    return f"resetkeys ~{_acl_glob(key_prefix)}* resetchannels -@all {commands}"
+
+
+def _acl_glob(prefix: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+
+
 # --- argument checks --------------------------------------------------------------------------
 
 

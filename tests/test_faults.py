@@ -295,3 +295,30 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
         assert not lost, f"acknowledged but lost: {lost[:5]}"
     for _, error in errors:
         assert isinstance(error, (redis.exceptions.RedisError, pyhistory.HistoryError)), error
+
+
+# --- reads from a standalone replica ----------------------------------------------------------
+
+
+def test_reads_from_a_replica_url(replicated: tuple[str, testing.LocalServer]) -> None:
+    url, replica = replicated
+    history = RedisChatMessageHistory(
+        "r", url=url, ttl=60, replica_url=replica.url, wait_for_replicas=1
+    )
+    assert history.read_from_replicas
+    history.add_messages(turn(1))  # acknowledged by the replica: the read below sees it
+    with replica.client() as r:
+        r.config_resetstat()
+        assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+        assert int(r.info("commandstats")["cmdstat_fcall_ro"]["calls"]) == 1
+        assert r.ttl(history.key) > 0
+
+
+async def test_async_reads_from_a_replica_url(replicated: tuple[str, testing.LocalServer]) -> None:
+    url, replica = replicated
+    history = RedisChatMessageHistory("r", url=url, replica_url=replica.url, wait_for_replicas=1)
+    await history.aadd_messages(turn(2))
+    with replica.client() as r:
+        r.config_resetstat()
+        assert [m.content for m in await history.aget_messages()] == ["question 2", "answer 2"]
+        assert int(r.info("commandstats")["cmdstat_fcall_ro"]["calls"]) == 1

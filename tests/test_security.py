@@ -1,0 +1,158 @@
+"""Least privilege (an ACL user limited to its keys and the calls) and TLS, on real servers."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+from langchain_core.messages import AIMessage, HumanMessage
+
+import pyhistory
+from pyhistory import RedisChatMessageHistory, _core, testing
+
+LUA = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
+
+
+def test_the_acl_rule_follows_what_the_lua_calls() -> None:
+    called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
+    assert called == {"lpush", "ltrim", "expire", "lrange", "llen"}
+    allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
+    assert allowed == called | {"fcall", "fcall_ro", "del", "wait"}
+    assert "~message_store:*" in pyhistory.acl_rule().split()
+    assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
+
+
+@pytest.fixture
+def app_url(url: str, client: redis.Redis) -> str:
+    """A URL that logs in as 'app', a user with exactly pyhistory.acl_rule()."""
+    client.execute_command(
+        "ACL", "SETUSER", "app", "reset", "on", ">app-secret", *pyhistory.acl_rule().split()
+    )
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=f"app:app-secret@{parts.hostname}:{parts.port}").geturl()
+
+
+def test_runtime_user_can_do_every_operation(app_url: str, client: redis.Redis) -> None:
+    pyhistory.load_functions(client)  # the admin's deploy-time step
+    history = RedisChatMessageHistory("s", url=app_url, ttl=60, max_messages=3, window=2)
+    history.add_messages([HumanMessage("q1"), AIMessage("a1"), HumanMessage("q2")])
+    history.add_user_message("q3")
+    assert [m.content for m in history.messages] == ["q2", "q3"]
+    assert len(history) == 3
+    assert history.touch() is True
+    history.clear()
+    assert len(history) == 0
+    ro = RedisChatMessageHistory("s", url=app_url)
+    ro.add_user_message("x")
+    assert [m.content for m in ro.messages] == ["x"]  # FCALL_RO path
+
+
+async def test_runtime_user_asyncio(app_url: str, client: redis.Redis) -> None:
+    pyhistory.load_functions(client)
+    history = RedisChatMessageHistory("s", url=app_url, ttl=60)
+    await history.aadd_messages([HumanMessage("q"), AIMessage("a")])
+    assert len(await history.aget_messages()) == 2
+    await history.aclear()
+
+
+def test_runtime_user_gets_noperm_elsewhere(app_url: str, client: redis.Redis) -> None:
+    pyhistory.load_functions(client)
+    client.rpush("other:s", "secret")
+    foreign = RedisChatMessageHistory("s", url=app_url, key_prefix="other:")
+    with pytest.raises(pyhistory.PermissionDeniedError):
+        foreign.add_user_message("x")
+    with pytest.raises(pyhistory.PermissionDeniedError):
+        _ = foreign.messages
+    with pytest.raises(pyhistory.PermissionDeniedError):
+        foreign.clear()
+    assert client.lrange("other:s", 0, -1) == [b"secret"]
+    with redis.Redis.from_url(app_url) as app:
+        for command in (
+            ("KEYS", "*"),
+            ("SCAN", 0),
+            ("FUNCTION", "FLUSH"),
+            ("GET", "message_store:x"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                app.execute_command(*command)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app.function_load(_core.library_source(), replace=True)
+
+
+def test_lazy_load_without_the_right_says_what_to_run(app_url: str, client: redis.Redis) -> None:
+    history = RedisChatMessageHistory("s", url=app_url)
+    with pytest.raises(pyhistory.FunctionsNotLoadedError, match=r"pyhistory .*load"):
+        history.add_user_message("x")
+    assert client.dbsize() == 0
+    pyhistory.load_functions(client)  # the admin path
+    history.add_user_message("x")
+    assert len(history) == 1
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.LocalServer]:
+    kind = next((k for k in ("redis",) if testing.server_binary(k)), None)
+    if kind is None:
+        pytest.skip("no redis-server built with TLS")
+    files = testing.make_tls_files(str(tmp_path_factory.mktemp("tls")))
+    with testing.start_server(kind, tls=files) as started:
+        yield started
+
+
+def tls_url(server: testing.LocalServer) -> str:
+    assert server.tls is not None
+    query = urllib.parse.urlencode(
+        {
+            "ssl_ca_certs": server.tls.ca_cert,
+            "ssl_certfile": server.tls.cert,
+            "ssl_keyfile": server.tls.key,
+        }
+    )
+    return f"{server.url}?{query}"
+
+
+def test_rediss_url(tls_server: testing.LocalServer) -> None:
+    url = tls_url(tls_server)
+    assert url.startswith("rediss://")
+    history = RedisChatMessageHistory("tls", url=url, ttl=60, max_messages=2)
+    history.clear()
+    history.add_messages([HumanMessage("q"), AIMessage("a"), HumanMessage("q2")])
+    assert [m.content for m in history.messages] == ["a", "q2"]
+    assert len(history) == 2
+    history.clear()
+
+
+async def test_rediss_url_asyncio(tls_server: testing.LocalServer) -> None:
+    history = RedisChatMessageHistory("tls-a", url=tls_url(tls_server), ttl=60)
+    await history.aclear()
+    await history.aadd_messages([HumanMessage("q"), AIMessage("a")])
+    assert [m.content for m in await history.aget_messages()] == ["q", "a"]
+    await history.aclear()
+
+
+def test_injected_tls_client(tls_server: testing.LocalServer) -> None:
+    client = tls_server.client()
+    history = RedisChatMessageHistory("tls-c", redis_client=client)
+    client.function_flush()  # the lazy load over TLS too
+    history.add_user_message("over tls")
+    assert [m.content for m in history.messages] == ["over tls"]
+    history.clear()
+
+
+def test_plain_tcp_to_the_tls_port_fails(tls_server: testing.LocalServer) -> None:
+    plain = tls_server.url.replace("rediss://", "redis://")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        redis.Redis.from_url(plain, socket_timeout=2, retry=None).ping()
+
+
+def test_the_readme_shows_the_exact_rule() -> None:
+    readme = (LUA.parent.parent / "README.md").read_text()
+    assert f"ACL SETUSER app on >secret {pyhistory.acl_rule()}\n" in readme
