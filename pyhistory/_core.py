@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -139,6 +139,24 @@ def encode_batch(messages: Sequence[BaseMessage]) -> list[str]:
     return [encode(message) for message in messages]
 
 
+def _loads_orjson(entry: bytes | str) -> Any:
+    try:
+        return orjson.loads(entry)
+    except orjson.JSONDecodeError:
+        # What orjson refuses but json.dumps can write (NaN, Infinity, lone surrogates, integers
+        # beyond 64 bits) is read as the standard library reads it; anything else fails there too.
+        return json.loads(entry)
+
+
+loads: Callable[[bytes | str], Any]
+try:
+    import orjson
+except ImportError:  # the "fast" extra is optional
+    loads = json.loads
+else:
+    loads = _loads_orjson
+
+
 def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
     """Stored entries (newest first) -> messages (oldest first).
 
@@ -146,7 +164,7 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
     (trimmed by max_messages or cut by the window size), and LLM APIs reject such orphans.
     """
     try:
-        items = [json.loads(entry) for entry in reversed(entries)]
+        items = [loads(entry) for entry in reversed(entries)]
     except ValueError as error:
         raise CorruptEntryError(f"a stored entry is not valid JSON: {error}") from error
     start = 0

@@ -98,3 +98,18 @@ def test_same_key_for_the_same_arguments(url: str, key_prefix: str, session_id: 
     ours = RedisChatMessageHistory(session_id, url=url, key_prefix=key_prefix)
     theirs: Any = CommunityHistory(session_id, url=url, key_prefix=key_prefix)
     assert ours.key == theirs.key == key_prefix + session_id
+
+
+def test_what_only_the_standard_json_reads_is_read_the_same(url: str) -> None:
+    """json.dumps writes NaN, Infinity, lone surrogates and integers past 64 bits; the fast
+    decoder (orjson) refuses them, so those entries are read by the standard library."""
+    message = AIMessage(
+        "lone \ud800 surrogate",
+        response_metadata={"nan": float("nan"), "inf": float("-inf"), "big": 2**70},
+    )
+    theirs = CommunityHistory("odd", url=url)
+    theirs.add_message(message)
+    (got,) = RedisChatMessageHistory("odd", url=url).messages
+    assert got.content == "lone \ud800 surrogate"
+    meta = got.response_metadata
+    assert meta["nan"] != meta["nan"] and meta["inf"] == float("-inf") and meta["big"] == 2**70
