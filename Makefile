@@ -39,15 +39,17 @@ test: $(DEV_STAMP)
 test-fast: $(DEV_STAMP)
 	PYHISTORY_TEST_SERVERS=redis $(PY) -m pytest -x -q
 
+PY_SOURCES := pyhistory tests loadtest
+
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	@if command -v luac >/dev/null 2>&1; then luac -p lua/pyhistory.lua && echo "luac -p: ok"; fi
 
 format: $(DEV_STAMP)
-	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix $(PY_SOURCES)
+	$(BIN)/ruff format $(PY_SOURCES)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
