@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -137,6 +138,8 @@ def _show(title: str, lines: Sequence[object]) -> None:
 
 
 def main() -> int:
+    # RunnableWithMessageHistory, which LangChain's example uses, warns that it is deprecated.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     with redis_url() as url:
         load_functions(redis.Redis.from_url(url))  # at start-up; the history would do it lazily
         RedisChatMessageHistory("foo", url=url).clear()  # the demo's own session, fresh each run
