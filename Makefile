@@ -7,14 +7,14 @@ PY := $(BIN)/python
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install demo test test-fast lint format bench loadtest clean
+.PHONY: help install demo test test-fast lint format bench bench-quick loadtest clean
 
 help:
 	@echo "make demo      LangChain's two Redis examples on pyhistory (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
 	@echo "make lint      ruff, mypy --strict, luac -p"
 	@echo "make bench     side-by-side benchmarks into docs/bench/"
-	@echo "make loadtest  a headless locust run into loadtest/results/"
+	@echo "make loadtest  headless locust runs, every contender side by side, into loadtest/results/"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ lint: $(DEV_STAMP)
 format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix $(PY_SOURCES)
 	$(BIN)/ruff format $(PY_SOURCES)
+
+bench: $(DEV_STAMP)
+	$(PY) loadtest/bench.py
+
+bench-quick: $(DEV_STAMP)
+	$(PY) loadtest/bench.py --quick --out /tmp/pyhistory-bench
+
+LOADTEST_ARGS ?= --compare --users 20 --run-time 60s
+loadtest: $(DEV_STAMP)
+	$(PY) loadtest/run.py $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -113,3 +113,46 @@ def test_what_only_the_standard_json_reads_is_read_the_same(url: str) -> None:
     assert got.content == "lone \ud800 surrogate"
     meta = got.response_metadata
     assert meta["nan"] != meta["nan"] and meta["inf"] == float("-inf") and meta["big"] == 2**70
+
+
+def test_older_layouts_are_read_as_langchain_reads_them_every_time(
+    url: str, client: redis.Redis
+) -> None:
+    """An AIMessage stored by an older langchain, with OpenAI-style tool calls only in
+    additional_kwargs: validation converts them, and every read does it again (the fast path
+    that skips validation is only taken for entries whose data validation left unchanged)."""
+    old = {
+        "type": "ai",
+        "data": {
+            "content": "",
+            "additional_kwargs": {
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                    }
+                ]
+            },
+            "type": "ai",
+            "example": False,
+        },
+    }
+    client.lpush("message_store:old", json.dumps(old))
+    history = RedisChatMessageHistory("old", url=url)
+    reads = [history.messages for _ in range(3)]
+    assert reads[0] == reads[1] == reads[2]
+    (message,) = reads[2]
+    assert isinstance(message, AIMessage)
+    assert message.tool_calls[0]["name"] == "lookup"
+    assert message.tool_calls[0]["args"] == {"q": "x"}
+
+
+def test_repeated_reads_give_equal_fresh_objects(url: str) -> None:
+    RedisChatMessageHistory("r", url=url).add_messages(conversation())
+    history = RedisChatMessageHistory("r", url=url)
+    first, second = history.messages, history.messages
+    assert first == second == conversation()
+    assert all(a is not b for a, b in zip(first, second, strict=True))
+    first[3].tool_calls[0]["args"]["n"] = 99  # a caller's change to what it got ...
+    assert history.messages[3].tool_calls[0]["args"]["n"] == 3  # ... is not seen by the next read

