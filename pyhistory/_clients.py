@@ -17,7 +17,7 @@ from redis.retry import Retry
 
 from pyhistory.functions import AsyncClient, SyncClient, prepare
 
-# A URL, whether it names a cluster, and whether the cluster's replicas serve FCALL_RO.
+# A URL, whether it names a cluster, and whether the cluster's replicas serve the reads.
 Target = tuple[str, bool, bool]
 
 _lock = threading.Lock()
@@ -37,7 +37,7 @@ _RETRIES = 10
 
 
 def _replicas(read_from_replicas: bool) -> LoadBalancingStrategy | None:
-    """Read-only commands (FCALL_RO) to the replicas in turn, or everything to the primaries."""
+    """Read-only commands (LRANGE, FCALL_RO) to the replicas in turn, or all to the primaries."""
     return LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if read_from_replicas else None
 
 

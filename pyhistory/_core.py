@@ -64,18 +64,19 @@ FUNCTIONS: tuple[str, ...] = (APPEND, WINDOW, WINDOW_RO, TOUCH, LENGTH)
 
 
 # Commands the library's functions run (Redis checks them against the caller's ACL), and the
-# commands the history sends itself: the calls, DEL for clear(), WAIT for wait_for_replicas.
+# commands the history sends itself: the calls, DEL for clear(), WAIT for wait_for_replicas, and
+# LRANGE for reads that refresh no TTL.
 FUNCTION_COMMANDS: tuple[str, ...] = tuple(
     sorted({c.lower() for c in re.findall(r"redis\.call\('(\w+)'", library_source())})
 )
-CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "fcall_ro", "del", "wait")
+CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "fcall_ro", "del", "wait", "lrange")
 
 
 def acl_rule(key_prefix: str = "message_store:") -> str:
     """The least-privilege ACL rules for an application's runtime user: its sessions' keys only,
     the calls and what they run, nothing else (no FUNCTION, no KEYS/SCAN, no other keys).
     Loading the functions is left to an admin user at deploy time (``pyhistory load``)."""
-    commands = " ".join(f"+{c}" for c in (*CLIENT_COMMANDS, *FUNCTION_COMMANDS))
+    commands = " ".join(f"+{c}" for c in dict.fromkeys((*CLIENT_COMMANDS, *FUNCTION_COMMANDS)))
     return f"resetkeys ~{_acl_glob(key_prefix)}* resetchannels -@all {commands}"
 
 

@@ -48,7 +48,7 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
             in a worker thread.
         async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
         cluster: ``url`` names a node of a Redis Cluster (``RedisCluster.from_url``).
-        read_from_replicas: reads go to replicas with ``FCALL_RO`` and accept their lag; they no
+        read_from_replicas: reads go to replicas (a plain LRANGE) and accept their lag; they no
             longer refresh the TTL (replicas cannot write), appends still do. On a cluster built
             from ``url`` the cluster client routes them; on a standalone server, name the replica
             with ``replica_url`` or ``replica_client`` / ``async_replica_client``.

@@ -22,7 +22,7 @@ def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
     assert called == {"lpush", "ltrim", "expire", "lrange", "llen"}
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
-    assert allowed == called | {"fcall", "fcall_ro", "del", "wait"}
+    assert allowed == called | {"fcall", "fcall_ro", "del", "wait", "lrange"}
     assert "~message_store:*" in pyhistory.acl_rule().split()
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
 
