@@ -100,7 +100,7 @@ local function append(keys, args)
 end
 
 --[[
-window: the newest entries of a session, refreshing its TTL (sliding expiry).
+window: the newest entries of a session, refreshing its TTL (sliding expiry). Flagged allow-oom.
   KEYS[1]   the session's LIST
   ARGV[1]   count: how many of the newest entries; 0 = all
   ARGV[2]   ttl: when > 0 and the session exists, EXPIRE it after this many seconds
@@ -137,7 +137,7 @@ local function window_ro(keys, args)
 end
 
 --[[
-touch: set or refresh a session's TTL without reading or writing its entries.
+touch: set or refresh a session's TTL without reading or writing its entries. Flagged allow-oom.
   KEYS[1]   the session's LIST
   ARGV[1]   ttl in seconds, at least 1
   reply     integer: 1 when the session exists (its TTL is now ttl), 0 when it does not
@@ -165,9 +165,13 @@ end
 
 -- The library's whole surface. Names carry the contract version; see the header.
 redis.register_function{function_name = 'pyhistory_v1_append', callback = append}
-redis.register_function{function_name = 'pyhistory_v1_window', callback = window}
+-- window and touch write only a TTL, which takes no memory to speak of: allow-oom lets a chat read
+-- its history while the server is out of memory under the noeviction policy, as LRANGE could.
+redis.register_function{
+  function_name = 'pyhistory_v1_window', callback = window, flags = {'allow-oom'}}
 redis.register_function{
   function_name = 'pyhistory_v1_window_ro', callback = window_ro, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_v1_touch', callback = touch}
+redis.register_function{
+  function_name = 'pyhistory_v1_touch', callback = touch, flags = {'allow-oom'}}
 redis.register_function{
   function_name = 'pyhistory_v1_length', callback = length, flags = {'no-writes'}}

@@ -29,7 +29,7 @@ _async: dict[asyncio.AbstractEventLoop, dict[Target, AsyncClient]] = {}
 
 def _backoff() -> ExponentialWithJitterBackoff:
     """How clients built here ride out a restart or a failover: connection errors and timeouts
-    are retried 10 times, backing off from 0.1 s up to 1 s with jitter (about 4 s in all)."""
+    are retried 10 times, backing off from 0.1 s up to 1 s with jitter (about 7 s in all)."""
     return ExponentialWithJitterBackoff(base=0.1, cap=1.0)
 
 
@@ -66,7 +66,7 @@ def _new_async(target: Target) -> AsyncClient:
 
 
 def sync_client(url: str, cluster: bool = False, read_from_replicas: bool = False) -> SyncClient:
-    target = (url, cluster, read_from_replicas)
+    target = (url, cluster, cluster and read_from_replicas)
     client = _sync.get(target)
     if client is None:
         with _lock:
@@ -85,7 +85,7 @@ def async_client(url: str, cluster: bool = False, read_from_replicas: bool = Fal
             for closed in [other for other in _async if other.is_closed()]:
                 del _async[closed]
             clients = _async[loop] = {}
-    target = (url, cluster, read_from_replicas)
+    target = (url, cluster, cluster and read_from_replicas)
     client = clients.get(target)
     if client is None:
         client = clients[target] = _new_async(target)

@@ -4,8 +4,8 @@ a new or failed-over node)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -15,6 +15,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ConnectionError,
     MasterDownError,
@@ -78,7 +79,7 @@ def prepare(client: Any) -> None:
     if parser is None or getattr(parser, "_pyhistory_fcall_keys", False):
         return
     original: Callable[..., Any] = parser.get_keys
-    if asyncio.iscoroutinefunction(original):
+    if inspect.iscoroutinefunction(original):
 
         async def get_keys_async(*args: Any) -> Any:
             keys = _fcall_keys(args)
@@ -123,18 +124,15 @@ async def aload_functions(client: AsyncClient) -> str:
 # --- running ----------------------------------------------------------------------------------
 
 
-def run(client: SyncClient, call: _core.Call, loader: SyncClient | None = None) -> Any:
-    """Send one call; load the library and resend once if the server lacks it.
-
-    ``loader`` is the client that loads it when ``client`` may not (a read-only replica).
-    """
+def run(client: SyncClient, call: _core.Call) -> Any:
+    """Send one call; load the library and resend once if the server lacks it."""
     try:
         return client.execute_command(call.command, *call.args)
     except ResponseError as error:
         if not _is_missing(error):
             _raise_typed(error)
             raise
-    load_functions(loader or client)
+    load_functions(client)
     try:
         return client.execute_command(call.command, *call.args)
     except ResponseError as error:
@@ -142,7 +140,7 @@ def run(client: SyncClient, call: _core.Call, loader: SyncClient | None = None) 
         raise
 
 
-async def arun(client: AsyncClient, call: _core.Call, loader: AsyncClient | None = None) -> Any:
+async def arun(client: AsyncClient, call: _core.Call) -> Any:
     """The asyncio twin of :func:`run`."""
     try:
         return await client.execute_command(call.command, *call.args)
@@ -150,7 +148,7 @@ async def arun(client: AsyncClient, call: _core.Call, loader: AsyncClient | None
         if not _is_missing(error):
             _raise_typed(error)
             raise
-    await aload_functions(loader or client)
+    await aload_functions(client)
     try:
         return await client.execute_command(call.command, *call.args)
     except ResponseError as error:
@@ -161,69 +159,86 @@ async def arun(client: AsyncClient, call: _core.Call, loader: AsyncClient | None
 # --- running with WAIT ------------------------------------------------------------------------
 
 # Attempts of a durable write when the cluster's topology changed under it (failover, resharding)
-# and the pause between them while the cluster settles.
+# and the pause between them, from the second on, while the cluster settles.
 _TOPOLOGY_ATTEMPTS = 20
 _TOPOLOGY_PAUSE = 0.5
-# Replies that say the key's owner is changing: MOVED/ASK, CLUSTERDOWN while a failover runs,
-# TRYAGAIN during a slot migration, MASTERDOWN from a replica that lost its primary.
+# Replies that say the key's owner is changing: MOVED, CLUSTERDOWN while a failover runs,
+# TRYAGAIN and MASTERDOWN. (ASK, during a slot migration, is followed rather than waited out.)
 _TOPOLOGY_ERRORS = (MovedError, ClusterDownError, TryAgainError, MasterDownError)
 
 
 def _durable_reply(replies: list[Any], replicas: int, timeout_ms: int) -> Any:
-    reply, acknowledged = replies
-    if isinstance(reply, ResponseError):
-        _raise_typed(reply)
-        raise reply
-    if isinstance(acknowledged, ResponseError):
-        raise acknowledged
-    _core.check_acknowledged(int(acknowledged), replicas, timeout_ms)
-    return reply
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            _raise_typed(reply)
+            raise reply
+    _core.check_acknowledged(int(replies[1]), replicas, timeout_ms)
+    return replies[0]
 
 
-def _send_with_wait(node: redis.Redis, call: _core.Call, replicas: int, timeout_ms: int) -> Any:
+def _send_with_wait(
+    node: redis.Redis, call: _core.Call, replicas: int, timeout_ms: int, asking: bool = False
+) -> list[Any]:
     pipe = node.pipeline(transaction=False)
+    if asking:  # the slot is migrating to this node: it serves the key only after ASKING
+        pipe.execute_command("ASKING")
     pipe.execute_command(call.command, *call.args)
     pipe.execute_command("WAIT", replicas, timeout_ms)
-    return pipe.execute(raise_on_error=False)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies[1:] if asking else replies
 
 
 def run_durable(client: SyncClient, call: _core.Call, replicas: int, timeout_ms: int) -> Any:
     """Send a write and ``WAIT replicas timeout_ms`` pipelined on one connection: one round trip.
 
     Raises ReplicationError when fewer replicas acknowledged in time (the write itself applied).
-    On a cluster the pair goes to the primary that owns the key; when that changes under it
-    (failover), the topology is refreshed and the pair sent again.
+    On a cluster the pair goes to the primary that owns the key, follows an ASK redirection
+    during a slot migration, and when the owner changes (failover, resharding) refreshes the
+    topology and sends the pair again.
     """
+    if not isinstance(client, redis.cluster.RedisCluster):
+        replies = _send_with_wait(client, call, replicas, timeout_ms)
+        if _is_missing(replies[0]):
+            load_functions(client)
+            replies = _send_with_wait(client, call, replicas, timeout_ms)
+        return _durable_reply(replies, replicas, timeout_ms)
+
     loaded = False
+    ask: AskError | None = None
     for attempt in range(_TOPOLOGY_ATTEMPTS):
         try:
-            if isinstance(client, redis.cluster.RedisCluster):
-                node = client.get_redis_connection(client.get_node_from_key(call.key))
-            else:
-                node = client
-            replies = _send_with_wait(node, call, replicas, timeout_ms)
+            owner = (
+                client.get_node(host=ask.host, port=ask.port)
+                if ask is not None
+                else client.get_node_from_key(call.key)
+            )
+            if owner is None:  # a node the client does not know yet
+                raise ConnectionError(f"no such node {ask.host}:{ask.port}" if ask else "")
+            replies = _send_with_wait(
+                client.get_redis_connection(owner), call, replicas, timeout_ms, ask is not None
+            )
         except (ConnectionError, TimeoutError):
-            if (
-                not isinstance(client, redis.cluster.RedisCluster)
-                or attempt + 1 == _TOPOLOGY_ATTEMPTS
-            ):
+            if attempt + 1 == _TOPOLOGY_ATTEMPTS:
                 raise
-            _refresh_topology(client)
+            _refresh_topology(client, pause=attempt > 0)
+            ask = None
             continue
-        reply = replies[0]
+        reply, ask = replies[0], None
         if _is_missing(reply) and not loaded:
             load_functions(client)
             loaded = True
-            continue
-        if isinstance(reply, _TOPOLOGY_ERRORS) and isinstance(client, redis.cluster.RedisCluster):
-            _refresh_topology(client)
-            continue
-        return _durable_reply(replies, replicas, timeout_ms)
+        elif isinstance(reply, AskError) and not isinstance(reply, MovedError):
+            ask = reply
+        elif isinstance(reply, _TOPOLOGY_ERRORS):
+            _refresh_topology(client, pause=attempt > 0)
+        else:
+            return _durable_reply(replies, replicas, timeout_ms)
     raise HistoryError(f"the cluster did not settle after {_TOPOLOGY_ATTEMPTS} attempts")
 
 
-def _refresh_topology(client: redis.cluster.RedisCluster) -> None:
-    time.sleep(_TOPOLOGY_PAUSE)
+def _refresh_topology(client: redis.cluster.RedisCluster, pause: bool) -> None:
+    if pause:
+        time.sleep(_TOPOLOGY_PAUSE)
     # Still failing over when this fails: the next attempt tries again.
     with contextlib.suppress(ConnectionError, TimeoutError, RedisClusterException):
         client.nodes_manager.initialize()

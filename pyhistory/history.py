@@ -102,12 +102,14 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
             wait_for_replicas, wait_timeout_ms
         )
-        if self.wait_for_replicas and isinstance(
-            async_redis_client, redis.asyncio.cluster.RedisCluster
+        if (
+            self.wait_for_replicas
+            and isinstance(async_redis_client, redis.asyncio.cluster.RedisCluster)
+            and redis_client is None
         ):
             raise InvalidArgumentError(
-                "wait_for_replicas is not supported with an asyncio RedisCluster client; pass a "
-                "sync RedisCluster as redis_client (the a* methods then run it in a thread)"
+                "wait_for_replicas on a cluster needs a sync RedisCluster as redis_client (the "
+                "a* methods then run durable writes in a thread)"
             )
         for client in (redis_client, async_redis_client, replica_client, async_replica_client):
             prepare(client)
@@ -209,11 +211,12 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
 
     async def _awrite(self, call: _core.Call) -> Any:
         client = self._async_client()
-        if client is None:
-            return await asyncio.to_thread(self._write, call)
-        if self.wait_for_replicas:
-            assert isinstance(client, redis.asyncio.Redis)  # clusters were refused in __init__
+        if self.wait_for_replicas and isinstance(client, redis.asyncio.Redis):
             return await arun_durable(client, call, self.wait_for_replicas, self.wait_timeout_ms)
+        if client is None or self.wait_for_replicas:
+            # No asyncio client, or a cluster with WAIT: redis.asyncio cannot pipeline on the
+            # key's node, so the sync path runs it in a thread.
+            return await asyncio.to_thread(self._write, call)
         return await arun(client, call)
 
     # --- reads ---------------------------------------------------------------------------------
@@ -221,8 +224,7 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:
         """The newest ``window`` messages (all when unset), oldest first, in one round trip."""
-        loader = self.redis_client if self.read_from_replicas else None
-        return _core.decode(run(self._read_client(), self._read_call(), loader))
+        return _core.decode(run(self._read_client(), self._read_call()))
 
     @messages.setter
     def messages(self, messages: list[BaseMessage]) -> None:
@@ -234,8 +236,7 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         client = self._async_read_client()
         if client is None:
             return await asyncio.to_thread(lambda: self.messages)
-        loader = self._async_client() if self.read_from_replicas else None
-        return _core.decode(await arun(client, self._read_call(), loader))
+        return _core.decode(await arun(client, self._read_call()))
 
     def __len__(self) -> int:
         """How many messages the session stores (may exceed ``window``)."""

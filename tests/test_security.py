@@ -22,7 +22,7 @@ def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
     assert called == {"lpush", "ltrim", "expire", "lrange", "llen"}
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
-    assert allowed == called | {"fcall", "fcall_ro", "del", "wait", "lrange"}
+    assert allowed == called | {"fcall", "del", "wait", "lrange", "llen"}
     assert "~message_store:*" in pyhistory.acl_rule().split()
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
 
@@ -50,7 +50,7 @@ def test_runtime_user_can_do_every_operation(app_url: str, client: redis.Redis) 
     ro = RedisChatMessageHistory("s", url=app_url)
     ro.add_user_message("x")
     assert [m.content for m in ro.messages] == ["x"]  # the plain LRANGE path
-    assert len(ro) == 1  # FCALL_RO length
+    assert len(ro) == 1  # LLEN
 
 
 async def test_runtime_user_asyncio(app_url: str, client: redis.Redis) -> None:
@@ -157,3 +157,14 @@ def test_plain_tcp_to_the_tls_port_fails(tls_server: testing.LocalServer) -> Non
 def test_the_readme_shows_the_exact_rule() -> None:
     readme = (LUA.parent.parent / "README.md").read_text()
     assert f"ACL SETUSER app on >secret {pyhistory.acl_rule()}\n" in readme
+
+
+def test_a_refused_wait_is_a_typed_error(url: str, client: redis.Redis) -> None:
+    pyhistory.load_functions(client)
+    rule = pyhistory.acl_rule().replace(" +wait", "")
+    client.execute_command("ACL", "SETUSER", "nowait", "reset", "on", ">pw", *rule.split())
+    parts = urllib.parse.urlsplit(url)
+    no_wait = parts._replace(netloc=f"nowait:pw@{parts.hostname}:{parts.port}").geturl()
+    history = RedisChatMessageHistory("s", url=no_wait, wait_for_replicas=1, wait_timeout_ms=10)
+    with pytest.raises(pyhistory.PermissionDeniedError):
+        history.add_messages([HumanMessage("x")])
