@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 from redis.exceptions import ResponseError
 
 import pyhistory
@@ -210,6 +211,12 @@ def test_explicit_load_is_idempotent(client: redis.Redis) -> None:
     assert load_functions(client) == _core.LIBRARY
     assert load_functions(client) == _core.LIBRARY
     assert [lib[1] for lib in client.function_list()] == [_core.LIBRARY.encode()]
+
+
+async def test_explicit_asyncio_load(aclient: redis.asyncio.Redis) -> None:
+    assert await pyhistory.aload_functions(aclient) == _core.LIBRARY
+    assert await pyhistory.aload_functions(aclient) == _core.LIBRARY
+    assert [lib[1] for lib in await aclient.function_list()] == [_core.LIBRARY.encode()]
 
 
 def test_first_call_loads_the_library_lazily(client: redis.Redis) -> None:
