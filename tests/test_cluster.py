@@ -12,16 +12,13 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
-from langchain_core.messages import AIMessage, HumanMessage, message_to_dict
+from chat import check_asyncio_methods, turn
+from langchain_core.messages import HumanMessage, message_to_dict
 
 import pyhistory
 from pyhistory import RedisChatMessageHistory, _core, testing
 
 pytestmark = pytest.mark.cluster
-
-
-def turn(i: int) -> list[Any]:
-    return [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
 
 
 def command_calls(cluster: testing.LocalCluster) -> Counter[str]:
@@ -64,21 +61,14 @@ def test_core_behaviours(cluster_client: redis.cluster.RedisCluster) -> None:
     assert history.messages == [] and len(history) == 0
 
 
-async def test_core_behaviours_asyncio(cluster: testing.LocalCluster) -> None:
+async def test_core_behaviours_asyncio(
+    cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
     host, port = cluster.startup_nodes[0]
     client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
     try:
         history = RedisChatMessageHistory("a", async_redis_client=client, ttl=60, max_messages=3)
-        await history.aadd_messages([*turn(1), *turn(2)])
-        assert [m.content for m in await history.aget_messages()] == [
-            "answer 1",
-            "question 2",
-            "answer 2",
-        ]
-        assert await history.alength() == 3
-        assert await history.atouch() is True
-        await history.aclear()
-        assert await history.aget_messages() == []
+        await check_asyncio_methods(history, cluster_client)
     finally:
         await client.aclose()
 

@@ -13,16 +13,13 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
-from langchain_core.messages import AIMessage, HumanMessage
+from chat import turn
+from langchain_core.messages import HumanMessage
 
 import pyhistory
 from pyhistory import RedisChatMessageHistory, testing
 
 pytestmark = pytest.mark.faults
-
-
-def turn(i: int) -> list[Any]:
-    return [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
 
 
 class Load:

@@ -11,15 +11,11 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from chat import check_asyncio_methods, turn
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 import pyhistory
 from pyhistory import RedisChatMessageHistory, _clients
-
-
-def turn(i: int) -> list[Any]:
-    return [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
-
 
 # --- behaviour --------------------------------------------------------------------------------
 
@@ -117,19 +113,9 @@ def test_messages_cannot_be_assigned(url: str) -> None:
 
 
 async def test_asyncio_methods(url: str, client: redis.Redis) -> None:
-    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=3)
-    await history.aadd_messages([*turn(1), *turn(2)])
-    assert [m.content for m in await history.aget_messages()] == [
-        "answer 1",
-        "question 2",
-        "answer 2",
-    ]
-    assert await history.alength() == 3
-    client.expire(history.key, 5)
-    assert await history.atouch() is True
-    assert client.ttl(history.key) >= 59
-    await history.aclear()
-    assert await history.aget_messages() == []
+    await check_asyncio_methods(
+        RedisChatMessageHistory("s", url=url, ttl=60, max_messages=3), client
+    )
 
 
 async def test_asyncio_with_only_a_sync_client_runs_in_a_thread(url: str) -> None:
