@@ -176,16 +176,32 @@ def _durable_reply(replies: list[Any], replicas: int, timeout_ms: int) -> Any:
     return replies[0]
 
 
-def _send_with_wait(
-    node: redis.Redis, call: _core.Call, replicas: int, timeout_ms: int, asking: bool = False
-) -> list[Any]:
-    pipe = node.pipeline(transaction=False)
+def _queue_with_wait(
+    pipe: Any, call: _core.Call, replicas: int, timeout_ms: int, asking: bool = False
+) -> None:
+    """Queue the call and its WAIT on a (sync or asyncio) non-transactional pipeline."""
     if asking:  # the slot is migrating to this node: it serves the key only after ASKING
         pipe.execute_command("ASKING")
     pipe.execute_command(call.command, *call.args)
     pipe.execute_command("WAIT", replicas, timeout_ms)
+
+
+def _send_with_wait(
+    node: redis.Redis, call: _core.Call, replicas: int, timeout_ms: int, asking: bool = False
+) -> list[Any]:
+    pipe = node.pipeline(transaction=False)
+    _queue_with_wait(pipe, call, replicas, timeout_ms, asking)
     replies: list[Any] = pipe.execute(raise_on_error=False)
     return replies[1:] if asking else replies
+
+
+async def _asend_with_wait(
+    client: redis.asyncio.Redis, call: _core.Call, replicas: int, timeout_ms: int
+) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    _queue_with_wait(pipe, call, replicas, timeout_ms)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
 
 
 def run_durable(client: SyncClient, call: _core.Call, replicas: int, timeout_ms: int) -> Any:
@@ -248,13 +264,8 @@ async def arun_durable(
     client: redis.asyncio.Redis, call: _core.Call, replicas: int, timeout_ms: int
 ) -> Any:
     """The asyncio twin of :func:`run_durable`, for a standalone server."""
-    for loaded in (False, True):
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command(call.command, *call.args)
-        pipe.execute_command("WAIT", replicas, timeout_ms)
-        replies = await pipe.execute(raise_on_error=False)
-        if _is_missing(replies[0]) and not loaded:
-            await aload_functions(client)
-            continue
-        break
+    replies = await _asend_with_wait(client, call, replicas, timeout_ms)
+    if _is_missing(replies[0]):
+        await aload_functions(client)
+        replies = await _asend_with_wait(client, call, replicas, timeout_ms)
     return _durable_reply(replies, replicas, timeout_ms)
