@@ -87,12 +87,11 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
         self.window = window
         self.cluster = cluster
         self.replica_url = replica_url
-        self.read_from_replicas = bool(
-            read_from_replicas or replica_url or replica_client or async_replica_client
-        )
+        has_replica = bool(replica_url or replica_client or async_replica_client)
+        self.read_from_replicas = read_from_replicas or has_replica
         if (
             read_from_replicas
-            and not (cluster or replica_url or replica_client or async_replica_client)
+            and not (cluster or has_replica)
             and not _is_cluster(redis_client, async_redis_client)
         ):
             raise InvalidArgumentError(
@@ -181,9 +180,10 @@ class RedisChatMessageHistory(BaseChatMessageHistory):
     def _async_read_client(self) -> AsyncClient | None:
         if self._async_replica_client is not None:
             return self._async_replica_client
-        if self.replica_url is not None and self._async_client() is not None:
+        client = self._async_client()
+        if client is not None and self.replica_url is not None:
             return _clients.async_client(self.replica_url)
-        return self._async_client()
+        return client
 
     # --- calls ---------------------------------------------------------------------------------
 
