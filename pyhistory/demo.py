@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import redis
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -126,9 +125,8 @@ def bounded_and_expiring(url: str) -> tuple[list[BaseMessage], list[Any], int]:
     history.clear()
     for i in range(1, 4):
         history.add_messages([HumanMessage(f"question {i}"), AIMessage(f"answer {i}")])
-    raw = redis.Redis.from_url(url).lrange(history.key, 0, -1)
-    ttl = int(redis.Redis.from_url(url).ttl(history.key))
-    return history.messages, raw, ttl
+    client = history.redis_client  # the pool shared by every history of this URL
+    return history.messages, client.lrange(history.key, 0, -1), int(client.ttl(history.key))
 
 
 def _show(title: str, lines: Sequence[object]) -> None:
@@ -141,8 +139,9 @@ def main() -> int:
     # RunnableWithMessageHistory, which LangChain's example uses, warns that it is deprecated.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     with redis_url() as url:
-        load_functions(redis.Redis.from_url(url))  # at start-up; the history would do it lazily
-        RedisChatMessageHistory("foo", url=url).clear()  # the demo's own session, fresh each run
+        session = RedisChatMessageHistory("foo", url=url)
+        load_functions(session.redis_client)  # at start-up; the history would do it lazily
+        session.clear()  # the demo's own session, fresh each run
 
         _show("Store and Retrieve Messages: history.messages", [store_and_retrieve(url)])
 
@@ -152,8 +151,8 @@ def main() -> int:
             f"Using in the Chains ({type(model).__name__}): the two answers",
             [a.content for a in answers],
         )
-        entries = redis.Redis.from_url(url).lrange("message_store:foo", 0, -1)
-        _show(f"Stored under message_store:foo, newest first ({len(entries)} entries)", entries)
+        entries = session.redis_client.lrange(session.key, 0, -1)
+        _show(f"Stored under {session.key}, newest first ({len(entries)} entries)", entries)
 
         kept, raw, ttl = bounded_and_expiring(url)
         _show("max_messages=4, ttl=3600 after 3 turns: history.messages", [kept])
