@@ -48,7 +48,9 @@ def test_library_version_is_pinned_to_its_code() -> None:
     )
 
 
-def test_server_lists_exactly_the_functions_python_calls(loaded: redis.Redis) -> None:
+def test_server_lists_exactly_the_functions_python_names(loaded: redis.Redis) -> None:
+    """_core names every function of the library: the three the history calls (append, window,
+    touch) and the FCALL_RO forms kept for other clients (window_ro, length)."""
     (library,) = loaded.function_list(library=_core.LIBRARY)
     info = dict(zip(library[::2], library[1::2], strict=True))
     assert info[b"library_name"].decode() == _core.LIBRARY
