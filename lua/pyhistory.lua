@@ -1,4 +1,4 @@
-#!lua name=pyhistory_v1
+#!lua name=pyhistory_v2
 --[[
 pyhistory: chat-message history in Redis, one LIST per session.
 
@@ -9,8 +9,8 @@ Data layout (shared with langchain_community's RedisChatMessageHistory):
 Every function touches exactly the one key it is given in KEYS[1], so Redis Cluster routes each
 call by that key. No function builds a key name.
 
-Versioning: the library and every function carry the contract version (v1). Any change to this
-file ships under a new version (pyhistory_v2, pyhistory_v2_append, ...), so two releases loaded on
+Versioning: the library and every function carry the contract version (v2). Any change to this
+file ships under a new version (pyhistory_v3, pyhistory_v3_append, ...), so two releases loaded on
 one server never replace each other's code. Old versions stay until removed on purpose.
 
 Errors: every argument is checked before the first write (a function that fails half-way is not
@@ -138,18 +138,28 @@ end
 
 --[[
 touch: set or refresh a session's TTL without reading or writing its entries. Flagged allow-oom.
+Clients send it in one flight with a plain LRANGE of the same key: a read that refreshes the TTL
+for the server cost of a plain read (window would pull every entry through Lua).
   KEYS[1]   the session's LIST
   ARGV[1]   ttl in seconds, at least 1
   reply     integer: 1 when the session exists (its TTL is now ttl), 0 when it does not
-  errors    BADARGS, BADTTL
+  errors    BADARGS, BADTTL, WRONGTYPE (the key holds another type: its TTL is left alone)
 ]]
 local function touch(keys, args)
   if #keys ~= 1 or #args ~= 1 then return wrong_arity(1, 'ttl') end
+  local key = keys[1]
   local ttl = whole(args[1])
   if not ttl or ttl == 0 then
     return bad('BADTTL', 'ttl must be an integer in [1, ' .. MAX_INT .. '], got ' .. shown(args[1]))
   end
-  return redis.call('EXPIRE', keys[1], ttl)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'none' then
+    return 0
+  end
+  if kind ~= 'list' then
+    return bad('WRONGTYPE', 'Operation against a key holding the wrong kind of value')
+  end
+  return redis.call('EXPIRE', key, ttl)
 end
 
 --[[
@@ -164,14 +174,14 @@ local function length(keys, args)
 end
 
 -- The library's whole surface. Names carry the contract version; see the header.
-redis.register_function{function_name = 'pyhistory_v1_append', callback = append}
+redis.register_function{function_name = 'pyhistory_v2_append', callback = append}
 -- window and touch write only a TTL, which takes no memory to speak of: allow-oom lets a chat read
 -- its history while the server is out of memory under the noeviction policy, as LRANGE could.
 redis.register_function{
-  function_name = 'pyhistory_v1_window', callback = window, flags = {'allow-oom'}}
+  function_name = 'pyhistory_v2_window', callback = window, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_v1_window_ro', callback = window_ro, flags = {'no-writes'}}
+  function_name = 'pyhistory_v2_window_ro', callback = window_ro, flags = {'no-writes'}}
 redis.register_function{
-  function_name = 'pyhistory_v1_touch', callback = touch, flags = {'allow-oom'}}
+  function_name = 'pyhistory_v2_touch', callback = touch, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_v1_length', callback = length, flags = {'no-writes'}}
+  function_name = 'pyhistory_v2_length', callback = length, flags = {'no-writes'}}

@@ -1,8 +1,17 @@
 """pyhistory: chat-message history for LLM applications in Redis, one atomic round trip per
-operation, laid out exactly as langchain_community's RedisChatMessageHistory lays it out."""
+operation, laid out exactly as langchain_community's RedisChatMessageHistory lays it out.
+
+``RedisChatMessageHistory`` (LangChain's classic interface, deprecated by langchain-core) is
+imported on first use, so that the rest works where that interface is gone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from pyhistory._core import LIBRARY, MAX_BATCH, acl_rule
 from pyhistory.errors import (
+    AuthenticationFailedError,
     BatchTooLargeError,
     CorruptEntryError,
     FunctionsNotLoadedError,
@@ -11,19 +20,36 @@ from pyhistory.errors import (
     InvalidSessionIdError,
     InvalidSizeError,
     InvalidTTLError,
+    OutOfMemoryError,
     PermissionDeniedError,
+    ReadOnlyServerError,
     ReplicationError,
     SerializationError,
+    ServerConnectionError,
+    ServerError,
+    ServerTimeoutError,
     WrongTypeError,
 )
-from pyhistory.functions import aload_functions, load_functions
-from pyhistory.history import RedisChatMessageHistory
+from pyhistory.store import MessageStore, aload_functions, load_functions
+
+if TYPE_CHECKING:
+    from pyhistory.history import RedisChatMessageHistory
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisChatMessageHistory":
+        from pyhistory.history import RedisChatMessageHistory
+
+        return RedisChatMessageHistory
+    raise AttributeError(f"module 'pyhistory' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LIBRARY",
     "MAX_BATCH",
+    "AuthenticationFailedError",
     "BatchTooLargeError",
     "CorruptEntryError",
     "FunctionsNotLoadedError",
@@ -32,10 +58,16 @@ __all__ = [
     "InvalidSessionIdError",
     "InvalidSizeError",
     "InvalidTTLError",
+    "MessageStore",
+    "OutOfMemoryError",
     "PermissionDeniedError",
+    "ReadOnlyServerError",
     "RedisChatMessageHistory",
     "ReplicationError",
     "SerializationError",
+    "ServerConnectionError",
+    "ServerError",
+    "ServerTimeoutError",
     "WrongTypeError",
     "__version__",
     "acl_rule",

@@ -1,39 +1,298 @@
 """One client (and so one connection pool) per URL in the process, and per event loop for
-asyncio, so that constructing a history per request opens no new connections."""
+asyncio, so that constructing a history per request opens no new connections.
+
+Every URL form langchain_community's ``get_client`` accepts: ``redis://``, ``rediss://``,
+``unix://``, ``redis+sentinel://`` and ``rediss+sentinel://``; a plain URL that names a node of a
+Redis Cluster is detected on first use (``INFO cluster``, once per URL per process) and served by a
+cluster client from then on. Clients built here have connect and read timeouts and a bounded
+retry policy, so a hung or unreachable server becomes a typed error within ``FAILURE_BOUND``
+seconds, while a restart or a failover is ridden out as latency.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import random
 import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.sentinel
 import redis.cluster
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialBackoff
 from redis.cluster import LoadBalancingStrategy
+from redis.connection import parse_url
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    ResponseError,
+    TimeoutError,
+)
 from redis.retry import Retry
 
+from pyhistory.errors import InvalidArgumentError, translate
 from pyhistory.functions import AsyncClient, SyncClient, prepare
 
-# A URL, whether it names a cluster, and whether the cluster's replicas serve the reads.
-Target = tuple[str, bool, bool]
+T = TypeVar("T")
 
-_lock = threading.Lock()
-_sync: dict[Target, SyncClient] = {}
-# Keyed by the loop itself: a client holds its loop, so weak keys would never be released.
-# Entries of closed loops are dropped whenever a new loop asks (asyncio.run() per call, tests).
-_async: dict[asyncio.AbstractEventLoop, dict[Target, AsyncClient]] = {}
+# How long a client waits to connect, and for a reply, before the attempt counts as failed.
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 4.0
+# New attempts start only within this many seconds of the first one: a restart (the server
+# refuses connections for a moment) or a Sentinel failover is retried through, a server that
+# stays down is reported.
+RETRY_WINDOW = 6.0
+# The longest a call on a URL-built client can take before it raises: the last attempt starts
+# within the window and then waits at most one read timeout.
+FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
 
-
-def _backoff() -> ExponentialWithJitterBackoff:
-    """How clients built here ride out a restart or a failover: connection errors and timeouts
-    are retried 10 times, backing off from 0.1 s up to 1 s with jitter (about 7 s in all)."""
-    return ExponentialWithJitterBackoff(base=0.1, cap=1.0)
-
-
+# At most this many retries, within the window (a cluster client counts them, not the time).
 _RETRIES = 10
+# Wrong credentials or a refused user will not get better by asking again.
+_NEVER_RETRIED = (AuthenticationError, AuthorizationError)
+_RETRIED = (ConnectionError, TimeoutError, OSError)
+
+
+def _backoff() -> ExponentialBackoff:
+    # Jitter is added by _pause(): redis-py's jittered backoffs differ between its releases.
+    return ExponentialBackoff(cap=1.0, base=0.05)
+
+
+class _BoundedRetry(Retry):
+    """redis-py's Retry, bounded by time rather than by count, and never for credentials."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except _RETRIED as error:
+                failures += 1
+                _failed(fail, error, failures, with_failure_count)
+                pause = _pause(self, error, failures, started, is_retryable)
+                time.sleep(pause)
+
+
+class _AsyncBoundedRetry(AsyncRetry):
+    """The asyncio twin of _BoundedRetry."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except _RETRIED as error:
+                failures += 1
+                outcome = _failed(fail, error, failures, with_failure_count)
+                if inspect.isawaitable(outcome):
+                    await outcome
+                pause = _pause(self, error, failures, started, is_retryable)
+                await asyncio.sleep(pause)
+
+
+def _failed(fail: Callable[..., Any], error: Exception, failures: int, count: bool) -> Any:
+    """redis-py's failure handler (it disconnects the broken connection)."""
+    return fail(error, failures) if count else fail(error)
+
+
+def _pause(
+    retry: Retry | AsyncRetry,
+    error: Exception,
+    failures: int,
+    started: float,
+    is_retryable: Callable[[Exception], bool] | None,
+) -> float:
+    """How long to wait before the next attempt; raises ``error`` when there is none."""
+    if isinstance(error, _NEVER_RETRIED) or (is_retryable is not None and not is_retryable(error)):
+        raise error
+    pause = retry._backoff.compute(failures) * random.uniform(0.5, 1.5)
+    if failures > retry.get_retries() or time.monotonic() - started + pause > RETRY_WINDOW:
+        raise error
+    return pause
+
+
+# The version redis-py sends with CLIENT SETINFO, looked up once here: redis-py would look it up
+# (importlib.metadata, file system calls) for every new connection, on the event loop for asyncio.
+def _driver_options() -> dict[str, Any]:
+    from redis.utils import get_lib_version
+
+    version = get_lib_version()
+    try:
+        from redis.driver_info import DriverInfo  # redis-py >= 7.1
+    except ImportError:
+        return {"lib_version": version}
+    return {"driver_info": DriverInfo(lib_version=version)}
+
+
+_DRIVER = _driver_options()
+
+
+def _options(asyncio_client: bool) -> dict[str, Any]:
+    """Timeouts, the retry policy and the driver version for a client built from a URL; options in
+    the URL's query (``?socket_timeout=10``) take precedence, as redis-py's from_url has it."""
+    retry_class = _AsyncBoundedRetry if asyncio_client else _BoundedRetry
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+        "retry": retry_class(_backoff(), retries=_RETRIES),
+        **_DRIVER,
+    }
+
+
+# --- Sentinel URLs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/[service]/[db][?options]``
+    (``rediss+sentinel://`` for TLS): langchain_community's grammar, plus several sentinels."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    options: dict[str, Any] = field(hash=False, compare=False)
+    sentinel_options: dict[str, Any] = field(hash=False, compare=False)
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith(("redis+sentinel://", "rediss+sentinel://"))
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    parts = urlsplit(url)
+    tls = parts.scheme == "rediss+sentinel"
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels = tuple(_host_port(h) for h in hosts.split(",")) if hosts else (("localhost", 26379),)
+    path = [unquote(p) for p in parts.path.split("/")[1:]]
+    service = path[0] if path and path[0] else "mymaster"
+    # Options in the query, typed as redis-py types them for its own URLs.
+    options: dict[str, Any] = parse_url(f"redis://localhost/?{parts.query}")
+    options.pop("host", None)
+    if len(path) > 1 and path[1] and "db" not in options:
+        try:
+            options["db"] = int(path[1])
+        except ValueError:
+            raise InvalidArgumentError(
+                f"the db in a Sentinel URL must be a number: {url!r}"
+            ) from None
+    credentials: dict[str, Any] = {}
+    if userinfo:
+        user, has_password, password = userinfo.partition(":")
+        if user:
+            credentials["username"] = unquote(user)
+        if has_password:
+            credentials["password"] = unquote(password)
+    options.update(credentials)
+    if tls:
+        options["ssl"] = True
+        options.setdefault("ssl_cert_reqs", "none")  # as langchain_community's get_client
+    # The sentinels get the same credentials and TLS settings (langchain_community's rule).
+    sentinel_options = {
+        **credentials,
+        **{k: v for k, v in options.items() if k.startswith(("ssl", "socket_", "client_name"))},
+    }
+    return SentinelURL(sentinels, service, options, sentinel_options)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [::1]:26379
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = text.partition(":")
+    try:
+        return unquote(host) or "localhost", int(port) if port else 26379
+    except ValueError:
+        raise InvalidArgumentError(f"not a host[:port] in a Sentinel URL: {text!r}") from None
+
+
+def _no_password_set(error: AuthenticationError) -> bool:
+    """The sentinel has no password while the URL carries one (langchain_community retries the
+    sentinels without it)."""
+    message = str(error).lower()
+    return "no password is set" in message or "without any password configured" in message
+
+
+def _sentinel_master(url: str) -> redis.Redis:
+    parsed = parse_sentinel_url(url)
+    options = {**_options(False), **parsed.options}
+    sentinel_options = {**_options(False), **parsed.sentinel_options}
+    sentinel = redis.sentinel.Sentinel(
+        parsed.sentinels, sentinel_kwargs=sentinel_options, **options
+    )
+    if "password" in sentinel_options:
+        try:
+            sentinel.sentinels[0].ping()
+        except AuthenticationError as error:
+            if not _no_password_set(error):
+                raise
+            sentinel_options = {
+                k: v for k, v in sentinel_options.items() if k not in ("username", "password")
+            }
+            sentinel = redis.sentinel.Sentinel(
+                parsed.sentinels, sentinel_kwargs=sentinel_options, **options
+            )
+    master: redis.Redis = sentinel.master_for(parsed.service, redis_class=redis.Redis)
+    return master
+
+
+async def _async_sentinel_master(url: str) -> redis.asyncio.Redis:
+    parsed = parse_sentinel_url(url)
+    options = {**_options(True), **parsed.options}
+    sentinel_options = {**_options(True), **parsed.sentinel_options}
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        parsed.sentinels, sentinel_kwargs=sentinel_options, **options
+    )
+    if "password" in sentinel_options:
+        try:
+            await sentinel.sentinels[0].ping()
+        except AuthenticationError as error:
+            if not _no_password_set(error):
+                raise
+            sentinel_options = {
+                k: v for k, v in sentinel_options.items() if k not in ("username", "password")
+            }
+            sentinel = redis.asyncio.sentinel.Sentinel(
+                parsed.sentinels, sentinel_kwargs=sentinel_options, **options
+            )
+    master: redis.asyncio.Redis = sentinel.master_for(
+        parsed.service, redis_class=redis.asyncio.Redis
+    )
+    return master
+
+
+# --- cluster detection ------------------------------------------------------------------------
+
+# URL -> whether it names a Redis Cluster node, learnt once per process (sync or asyncio).
+_is_cluster: dict[str, bool] = {}
+
+
+def _cluster_enabled(info: dict[str, Any]) -> bool:
+    return str(info.get("cluster_enabled", "0")) == "1"
 
 
 def _replicas(read_from_replicas: bool) -> LoadBalancingStrategy | None:
@@ -41,52 +300,138 @@ def _replicas(read_from_replicas: bool) -> LoadBalancingStrategy | None:
     return LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if read_from_replicas else None
 
 
-def _new_sync(target: Target) -> SyncClient:
-    url, cluster, read_from_replicas = target
-    retry = Retry(_backoff(), retries=_RETRIES)
-    if not cluster:
-        return redis.Redis.from_url(url, retry=retry)
+def _sync_cluster(url: str, read_from_replicas: bool) -> SyncClient:
     client = redis.cluster.RedisCluster.from_url(
-        url, load_balancing_strategy=_replicas(read_from_replicas), retry=retry
+        url, load_balancing_strategy=_replicas(read_from_replicas), **_options(False)
     )
     prepare(client)
     return client
 
 
-def _new_async(target: Target) -> AsyncClient:
-    url, cluster, read_from_replicas = target
-    retry = AsyncRetry(_backoff(), retries=_RETRIES)
-    if not cluster:
-        return redis.asyncio.Redis.from_url(url, retry=retry)
+def _async_cluster(url: str, read_from_replicas: bool) -> AsyncClient:
     client = redis.asyncio.cluster.RedisCluster.from_url(
-        url, load_balancing_strategy=_replicas(read_from_replicas), retry=retry
+        url, load_balancing_strategy=_replicas(read_from_replicas), **_options(True)
     )
     prepare(client)
     return client
+
+
+def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
+    if is_sentinel(url):
+        return _sentinel_master(url)
+    if cluster or _is_cluster.get(url):
+        return _sync_cluster(url, read_from_replicas)
+    client = redis.Redis.from_url(url, **_options(False))
+    if url not in _is_cluster:
+        try:
+            _is_cluster[url] = _cluster_enabled(client.info("cluster"))
+        except ResponseError:  # INFO refused (a least-privilege ACL user): a plain server
+            _is_cluster[url] = False
+        if _is_cluster[url]:
+            client.close()
+            return _sync_cluster(url, read_from_replicas)
+    return client
+
+
+async def _new_async(url: str, cluster: bool, read_from_replicas: bool) -> AsyncClient:
+    if is_sentinel(url):
+        return await _async_sentinel_master(url)
+    if cluster or _is_cluster.get(url):
+        return _async_cluster(url, read_from_replicas)
+    client = redis.asyncio.Redis.from_url(url, **_options(True))
+    if url not in _is_cluster:
+        try:
+            _is_cluster[url] = _cluster_enabled(await client.info("cluster"))
+        except ResponseError:
+            _is_cluster[url] = False
+        if _is_cluster[url]:
+            await client.aclose()
+            return _async_cluster(url, read_from_replicas)
+    return client
+
+
+# --- the shared clients -----------------------------------------------------------------------
+
+# A URL, whether it was declared a cluster, and whether the cluster's replicas serve the reads.
+Target = tuple[str, bool, bool]
+
+_lock = threading.Lock()
+_sync: dict[Target, SyncClient] = {}
+
+
+@dataclass
+class _LoopClients:
+    """The clients of one event loop, and the async generator that closes them when the loop
+    shuts down (asyncio.run and asyncio.Runner close every async generator before closing)."""
+
+    clients: dict[Target, AsyncClient] = field(default_factory=dict)
+    closer: AsyncIterator[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+# Keyed by the loop itself: the entries of closed loops are dropped whenever another loop asks.
+_async: dict[asyncio.AbstractEventLoop, _LoopClients] = {}
+
+
+def _target(url: str, cluster: bool, read_from_replicas: bool) -> Target:
+    return (url, cluster, cluster and read_from_replicas)
 
 
 def sync_client(url: str, cluster: bool = False, read_from_replicas: bool = False) -> SyncClient:
-    target = (url, cluster, cluster and read_from_replicas)
+    """The process's client for ``url``, built on first use."""
+    target = _target(url, cluster, read_from_replicas)
     client = _sync.get(target)
     if client is None:
         with _lock:
             client = _sync.get(target)
             if client is None:
-                client = _sync[target] = _new_sync(target)
+                try:
+                    client = _new_sync(url, cluster, read_from_replicas)
+                except Exception as error:
+                    raise translate(error) from error
+                _sync[target] = client
     return client
 
 
-def async_client(url: str, cluster: bool = False, read_from_replicas: bool = False) -> AsyncClient:
-    """The client for `url` on the running event loop (a pool is bound to its loop)."""
-    loop = asyncio.get_running_loop()
-    clients = _async.get(loop)
-    if clients is None:
+async def _close_at_shutdown(clients: dict[Target, AsyncClient]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for client in list(clients.values()):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        clients.clear()
+
+
+def _loop_clients(loop: asyncio.AbstractEventLoop) -> _LoopClients:
+    entry = _async.get(loop)
+    if entry is None:
         with _lock:
             for closed in [other for other in _async if other.is_closed()]:
                 del _async[closed]
-            clients = _async[loop] = {}
-    target = (url, cluster, cluster and read_from_replicas)
-    client = clients.get(target)
-    if client is None:
-        client = clients[target] = _new_async(target)
+            entry = _async.setdefault(loop, _LoopClients())
+    return entry
+
+
+async def async_client(
+    url: str, cluster: bool = False, read_from_replicas: bool = False
+) -> AsyncClient:
+    """The running loop's client for ``url`` (a pool is bound to its loop), built on first use;
+    closed when the loop shuts down."""
+    entry = _loop_clients(asyncio.get_running_loop())
+    target = _target(url, cluster, read_from_replicas)
+    client = entry.clients.get(target)
+    if client is not None:
+        return client
+    async with entry.lock:
+        client = entry.clients.get(target)
+        if client is None:
+            try:
+                client = await _new_async(url, cluster, read_from_replicas)
+            except Exception as error:
+                raise translate(error) from error
+            entry.clients[target] = client
+            if entry.closer is None:
+                entry.closer = _close_at_shutdown(entry.clients)
+                await entry.closer.__anext__()  # now the loop knows it, and closes it at shutdown
     return client

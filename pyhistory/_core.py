@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 
+from pyhistory._library import Call, Library
 from pyhistory.errors import (
     BatchTooLargeError,
     CorruptEntryError,
@@ -21,54 +19,32 @@ from pyhistory.errors import (
     InvalidSessionIdError,
     InvalidSizeError,
     InvalidTTLError,
-    ReplicationError,
     SerializationError,
 )
 
+# The history's library. Its Lua file is the single source of truth for the names and limits.
+HISTORY: Library = Library.from_file("pyhistory.lua")
+LIBRARY: str = HISTORY.name
+MAX_INT: int = HISTORY.constant("MAX_INT")
+MAX_BATCH: int = HISTORY.constant("MAX_BATCH")
 
-@cache
+APPEND = HISTORY.function("append")
+WINDOW = HISTORY.function("window")
+WINDOW_RO = HISTORY.function("window_ro")
+TOUCH = HISTORY.function("touch")
+LENGTH = HISTORY.function("length")
+FUNCTIONS: tuple[str, ...] = HISTORY.functions
+
+
 def library_source() -> str:
-    """The Lua library's text: shipped inside the package, or read from the source tree."""
-    shipped = resources.files("pyhistory").joinpath("lua").joinpath("pyhistory.lua")
-    if shipped.is_file():
-        return shipped.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
-    return checkout.read_text(encoding="utf-8")
-
-
-def _lua_constant(name: str) -> int:
-    match = re.search(rf"^local {name} = (\d+)", library_source(), re.MULTILINE)
-    if match is None:  # pragma: no cover - guarded by the tests over the shipped file
-        raise RuntimeError(f"lua/pyhistory.lua does not define {name}")
-    return int(match.group(1))
-
-
-def _library_name() -> str:
-    match = re.match(r"#!lua name=(\w+)\n", library_source())
-    if match is None:  # pragma: no cover - guarded by the tests over the shipped file
-        raise RuntimeError("lua/pyhistory.lua does not start with '#!lua name=...'")
-    return match.group(1)
-
-
-# The Lua file is the single source of truth for the names and the limits.
-LIBRARY: str = _library_name()
-MAX_INT: int = _lua_constant("MAX_INT")
-MAX_BATCH: int = _lua_constant("MAX_BATCH")
-
-APPEND = f"{LIBRARY}_append"
-WINDOW = f"{LIBRARY}_window"
-WINDOW_RO = f"{LIBRARY}_window_ro"
-TOUCH = f"{LIBRARY}_touch"
-LENGTH = f"{LIBRARY}_length"
-FUNCTIONS: tuple[str, ...] = (APPEND, WINDOW, WINDOW_RO, TOUCH, LENGTH)
+    """The history library's Lua text."""
+    return HISTORY.source
 
 
 # Commands the library's functions run (Redis checks them against the caller's ACL), and the
 # commands the history sends itself: FCALL, DEL for clear(), WAIT for wait_for_replicas, LRANGE
 # for reads that refresh no TTL and LLEN for len().
-FUNCTION_COMMANDS: tuple[str, ...] = tuple(
-    sorted({c.lower() for c in re.findall(r"redis\.call\('(\w+)'", library_source())})
-)
+FUNCTION_COMMANDS: tuple[str, ...] = HISTORY.commands
 CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait", "lrange", "llen")
 
 
@@ -109,9 +85,16 @@ def check_size(name: str, value: object) -> int:
 
 
 def check_ttl(value: object) -> int:
-    """A TTL in seconds: None or 0 -> 0 (no TTL, as in langchain_community), else [1, MAX_INT]."""
+    """A TTL in seconds: None or 0 -> 0 (no TTL, as in langchain_community), else [1, MAX_INT].
+    A timedelta counts its whole seconds, as redis-py's EXPIRE does; one under a second is refused
+    (EXPIRE 0 would delete the session)."""
     if value is None:
         return 0
+    if isinstance(value, timedelta):
+        seconds = int(value.total_seconds())
+        if seconds < 1:
+            raise InvalidTTLError(f"ttl must be at least one second, got {value!r}")
+        value = seconds
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
         raise InvalidTTLError(
             f"ttl must be None or a whole number of seconds in [0, {MAX_INT}], got {value!r}"
@@ -208,33 +191,27 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
 # --- calls ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Call:
-    """One command to send: the command name, its arguments, and the key it touches."""
-
-    command: str
-    args: tuple[Any, ...]
-    key: str
-
-
 def append(key: str, encoded: Sequence[str], max_messages: int, ttl: int) -> Call:
-    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded), key)
+    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded), key, HISTORY)
 
 
-def window(key: str, count: int, ttl: int) -> Call:
-    """The newest `count` entries (0 = all); with ttl > 0 the read also refreshes the TTL.
-
-    Without a refresh the read is one plain LRANGE: as atomic as the function and as welcome on a
-    replica, at a tenth of its server time (a function pays for turning every entry into a Lua
-    string; docs/bench). The library's window_ro is the FCALL_RO form for other clients.
-    """
-    if ttl:
-        return Call("FCALL", (WINDOW, 1, key, count, ttl), key)
+def read(key: str, count: int) -> Call:
+    """The newest ``count`` entries (0 = all): a plain LRANGE, as atomic as a function and as
+    welcome on a replica, at a fraction of the server time a function takes (it pays for turning
+    every entry into a Lua string; docs/bench). A read that refreshes the TTL sends the library's
+    touch in the same flight (functions.run_pair)."""
     return Call("LRANGE", (key, 0, count - 1), key)
 
 
+def window(key: str, count: int, ttl: int) -> Call:
+    """The library's window function: the newest ``count`` entries, refreshing the TTL when
+    ``ttl`` > 0, in one FCALL. Kept for clients in other languages and for the CLI; the history
+    reads with :func:`read` (+ :func:`touch`)."""
+    return Call("FCALL", (WINDOW, 1, key, count, ttl), key, HISTORY)
+
+
 def touch(key: str, ttl: int) -> Call:
-    return Call("FCALL", (TOUCH, 1, key, ttl), key)
+    return Call("FCALL", (TOUCH, 1, key, ttl), key, HISTORY)
 
 
 def length(key: str) -> Call:
@@ -263,13 +240,3 @@ def check_replicas(replicas: object, timeout_ms: object) -> tuple[int, int]:
             f"got {timeout_ms!r}"
         )
     return replicas, timeout_ms
-
-
-def check_acknowledged(acknowledged: int, required: int, timeout_ms: int) -> None:
-    if acknowledged < required:
-        raise ReplicationError(
-            f"the write was applied, but only {acknowledged} of {required} replicas acknowledged "
-            f"it within {timeout_ms} ms",
-            acknowledged=acknowledged,
-            required=required,
-        )

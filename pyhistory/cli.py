@@ -37,8 +37,8 @@ from pyhistory.errors import (
     HistoryError,
     WrongTypeError,
 )
-from pyhistory.functions import SyncClient, load_functions
-from pyhistory.history import RedisChatMessageHistory
+from pyhistory.functions import SyncClient
+from pyhistory.store import MessageStore, load_functions
 
 PROG = "pyhistory"
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -568,7 +568,7 @@ def cmd_show(target: Target, args: argparse.Namespace) -> int:
         stop = -1 if args.limit is None else args.limit - 1
         entries = [_text(entry) for entry in reversed(_cmd(client, "LRANGE", key, 0, stop))]
     elif kind == "list":
-        history = RedisChatMessageHistory(
+        history = MessageStore(
             args.session_id,
             key_prefix=args.key_prefix,
             window=args.limit,

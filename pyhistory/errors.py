@@ -1,8 +1,18 @@
-"""The exception types, and the one table that maps the server's error codes onto them."""
+"""The exception types, and the one place that turns what the server or the connection raised
+into them.
+
+Every exception pyhistory raises is a HistoryError. One that comes from the server or the
+connection is also still an instance of the redis-py class raised for it (a refused connection is
+a ``redis.exceptions.ConnectionError``, an ACL refusal a ``NoPermissionError``, ...), so code
+written against langchain_community's history, which lets redis-py's exceptions through, keeps
+catching what it caught.
+"""
 
 from __future__ import annotations
 
-from redis.exceptions import NoPermissionError, ResponseError
+import threading
+
+from redis import exceptions as redis_errors
 
 
 class HistoryError(Exception):
@@ -37,16 +47,44 @@ class CorruptEntryError(HistoryError, ValueError):
     """A stored entry is not a serialised message (not JSON, or not a message dict)."""
 
 
-class WrongTypeError(HistoryError, TypeError):
+# --- from the server or the connection: HistoryError and the redis-py class -----------------
+
+
+class ServerConnectionError(HistoryError, redis_errors.ConnectionError):
+    """The server could not be reached or the connection broke, after the client's retries."""
+
+
+class AuthenticationFailedError(ServerConnectionError, redis_errors.AuthenticationError):
+    """The server refused the credentials (never retried)."""
+
+
+class ServerTimeoutError(HistoryError, redis_errors.TimeoutError):
+    """The server did not answer in time (a hung or overloaded server), after the retries."""
+
+
+class ServerError(HistoryError, redis_errors.ResponseError):
+    """An error reply from the server that no more specific class below describes."""
+
+
+class WrongTypeError(ServerError, TypeError):
     """The session's key holds another Redis type than a LIST (WRONGTYPE). Nothing was changed."""
 
 
-class FunctionsNotLoadedError(HistoryError):
-    """The server lacks the pyhistory functions and they could not be loaded from here."""
+class OutOfMemoryError(ServerError, redis_errors.OutOfMemoryError):
+    """The server is at maxmemory with the noeviction policy: writes are refused (OOM)."""
 
 
-class PermissionDeniedError(HistoryError):
+class ReadOnlyServerError(ServerError, redis_errors.ReadOnlyError):
+    """A write reached a replica (READONLY)."""
+
+
+class PermissionDeniedError(ServerError, redis_errors.NoPermissionError):
     """The server's ACL refused the command (NOPERM)."""
+
+
+class FunctionsNotLoadedError(PermissionDeniedError):
+    """The server lacks the Functions library and this client may not load it (NOPERM on
+    FUNCTION LOAD)."""
 
 
 class ReplicationError(HistoryError):
@@ -58,22 +96,54 @@ class ReplicationError(HistoryError):
         self.required = required
 
 
-# Error code word at the start of a server reply -> the exception raised for it. The Lua library
-# documents the same codes in its header; tests check that every code it can send is listed here.
+# Error code word at the start of a server reply -> the exception raised for it. Each Lua library
+# documents the codes it sends in its header; tests check that every code is listed here.
 SERVER_ERRORS: dict[str, type[HistoryError]] = {
     "BADARGS": InvalidArgumentError,
     "BADSIZE": InvalidSizeError,
     "BADTTL": InvalidTTLError,
     "TOOMANY": BatchTooLargeError,
     "WRONGTYPE": WrongTypeError,
-    "NOPERM": PermissionDeniedError,  # redis-py strips this code: see translate()
 }
 
+# redis-py's classes -> ours, the most specific first.
+_BY_CLASS: tuple[tuple[type[Exception], type[HistoryError]], ...] = (
+    (redis_errors.AuthenticationError, AuthenticationFailedError),
+    (redis_errors.ConnectionError, ServerConnectionError),
+    (redis_errors.TimeoutError, ServerTimeoutError),
+    (redis_errors.NoPermissionError, PermissionDeniedError),
+    (redis_errors.OutOfMemoryError, OutOfMemoryError),
+    (redis_errors.ReadOnlyError, ReadOnlyServerError),
+)
+# Every other redis-py class gets a subclass of HistoryError and of itself, made once.
+_MADE: dict[type[Exception], type[HistoryError]] = {}
+_MADE_LOCK = threading.Lock()
 
-def translate(error: ResponseError) -> Exception:
-    """The typed exception for a server error reply, or the reply itself when it is not ours."""
-    if isinstance(error, NoPermissionError):
-        return PermissionDeniedError(f"NOPERM {error}")
-    message = str(error)
-    kind = SERVER_ERRORS.get(message.split(" ", 1)[0])
-    return error if kind is None else kind(message)
+
+def _typed_class(kind: type[Exception]) -> type[HistoryError]:
+    made = _MADE.get(kind)
+    if made is None:
+        with _MADE_LOCK:
+            made = _MADE.get(kind)
+            if made is None:
+                made = _MADE[kind] = type(kind.__name__, (HistoryError, kind), {})
+    return made
+
+
+def translate(error: BaseException) -> BaseException:
+    """What pyhistory raises for an exception from redis-py: the class for the reply's code word,
+    else ours for its redis-py class, else a HistoryError subclass of that very class. Anything
+    that is not redis-py's (or already ours) is returned as it is."""
+    if isinstance(error, HistoryError) or not isinstance(
+        error, (redis_errors.RedisError, redis_errors.RedisClusterException)
+    ):
+        return error
+    if type(error) is redis_errors.ResponseError:
+        kind = SERVER_ERRORS.get(str(error).split(" ", 1)[0])
+        if kind is not None:
+            return kind(str(error))
+        return ServerError(*error.args)
+    for theirs, ours in _BY_CLASS:
+        if isinstance(error, theirs):
+            return ours(*error.args)
+    return _typed_class(type(error))(*error.args)

@@ -1,6 +1,10 @@
-"""Load the Functions library onto a server (or every primary of a cluster) and run calls on it,
+"""Load a Functions library onto a server (or every primary of a cluster) and run calls on it,
 loading it again once when the server says it lost it (restart without persistence, FUNCTION FLUSH,
-a new or failed-over node)."""
+a new or failed-over node). Generic: a library is its name and its source (pyhistory._library);
+nothing here knows what any library's functions do.
+
+Every exception leaves through errors.translate: a HistoryError that is still the redis-py class
+it came as."""
 
 from __future__ import annotations
 
@@ -21,14 +25,15 @@ from redis.exceptions import (
     MasterDownError,
     MovedError,
     NoPermissionError,
+    ReadOnlyError,
     RedisClusterException,
     ResponseError,
     TimeoutError,
     TryAgainError,
 )
 
-from pyhistory import _core
-from pyhistory.errors import FunctionsNotLoadedError, HistoryError, translate
+from pyhistory._library import Call, Library
+from pyhistory.errors import FunctionsNotLoadedError, HistoryError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -36,21 +41,21 @@ AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluste
 _MISSING = "Function not found"
 
 _LOAD_HINT = (
-    "the server does not have the pyhistory functions ({library}) and this client may not load "
-    "them ({error}). Load them once with a user that may run FUNCTION LOAD, at deploy time: "
-    "`pyhistory --url redis://admin@host:port load` or pyhistory.load_functions(admin_client)."
+    "the server does not have the {library} functions and this client may not load them "
+    "({error}). Load them once with a user that may run FUNCTION LOAD, at deploy time: "
+    "`pyhistory --url redis://admin@host:port load`, or load_functions(admin_client)."
 )
 
 
-def _is_missing(error: Exception) -> bool:
+def _is_missing(error: BaseException) -> bool:
     return isinstance(error, ResponseError) and str(error).startswith(_MISSING)
 
 
-def _load_failed(error: Exception) -> FunctionsNotLoadedError:
-    return FunctionsNotLoadedError(_LOAD_HINT.format(library=_core.LIBRARY, error=error))
+def _load_failed(library: Library, error: Exception) -> FunctionsNotLoadedError:
+    return FunctionsNotLoadedError(f"NOPERM {_LOAD_HINT.format(library=library.name, error=error)}")
 
 
-def _raise_typed(error: ResponseError) -> None:
+def _raise_typed(error: BaseException) -> None:
     translated = translate(error)
     if translated is not error:
         raise translated from error
@@ -99,61 +104,122 @@ def prepare(client: Any) -> None:
 # --- loading ----------------------------------------------------------------------------------
 
 
-def load_functions(client: SyncClient) -> str:
-    """Load (or replace with identical code) the library; on a cluster, on every primary.
-
-    Call it at application start-up or deploy time; the history also loads it lazily. Returns the
-    library's name, e.g. ``"pyhistory_v1"``.
-    """
+def load_library(client: SyncClient, library: Library) -> str:
+    """Load (or replace with identical code) ``library``; on a cluster, on every primary.
+    Returns the library's name."""
     try:
-        client.execute_command("FUNCTION LOAD", "REPLACE", _core.library_source())
+        client.execute_command("FUNCTION LOAD", "REPLACE", library.source)
     except NoPermissionError as error:
-        raise _load_failed(error) from error
-    return _core.LIBRARY
+        raise _load_failed(library, error) from error
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    return library.name
 
 
-async def aload_functions(client: AsyncClient) -> str:
-    """The asyncio twin of :func:`load_functions`."""
+async def aload_library(client: AsyncClient, library: Library) -> str:
+    """The asyncio twin of :func:`load_library`."""
     try:
-        await client.execute_command("FUNCTION LOAD", "REPLACE", _core.library_source())
+        await client.execute_command("FUNCTION LOAD", "REPLACE", library.source)
     except NoPermissionError as error:
-        raise _load_failed(error) from error
-    return _core.LIBRARY
+        raise _load_failed(library, error) from error
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    return library.name
 
 
 # --- running ----------------------------------------------------------------------------------
 
 
-def run(client: SyncClient, call: _core.Call) -> Any:
-    """Send one call; load the library and resend once if the server lacks it."""
+def _heal(call: Call, error: BaseException) -> Library:
+    """The library to load again when ``error`` says the server lost it, else raise it typed."""
+    if call.library is not None and _is_missing(error):
+        return call.library
+    _raise_typed(error)
+    raise error
+
+
+def run(client: SyncClient, call: Call) -> Any:
+    """Send one call; load its library and send it again, once, if the server lacks it."""
     try:
         return client.execute_command(call.command, *call.args)
-    except ResponseError as error:
-        if not _is_missing(error):
-            _raise_typed(error)
-            raise
-    load_functions(client)
+    except Exception as error:
+        load_library(client, _heal(call, error))
     try:
         return client.execute_command(call.command, *call.args)
-    except ResponseError as error:
+    except Exception as error:
         _raise_typed(error)
         raise
 
 
-async def arun(client: AsyncClient, call: _core.Call) -> Any:
+async def arun(client: AsyncClient, call: Call) -> Any:
     """The asyncio twin of :func:`run`."""
     try:
         return await client.execute_command(call.command, *call.args)
-    except ResponseError as error:
-        if not _is_missing(error):
-            _raise_typed(error)
-            raise
-    await aload_functions(client)
+    except Exception as error:
+        await aload_library(client, _heal(call, error))
     try:
         return await client.execute_command(call.command, *call.args)
-    except ResponseError as error:
+    except Exception as error:
         _raise_typed(error)
         raise
+
+
+# --- two calls in one flight ------------------------------------------------------------------
+
+
+def _queue(pipe: Any, *calls: Call) -> None:
+    for call in calls:
+        pipe.execute_command(call.command, *call.args)
+
+
+def _first_of_pair(replies: list[Any], then: Call) -> tuple[Any, bool]:
+    """The first call's reply, and whether ``then`` must be sent again (its library was lost).
+    A READONLY refusal of ``then`` is dropped: the pair was read from a replica, which cannot
+    write (a refreshed TTL, say); the first call's reply still stands."""
+    first, second = replies
+    if isinstance(first, BaseException):
+        _raise_typed(first)
+        raise first
+    if isinstance(second, ReadOnlyError):
+        return first, False
+    if isinstance(second, BaseException):
+        _heal(then, second)
+        return first, True
+    return first, False
+
+
+def run_pair(client: SyncClient, call: Call, then: Call) -> Any:
+    """Send ``call`` and ``then`` written in one flight on one connection (one round trip, two
+    commands, not a transaction) and return ``call``'s reply. For a read with a side effect the
+    read itself must not pay for: a plain LRANGE, and a function refreshing the TTL."""
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, call, then)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    first, again = _first_of_pair(replies, then)
+    if again:
+        run(client, then)
+    return first
+
+
+async def arun_pair(client: AsyncClient, call: Call, then: Call) -> Any:
+    """The asyncio twin of :func:`run_pair`."""
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, call, then)
+    try:
+        replies = await pipe.execute(raise_on_error=False)
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    first, again = _first_of_pair(replies, then)
+    if again:
+        await arun(client, then)
+    return first
 
 
 # --- running with WAIT ------------------------------------------------------------------------
@@ -169,15 +235,22 @@ _TOPOLOGY_ERRORS = (MovedError, ClusterDownError, TryAgainError, MasterDownError
 
 def _durable_reply(replies: list[Any], replicas: int, timeout_ms: int) -> Any:
     for reply in replies:
-        if isinstance(reply, ResponseError):
+        if isinstance(reply, BaseException):
             _raise_typed(reply)
             raise reply
-    _core.check_acknowledged(int(replies[1]), replicas, timeout_ms)
+    acknowledged = int(replies[1])
+    if acknowledged < replicas:
+        raise ReplicationError(
+            f"the write was applied, but only {acknowledged} of {replicas} replicas acknowledged "
+            f"it within {timeout_ms} ms",
+            acknowledged=acknowledged,
+            required=replicas,
+        )
     return replies[0]
 
 
 def _queue_with_wait(
-    pipe: Any, call: _core.Call, replicas: int, timeout_ms: int, asking: bool = False
+    pipe: Any, call: Call, replicas: int, timeout_ms: int, asking: bool = False
 ) -> None:
     """Queue the call and its WAIT on a (sync or asyncio) non-transactional pipeline."""
     if asking:  # the slot is migrating to this node: it serves the key only after ASKING
@@ -187,7 +260,7 @@ def _queue_with_wait(
 
 
 def _send_with_wait(
-    node: redis.Redis, call: _core.Call, replicas: int, timeout_ms: int, asking: bool = False
+    node: redis.Redis, call: Call, replicas: int, timeout_ms: int, asking: bool = False
 ) -> list[Any]:
     pipe = node.pipeline(transaction=False)
     _queue_with_wait(pipe, call, replicas, timeout_ms, asking)
@@ -196,7 +269,7 @@ def _send_with_wait(
 
 
 async def _asend_with_wait(
-    client: redis.asyncio.Redis, call: _core.Call, replicas: int, timeout_ms: int
+    client: redis.asyncio.Redis, call: Call, replicas: int, timeout_ms: int
 ) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     _queue_with_wait(pipe, call, replicas, timeout_ms)
@@ -204,7 +277,7 @@ async def _asend_with_wait(
     return replies
 
 
-def run_durable(client: SyncClient, call: _core.Call, replicas: int, timeout_ms: int) -> Any:
+def run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) -> Any:
     """Send a write and ``WAIT replicas timeout_ms`` pipelined on one connection: one round trip.
 
     Raises ReplicationError when fewer replicas acknowledged in time (the write itself applied).
@@ -212,10 +285,18 @@ def run_durable(client: SyncClient, call: _core.Call, replicas: int, timeout_ms:
     during a slot migration, and when the owner changes (failover, resharding) refreshes the
     topology and sends the pair again.
     """
+    try:
+        return _run_durable(client, call, replicas, timeout_ms)
+    except Exception as error:
+        _raise_typed(error)
+        raise
+
+
+def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) -> Any:
     if not isinstance(client, redis.cluster.RedisCluster):
         replies = _send_with_wait(client, call, replicas, timeout_ms)
-        if _is_missing(replies[0]):
-            load_functions(client)
+        if call.library is not None and _is_missing(replies[0]):
+            load_library(client, call.library)
             replies = _send_with_wait(client, call, replicas, timeout_ms)
         return _durable_reply(replies, replicas, timeout_ms)
 
@@ -240,8 +321,8 @@ def run_durable(client: SyncClient, call: _core.Call, replicas: int, timeout_ms:
             ask = None
             continue
         reply, ask = replies[0], None
-        if _is_missing(reply) and not loaded:
-            load_functions(client)
+        if call.library is not None and _is_missing(reply) and not loaded:
+            load_library(client, call.library)
             loaded = True
         elif isinstance(reply, AskError) and not isinstance(reply, MovedError):
             ask = reply
@@ -261,11 +342,15 @@ def _refresh_topology(client: redis.cluster.RedisCluster, pause: bool) -> None:
 
 
 async def arun_durable(
-    client: redis.asyncio.Redis, call: _core.Call, replicas: int, timeout_ms: int
+    client: redis.asyncio.Redis, call: Call, replicas: int, timeout_ms: int
 ) -> Any:
     """The asyncio twin of :func:`run_durable`, for a standalone server."""
-    replies = await _asend_with_wait(client, call, replicas, timeout_ms)
-    if _is_missing(replies[0]):
-        await aload_functions(client)
+    try:
         replies = await _asend_with_wait(client, call, replicas, timeout_ms)
-    return _durable_reply(replies, replicas, timeout_ms)
+        if call.library is not None and _is_missing(replies[0]):
+            await aload_library(client, call.library)
+            replies = await _asend_with_wait(client, call, replicas, timeout_ms)
+        return _durable_reply(replies, replicas, timeout_ms)
+    except Exception as error:
+        _raise_typed(error)
+        raise

@@ -16,16 +16,18 @@ from redis.exceptions import ResponseError
 
 import pyhistory
 from pyhistory import _core, errors, testing
-from pyhistory.functions import load_functions, run
+from pyhistory.functions import run
+from pyhistory.store import load_functions
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "lua" / "pyhistory.lua"
 
 # Every released library version and the sha256 of its code. A change to lua/pyhistory.lua must
-# ship under a new library name (pyhistory_v2, ...): two releases share one server during a
+# ship under a new library name (pyhistory_v3, ...): two releases share one server during a
 # rollout, and FUNCTION LOAD REPLACE of the same name with other code would flap between them.
 RELEASED = {
     "pyhistory_v1": "854c3036afb9a4f0",
+    "pyhistory_v2": "c44ca81acb7ceba5",
 }
 
 
@@ -252,7 +254,7 @@ def test_call_after_server_restart_reloads(local_server: testing.LocalServer) ->
 
 
 def test_other_libraries_and_versions_are_left_alone(client: redis.Redis) -> None:
-    other = _core.library_source().replace("pyhistory_v1", "pyhistory_v0")
+    other = _core.library_source().replace(_core.LIBRARY, "pyhistory_v0")
     client.function_load(other)
     load_functions(client)
     names = sorted(lib[1] for lib in client.function_list())

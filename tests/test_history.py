@@ -216,7 +216,15 @@ class CommandLog:
                     seen.append(entry["command"].split(" ", 1)[0].upper())
 
 
-def test_each_sync_operation_is_one_command(url: str) -> None:
+def round_trips_of(client: redis.Redis, operation: Callable[[], Any]) -> int:
+    """The read events the server processed during ``operation``: one per flight of commands a
+    client wrote (INFO's own read is counted in both samples)."""
+    before = int(client.info("stats")["total_reads_processed"])
+    operation()
+    return int(client.info("stats")["total_reads_processed"]) - before - 1
+
+
+def test_each_sync_operation_is_one_round_trip(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=50, window=20)
     log = CommandLog(url)
     operations: dict[str, Callable[[], Any]] = {
@@ -229,15 +237,17 @@ def test_each_sync_operation_is_one_command(url: str) -> None:
     }
     for name, operation in operations.items():
         operation()  # warm-up: connection made, functions loaded
-        assert len(log.commands_of(operation)) == 1, name
+        assert round_trips_of(client, operation) == 1, name
+        expected = 2 if name == "messages" else 1  # a read and its TTL refresh, in one flight
+        assert len(log.commands_of(operation)) == expected, name
     assert log.commands_of(lambda: history.add_messages(turn(2)))[0] == "FCALL"
-    assert log.commands_of(lambda: history.messages) == ["FCALL"]
+    assert log.commands_of(lambda: history.messages) == ["LRANGE", "FCALL"]
     assert log.commands_of(lambda: len(history)) == ["LLEN"]
     history.ttl = None
     assert log.commands_of(lambda: history.messages) == ["LRANGE"]  # no refresh: plain read
 
 
-def test_each_asyncio_operation_is_one_command(url: str) -> None:
+def test_each_asyncio_operation_is_one_round_trip(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=50, window=20)
     log = CommandLog(url)
     operations: dict[str, Callable[[], Awaitable[Any]]] = {
@@ -251,8 +261,10 @@ def test_each_asyncio_operation_is_one_command(url: str) -> None:
     try:
         for name, operation in operations.items():
             loop.run_until_complete(operation())  # warm-up
-            commands = log.commands_of(lambda op=operation: loop.run_until_complete(op()))
-            assert len(commands) == 1, (name, commands)
+            run = lambda op=operation: loop.run_until_complete(op())  # noqa: E731
+            assert round_trips_of(client, run) == 1, name
+            commands = log.commands_of(run)
+            assert len(commands) == (2 if name == "aget_messages" else 1), (name, commands)
     finally:
         loop.close()
 
@@ -315,7 +327,9 @@ def test_bad_sizes(url: str, name: str, value: Any) -> None:
         RedisChatMessageHistory("s", url=url, **{name: value})
 
 
-@pytest.mark.parametrize("ttl", [-1, 1.5, "60", True, 2**31, datetime.timedelta(seconds=5)])
+@pytest.mark.parametrize(
+    "ttl", [-1, 1.5, "60", True, 2**31, datetime.timedelta(milliseconds=500), datetime.timedelta(0)]
+)
 def test_bad_ttl(url: str, ttl: Any) -> None:
     with pytest.raises(pyhistory.InvalidTTLError):
         RedisChatMessageHistory("s", url=url, ttl=ttl)

@@ -20,7 +20,7 @@ LUA = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
 
 def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
-    assert called == {"lpush", "ltrim", "expire", "lrange", "llen"}
+    assert called == {"lpush", "ltrim", "expire", "lrange", "llen", "type"}
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
     assert allowed == called | {"fcall", "del", "wait", "lrange", "llen"}
     assert "~message_store:*" in pyhistory.acl_rule().split()

@@ -1,0 +1,345 @@
+"""MessageStore: one session's messages in one Redis LIST, on the pyhistory Functions library.
+
+The core of every adapter (LangChain's classic chat history, the agent middleware). It imports no
+deprecated LangChain class: only messages, which LangChain keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio.cluster
+import redis.cluster
+from langchain_core.messages import BaseMessage
+
+from pyhistory import _clients, _core
+from pyhistory._library import Call
+from pyhistory.errors import HistoryError, InvalidArgumentError
+from pyhistory.functions import (
+    AsyncClient,
+    SyncClient,
+    aload_library,
+    arun,
+    arun_durable,
+    arun_pair,
+    load_library,
+    prepare,
+    run,
+    run_durable,
+    run_pair,
+)
+
+
+def load_functions(client: SyncClient) -> str:
+    """Load (or replace with identical code) the history's library; on a cluster, on every
+    primary. Call it at start-up or deploy time; histories also load it lazily. Returns the
+    library's name, e.g. ``"pyhistory_v2"``."""
+    return load_library(client, _core.HISTORY)
+
+
+async def aload_functions(client: AsyncClient) -> str:
+    """The asyncio twin of :func:`load_functions`."""
+    return await aload_library(client, _core.HISTORY)
+
+
+class MessageStore:
+    """One session's messages, in one Redis LIST, laid out as langchain_community lays it out.
+
+    Every operation is one round trip; an append (any batch) is atomic with its trim and its TTL.
+    Construction does no I/O: clients are shared per URL (per event loop for asyncio), so a store
+    per request costs nothing on the network.
+
+    Args:
+        session_id: the conversation's id; the key is ``key_prefix + session_id``.
+        url: the server, used when no client is given. Histories built from the same URL share one
+            connection pool per process (and per event loop for asyncio).
+        key_prefix: prepended to the session id to form the key.
+        ttl: seconds (an int, or a ``timedelta``) until an idle session expires; every append
+            sets it again and, unless ``refresh_ttl_on_read`` is False, so does every read
+            (sliding expiry). None or 0: the key's TTL is left alone.
+        max_messages: keep only this many of the newest messages; older ones are dropped by the
+            append that pushes them out. None: unbounded.
+        window: how many of the newest messages a read returns. None: all that are stored.
+        refresh_ttl_on_read: whether reads also refresh the TTL (default True).
+        redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``) to use
+            instead of ``url``. Without ``async_redis_client``, the asyncio methods run this client
+            in a worker thread.
+        async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
+        cluster: ``url`` names a node of a Redis Cluster (``RedisCluster.from_url``).
+        read_from_replicas: reads go to replicas (a plain LRANGE) and accept their lag; they no
+            longer refresh the TTL (replicas cannot write), appends still do. On a cluster built
+            from ``url`` the cluster client routes them; on a standalone server, name the replica
+            with ``replica_url`` or ``replica_client`` / ``async_replica_client``.
+        wait_for_replicas: after each write, wait until this many replicas acknowledged it
+            (``WAIT``, pipelined with the write: still one round trip), else raise
+            ``ReplicationError``. 0: do not wait.
+        wait_timeout_ms: how long a write waits for its replicas (default 1000 ms).
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        url: str = "redis://localhost:6379/0",
+        key_prefix: str = "message_store:",
+        ttl: int | timedelta | None = None,
+        *,
+        max_messages: int | None = None,
+        window: int | None = None,
+        refresh_ttl_on_read: bool = True,
+        redis_client: SyncClient | None = None,
+        async_redis_client: AsyncClient | None = None,
+        cluster: bool = False,
+        read_from_replicas: bool = False,
+        replica_url: str | None = None,
+        replica_client: SyncClient | None = None,
+        async_replica_client: AsyncClient | None = None,
+        wait_for_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
+        self.session_id = session_id
+        self.key_prefix = key_prefix
+        self.url = url
+        self.refresh_ttl_on_read = refresh_ttl_on_read
+        self.ttl = ttl
+        self.max_messages = max_messages
+        self.window = window
+        self.cluster = cluster
+        self.replica_url = replica_url
+        has_replica = bool(replica_url or replica_client or async_replica_client)
+        self.read_from_replicas = read_from_replicas or has_replica
+        if (
+            read_from_replicas
+            and not (cluster or has_replica)
+            and not _is_cluster(redis_client, async_redis_client)
+        ):
+            raise InvalidArgumentError(
+                "read_from_replicas needs a cluster (cluster=True or a RedisCluster client) or a "
+                "replica (replica_url, replica_client or async_replica_client)"
+            )
+        self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
+            wait_for_replicas, wait_timeout_ms
+        )
+        if (
+            self.wait_for_replicas
+            and isinstance(async_redis_client, redis.asyncio.cluster.RedisCluster)
+            and redis_client is None
+        ):
+            raise InvalidArgumentError(
+                "wait_for_replicas on a cluster needs a sync RedisCluster as redis_client (the "
+                "a* methods then run durable writes in a thread)"
+            )
+        for client in (redis_client, async_redis_client, replica_client, async_replica_client):
+            prepare(client)
+        self._redis_client = redis_client
+        self._async_redis_client = async_redis_client
+        self._replica_client = replica_client
+        self._async_replica_client = async_replica_client
+
+    # The settings are checked when set, here or later, so a bad value never reaches the server.
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @session_id.setter
+    def session_id(self, session_id: str) -> None:
+        self._session_id = _core.check_session_id(session_id)
+
+    @property
+    def key_prefix(self) -> str:
+        return self._key_prefix
+
+    @key_prefix.setter
+    def key_prefix(self, key_prefix: str) -> None:
+        self._key_prefix = _core.check_key_prefix(key_prefix)
+
+    @property
+    def ttl(self) -> int | None:
+        return self._ttl or None
+
+    @ttl.setter
+    def ttl(self, ttl: int | timedelta | None) -> None:
+        self._ttl = _core.check_ttl(ttl)
+
+    @property
+    def max_messages(self) -> int | None:
+        return self._max_messages or None
+
+    @max_messages.setter
+    def max_messages(self, max_messages: int | None) -> None:
+        self._max_messages = _core.check_size("max_messages", max_messages)
+
+    @property
+    def window(self) -> int | None:
+        return self._window or None
+
+    @window.setter
+    def window(self, window: int | None) -> None:
+        self._window = _core.check_size("window", window)
+
+    @property
+    def key(self) -> str:
+        """The session's Redis key: ``key_prefix + session_id``, as they are now."""
+        return self._key_prefix + self._session_id
+
+    def __bool__(self) -> bool:
+        """Always true, as for langchain_community's history (``history or default`` keeps the
+        history); ``len()`` is the number of stored messages and asks the server."""
+        return True
+
+    # --- clients -------------------------------------------------------------------------------
+
+    @property
+    def redis_client(self) -> SyncClient:
+        """The sync client in use: the one given, or the shared one for ``url``."""
+        if self._redis_client is not None:
+            return self._redis_client
+        if self._async_redis_client is not None:
+            raise HistoryError(
+                "this history was given only an async_redis_client: use the a* methods "
+                "(aget_messages, aadd_messages, aclear) or also pass redis_client"
+            )
+        return _clients.sync_client(self.url, self.cluster, self.read_from_replicas)
+
+    async def _async_client(self) -> AsyncClient | None:
+        """The asyncio client in use, or None when only a sync client was given."""
+        if self._async_redis_client is not None:
+            return self._async_redis_client
+        if self._redis_client is not None:
+            return None
+        return await _clients.async_client(self.url, self.cluster, self.read_from_replicas)
+
+    def _read_client(self) -> SyncClient:
+        if self._replica_client is not None:
+            return self._replica_client
+        if self.replica_url is not None:
+            return _clients.sync_client(self.replica_url)
+        return self.redis_client
+
+    async def _async_read_client(self) -> AsyncClient | None:
+        if self._async_replica_client is not None:
+            return self._async_replica_client
+        client = await self._async_client()
+        if client is not None and self.replica_url is not None:
+            return await _clients.async_client(self.replica_url)
+        return client
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def _refresh_call(self) -> Call | None:
+        """The TTL refresh that goes with a read: none without a TTL, or from a replica."""
+        if self._ttl and self.refresh_ttl_on_read and not self.read_from_replicas:
+            return _core.touch(self.key, self._ttl)
+        return None
+
+    def _append_call(self, messages: Iterable[BaseMessage] | BaseMessage) -> Call | None:
+        batch = [messages] if isinstance(messages, BaseMessage) else list(messages)
+        encoded = _core.encode_batch(batch)
+        if not encoded:
+            return None
+        return _core.append(self.key, encoded, self._max_messages, self._ttl)
+
+    def _touch_call(self) -> Call:
+        if not self._ttl:
+            raise HistoryError("touch() needs a history constructed with a ttl")
+        return _core.touch(self.key, self._ttl)
+
+    def _write(self, call: Call) -> Any:
+        if self.wait_for_replicas:
+            return run_durable(
+                self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms
+            )
+        return run(self.redis_client, call)
+
+    async def _awrite(self, call: Call) -> Any:
+        client = await self._async_client()
+        if self.wait_for_replicas and isinstance(client, redis.asyncio.Redis):
+            return await arun_durable(client, call, self.wait_for_replicas, self.wait_timeout_ms)
+        if client is None or self.wait_for_replicas:
+            # No asyncio client, or a cluster with WAIT: redis.asyncio cannot pipeline on the
+            # key's node, so the sync path runs it in a thread.
+            return await asyncio.to_thread(self._write, call)
+        return await arun(client, call)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[BaseMessage]:
+        """The newest ``window`` messages (all when unset), oldest first, in one round trip: a
+        plain LRANGE and, with a TTL, the library's touch written in the same flight."""
+        read, refresh = _core.read(self.key, self._window), self._refresh_call()
+        client = self._read_client()
+        entries = run(client, read) if refresh is None else run_pair(client, read, refresh)
+        return _core.decode(entries)
+
+    @messages.setter
+    def messages(self, messages: list[BaseMessage]) -> None:
+        raise NotImplementedError(
+            "Direct assignment to 'messages' is not allowed. Use the 'add_messages' instead."
+        )
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        """The asyncio twin of ``messages``."""
+        client = await self._async_read_client()
+        if client is None:
+            return await asyncio.to_thread(lambda: self.messages)
+        read, refresh = _core.read(self.key, self._window), self._refresh_call()
+        if refresh is None:
+            return _core.decode(await arun(client, read))
+        return _core.decode(await arun_pair(client, read, refresh))
+
+    def __len__(self) -> int:
+        """How many messages the session stores (may exceed ``window``)."""
+        return int(run(self.redis_client, _core.length(self.key)))
+
+    async def alength(self) -> int:
+        """The asyncio twin of ``len(history)``."""
+        client = await self._async_client()
+        if client is None:
+            return await asyncio.to_thread(len, self)
+        return int(await arun(client, _core.length(self.key)))
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def add_messages(self, messages: Iterable[BaseMessage] | BaseMessage) -> None:
+        """Append the whole batch (any iterable, or one message) atomically, trimmed and with its
+        TTL, in one round trip. Nothing is stored when any message cannot be encoded.
+        """
+        call = self._append_call(messages)
+        if call is not None:
+            self._write(call)
+
+    async def aadd_messages(self, messages: Iterable[BaseMessage] | BaseMessage) -> None:
+        """The asyncio twin of :meth:`add_messages`."""
+        call = self._append_call(messages)
+        if call is not None:
+            await self._awrite(call)
+
+    def clear(self) -> None:
+        """Delete the session."""
+        self._write(_core.clear(self.key))
+
+    async def aclear(self) -> None:
+        await self._awrite(_core.clear(self.key))
+
+    def touch(self) -> bool:
+        """Refresh the session's TTL without reading it; False when the session does not exist."""
+        return bool(self._write(self._touch_call()))
+
+    async def atouch(self) -> bool:
+        return bool(await self._awrite(self._touch_call()))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(session_id={self.session_id!r}, key={self.key!r}, "
+            f"ttl={self.ttl!r}, max_messages={self.max_messages!r}, window={self.window!r})"
+        )
+
+
+def _is_cluster(*clients: object) -> bool:
+    return any(
+        isinstance(c, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
+        for c in clients
+    )
