@@ -136,31 +136,36 @@ def _pause(
     return pause
 
 
-# The version redis-py sends with CLIENT SETINFO, looked up once here: redis-py would look it up
-# (importlib.metadata, file system calls) for every new connection, on the event loop for asyncio.
-def _driver_options() -> dict[str, Any]:
-    from redis.utils import get_lib_version
+def _remember_redis_version() -> None:
+    """redis-py looks its own version up (importlib.metadata: file system calls) for every new
+    connection, to send it with CLIENT SETINFO; for asyncio clients that blocks the event loop.
+    The version cannot change in a running process, so look it up once, now, and let every
+    module of redis-py that holds the function answer with that."""
+    import redis.connection
+    import redis.utils
 
-    version = get_lib_version()
-    try:
-        from redis.driver_info import DriverInfo  # redis-py >= 7.1
-    except ImportError:
-        return {"lib_version": version}
-    return {"driver_info": DriverInfo(lib_version=version)}
+    original = redis.utils.get_lib_version
+    version: str = original()
+
+    def get_lib_version() -> str:
+        return version
+
+    for module in (redis.utils, redis.connection, redis.asyncio.connection):
+        if getattr(module, "get_lib_version", None) is original:
+            module.get_lib_version = get_lib_version  # type: ignore[attr-defined]
 
 
-_DRIVER = _driver_options()
+_remember_redis_version()
 
 
 def _options(asyncio_client: bool) -> dict[str, Any]:
-    """Timeouts, the retry policy and the driver version for a client built from a URL; options in
+    """Timeouts and the retry policy for a client built from a URL; options in
     the URL's query (``?socket_timeout=10``) take precedence, as redis-py's from_url has it."""
     retry_class = _AsyncBoundedRetry if asyncio_client else _BoundedRetry
     return {
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": COMMAND_TIMEOUT,
         "retry": retry_class(_backoff(), retries=_RETRIES),
-        **_DRIVER,
     }
 
 

@@ -115,18 +115,18 @@ _BY_CLASS: tuple[tuple[type[Exception], type[HistoryError]], ...] = (
     (redis_errors.OutOfMemoryError, OutOfMemoryError),
     (redis_errors.ReadOnlyError, ReadOnlyServerError),
 )
-# Every other redis-py class gets a subclass of HistoryError and of itself, made once.
+# Every other redis-py class gets a subclass of ours (or of HistoryError) and of itself, made once.
 _MADE: dict[type[Exception], type[HistoryError]] = {}
 _MADE_LOCK = threading.Lock()
 
 
-def _typed_class(kind: type[Exception]) -> type[HistoryError]:
+def _typed_class(kind: type[Exception], ours: type[HistoryError]) -> type[HistoryError]:
     made = _MADE.get(kind)
     if made is None:
         with _MADE_LOCK:
             made = _MADE.get(kind)
             if made is None:
-                made = _MADE[kind] = type(kind.__name__, (HistoryError, kind), {})
+                made = _MADE[kind] = type(kind.__name__, (ours, kind), {})
     return made
 
 
@@ -145,5 +145,7 @@ def translate(error: BaseException) -> BaseException:
         return ServerError(*error.args)
     for theirs, ours in _BY_CLASS:
         if isinstance(error, theirs):
+            if type(error) is not theirs:  # e.g. BusyLoadingError, a ConnectionError
+                ours = _typed_class(type(error), ours)
             return ours(*error.args)
-    return _typed_class(type(error))(*error.args)
+    return _typed_class(type(error), HistoryError)(*error.args)

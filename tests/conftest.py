@@ -23,6 +23,7 @@ import pytest_asyncio
 import redis
 import redis.asyncio
 import redis.cluster
+from blockbuster import blockbuster_ctx
 
 from pyhistory import testing
 
@@ -143,3 +144,16 @@ def cluster_client(cluster: testing.LocalCluster) -> Iterator[redis.cluster.Redi
         yield client
     finally:
         client.close()
+
+
+# --- the event loop: nothing pyhistory runs on it may block ----------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop() -> Iterator[None]:
+    """Every test runs under a blocking-call detector (blockbuster, as langchain-core's async
+    tests do): a blocking call (file system, sleeping, a blocking socket) made on a running event
+    loop with pyhistory code on the stack fails the test. The test helpers that start servers are
+    not scanned; sync code without a running loop is never affected."""
+    with blockbuster_ctx("pyhistory", excluded_modules=["pyhistory.testing"]):
+        yield

@@ -124,7 +124,7 @@ async def test_asyncio_with_only_a_sync_client_runs_in_a_thread(url: str) -> Non
     assert [m.content for m in await history.aget_messages()] == ["question 1", "answer 1"]
     assert await history.alength() == 2
     await history.aclear()
-    assert history.messages == []
+    assert await asyncio.to_thread(lambda: history.messages) == []
 
 
 async def test_injected_async_client(url: str, aclient: redis.asyncio.Redis) -> None:
@@ -348,10 +348,10 @@ async def test_unserialisable_message_stores_nothing(
     url: str, client: redis.Redis, bad: Any
 ) -> None:
     history = RedisChatMessageHistory("s", url=url, ttl=60)
-    history.add_user_message("kept")
+    await asyncio.to_thread(history.add_user_message, "kept")
     before = stored(client)
     with pytest.raises(pyhistory.SerializationError):
-        history.add_messages([HumanMessage("good"), bad])
+        await asyncio.to_thread(history.add_messages, [HumanMessage("good"), bad])
     with pytest.raises(pyhistory.SerializationError):
         await history.aadd_messages([bad, HumanMessage("good")])
     assert stored(client) == before
@@ -376,7 +376,7 @@ async def test_key_of_another_type(url: str, client: redis.Redis) -> None:
         lambda: len(history),
     ):
         with pytest.raises(pyhistory.WrongTypeError):
-            operation()
+            await asyncio.to_thread(operation)
     with pytest.raises(pyhistory.WrongTypeError):
         await history.aadd_messages([HumanMessage("x")])
     with pytest.raises(pyhistory.WrongTypeError):
@@ -392,11 +392,11 @@ async def test_corrupt_entry_is_reported_and_kept(
     url: str, client: redis.Redis, entry: bytes
 ) -> None:
     history = RedisChatMessageHistory("s", url=url)
-    history.add_user_message("fine")
+    await asyncio.to_thread(history.add_user_message, "fine")
     client.lpush(history.key, entry)
     before = stored(client)
     with pytest.raises(pyhistory.CorruptEntryError):
-        _ = history.messages
+        await asyncio.to_thread(lambda: history.messages)
     with pytest.raises(pyhistory.CorruptEntryError):
         await history.aget_messages()
     assert stored(client) == before
@@ -417,15 +417,20 @@ async def test_reads_and_touch_work_when_the_server_is_out_of_memory(
     """Under maxmemory with noeviction a server refuses writes; a read that refreshes the TTL
     (window) and touch() write only a TTL, so they are flagged allow-oom and still run."""
     history = RedisChatMessageHistory("s", url=url, ttl=60)
-    history.add_messages(turn(1))
+    await asyncio.to_thread(history.add_messages, turn(1))
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", "1")  # every write that may grow memory is refused now
     try:
-        assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+        read = await asyncio.to_thread(lambda: history.messages)
+        assert [m.content for m in read] == ["question 1", "answer 1"]
         assert len(await history.aget_messages()) == 2
-        assert history.touch() is True
-        with pytest.raises(redis.exceptions.OutOfMemoryError):
-            history.add_messages(turn(2))
+        assert await asyncio.to_thread(history.touch) is True
+        assert await history.atouch() is True
+        with pytest.raises(redis.exceptions.OutOfMemoryError) as raised:
+            await asyncio.to_thread(history.add_messages, turn(2))
+        assert isinstance(raised.value, pyhistory.OutOfMemoryError)
+        with pytest.raises(pyhistory.OutOfMemoryError):
+            await history.aadd_messages(turn(2))
     finally:
         client.config_set("maxmemory", "0")
-    assert len(history) == 2
+    assert await history.alength() == 2

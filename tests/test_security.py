@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def test_runtime_user_can_do_every_operation(app_url: str, client: redis.Redis) 
 
 
 async def test_runtime_user_asyncio(app_url: str, client: redis.Redis) -> None:
-    pyhistory.load_functions(client)
+    await asyncio.to_thread(pyhistory.load_functions, client)
     history = RedisChatMessageHistory("s", url=app_url, ttl=60)
     await history.aadd_messages([HumanMessage("q"), AIMessage("a")])
     assert len(await history.aget_messages()) == 2
