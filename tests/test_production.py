@@ -429,3 +429,66 @@ def test_the_readme_quick_start_runs_as_written(url: str, client: redis.Redis) -
     assert done.returncode == 0, done.stderr
     assert "hello!" in done.stdout and "still here" in done.stdout
     assert client.exists("message_store:user-42:chat-7") == 0  # the example clears its session
+
+
+# --- LangChain's RunnableWithMessageHistory, asyncio, under the blocking-call detector ------
+
+
+async def test_runnable_with_message_history_asyncio(url: str, client: redis.Redis) -> None:
+    """The async paths langchain-core's own RunnableWithMessageHistory tests take (ainvoke,
+    astream), with a pyhistory history per call as the factory: a new history per request, every
+    read and append native asyncio, nothing blocking the loop (the autouse detector)."""
+    import warnings
+
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langchain_core.runnables.history import RunnableWithMessageHistory
+
+    model = GenericFakeChatModel(messages=iter(["first answer", "second answer", "third answer"]))
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "be brief"), MessagesPlaceholder("history"), ("human", "{question}")]
+    )
+    made: list[RedisChatMessageHistory] = []
+
+    def factory(session_id: str) -> RedisChatMessageHistory:
+        made.append(RedisChatMessageHistory(session_id, url=url, ttl=60, max_messages=10))
+        return made[-1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        chain = RunnableWithMessageHistory(
+            prompt | model,
+            factory,
+            input_messages_key="question",
+            history_messages_key="history",
+        )
+    config: Any = {"configurable": {"session_id": "rwmh"}}
+    first = await chain.ainvoke({"question": "one?"}, config=config)
+    assert first.content == "first answer"
+    chunks = [chunk async for chunk in chain.astream({"question": "two?"}, config=config)]
+    assert "".join(str(c.content) for c in chunks) == "second answer"
+    third = await chain.ainvoke({"question": "three?"}, config=config)
+    assert third.content == "third answer"
+    stored = await made[-1].aget_messages()
+    assert [m.content for m in stored] == [
+        "one?",
+        "first answer",
+        "two?",
+        "second answer",
+        "three?",
+        "third answer",
+    ]
+    assert 0 < client.ttl("message_store:rwmh") <= 60
+
+
+async def test_the_blocking_call_detector_is_on(url: str) -> None:
+    """What the autouse detector catches: a sync read made on the running loop."""
+    from blockbuster import BlockingError
+
+    history = RedisChatMessageHistory("s", url=url)
+    with pytest.raises(BlockingError):
+        _ = history.messages
+    assert await history.aget_messages() == []
