@@ -255,6 +255,8 @@ def _sentinel_master(url: str) -> redis.Redis:
         except AuthenticationError as error:
             if not _no_password_set(error):
                 raise
+            for refused in sentinel.sentinels:
+                refused.close()
             sentinel_options = {
                 k: v for k, v in sentinel_options.items() if k not in ("username", "password")
             }
@@ -265,7 +267,10 @@ def _sentinel_master(url: str) -> redis.Redis:
     return master
 
 
-async def _async_sentinel_master(url: str) -> redis.asyncio.Redis:
+async def _async_sentinel_master(
+    url: str,
+) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
+    """The primary's client, and the sentinels' clients it asks (to close with it)."""
     parsed = parse_sentinel_url(url)
     options = {**_options(True), **parsed.options}
     sentinel_options = {**_options(True), **parsed.sentinel_options}
@@ -278,6 +283,8 @@ async def _async_sentinel_master(url: str) -> redis.asyncio.Redis:
         except AuthenticationError as error:
             if not _no_password_set(error):
                 raise
+            for refused in sentinel.sentinels:
+                await refused.aclose()
             sentinel_options = {
                 k: v for k, v in sentinel_options.items() if k not in ("username", "password")
             }
@@ -287,7 +294,7 @@ async def _async_sentinel_master(url: str) -> redis.asyncio.Redis:
     master: redis.asyncio.Redis = sentinel.master_for(
         parsed.service, redis_class=redis.asyncio.Redis
     )
-    return master
+    return master, list(sentinel.sentinels)
 
 
 # --- cluster detection ------------------------------------------------------------------------
@@ -338,9 +345,14 @@ def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
     return client
 
 
-async def _new_async(url: str, cluster: bool, read_from_replicas: bool) -> AsyncClient:
+async def _new_async(
+    url: str, cluster: bool, read_from_replicas: bool, companions: list[AsyncClient]
+) -> AsyncClient:
+    """A new client; clients it leans on and that must be closed with it go to ``companions``."""
     if is_sentinel(url):
-        return await _async_sentinel_master(url)
+        master, sentinels = await _async_sentinel_master(url)
+        companions.extend(sentinels)
+        return master
     if cluster or _is_cluster.get(url):
         return _async_cluster(url, read_from_replicas)
     client = redis.asyncio.Redis.from_url(url, **_options(True))
@@ -370,6 +382,7 @@ class _LoopClients:
     shuts down (asyncio.run and asyncio.Runner close every async generator before closing)."""
 
     clients: dict[Target, AsyncClient] = field(default_factory=dict)
+    companions: list[AsyncClient] = field(default_factory=list)  # e.g. a Sentinel's sentinels
     closer: AsyncIterator[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -398,14 +411,15 @@ def sync_client(url: str, cluster: bool = False, read_from_replicas: bool = Fals
     return client
 
 
-async def _close_at_shutdown(clients: dict[Target, AsyncClient]) -> AsyncIterator[None]:
+async def _close_at_shutdown(entry: _LoopClients) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for client in list(clients.values()):
+        for client in [*entry.clients.values(), *entry.companions]:
             with contextlib.suppress(Exception):
                 await client.aclose()
-        clients.clear()
+        entry.clients.clear()
+        entry.companions.clear()
 
 
 def _loop_clients(loop: asyncio.AbstractEventLoop) -> _LoopClients:
@@ -432,11 +446,11 @@ async def async_client(
         client = entry.clients.get(target)
         if client is None:
             try:
-                client = await _new_async(url, cluster, read_from_replicas)
+                client = await _new_async(url, cluster, read_from_replicas, entry.companions)
             except Exception as error:
                 raise translate(error) from error
             entry.clients[target] = client
             if entry.closer is None:
-                entry.closer = _close_at_shutdown(entry.clients)
+                entry.closer = _close_at_shutdown(entry)
                 await entry.closer.__anext__()  # now the loop knows it, and closes it at shutdown
     return client
