@@ -1,0 +1,854 @@
+#!lua name=pyhistory_checkpoint_v1
+--[[
+pyhistory_checkpoint: LangGraph checkpoints in Redis, two keys per thread, one call per operation.
+
+Data layout. Each thread has two keys, built by the caller and passed in KEYS; both carry the same
+hash tag (made from an encoding of the thread id), so Redis Cluster keeps them on one node:
+  KEYS[1]  data   HASH, every record of the thread, by field:
+    c<0><ns><0><id>                  a checkpoint's record (below), packed with cmsgpack
+    b<0><ns><0><channel><0><version> a channel's value at that version: a typed value
+    w<0><ns><0><id><0><task><0><idx> a pending write: task<0>path<0>channel<0>typed value
+  KEYS[2]  index  ZSET, all scores 0, ordered by member (lexicographically):
+    c<0><ns><0><id>                  one per checkpoint: a namespace's checkpoints in id order
+    w<0><ns><0><id><0><path><0><task><0><idx>
+                                     one per pending write: a checkpoint's writes in the order
+                                     (task path, task id, idx) that LangGraph replays them in
+  <0> is a NUL byte; <ns> the checkpoint namespace, <id> the checkpoint id (ids grow with time, so
+  their byte order is their age order), <idx> the write's index as 10 decimal digits after adding
+  2^31 (so that the special negative indexes sort first). A typed value is the serializer's type
+  name, a NUL byte, and the serialized bytes; this library never looks inside one.
+  Namespaces, ids, channels, versions, task ids and paths hold no NUL and no 0xFF byte (UTF-8 has
+  none): that keeps every range of the index exact.
+
+A checkpoint's record is a msgpack array of:
+  [1] the checkpoint, typed, without its channel values   [2] its metadata, typed
+  [3] the parent checkpoint id, or ""                      [4] {channel, version, ...}: all the
+  channel versions of the checkpoint (its blobs are read by these)
+  [5] {key, value, ...}: the metadata filter index, each top-level metadata key with the canonical
+  JSON of its value (list filters compare these strings)
+  [6] {channel, holder, ...}: for each DeltaChannel this checkpoint stores no value of, the id of the
+  oldest ancestor its value is rebuilt from   [7] the floor: the oldest id in [6], or the
+  checkpoint's own id. Retention never removes a checkpoint at or above a kept one's floor.
+
+Expiry: with a TTL, every write sets it on both keys together, so no key of a thread outlives the
+other; reads may refresh it too (get). Retention (keep_last) trims a namespace inside put.
+
+Versioning: the library and every function carry the contract version (v1). Any change to this
+file ships under a new version (pyhistory_checkpoint_v2, ...), so two releases loaded on one
+server never replace each other's code.
+
+Errors: every argument is checked before the first write. A violation is an error reply
+"CODE message" with one of these code words:
+  BADARGS    wrong number of keys or arguments, or a count that does not match them
+  BADSIZE    a count (keep_last, limit) that is not an integer in its range
+  BADTTL     a TTL that is not an integer number of seconds in [0, MAX_INT]
+  BADID      an id, namespace, channel, version, task or path that is empty where it may not be,
+             or holds a NUL or 0xFF byte; a write index that is not a canonical integer
+  BADVALUE   a typed value without the NUL byte after its type name
+  WRONGTYPE  a key of the thread holds another Redis type (checked before anything is written)
+]]
+
+local MAX_INT = 2147483647 -- largest count or TTL accepted
+local IDX_OFFSET = 2147483648 -- added to a write index so that its digits sort in number order
+local MAX_ITEMS = 100000 -- most channels, blobs, filters or writes one call may carry
+local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua's stack limit
+local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
+local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
+
+local NUL = '\0'
+local TOP = '\255' -- above every byte a name may hold: closes a range of the index
+
+-- An error reply "CODE message", returned (not raised) so the client gets it as written.
+local function bad(code, message)
+  return redis.error_reply(code .. ' ' .. message)
+end
+
+local function shown(value)
+  return string.format('%q', string.sub(value, 1, 24))
+end
+
+-- A non-negative integer argument in plain decimal digits, or nil.
+local function whole(value)
+  if #value == 0 or #value > 10 or string.find(value, '%D') then
+    return nil
+  end
+  local n = tonumber(value)
+  if n > MAX_INT then
+    return nil
+  end
+  return n
+end
+
+local function not_whole(code, name, value)
+  return bad(code, name .. ' must be an integer in [0, ' .. MAX_INT .. '], got ' .. shown(value))
+end
+
+-- A name stored between NUL separators: nil when valid, else the error reply.
+local function bad_name(name, value, may_be_empty)
+  if #value == 0 and not may_be_empty then
+    return bad('BADID', name .. ' must not be empty')
+  end
+  if string.find(value, '[%z\255]') then
+    return bad('BADID', name .. ' must hold no NUL or 0xFF byte, got ' .. shown(value))
+  end
+  return nil
+end
+
+local function bad_typed(name, value)
+  if (string.find(value, NUL, 1, true) or 1) < 2 then
+    return bad('BADVALUE', name .. ' must be "<type name>\\0<bytes>", got ' .. shown(value))
+  end
+  return nil
+end
+
+-- Byte-wise "a sorts before b" (Lua's own < follows the server's collation locale).
+local function precedes(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
+-- Both keys hold the types this library writes (or nothing): checked before the first write.
+local function wrong_types(keys)
+  local data = redis.call('TYPE', keys[1])['ok']
+  local index = redis.call('TYPE', keys[2])['ok']
+  if (data ~= 'hash' and data ~= 'none') or (index ~= 'zset' and index ~= 'none') then
+    return bad('WRONGTYPE', 'the thread keys must hold a hash and a sorted set, got ' ..
+      data .. ' and ' .. index)
+  end
+  return nil
+end
+
+local function expire(keys, ttl)
+  if ttl > 0 then
+    redis.call('EXPIRE', keys[1], ttl)
+    redis.call('EXPIRE', keys[2], ttl)
+  end
+end
+
+-- Run a multi-argument command over a long list of arguments, CHUNK at a time.
+local function chunked(command, key, items, step)
+  local replies = {}
+  local size = CHUNK * (step or 1)
+  for first = 1, #items, size do
+    local reply = redis.call(command, key, unpack(items, first, math.min(first + size - 1, #items)))
+    if type(reply) == 'table' then
+      for _, value in ipairs(reply) do
+        replies[#replies + 1] = value
+      end
+    end
+  end
+  return replies
+end
+
+local function hmget(key, fields)
+  if #fields == 0 then
+    return {}
+  end
+  return chunked('HMGET', key, fields)
+end
+
+-- Field and member names (see the layout above).
+local function checkpoint_name(ns, id)
+  return 'c' .. NUL .. ns .. NUL .. id
+end
+
+local function blob_field(ns, channel, version)
+  return 'b' .. NUL .. ns .. NUL .. channel .. NUL .. version
+end
+
+local function writes_prefix(ns, id)
+  return 'w' .. NUL .. ns .. NUL .. id .. NUL
+end
+
+-- "c<0>ns<0>id" -> ns, id
+local function split_checkpoint(member)
+  local sep = string.find(member, NUL, 3, true)
+  return string.sub(member, 3, sep - 1), string.sub(member, sep + 1)
+end
+
+-- A pending write's field from its index member: the prefix, then task<0>idx without the path.
+local function write_field(prefix, member)
+  local rest = string.sub(member, #prefix + 1)
+  return prefix .. string.sub(rest, string.find(rest, NUL, 1, true) + 1)
+end
+
+local function record(data, ns, id)
+  local packed = redis.call('HGET', data, checkpoint_name(ns, id))
+  if not packed then
+    return nil
+  end
+  return cmsgpack.unpack(packed)
+end
+
+-- {ch = value} from a flat {ch, value, ...}
+local function as_map(flat)
+  local map = {}
+  for i = 1, #flat, 2 do
+    map[flat[i]] = flat[i + 1]
+  end
+  return map
+end
+
+-- The index members and data fields of a checkpoint's pending writes, in replay order.
+local function pending_writes(index, ns, id)
+  local prefix = writes_prefix(ns, id)
+  local members = redis.call('ZRANGEBYLEX', index, '[' .. prefix, '(' .. prefix .. TOP)
+  local fields = {}
+  for i, member in ipairs(members) do
+    fields[i] = write_field(prefix, member)
+  end
+  return members, fields
+end
+
+-- What get and list return for one checkpoint:
+-- {ns, id, parent, checkpoint, metadata, {channel, value, ...}, {write, ...}}
+local function entry(data, index, ns, id, rec)
+  local channels = rec[4]
+  local fields, names = {}, {}
+  for i = 1, #channels, 2 do
+    fields[#fields + 1] = blob_field(ns, channels[i], channels[i + 1])
+    names[#names + 1] = channels[i]
+  end
+  local blobs = {}
+  for i, value in ipairs(hmget(data, fields)) do
+    if value then
+      blobs[#blobs + 1] = names[i]
+      blobs[#blobs + 1] = value
+    end
+  end
+  local _, write_fields = pending_writes(index, ns, id)
+  local writes = {}
+  for _, value in ipairs(hmget(data, write_fields)) do
+    if value then
+      writes[#writes + 1] = value
+    end
+  end
+  return {ns, id, rec[3], rec[1], rec[2], blobs, writes}
+end
+
+-- Remove checkpoints (index members "c<0>ns<0>id") with their pending writes, and the blobs only
+-- they referenced. `survivors` are the members that stay in the namespace.
+local function remove(data, index, ns, victims, survivors)
+  local referenced = {}
+  for _, member in ipairs(survivors) do
+    local _, id = split_checkpoint(member)
+    local rec = record(data, ns, id)
+    if rec then
+      local channels = rec[4]
+      for i = 1, #channels, 2 do
+        referenced[blob_field(ns, channels[i], channels[i + 1])] = true
+      end
+    end
+  end
+  local fields, members = {}, {}
+  for _, member in ipairs(victims) do
+    local _, id = split_checkpoint(member)
+    local rec = record(data, ns, id)
+    if rec then
+      local channels = rec[4]
+      for i = 1, #channels, 2 do
+        local field = blob_field(ns, channels[i], channels[i + 1])
+        if not referenced[field] then
+          referenced[field] = true -- once is enough
+          fields[#fields + 1] = field
+        end
+      end
+    end
+    fields[#fields + 1] = member
+    members[#members + 1] = member
+    local write_members, write_fields = pending_writes(index, ns, id)
+    for i = 1, #write_members do
+      members[#members + 1] = write_members[i]
+      fields[#fields + 1] = write_fields[i]
+    end
+  end
+  if #fields > 0 then
+    chunked('HDEL', data, fields)
+    chunked('ZREM', index, members)
+  end
+end
+
+-- Keep the newest `keep` checkpoints of a namespace, and every checkpoint at or above the floor
+-- of a kept one (what its DeltaChannels are rebuilt from). Returns how many were removed.
+local function trim(data, index, ns, keep)
+  local low, high = '[' .. checkpoint_name(ns, ''), '(' .. checkpoint_name(ns, TOP)
+  if redis.call('ZLEXCOUNT', index, low, high) <= keep then
+    return 0
+  end
+  local kept = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', 0, keep)
+  local _, cut = split_checkpoint(kept[#kept])
+  for _, member in ipairs(kept) do
+    local _, id = split_checkpoint(member)
+    local rec = record(data, ns, id)
+    if rec and precedes(rec[7], cut) then
+      cut = rec[7]
+    end
+  end
+  local victims = redis.call(
+    'ZRANGEBYLEX', index, low, '(' .. checkpoint_name(ns, cut), 'LIMIT', 0, MAX_TRIM)
+  if #victims == 0 then
+    return 0
+  end
+  local survivors = redis.call('ZRANGEBYLEX', index, '[' .. checkpoint_name(ns, cut), high)
+  remove(data, index, ns, victims, survivors)
+  return #victims
+end
+
+-- Reads `count` then that many groups of `width` arguments from args[at]; returns the items
+-- (flat), the position after them, or nil and an error reply.
+local function section(args, at, width, name)
+  local count = args[at] and whole(args[at])
+  if not count or count > MAX_ITEMS or at + count * width > #args then
+    return nil, nil, bad('BADARGS', 'bad count of ' .. name .. ': ' .. shown(args[at] or ''))
+  end
+  local items = {}
+  for i = 1, count * width do
+    items[i] = args[at + i]
+  end
+  return items, at + count * width + 1, nil
+end
+
+--[[
+put: store a checkpoint, the channel values it changed, its index entry; trim; set the TTL.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   ttl: EXPIRE both keys after this many seconds; 0 = leave the TTL as it is
+  ARGV[2]   keep_last: keep the newest N checkpoints of the namespace (and what their
+            DeltaChannels need); 0 = keep all
+  ARGV[3]   namespace (may be empty)       ARGV[4]  checkpoint id (not empty)
+  ARGV[5]   parent checkpoint id, or ""
+  ARGV[6]   the checkpoint, typed, without its channel values
+  ARGV[7]   its metadata, typed
+  then four sections, each a count followed by that many groups:
+    versions  channel version        every channel version of the checkpoint
+    blobs     channel version value  the changed channels' values, typed (a channel whose new
+                                     version holds no value sends none)
+    filters   key json               the metadata filter index (see the layout)
+    deltas    channel                the DeltaChannels this checkpoint stores no value of
+  reply     integer: how many old checkpoints retention removed
+  errors    BADARGS, BADSIZE, BADTTL, BADID, BADVALUE, WRONGTYPE
+]]
+local function put(keys, args)
+  if #keys ~= 2 or #args < 11 then
+    return bad('BADARGS', 'expected 2 keys and at least 11 arguments: ttl keep_last ns id ' ..
+      'parent checkpoint metadata versions... blobs... filters... deltas...')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local keep = whole(args[2])
+  if not keep then return not_whole('BADSIZE', 'keep_last', args[2]) end
+  local ns, id, parent = args[3], args[4], args[5]
+  local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
+    or bad_name('parent checkpoint_id', parent, true)
+    or bad_typed('checkpoint', args[6]) or bad_typed('metadata', args[7])
+  if err then return err end
+  local versions, blobs, filters, deltas, at
+  versions, at, err = section(args, 8, 2, 'versions')
+  if err then return err end
+  blobs, at, err = section(args, at, 3, 'blobs')
+  if err then return err end
+  filters, at, err = section(args, at, 2, 'filters')
+  if err then return err end
+  deltas, at, err = section(args, at, 1, 'deltas')
+  if err then return err end
+  if at <= #args then
+    return bad('BADARGS', (#args - at + 1) .. ' arguments after the last section')
+  end
+  for i = 1, #versions do
+    err = bad_name(i % 2 == 1 and 'channel' or 'version', versions[i])
+    if err then return err end
+  end
+  for i = 1, #blobs, 3 do
+    err = bad_name('channel', blobs[i]) or bad_name('version', blobs[i + 1])
+      or bad_typed('value of ' .. blobs[i], blobs[i + 2])
+    if err then return err end
+  end
+  for i = 1, #filters, 2 do
+    err = bad_name('metadata key', filters[i], true)
+    if err then return err end
+  end
+  for i = 1, #deltas do
+    err = bad_name('channel', deltas[i])
+    if err then return err end
+  end
+  err = wrong_types(keys)
+  if err then return err end
+
+  -- Where each DeltaChannel without a stored value is rebuilt from: the parent's holder for it,
+  -- else the parent itself (it stores the value, or the channel began there).
+  local holders, floor = {}, id
+  if #deltas > 0 then
+    local parent_holders = {}
+    local parent_record = parent ~= '' and record(keys[1], ns, parent)
+    if parent_record then
+      parent_holders = as_map(parent_record[6])
+    end
+    for _, channel in ipairs(deltas) do
+      local holder = parent_record and (parent_holders[channel] or parent) or id
+      holders[#holders + 1] = channel
+      holders[#holders + 1] = holder
+      if precedes(holder, floor) then
+        floor = holder
+      end
+    end
+  end
+
+  local name = checkpoint_name(ns, id)
+  local fields = {
+    name, cmsgpack.pack({args[6], args[7], parent, versions, filters, holders, floor})}
+  for i = 1, #blobs, 3 do
+    fields[#fields + 1] = blob_field(ns, blobs[i], blobs[i + 1])
+    fields[#fields + 1] = blobs[i + 2]
+  end
+  chunked('HSET', keys[1], fields, 2)
+  redis.call('ZADD', keys[2], 0, name)
+  local removed = 0
+  if keep > 0 then
+    removed = trim(keys[1], keys[2], ns, keep)
+  end
+  expire(keys, ttl)
+  return removed
+end
+
+--[[
+put_writes: store a task's pending writes against a checkpoint; set the TTL.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   ttl, as for put        ARGV[2]  namespace      ARGV[3]  checkpoint id
+  ARGV[4]   task id                ARGV[5]  task path (may be empty)
+  ARGV[6..] triples: idx channel value (typed). idx is the write's position in the task's list,
+            or a negative number for a special channel (LangGraph's WRITES_IDX_MAP)
+  A write whose (task id, idx >= 0) is already stored is left as it was (a retried task stores
+  nothing twice); a special write (idx < 0) replaces the stored one.
+  reply     integer: how many writes were stored
+  errors    BADARGS, BADTTL, BADID, BADVALUE, WRONGTYPE
+]]
+local function put_writes(keys, args)
+  if #keys ~= 2 or #args < 5 or (#args - 5) % 3 ~= 0 or (#args - 5) / 3 > MAX_ITEMS then
+    return bad('BADARGS', 'expected 2 keys and 5 + 3n arguments: ttl ns id task path ' ..
+      '(idx channel value)...')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local ns, id, task, path = args[2], args[3], args[4], args[5]
+  local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
+    or bad_name('task_id', task, true) or bad_name('task_path', path, true)
+  if err then return err end
+  local indexes = {}
+  for i = 6, #args, 3 do
+    local idx = args[i]
+    local n = tonumber(idx)
+    if not (idx == '0' or string.find(idx, '^%-?[1-9]%d*$')) or #idx > 11
+        or math.abs(n) > MAX_INT then
+      return bad('BADID', 'a write index must be an integer in [-' .. MAX_INT .. ', ' ..
+        MAX_INT .. '], got ' .. shown(idx))
+    end
+    err = bad_name('channel', args[i + 1]) or bad_typed('value of ' .. args[i + 1], args[i + 2])
+    if err then return err end
+    indexes[#indexes + 1] = string.format('%010d', n + IDX_OFFSET)
+  end
+  err = wrong_types(keys)
+  if err then return err end
+
+  local prefix = writes_prefix(ns, id)
+  local stored = 0
+  for w, i in ipairs(indexes) do
+    local at = 3 + 3 * w
+    local field = prefix .. task .. NUL .. i
+    local member = prefix .. path .. NUL .. task .. NUL .. i
+    local special = string.sub(args[at], 1, 1) == '-'
+    local old = redis.call('HGET', keys[1], field)
+    if not old or special then
+      if old then -- a special write replaced under another path leaves no stale index entry
+        local first = string.find(old, NUL, 1, true)
+        local old_path = string.sub(old, first + 1, string.find(old, NUL, first + 1, true) - 1)
+        if old_path ~= path then
+          redis.call('ZREM', keys[2], prefix .. old_path .. NUL .. task .. NUL .. i)
+        end
+      end
+      redis.call('HSET', keys[1], field,
+        task .. NUL .. path .. NUL .. args[at + 1] .. NUL .. args[at + 2])
+      redis.call('ZADD', keys[2], 0, member)
+      stored = stored + 1
+    end
+  end
+  expire(keys, ttl)
+  return stored
+end
+
+-- The newest checkpoint id of a namespace, or nil.
+local function latest(index, ns)
+  local newest = redis.call('ZREVRANGEBYLEX', index, '(' .. checkpoint_name(ns, TOP),
+    '[' .. checkpoint_name(ns, ''), 'LIMIT', 0, 1)[1]
+  if not newest then
+    return nil
+  end
+  local _, id = split_checkpoint(newest)
+  return id
+end
+
+local function read(keys, ns, id)
+  if id == '' then
+    id = latest(keys[2], ns)
+    if not id then
+      return nil
+    end
+  end
+  local rec = record(keys[1], ns, id)
+  if not rec then
+    return nil
+  end
+  return entry(keys[1], keys[2], ns, id, rec)
+end
+
+--[[
+get: one checkpoint (the newest of its namespace, or a given one) with its channel values and its
+pending writes; refreshes the thread's TTL (sliding expiry). Flagged allow-oom.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   ttl: when > 0 and the checkpoint exists, EXPIRE both keys after this many seconds
+  ARGV[2]   namespace               ARGV[3]  checkpoint id, or "" for the newest
+  reply     nil when there is no such checkpoint, else
+            {ns, id, parent id or "", checkpoint, metadata, {channel, value, ...}, {write, ...}}
+            values typed; each write is task<0>path<0>channel<0>typed value, in replay order
+  errors    BADARGS, BADTTL, BADID
+]]
+local function get(keys, args)
+  if #keys ~= 2 or #args ~= 3 then
+    return bad('BADARGS', 'expected 2 keys and 3 arguments: ttl ns id')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local err = bad_name('checkpoint_ns', args[2], true) or bad_name('checkpoint_id', args[3], true)
+  if err then return err end
+  local found = read(keys, args[2], args[3])
+  if found then
+    expire(keys, ttl)
+  end
+  return found
+end
+
+--[[
+get_ro: get without the TTL refresh; flagged no-writes, so FCALL_RO may run it on a replica.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
+  reply     as get
+  errors    BADARGS, BADID
+]]
+local function get_ro(keys, args)
+  if #keys ~= 2 or #args ~= 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 arguments: ns id')
+  end
+  local err = bad_name('checkpoint_ns', args[1], true) or bad_name('checkpoint_id', args[2], true)
+  if err then return err end
+  return read(keys, args[1], args[2])
+end
+
+--[[
+list: one page of a thread's checkpoints, newest first, filtered on the server. Flagged no-writes.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   scope: "ns" for one namespace, "all" for every namespace of the thread
+  ARGV[2]   namespace (with scope "ns"; ignored with "all")
+  ARGV[3]   only this checkpoint id, or ""
+  ARGV[4]   before: only checkpoints with an id below this one, or ""
+  ARGV[5]   cursor: "" for the first page, else the cursor the previous page returned
+  ARGV[6]   limit: most checkpoints on this page, at least 1
+  ARGV[7..] filter pairs: metadata key, canonical JSON of the value; a checkpoint matches when
+            its filter index holds every pair (a missing key matches "null", as Python's
+            metadata.get(key) == None does)
+  A call examines at most SCAN_BUDGET checkpoints. Its reply is
+  {cursor, entry, entry, ...}: each entry as get's reply; cursor "" when the listing is done,
+  else what to pass as ARGV[5] to continue (the page may then hold fewer than limit entries).
+  errors    BADARGS, BADSIZE, BADID
+]]
+local function list(keys, args)
+  if #keys ~= 2 or #args < 6 or #args % 2 ~= 0 then
+    return bad('BADARGS', 'expected 2 keys and 6 + 2n arguments: scope ns id before cursor ' ..
+      'limit (key json)...')
+  end
+  local scope, ns, only, before, cursor = args[1], args[2], args[3], args[4], args[5]
+  if scope ~= 'ns' and scope ~= 'all' then
+    return bad('BADARGS', 'scope must be "ns" or "all", got ' .. shown(scope))
+  end
+  local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', only, true)
+    or bad_name('before', before, true)
+  if err then return err end
+  local limit = whole(args[6])
+  if not limit or limit == 0 then
+    return bad('BADSIZE', 'limit must be an integer in [1, ' .. MAX_INT .. '], got ' ..
+      shown(args[6]))
+  end
+  local base = scope == 'ns' and checkpoint_name(ns, '') or 'c' .. NUL
+  if cursor ~= '' and (string.sub(cursor, 1, #base) ~= base or string.find(cursor, TOP, 1, true)) then
+    return bad('BADARGS', 'not a cursor of this listing: ' .. shown(cursor))
+  end
+  local wanted = {}
+  for i = 7, #args, 2 do
+    wanted[#wanted + 1] = {args[i], args[i + 1]}
+  end
+
+  local low, high = '[' .. base, '(' .. base .. TOP
+  if cursor ~= '' then
+    high = '(' .. cursor
+  elseif scope == 'ns' and only ~= '' then
+    low, high = '[' .. base .. only, '[' .. base .. only
+  elseif scope == 'ns' and before ~= '' then
+    high = '(' .. base .. before
+  end
+  local members = redis.call('ZREVRANGEBYLEX', keys[2], high, low, 'LIMIT', 0, SCAN_BUDGET)
+  local reply = {''}
+  for _, member in ipairs(members) do
+    local member_ns, id = split_checkpoint(member)
+    local take = (only == '' or id == only) and (before == '' or precedes(id, before))
+    local rec = take and record(keys[1], member_ns, id)
+    if rec and #wanted > 0 then
+      local index = as_map(rec[5])
+      for _, pair in ipairs(wanted) do
+        local have = index[pair[1]]
+        if have ~= pair[2] and not (have == nil and pair[2] == 'null') then
+          rec = nil
+          break
+        end
+      end
+    end
+    if rec then
+      reply[#reply + 1] = entry(keys[1], keys[2], member_ns, id, rec)
+      if #reply - 1 == limit then
+        reply[1] = member
+        return reply
+      end
+    end
+  end
+  if #members == SCAN_BUDGET then
+    reply[1] = members[#members]
+  end
+  return reply
+end
+
+--[[
+prune: keep only the newest checkpoint of each namespace of a thread (and what its DeltaChannels
+are rebuilt from), with their pending writes and the values they reference.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   ttl, as for put (applied when anything is left)
+  reply     integer: how many checkpoints were removed. At most MAX_TRIM per namespace go in one
+            call; call again while the reply is positive to finish a very long thread.
+  errors    BADARGS, BADTTL, WRONGTYPE
+]]
+local function prune(keys, args)
+  if #keys ~= 2 or #args ~= 1 then
+    return bad('BADARGS', 'expected 2 keys and 1 argument: ttl')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local err = wrong_types(keys)
+  if err then return err end
+  local removed = 0
+  local after = '[c' .. NUL
+  while true do
+    -- the next namespace: the first checkpoint member above the previous namespace's range
+    local first = redis.call(
+      'ZRANGEBYLEX', keys[2], after, '(c' .. NUL .. TOP, 'LIMIT', 0, 1)[1]
+    if not first then
+      break
+    end
+    local ns = split_checkpoint(first)
+    removed = removed + trim(keys[1], keys[2], ns, 1)
+    after = '[' .. checkpoint_name(ns, TOP)
+  end
+  expire(keys, ttl)
+  return removed
+end
+
+-- Merge every field and member of one thread's keys into another's.
+local function merge(data, index, fields, members, ttl)
+  if #fields > 0 then
+    chunked('HSET', data, fields, 2)
+  end
+  if #members > 0 then
+    local scored = {}
+    for _, member in ipairs(members) do
+      scored[#scored + 1] = 0
+      scored[#scored + 1] = member
+    end
+    chunked('ZADD', index, scored, 2)
+  end
+  expire({data, index}, ttl)
+end
+
+--[[
+copy: merge all of a thread's checkpoints, values and writes into another thread (both on this
+node: on a cluster, threads whose keys hash to different slots go through export and import).
+  KEYS[1], KEYS[2]  the source thread's data hash and index sorted set
+  KEYS[3], KEYS[4]  the target thread's data hash and index sorted set
+  ARGV[1]   ttl for the target, as for put
+  reply     integer: how many checkpoints the source has (0: nothing was copied)
+  errors    BADARGS, BADTTL, WRONGTYPE
+]]
+local function copy(keys, args)
+  if #keys ~= 4 or #args ~= 1 then
+    return bad('BADARGS', 'expected 4 keys and 1 argument: ttl')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local err = wrong_types({keys[1], keys[2]}) or wrong_types({keys[3], keys[4]})
+  if err then return err end
+  if keys[1] == keys[3] then
+    return 0
+  end
+  local members = redis.call('ZRANGE', keys[2], 0, -1)
+  merge(keys[3], keys[4], redis.call('HGETALL', keys[1]), members, ttl)
+  return redis.call('ZLEXCOUNT', keys[2], '[c' .. NUL, '(c' .. NUL .. TOP)
+end
+
+--[[
+export: all of a thread's fields and members, for import into a thread on another node.
+Flagged no-writes.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  reply     {{field, value, ...}, {member, ...}}
+  errors    BADARGS
+]]
+local function export(keys, args)
+  if #keys ~= 2 or #args ~= 0 then
+    return bad('BADARGS', 'expected 2 keys and no arguments')
+  end
+  return {redis.call('HGETALL', keys[1]), redis.call('ZRANGE', keys[2], 0, -1)}
+end
+
+--[[
+import: merge what export returned into a thread.
+  KEYS[1], KEYS[2]  the target thread's data hash and index sorted set
+  ARGV[1]   ttl, as for put        ARGV[2]  n, the count of fields
+  ARGV[3..] n (field, value) pairs, then the index members
+  reply     integer: how many index members were given
+  errors    BADARGS, BADTTL, WRONGTYPE
+]]
+local function import(keys, args)
+  if #keys ~= 2 or #args < 2 then
+    return bad('BADARGS', 'expected 2 keys and at least 2 arguments: ttl n (field value)... ' ..
+      'member...')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local fields, at, err = section(args, 2, 2, 'fields')
+  if err then return err end
+  local members = {}
+  for i = at, #args do
+    local kind = string.sub(args[i], 1, 2)
+    if kind ~= 'c' .. NUL and kind ~= 'w' .. NUL then
+      return bad('BADARGS', 'not an index member: ' .. shown(args[i]))
+    end
+    members[#members + 1] = args[i]
+  end
+  err = wrong_types(keys)
+  if err then return err end
+  merge(keys[1], keys[2], fields, members, ttl)
+  return #members
+end
+
+--[[
+delta: for each channel, what LangGraph's DeltaChannel rebuilds its value from: the writes to it
+along the checkpoint's ancestors, and the nearest ancestor's stored value (the seed). Walks the
+parent chain once for all channels. Flagged no-writes.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
+  ARGV[3..] channel names
+  reply     one item per channel, in ARGV order: {seed, write, write, ...} where seed is the
+            typed value or "" when the walk reached the root without one, and the writes (as get
+            returns them) run oldest first. The checkpoint's own pending writes are not included.
+  errors    BADARGS, BADID
+]]
+local function delta(keys, args)
+  if #keys ~= 2 or #args < 2 then
+    return bad('BADARGS', 'expected 2 keys and at least 2 arguments: ns id channel...')
+  end
+  local ns, id = args[1], args[2]
+  local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id, true)
+  if err then return err end
+  local remaining, left = {}, 0
+  for i = 3, #args do
+    err = bad_name('channel', args[i])
+    if err then return err end
+    if not remaining[args[i]] then
+      left = left + 1
+    end
+    remaining[args[i]] = true
+  end
+  local seeds, collected = {}, {} -- collected: per ancestor, newest first, writes in order
+  if id == '' then
+    id = latest(keys[2], ns)
+  end
+  local target = id and record(keys[1], ns, id)
+  local cursor = target and target[3] or ''
+  while cursor ~= '' and left > 0 do
+    local rec = record(keys[1], ns, cursor)
+    if not rec then
+      break
+    end
+    local versions = as_map(rec[4])
+    local found = {}
+    for channel in pairs(remaining) do
+      local version = versions[channel]
+      if version then
+        local value = redis.call('HGET', keys[1], blob_field(ns, channel, version))
+        if value and string.sub(value, 1, 6) ~= 'empty' .. NUL then
+          found[channel] = value
+        end
+      end
+    end
+    local _, fields = pending_writes(keys[2], ns, cursor)
+    local writes = {}
+    for _, value in ipairs(hmget(keys[1], fields)) do
+      if value then
+        local first = string.find(value, NUL, 1, true)
+        local second = string.find(value, NUL, first + 1, true)
+        local channel = string.sub(value, second + 1, string.find(value, NUL, second + 1, true) - 1)
+        if remaining[channel] then
+          writes[#writes + 1] = {channel, value}
+        end
+      end
+    end
+    collected[#collected + 1] = writes
+    for channel, value in pairs(found) do
+      seeds[channel] = value
+      remaining[channel] = nil
+      left = left - 1
+    end
+    cursor = rec[3]
+  end
+  local reply = {}
+  for i = 3, #args do
+    local channel = args[i]
+    local item = {seeds[channel] or ''}
+    for a = #collected, 1, -1 do
+      for _, write in ipairs(collected[a]) do
+        if write[1] == channel then
+          item[#item + 1] = write[2]
+        end
+      end
+    end
+    reply[#reply + 1] = item
+  end
+  return reply
+end
+
+-- The library's whole surface. Names carry the contract version; see the header.
+redis.register_function{function_name = 'pyhistory_checkpoint_v1_put', callback = put}
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v1_put_writes', callback = put_writes}
+-- get writes only a TTL: allow-oom lets a graph resume while the server is out of memory.
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v1_get', callback = get, flags = {'allow-oom'}}
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v1_get_ro', callback = get_ro, flags = {'no-writes'}}
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v1_list', callback = list, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v1_prune', callback = prune}
+redis.register_function{function_name = 'pyhistory_checkpoint_v1_copy', callback = copy}
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v1_export', callback = export, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v1_import', callback = import}
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v1_delta', callback = delta, flags = {'no-writes'}}

@@ -1,0 +1,457 @@
+"""Pure code of the LangGraph saver: its library, the thread's keys, each call's arguments, and the
+decoding of each reply. No I/O; the saver only runs what this builds.
+
+The layout and every function's contract are in lua/pyhistory_checkpoint.lua and
+docs/checkpoint/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    PendingWrite,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from pyhistory._library import Call, Library
+from pyhistory.errors import (
+    InvalidArgumentError,
+    InvalidCheckpointIdError,
+    InvalidSizeError,
+    InvalidTTLError,
+)
+
+LIBRARY = Library.from_file("pyhistory_checkpoint.lua")
+MAX_INT = LIBRARY.constant("MAX_INT")
+PUT = LIBRARY.function("put")
+PUT_WRITES = LIBRARY.function("put_writes")
+GET = LIBRARY.function("get")
+GET_RO = LIBRARY.function("get_ro")
+LIST = LIBRARY.function("list")
+PRUNE = LIBRARY.function("prune")
+COPY = LIBRARY.function("copy")
+EXPORT = LIBRARY.function("export")
+IMPORT = LIBRARY.function("import")
+DELTA = LIBRARY.function("delta")
+
+# Checkpoints one list call returns at most: each carries its channel values, so a page of a long
+# thread's history stays a few MB at worst.
+LIST_PAGE = 32
+
+# Commands the saver sends itself besides FCALL: DEL for delete_thread and prune("delete"), WAIT
+# for wait_for_replicas.
+CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "fcall_ro", "del", "wait")
+
+
+def acl_rule(key_prefix: str = "checkpoint:") -> str:
+    """The least-privilege ACL rules for an application's saver: its threads' keys only, the
+    calls and what the library's functions run, nothing else (no FUNCTION, no KEYS/SCAN).
+    Loading the library is left to an admin user at deploy time."""
+    check_key_prefix(key_prefix)
+    commands = " ".join(f"+{c}" for c in dict.fromkeys((*CLIENT_COMMANDS, *LIBRARY.commands)))
+    glob = "".join(f"\\{c}" if c in "*?[]\\" else c for c in key_prefix)
+    return f"resetkeys ~{glob}* resetchannels -@all {commands}"
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def check_key_prefix(key_prefix: object) -> str:
+    """A prefix without braces: the hash tag of a thread's keys must be the thread's own."""
+    if not isinstance(key_prefix, str) or "{" in key_prefix or "}" in key_prefix:
+        raise InvalidArgumentError(f"key_prefix must be a str without braces, got {key_prefix!r}")
+    return key_prefix
+
+
+def check_ttl(value: object) -> int:
+    """Seconds (an int or a timedelta); None or 0: no TTL."""
+    if value is None:
+        return 0
+    if isinstance(value, timedelta):
+        seconds = int(value.total_seconds())
+        if seconds < 1:
+            raise InvalidTTLError(f"ttl must be at least one second, got {value!r}")
+        value = seconds
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise InvalidTTLError(
+            f"ttl must be None or a whole number of seconds in [0, {MAX_INT}], got {value!r}"
+        )
+    return value
+
+
+def check_keep_last(value: object) -> int:
+    """None: keep every checkpoint (0 for the library), else an int in [1, MAX_INT]."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidSizeError(f"keep_last must be None or an int in [1, {MAX_INT}], got {value!r}")
+    return value
+
+
+def check_replicas(replicas: object, timeout_ms: object) -> tuple[int, int]:
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise InvalidArgumentError(f"wait_for_replicas must be an int >= 0, got {replicas!r}")
+    if (
+        isinstance(timeout_ms, bool)
+        or not isinstance(timeout_ms, int)
+        or not 1 <= timeout_ms <= MAX_INT
+    ):
+        raise InvalidArgumentError(
+            f"wait_timeout_ms must be an int in [1, {MAX_INT}], got {timeout_ms!r}"
+        )
+    return replicas, timeout_ms
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def _name(what: str, value: object, *, may_be_empty: bool = True) -> str:
+    """A name the library stores between NUL separators: a str, UTF-8 encodable, without NUL."""
+    if not isinstance(value, str):
+        raise InvalidCheckpointIdError(f"{what} must be a str, got {value!r}")
+    if not value and not may_be_empty:
+        raise InvalidCheckpointIdError(f"{what} must not be empty")
+    if "\0" in value:
+        raise InvalidCheckpointIdError(f"{what} must hold no NUL character, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidCheckpointIdError(f"{what} is not encodable as UTF-8: {value!r}") from error
+    return value
+
+
+def thread_id_of(value: object) -> str:
+    """LangGraph's thread ids are usually str; ints and UUIDs are stored as their str."""
+    if value is None or isinstance(value, bool):
+        raise InvalidCheckpointIdError(f"thread_id must be a str, got {value!r}")
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidCheckpointIdError(f"thread_id is not encodable as UTF-8: {text!r}") from error
+    return text
+
+
+def hash_tag(thread_id: str) -> str:
+    """The thread's hash tag: "{t:" + the id with %, { and } percent-encoded + "}". Never empty
+    (an empty tag would not be a tag), and never holds a brace, so it is exactly the tag."""
+    escaped = thread_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return "{t:" + escaped + "}"
+
+
+def keys(key_prefix: str, thread_id: str) -> tuple[str, str]:
+    """The thread's data hash and index sorted set."""
+    base = key_prefix + hash_tag(thread_id)
+    return base + ":data", base + ":index"
+
+
+def version_of(version: object) -> str:
+    """A channel version as stored: ints and strs as written, floats by repr."""
+    if isinstance(version, bool) or not isinstance(version, (str, int, float)):
+        raise InvalidArgumentError(f"a channel version must be a str, int or float, got {version!r}")
+    text = repr(version) if isinstance(version, float) else str(version)
+    return _name("a channel version", text, may_be_empty=False)
+
+
+def next_version(current: str | int | float | None) -> str:
+    """The next channel version: a 32-digit counter and a random fraction, so that two branches
+    bumping one channel from the same version store two values, not one."""
+    if current is None:
+        counter = 0
+    elif isinstance(current, str):
+        counter = int(current.split(".", 1)[0])
+    else:
+        counter = int(current)
+    return f"{counter + 1:032}.{random.random():016}"
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+def typed(serde: SerializerProtocol, value: Any) -> bytes:
+    """A value as stored: the serializer's type name, a NUL byte, the serialized bytes."""
+    kind, data = serde.dumps_typed(value)
+    if not kind or "\0" in kind:
+        raise InvalidArgumentError(f"the serializer returned an unusable type name {kind!r}")
+    return kind.encode("utf-8") + b"\0" + data
+
+
+def untyped(serde: SerializerProtocol, stored: bytes) -> Any:
+    kind, _, data = stored.partition(b"\0")
+    return serde.loads_typed((kind.decode("utf-8"), data))
+
+
+def _canonical(value: Any) -> str | None:
+    """The JSON a filter compares, or None when the value has none."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 1.0 == 1, as Python compares them
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def filter_index(metadata: Mapping[str, Any]) -> list[str]:
+    """Each top-level metadata key with the canonical JSON of its value, flat."""
+    flat: list[str] = []
+    for key, value in metadata.items():
+        text = _canonical(value)
+        if isinstance(key, str) and "\0" not in key and text is not None:
+            flat += (key, text)
+    return flat
+
+
+def filter_pairs(filter: Mapping[str, Any] | None) -> list[str]:
+    flat: list[str] = []
+    for key, value in (filter or {}).items():
+        text = _canonical(value)
+        if not isinstance(key, str) or "\0" in key or text is None:
+            raise InvalidArgumentError(
+                f"a list filter compares top-level metadata keys with JSON values, got "
+                f"{key!r}: {value!r}"
+            )
+        flat += (key, text)
+    return flat
+
+
+# --- configs ----------------------------------------------------------------------------------
+
+
+def _configurable(config: RunnableConfig | None) -> Mapping[str, Any]:
+    if not config or not isinstance(config.get("configurable"), Mapping):
+        raise InvalidArgumentError("the config must carry a 'configurable' mapping")
+    return config["configurable"]  # type: ignore[no-any-return]
+
+
+def thread_of(config: RunnableConfig) -> str:
+    configurable = _configurable(config)
+    if "thread_id" not in configurable:
+        raise InvalidArgumentError("the config's 'configurable' must hold a thread_id")
+    return thread_id_of(configurable["thread_id"])
+
+
+def namespace_of(config: RunnableConfig) -> str:
+    return _name("checkpoint_ns", _configurable(config).get("checkpoint_ns") or "")
+
+
+def checkpoint_of(config: RunnableConfig) -> str:
+    return _name("checkpoint_id", get_checkpoint_id(config) or "")
+
+
+def config_for(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}
+    }
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+
+def _fcall(function: str, thread_keys: tuple[str, str], *args: Any) -> Call:
+    return Call("FCALL", (function, 2, *thread_keys, *args), thread_keys[0], LIBRARY)
+
+
+def put(
+    serde: SerializerProtocol,
+    thread_keys: tuple[str, str],
+    ttl: int,
+    keep_last: int,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    new_versions: ChannelVersions,
+) -> tuple[Call, RunnableConfig]:
+    """The put call, and the config it returns."""
+    thread_id = thread_of(config)
+    ns = namespace_of(config)
+    parent = checkpoint_of(config)
+    checkpoint_id = _name("checkpoint id", checkpoint.get("id"), may_be_empty=False)
+    values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
+    stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+    meta = get_serializable_checkpoint_metadata(config, metadata)
+    versions: list[str] = []
+    for channel, version in checkpoint["channel_versions"].items():
+        versions += (_name("a channel", channel, may_be_empty=False), version_of(version))
+    blobs: list[Any] = []
+    for channel, version in new_versions.items():
+        if channel in values:
+            blobs += (
+                _name("a channel", channel, may_be_empty=False),
+                version_of(version),
+                typed(serde, values[channel]),
+            )
+    # DeltaChannels this checkpoint stores no value of: rebuilt from its ancestors' writes.
+    counters = meta.get("counters_since_delta_snapshot") or {}
+    deltas = [
+        ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values
+    ]
+    filters = filter_index(meta)
+    args = (
+        ttl,
+        keep_last,
+        ns,
+        checkpoint_id,
+        parent,
+        typed(serde, stored),
+        typed(serde, meta),
+        len(versions) // 2,
+        *versions,
+        len(blobs) // 3,
+        *blobs,
+        len(filters) // 2,
+        *filters,
+        len(deltas),
+        *deltas,
+    )
+    return _fcall(PUT, thread_keys, *args), config_for(thread_id, ns, checkpoint_id)
+
+
+def put_writes(
+    serde: SerializerProtocol,
+    thread_keys: tuple[str, str],
+    ttl: int,
+    config: RunnableConfig,
+    writes: Sequence[tuple[str, Any]],
+    task_id: str,
+    task_path: str,
+) -> Call | None:
+    ns = namespace_of(config)
+    checkpoint_id = _name("checkpoint_id", get_checkpoint_id(config), may_be_empty=False)
+    flat: list[Any] = []
+    for idx, (channel, value) in enumerate(writes):
+        flat += (
+            WRITES_IDX_MAP.get(channel, idx),
+            _name("a channel", channel, may_be_empty=False),
+            typed(serde, value),
+        )
+    if not flat:
+        return None
+    task = _name("task_id", task_id)
+    path = _name("task_path", task_path)
+    return _fcall(PUT_WRITES, thread_keys, ttl, ns, checkpoint_id, task, path, *flat)
+
+
+def get(thread_keys: tuple[str, str], config: RunnableConfig, refresh_ttl: int) -> Call:
+    ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
+    if refresh_ttl:
+        return _fcall(GET, thread_keys, refresh_ttl, ns, checkpoint_id)
+    return _fcall(GET_RO, thread_keys, ns, checkpoint_id)
+
+
+def list_page(
+    thread_keys: tuple[str, str],
+    config: RunnableConfig,
+    before: RunnableConfig | None,
+    filters: Sequence[str],
+    cursor: str,
+    limit: int,
+) -> Call:
+    configurable = _configurable(config)
+    scope = "ns" if configurable.get("checkpoint_ns") is not None else "all"
+    ns = namespace_of(config)
+    before_id = checkpoint_of(before) if before else ""
+    return _fcall(
+        LIST, thread_keys, scope, ns, checkpoint_of(config), before_id, cursor, limit, *filters
+    )
+
+
+def delete(thread_keys: tuple[str, str]) -> Call:
+    return Call("DEL", thread_keys, thread_keys[0])
+
+
+def prune(thread_keys: tuple[str, str], ttl: int) -> Call:
+    return _fcall(PRUNE, thread_keys, ttl)
+
+
+def copy(source: tuple[str, str], target: tuple[str, str], ttl: int) -> Call:
+    return Call("FCALL", (COPY, 4, *source, *target, ttl), source[0], LIBRARY)
+
+
+def export(thread_keys: tuple[str, str]) -> Call:
+    return _fcall(EXPORT, thread_keys)
+
+
+def import_(thread_keys: tuple[str, str], ttl: int, exported: Sequence[Any]) -> Call:
+    fields, members = exported
+    return _fcall(IMPORT, thread_keys, ttl, len(fields) // 2, *fields, *members)
+
+
+def delta(thread_keys: tuple[str, str], config: RunnableConfig, channels: Sequence[str]) -> Call:
+    names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
+    return _fcall(DELTA, thread_keys, namespace_of(config), checkpoint_of(config), *names)
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _write(serde: SerializerProtocol, stored: bytes | str) -> PendingWrite:
+    task, _path, channel, rest = _bytes(stored).split(b"\0", 3)
+    return (task.decode("utf-8"), channel.decode("utf-8"), untyped(serde, rest))
+
+
+def checkpoint_tuple(serde: SerializerProtocol, thread_id: str, entry: Sequence[Any]) -> CheckpointTuple:
+    """One entry of a get or list reply."""
+    ns, checkpoint_id, parent, stored, meta, blobs, writes = entry
+    ns, checkpoint_id, parent = _text(ns), _text(checkpoint_id), _text(parent)
+    values: dict[str, Any] = {}
+    for i in range(0, len(blobs), 2):
+        raw = _bytes(blobs[i + 1])
+        if not raw.startswith(b"empty\0"):
+            values[_text(blobs[i])] = untyped(serde, raw)
+    checkpoint: Checkpoint = {**untyped(serde, _bytes(stored)), "channel_values": values}
+    return CheckpointTuple(
+        config=config_for(thread_id, ns, checkpoint_id),
+        checkpoint=checkpoint,
+        metadata=untyped(serde, _bytes(meta)),
+        parent_config=config_for(thread_id, ns, parent) if parent else None,
+        pending_writes=[_write(serde, w) for w in writes],
+    )
+
+
+def list_reply(
+    serde: SerializerProtocol, thread_id: str, reply: Sequence[Any]
+) -> tuple[str, list[CheckpointTuple]]:
+    """A list page: the cursor ("" when done) and its checkpoints."""
+    cursor = _text(reply[0])
+    return cursor, [checkpoint_tuple(serde, thread_id, entry) for entry in reply[1:]]
+
+
+def delta_reply(
+    serde: SerializerProtocol, channels: Sequence[str], reply: Sequence[Any]
+) -> dict[str, DeltaChannelHistory]:
+    result: dict[str, DeltaChannelHistory] = {}
+    for channel, item in zip(channels, reply, strict=True):
+        history: DeltaChannelHistory = {"writes": [_write(serde, w) for w in item[1:]]}
+        if item[0]:
+            history["seed"] = untyped(serde, _bytes(item[0]))
+        result[channel] = history
+    return result
+
+
+def unique(channels: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(channels))

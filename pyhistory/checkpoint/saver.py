@@ -1,0 +1,481 @@
+"""RedisSaver: LangGraph's BaseCheckpointSaver on the pyhistory_checkpoint Functions library.
+
+Sync and native asyncio methods on one class, as LangGraph's own savers have them. Every method is
+one round trip to the thread's node (a list is one per page); see lua/pyhistory_checkpoint.lua
+for what each call does on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from redis.crc import key_slot
+
+from pyhistory import _clients
+from pyhistory._library import Call
+from pyhistory.checkpoint import _calls
+from pyhistory.errors import HistoryError, InvalidArgumentError
+from pyhistory.functions import (
+    AsyncClient,
+    SyncClient,
+    aload_library,
+    arun,
+    arun_durable,
+    load_library,
+    prepare,
+    run,
+    run_durable,
+)
+
+_PRUNE_STRATEGIES = ("keep_latest", "delete")
+
+
+def load_checkpoint_functions(client: SyncClient) -> str:
+    """Load (or replace with identical code) the saver's library; on a cluster, on every primary.
+    Returns its name, e.g. ``"pyhistory_checkpoint_v1"``. The saver also loads it lazily."""
+    return load_library(client, _calls.LIBRARY)
+
+
+async def aload_checkpoint_functions(client: AsyncClient) -> str:
+    """The asyncio twin of :func:`load_checkpoint_functions`."""
+    return await aload_library(client, _calls.LIBRARY)
+
+
+class RedisSaver(BaseCheckpointSaver[str]):
+    """LangGraph checkpoints in Redis (or Valkey, or a Redis Cluster), no modules needed.
+
+    Each thread is two keys sharing one hash tag, ``<key_prefix>{t:<thread id>}:data`` and
+    ``...:index``: every operation is one atomic Functions call on the thread's node, and nothing
+    ever scans the keyspace. Sync and asyncio methods alike (asyncio natively, on
+    ``redis.asyncio``).
+
+    Args:
+        url: the server, used when no client is given. Savers built from the same URL share one
+            connection pool per process (and per event loop for asyncio).
+        key_prefix: the start of every key (no braces: the thread id makes the hash tag).
+        ttl: seconds (int or ``timedelta``) until an idle thread expires, both keys together.
+            Every write sets it again and, unless ``refresh_ttl_on_read`` is False, so does every
+            ``get_tuple`` (sliding expiry). None: threads never expire.
+        refresh_ttl_on_read: whether ``get_tuple`` also refreshes the TTL (default True).
+        keep_last: keep only the newest N checkpoints per thread and namespace, trimmed inside
+            each ``put`` (older ones go with their pending writes and the values only they used),
+            except those a kept checkpoint's ``DeltaChannel`` values are rebuilt from. None: keep
+            all (what LangGraph's time travel needs).
+        redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``). Without
+            ``async_redis_client`` the asyncio methods run it in a worker thread.
+        async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
+        cluster: ``url`` names a node of a Redis Cluster.
+        wait_for_replicas: after each write, wait until this many replicas acknowledged it
+            (``WAIT``, pipelined: still one round trip), else raise ``ReplicationError``.
+        wait_timeout_ms: how long a write waits for its replicas.
+        serde: LangGraph's serializer (default: ``JsonPlusSerializer``).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        key_prefix: str = "checkpoint:",
+        ttl: int | timedelta | None = None,
+        refresh_ttl_on_read: bool = True,
+        keep_last: int | None = None,
+        redis_client: SyncClient | None = None,
+        async_redis_client: AsyncClient | None = None,
+        cluster: bool = False,
+        wait_for_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(serde=serde)
+        self.url = url
+        self.key_prefix = _calls.check_key_prefix(key_prefix)
+        self._ttl = _calls.check_ttl(ttl)
+        self.refresh_ttl_on_read = refresh_ttl_on_read
+        self._keep_last = _calls.check_keep_last(keep_last)
+        self.cluster = cluster
+        self.wait_for_replicas, self.wait_timeout_ms = _calls.check_replicas(
+            wait_for_replicas, wait_timeout_ms
+        )
+        if (
+            self.wait_for_replicas
+            and isinstance(async_redis_client, redis.asyncio.cluster.RedisCluster)
+            and redis_client is None
+        ):
+            raise InvalidArgumentError(
+                "wait_for_replicas on a cluster needs a sync RedisCluster as redis_client (the "
+                "a* methods then run durable writes in a thread)"
+            )
+        for client in (redis_client, async_redis_client):
+            prepare(client)
+        self._redis_client = redis_client
+        self._async_redis_client = async_redis_client
+
+    @property
+    def ttl(self) -> int | None:
+        return self._ttl or None
+
+    @property
+    def keep_last(self) -> int | None:
+        return self._keep_last or None
+
+    def keys(self, thread_id: str) -> tuple[str, str]:
+        """The thread's two keys: its data hash and its index sorted set."""
+        return _calls.keys(self.key_prefix, _calls.thread_id_of(thread_id))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={self.url!r}, key_prefix={self.key_prefix!r}, "
+            f"ttl={self.ttl!r}, keep_last={self.keep_last!r})"
+        )
+
+    # --- clients -------------------------------------------------------------------------------
+
+    @property
+    def redis_client(self) -> SyncClient:
+        """The sync client in use: the one given, or the shared one for ``url``."""
+        if self._redis_client is not None:
+            return self._redis_client
+        if self._async_redis_client is not None:
+            raise HistoryError(
+                "this saver was given only an async_redis_client: use the a* methods (aget_tuple, "
+                "aput, ...) or also pass redis_client"
+            )
+        return _clients.sync_client(self.url, self.cluster)
+
+    async def _async_client(self) -> AsyncClient | None:
+        if self._async_redis_client is not None:
+            return self._async_redis_client
+        if self._redis_client is not None:
+            return None
+        return await _clients.async_client(self.url, self.cluster)
+
+    def setup(self) -> None:
+        """Load the library now (it is otherwise loaded on first use)."""
+        load_library(self.redis_client, _calls.LIBRARY)
+
+    async def asetup(self) -> None:
+        client = await self._async_client()
+        if client is None:
+            await asyncio.to_thread(self.setup)
+        else:
+            await aload_library(client, _calls.LIBRARY)
+
+    def _read(self, call: Call) -> Any:
+        return run(self.redis_client, call)
+
+    async def _aread(self, call: Call) -> Any:
+        client = await self._async_client()
+        if client is None:
+            return await asyncio.to_thread(self._read, call)
+        return await arun(client, call)
+
+    def _write(self, call: Call) -> Any:
+        if self.wait_for_replicas:
+            return run_durable(
+                self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms
+            )
+        return run(self.redis_client, call)
+
+    async def _awrite(self, call: Call) -> Any:
+        client = await self._async_client()
+        if self.wait_for_replicas and isinstance(client, redis.asyncio.Redis):
+            return await arun_durable(client, call, self.wait_for_replicas, self.wait_timeout_ms)
+        if client is None or self.wait_for_replicas:
+            return await asyncio.to_thread(self._write, call)
+        return await arun(client, call)
+
+    # --- get_tuple -----------------------------------------------------------------------------
+
+    def _get_call(self, config: RunnableConfig) -> tuple[str, Call]:
+        thread_id = _calls.thread_of(config)
+        refresh = self._ttl if self.refresh_ttl_on_read else 0
+        return thread_id, _calls.get(self.keys(thread_id), config, refresh)
+
+    def _tuple(self, thread_id: str, reply: Any) -> CheckpointTuple | None:
+        return None if reply is None else _calls.checkpoint_tuple(self.serde, thread_id, reply)
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
+        its channel values and pending writes, in one round trip; None when there is none."""
+        thread_id, call = self._get_call(config)
+        reply = self._write(call) if self.refresh_ttl_on_read and self._ttl else self._read(call)
+        return self._tuple(thread_id, reply)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id, call = self._get_call(config)
+        if self.refresh_ttl_on_read and self._ttl:
+            reply = await self._awrite(call)
+        else:
+            reply = await self._aread(call)
+        return self._tuple(thread_id, reply)
+
+    # --- list ----------------------------------------------------------------------------------
+
+    def _list_start(
+        self,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        limit: int | None,
+    ) -> tuple[str, tuple[str, str], list[str], int | None]:
+        if config is None:
+            raise InvalidArgumentError(
+                "list() needs a config with a thread_id: the saver keeps no index of all threads "
+                "(that would be one key every write goes through)"
+            )
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise InvalidArgumentError(f"limit must be None or an int, got {limit!r}")
+        thread_id = _calls.thread_of(config)
+        return thread_id, self.keys(thread_id), _calls.filter_pairs(filter), limit
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """A thread's checkpoints, newest first: of one namespace when ``config`` names one
+        (``checkpoint_ns``), else of all. ``filter`` (top-level metadata keys), ``before`` and
+        ``limit`` apply on the server; pages of up to 32 checkpoints, one round trip each."""
+        thread_id, thread_keys, filters, left = self._list_start(config, filter, limit)
+        assert config is not None
+        cursor = ""
+        while left is None or left > 0:
+            page = _calls.LIST_PAGE if left is None else min(left, _calls.LIST_PAGE)
+            call = _calls.list_page(thread_keys, config, before, filters, cursor, page)
+            cursor, tuples = _calls.list_reply(self.serde, thread_id, self._read(call))
+            yield from tuples
+            if left is not None:
+                left -= len(tuples)
+            if not cursor:
+                return
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        thread_id, thread_keys, filters, left = self._list_start(config, filter, limit)
+        assert config is not None
+        cursor = ""
+        while left is None or left > 0:
+            page = _calls.LIST_PAGE if left is None else min(left, _calls.LIST_PAGE)
+            call = _calls.list_page(thread_keys, config, before, filters, cursor, page)
+            cursor, tuples = _calls.list_reply(self.serde, thread_id, await self._aread(call))
+            for item in tuples:
+                yield item
+            if left is not None:
+                left -= len(tuples)
+            if not cursor:
+                return
+
+    # --- put -----------------------------------------------------------------------------------
+
+    def _put_call(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> tuple[Call, RunnableConfig]:
+        thread_keys = self.keys(_calls.thread_of(config))
+        return _calls.put(
+            self.serde,
+            thread_keys,
+            self._ttl,
+            self._keep_last,
+            config,
+            checkpoint,
+            metadata,
+            new_versions,
+        )
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store a checkpoint, the values of the channels it changed and its index entry, trim
+        the namespace to ``keep_last`` and set the TTL: one atomic call."""
+        call, stored = self._put_call(config, checkpoint, metadata, new_versions)
+        self._write(call)
+        return stored
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        call, stored = self._put_call(config, checkpoint, metadata, new_versions)
+        await self._awrite(call)
+        return stored
+
+    def _writes_call(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> Call | None:
+        thread_keys = self.keys(_calls.thread_of(config))
+        return _calls.put_writes(
+            self.serde, thread_keys, self._ttl, config, writes, task_id, task_path
+        )
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store a task's writes against the checkpoint ``config`` names, in one atomic call: a
+        write already stored for (task_id, index) stays as it is, special ones (errors,
+        interrupts, ...) replace theirs."""
+        call = self._writes_call(config, writes, task_id, task_path)
+        if call is not None:
+            self._write(call)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        call = self._writes_call(config, writes, task_id, task_path)
+        if call is not None:
+            await self._awrite(call)
+
+    # --- delete, prune, copy -------------------------------------------------------------------
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete everything of a thread: one DEL of its two keys."""
+        self._write(_calls.delete(self.keys(thread_id)))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._awrite(_calls.delete(self.keys(thread_id)))
+
+    def _prune_calls(self, thread_ids: Sequence[str], strategy: str) -> list[Call]:
+        if strategy not in _PRUNE_STRATEGIES:
+            raise InvalidArgumentError(
+                f"strategy must be one of {_PRUNE_STRATEGIES}, got {strategy!r}"
+            )
+        if isinstance(thread_ids, str):
+            raise InvalidArgumentError("thread_ids must be a sequence of thread ids, not a str")
+        calls = []
+        for thread_id in thread_ids:
+            thread_keys = self.keys(thread_id)
+            if strategy == "delete":
+                calls.append(_calls.delete(thread_keys))
+            else:
+                calls.append(_calls.prune(thread_keys, self._ttl))
+        return calls
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"keep_latest"``: keep the newest checkpoint of each namespace of each thread (and
+        the ones its DeltaChannels are rebuilt from); ``"delete"``: delete the threads. One call
+        per thread (threads live on different nodes of a cluster)."""
+        for call in self._prune_calls(thread_ids, strategy):
+            # A call trims at most MAX_TRIM checkpoints per namespace: a longer one goes on
+            # (a DEL replies at most 2).
+            while self._write(call) >= _MAX_TRIM:
+                pass
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        for call in self._prune_calls(thread_ids, strategy):
+            while await self._awrite(call) >= _MAX_TRIM:
+                pass
+
+    def _copy_plan(
+        self, client: object, source_thread_id: str, target_thread_id: str
+    ) -> tuple[tuple[str, str], tuple[str, str], bool]:
+        source, target = self.keys(source_thread_id), self.keys(target_thread_id)
+        one_node = not isinstance(
+            client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
+        ) or key_slot(source[0].encode()) == key_slot(target[0].encode())
+        return source, target, one_node
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Merge every checkpoint, value and pending write of one thread into another: one call
+        when both threads live on one node, else an export from the source's node and an import
+        on the target's."""
+        source, target, one_node = self._copy_plan(
+            self.redis_client, source_thread_id, target_thread_id
+        )
+        if one_node:
+            self._write(_calls.copy(source, target, self._ttl))
+            return
+        exported = self._read(_calls.export(source))
+        if exported[1]:
+            self._write(_calls.import_(target, self._ttl, exported))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        client = await self._async_client()
+        if client is None:
+            await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+            return
+        source, target, one_node = self._copy_plan(client, source_thread_id, target_thread_id)
+        if one_node:
+            await self._awrite(_calls.copy(source, target, self._ttl))
+            return
+        exported = await self._aread(_calls.export(source))
+        if exported[1]:
+            await self._awrite(_calls.import_(target, self._ttl, exported))
+
+    # --- DeltaChannel --------------------------------------------------------------------------
+
+    def _delta_call(
+        self, config: RunnableConfig, channels: Sequence[str]
+    ) -> tuple[list[str], Call]:
+        names = _calls.unique(channels)
+        thread_keys = self.keys(_calls.thread_of(config))
+        return names, _calls.delta(thread_keys, config, names)
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
+        ancestors and the nearest stored value, walked on the server in one call."""
+        if not channels:
+            return {}
+        names, call = self._delta_call(config, channels)
+        return _calls.delta_reply(self.serde, names, self._read(call))
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        if not channels:
+            return {}
+        names, call = self._delta_call(config, channels)
+        return _calls.delta_reply(self.serde, names, await self._aread(call))
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        return _calls.next_version(current)
+
+
+_MAX_TRIM = _calls.LIBRARY.constant("MAX_TRIM")
