@@ -131,12 +131,13 @@ local function expire(keys, ttl)
   end
 end
 
--- Run a multi-argument command over a long list of arguments, CHUNK at a time.
-local function chunked(command, key, items, step)
+-- Call `send` (a function running one command) with a long list of arguments, CHUNK (groups of
+-- `step`) at a time; returns the replies of the calls, concatenated.
+local function chunked(send, items, step)
   local replies = {}
   local size = CHUNK * (step or 1)
   for first = 1, #items, size do
-    local reply = redis.call(command, key, unpack(items, first, math.min(first + size - 1, #items)))
+    local reply = send(unpack(items, first, math.min(first + size - 1, #items)))
     if type(reply) == 'table' then
       for _, value in ipairs(reply) do
         replies[#replies + 1] = value
@@ -150,7 +151,7 @@ local function hmget(key, fields)
   if #fields == 0 then
     return {}
   end
-  return chunked('HMGET', key, fields)
+  return chunked(function(...) return redis.call('HMGET', key, ...) end, fields)
 end
 
 -- Field and member names (see the layout above).
@@ -269,8 +270,8 @@ local function remove(data, index, ns, victims, survivors)
     end
   end
   if #fields > 0 then
-    chunked('HDEL', data, fields)
-    chunked('ZREM', index, members)
+    chunked(function(...) return redis.call('HDEL', data, ...) end, fields)
+    chunked(function(...) return redis.call('ZREM', index, ...) end, members)
   end
 end
 
@@ -405,7 +406,7 @@ local function put(keys, args)
     fields[#fields + 1] = blob_field(ns, blobs[i], blobs[i + 1])
     fields[#fields + 1] = blobs[i + 2]
   end
-  chunked('HSET', keys[1], fields, 2)
+  chunked(function(...) return redis.call('HSET', keys[1], ...) end, fields, 2)
   redis.call('ZADD', keys[2], 0, name)
   local removed = 0
   if keep > 0 then
@@ -665,7 +666,7 @@ end
 -- Merge every field and member of one thread's keys into another's.
 local function merge(data, index, fields, members, ttl)
   if #fields > 0 then
-    chunked('HSET', data, fields, 2)
+    chunked(function(...) return redis.call('HSET', data, ...) end, fields, 2)
   end
   if #members > 0 then
     local scored = {}
@@ -673,7 +674,7 @@ local function merge(data, index, fields, members, ttl)
       scored[#scored + 1] = 0
       scored[#scored + 1] = member
     end
-    chunked('ZADD', index, scored, 2)
+    chunked(function(...) return redis.call('ZADD', index, ...) end, scored, 2)
   end
   expire({data, index}, ttl)
 end

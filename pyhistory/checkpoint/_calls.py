@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -55,7 +55,7 @@ LIST_PAGE = 32
 
 # Commands the saver sends itself besides FCALL: DEL for delete_thread and prune("delete"), WAIT
 # for wait_for_replicas.
-CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "fcall_ro", "del", "wait")
+CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait")
 
 
 def acl_rule(key_prefix: str = "checkpoint:") -> str:
@@ -163,7 +163,9 @@ def keys(key_prefix: str, thread_id: str) -> tuple[str, str]:
 def version_of(version: object) -> str:
     """A channel version as stored: ints and strs as written, floats by repr."""
     if isinstance(version, bool) or not isinstance(version, (str, int, float)):
-        raise InvalidArgumentError(f"a channel version must be a str, int or float, got {version!r}")
+        raise InvalidArgumentError(
+            f"a channel version must be a str, int or float, got {version!r}"
+        )
     text = repr(version) if isinstance(version, float) else str(version)
     return _name("a channel version", text, may_be_empty=False)
 
@@ -237,7 +239,7 @@ def filter_pairs(filter: Mapping[str, Any] | None) -> list[str]:
 def _configurable(config: RunnableConfig | None) -> Mapping[str, Any]:
     if not config or not isinstance(config.get("configurable"), Mapping):
         raise InvalidArgumentError("the config must carry a 'configurable' mapping")
-    return config["configurable"]  # type: ignore[no-any-return]
+    return config["configurable"]
 
 
 def thread_of(config: RunnableConfig) -> str:
@@ -257,7 +259,11 @@ def checkpoint_of(config: RunnableConfig) -> str:
 
 def config_for(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
     return {
-        "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
     }
 
 
@@ -299,9 +305,7 @@ def put(
             )
     # DeltaChannels this checkpoint stores no value of: rebuilt from its ancestors' writes.
     counters = meta.get("counters_since_delta_snapshot") or {}
-    deltas = [
-        ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values
-    ]
+    deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
     args = (
         ttl,
@@ -414,7 +418,9 @@ def _write(serde: SerializerProtocol, stored: bytes | str) -> PendingWrite:
     return (task.decode("utf-8"), channel.decode("utf-8"), untyped(serde, rest))
 
 
-def checkpoint_tuple(serde: SerializerProtocol, thread_id: str, entry: Sequence[Any]) -> CheckpointTuple:
+def checkpoint_tuple(
+    serde: SerializerProtocol, thread_id: str, entry: Sequence[Any]
+) -> CheckpointTuple:
     """One entry of a get or list reply."""
     ns, checkpoint_id, parent, stored, meta, blobs, writes = entry
     ns, checkpoint_id, parent = _text(ns), _text(checkpoint_id), _text(parent)
@@ -423,7 +429,7 @@ def checkpoint_tuple(serde: SerializerProtocol, thread_id: str, entry: Sequence[
         raw = _bytes(blobs[i + 1])
         if not raw.startswith(b"empty\0"):
             values[_text(blobs[i])] = untyped(serde, raw)
-    checkpoint: Checkpoint = {**untyped(serde, _bytes(stored)), "channel_values": values}
+    checkpoint = cast(Checkpoint, {**untyped(serde, _bytes(stored)), "channel_values": values})
     return CheckpointTuple(
         config=config_for(thread_id, ns, checkpoint_id),
         checkpoint=checkpoint,

@@ -380,21 +380,18 @@ class RedisSaver(BaseCheckpointSaver[str]):
     async def adelete_thread(self, thread_id: str) -> None:
         await self._awrite(_calls.delete(self.keys(thread_id)))
 
-    def _prune_calls(self, thread_ids: Sequence[str], strategy: str) -> list[Call]:
+    def _prune_calls(self, thread_ids: Sequence[str], strategy: str) -> tuple[Call, ...]:
         if strategy not in _PRUNE_STRATEGIES:
             raise InvalidArgumentError(
                 f"strategy must be one of {_PRUNE_STRATEGIES}, got {strategy!r}"
             )
         if isinstance(thread_ids, str):
             raise InvalidArgumentError("thread_ids must be a sequence of thread ids, not a str")
-        calls = []
-        for thread_id in thread_ids:
-            thread_keys = self.keys(thread_id)
-            if strategy == "delete":
-                calls.append(_calls.delete(thread_keys))
-            else:
-                calls.append(_calls.prune(thread_keys, self._ttl))
-        return calls
+        make = _calls.delete if strategy == "delete" else self._prune_call
+        return tuple(make(self.keys(thread_id)) for thread_id in thread_ids)
+
+    def _prune_call(self, thread_keys: tuple[str, str]) -> Call:
+        return _calls.prune(thread_keys, self._ttl)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``"keep_latest"``: keep the newest checkpoint of each namespace of each thread (and
@@ -451,7 +448,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     def _delta_call(
         self, config: RunnableConfig, channels: Sequence[str]
-    ) -> tuple[list[str], Call]:
+    ) -> tuple[Sequence[str], Call]:
         names = _calls.unique(channels)
         thread_keys = self.keys(_calls.thread_of(config))
         return names, _calls.delta(thread_keys, config, names)

@@ -1,0 +1,583 @@
+"""The LangGraph saver on real servers: its layout, expiry, retention, DeltaChannel support, bad
+input, self-healing, least privilege and durability. LangGraph's own conformance suite is in
+test_checkpoint_conformance.py; whole agents in test_checkpoint_agent.py."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import pytest
+import redis
+from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.types import Command, interrupt
+from redis.crc import key_slot
+
+from pyhistory import errors, testing
+from pyhistory._library import Call
+from pyhistory.checkpoint import LIBRARY, RedisSaver, _calls, acl_rule, load_checkpoint_functions
+from pyhistory.functions import run
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "lua" / "pyhistory_checkpoint.lua"
+
+
+def config(thread_id: str, ns: str | None = "", checkpoint_id: str | None = None) -> Any:
+    configurable: dict[str, Any] = {"thread_id": thread_id}
+    if ns is not None:
+        configurable["checkpoint_ns"] = ns
+    if checkpoint_id is not None:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+def put(
+    saver: RedisSaver,
+    thread_id: str,
+    n: int,
+    *,
+    ns: str = "",
+    parent: str | None = None,
+    values: dict[str, Any] | None = None,
+    versions: dict[str, int] | None = None,
+    **metadata: Any,
+) -> str:
+    """Store the n-th checkpoint of a thread, child of ``parent``, with ``values`` written at
+    version n (and older ``versions`` kept); returns its id."""
+    values = values or {}
+    versions = {**(versions or {}), **{k: n for k in values}}
+    checkpoint = generate_checkpoint(channel_values=values, channel_versions=versions)
+    stored = saver.put(
+        config(thread_id, ns, parent),
+        checkpoint,
+        {"source": "loop", "step": n, **metadata},  # type: ignore[typeddict-item]
+        {k: n for k in values},
+    )
+    return str(stored["configurable"]["checkpoint_id"])
+
+
+# --- a small graph: a DeltaChannel list, a node that adds to it and may ask a human -------------
+
+
+def concat(state: list[str], writes: list[Any]) -> list[str]:
+    out = list(state)
+    for write in writes:
+        out += write if isinstance(write, list) else [write]
+    return out
+
+
+class DeltaState(TypedDict):
+    items: Annotated[list[str], DeltaChannel(concat, snapshot_frequency=3)]
+    asked: str
+
+
+def build_graph(saver: BaseCheckpointSaver[Any], ask: bool = False) -> Any:
+    def work(state: DeltaState) -> dict[str, Any]:
+        return {"items": [f"work {len(state['items'])}"]}
+
+    def check(state: DeltaState) -> dict[str, Any]:
+        answer = interrupt("ok?") if ask else "auto"
+        return {"asked": str(answer), "items": [f"checked {answer}"]}
+
+    builder = StateGraph(DeltaState)
+    builder.add_node("work", work)
+    builder.add_node("check", check)
+    builder.add_edge(START, "work")
+    builder.add_edge("work", "check")
+    return builder.compile(checkpointer=saver)
+
+
+def run_turns(graph: Any, thread_id: str, turns: int) -> dict[str, Any]:
+    cfg = config(thread_id, ns=None)
+    state: dict[str, Any] = {}
+    for i in range(turns):
+        state = graph.invoke({"items": [f"user {i}"]}, cfg)
+    return state
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("thread_id", ["", "a", "{", "}", "x{y}z", "%7B", "{}", "naïve 🌍", "t:1"])
+def test_both_keys_of_a_thread_share_its_own_hash_tag(thread_id: str) -> None:
+    data, index = _calls.keys("checkpoint:", thread_id)
+    assert key_slot(data.encode()) == key_slot(index.encode())
+    tag = data[data.index("{") + 1 : data.index("}")]
+    assert tag and tag == index[index.index("{") + 1 : index.index("}")]
+    assert data.startswith("checkpoint:{t:") and data.endswith("}:data")
+
+
+def test_distinct_threads_get_distinct_keys() -> None:
+    ids = ["", "a", "{", "}", "%7B", "%7D", "%", "%25", "{}", "%7B%7D", "a}b", "a%7Db"]
+    assert len({_calls.keys("p:", t) for t in ids}) == len(ids)
+
+
+def test_key_prefix_may_not_hold_a_brace() -> None:
+    with pytest.raises(errors.InvalidArgumentError):
+        RedisSaver(key_prefix="app:{tenant}:")
+
+
+@pytest.mark.parametrize("thread_id", ["", "{", "x{y}z", "naïve 🌍"])
+def test_any_thread_id_round_trips(url: str, client: redis.Redis, thread_id: str) -> None:
+    saver = RedisSaver(url)
+    put(saver, thread_id, 1, values={"a": "x"})
+    got = saver.get_tuple(config(thread_id))
+    assert got is not None and got.checkpoint["channel_values"] == {"a": "x"}
+    assert got.config["configurable"]["thread_id"] == thread_id
+    assert sorted(client.keys()) == sorted(k.encode() for k in saver.keys(thread_id))
+
+
+def test_the_functions_the_server_lists_are_the_ones_python_calls(
+    url: str, client: redis.Redis
+) -> None:
+    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v1"
+    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v1"]
+    listed = {f[1].decode() for f in library[library.index(b"functions") + 1]}
+    called = {
+        getattr(_calls, name)
+        for name in (
+            "PUT",
+            "PUT_WRITES",
+            "GET",
+            "GET_RO",
+            "LIST",
+            "PRUNE",
+            "COPY",
+            "EXPORT",
+            "IMPORT",
+            "DELTA",
+        )
+    }
+    assert listed == called == set(LIBRARY.functions)
+
+
+def test_every_error_code_the_library_sends_is_mapped() -> None:
+    source = LUA.read_text()
+    sent = set(re.findall(r"(?:bad|not_whole)\('([A-Z]+)'", source))
+    documented = set(re.findall(r"^  ([A-Z]+)  +", source.split("]]", 1)[0], re.MULTILINE))
+    assert sent == documented
+    assert sent <= set(errors.SERVER_ERRORS)
+
+
+def test_the_wheel_ships_the_library() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"lua/pyhistory_checkpoint.lua" = "pyhistory/lua/pyhistory_checkpoint.lua"' in pyproject
+
+
+def test_import_pyhistory_does_not_import_the_saver() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, pyhistory; print(any(m.startswith('langgraph') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --- one round trip per operation --------------------------------------------------------------
+
+
+def commands(client: redis.Redis) -> dict[str, int]:
+    return {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in client.info("commandstats").items()
+    }
+
+
+def test_each_operation_is_one_call(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url, ttl=60)
+    saver.setup()
+    first = put(saver, "t", 1, values={"a": 1})
+    client.config_resetstat()
+    second = put(saver, "t", 2, parent=first, values={"a": 2, "b": 3})
+    saver.put_writes(config("t", "", second), [("a", 1), ("b", 2)], "task")
+    saver.get_tuple(config("t"))
+    list(saver.list(config("t")))
+    saver.get_delta_channel_history(config=config("t"), channels=["a"])
+    saver.copy_thread("t", "u")
+    saver.prune(["u"])
+    saver.delete_thread("u")
+    sent = commands(client)
+    assert sent.pop("fcall") == 7
+    assert sent.pop("del") == 1
+    assert sent.pop("config|resetstat", 1) == 1
+    assert not {
+        c
+        for c in sent
+        if not c.startswith(("hget", "hset", "hmget", "z", "type", "expire", "hdel", "hgetall"))
+    }
+
+
+# --- expiry ----------------------------------------------------------------------------------
+
+
+def test_every_write_sets_the_ttl_on_both_keys(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url, ttl=100)
+    data, index = saver.keys("t")
+    first = put(saver, "t", 1, values={"a": 1})
+    assert 99 <= client.ttl(data) <= 100 and 99 <= client.ttl(index) <= 100
+    client.expire(data, 10)
+    client.expire(index, 10)
+    saver.put_writes(config("t", "", first), [("a", 5)], "task")
+    assert client.ttl(data) > 90 and client.ttl(index) > 90
+
+
+def test_reads_slide_the_expiry_unless_told_not_to(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url, ttl=100)
+    data, index = saver.keys("t")
+    put(saver, "t", 1)
+    client.expire(data, 10)
+    client.expire(index, 10)
+    RedisSaver(url, ttl=100, refresh_ttl_on_read=False).get_tuple(config("t"))
+    assert client.ttl(data) <= 10
+    saver.get_tuple(config("t"))
+    assert client.ttl(data) > 90 and client.ttl(index) > 90
+
+
+def test_a_thread_expires_whole(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url, ttl=1)
+    first = put(saver, "t", 1, values={"a": 1})
+    saver.put_writes(config("t", "", first), [("a", 5)], "task")
+    time.sleep(2.1)
+    assert client.exists(*saver.keys("t")) == 0
+    assert saver.get_tuple(config("t")) is None
+
+
+# --- list ------------------------------------------------------------------------------------
+
+
+def test_list_pages_through_long_threads(url: str) -> None:
+    saver = RedisSaver(url)
+    ids, parent = [], None
+    for n in range(1, 101):
+        parent = put(saver, "t", n, parent=parent, kind="even" if n % 2 == 0 else "odd")
+        ids.append(parent)
+    assert [t.checkpoint["id"] for t in saver.list(config("t"))] == ids[::-1]
+    assert len(list(saver.list(config("t"), limit=70))) == 70
+    evens = [t.metadata["step"] for t in saver.list(config("t"), filter={"kind": "even"})]
+    assert evens == list(range(100, 0, -2))
+    before = [t.metadata["step"] for t in saver.list(config("t"), before=config("t", "", ids[9]))]
+    assert before == list(range(9, 0, -1))
+
+
+def test_a_rare_match_is_found_past_one_calls_budget(url: str) -> None:
+    saver = RedisSaver(url)
+    parent = None
+    for n in range(1, 1302):
+        parent = put(saver, "t", n, parent=parent, rare=n in (3, 1300))
+    found = [t.metadata["step"] for t in saver.list(config("t"), filter={"rare": True})]
+    assert found == [1300, 3]
+
+
+def test_list_without_a_namespace_lists_them_all(url: str) -> None:
+    saver = RedisSaver(url)
+    for ns in ("", "child:1", "child:2"):
+        put(saver, "t", 1, ns=ns)
+    assert len(list(saver.list(config("t", ns=None)))) == 3
+    assert len(list(saver.list(config("t", ns="child:1")))) == 1
+
+
+def test_a_filter_on_null_matches_a_missing_key_as_in_memory(url: str) -> None:
+    saver = RedisSaver(url)
+    put(saver, "t", 1)
+    assert len(list(saver.list(config("t"), filter={"absent": None}))) == 1
+
+
+def test_list_needs_a_thread(url: str) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="thread_id"):
+        list(RedisSaver(url).list(None))
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def test_keep_last_trims_inside_put(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url, keep_last=3)
+    parent = None
+    for n in range(1, 11):
+        values = {"a": f"v{n}", "b": "same"} if n == 1 else {"a": f"v{n}"}
+        parent = put(saver, "t", n, parent=parent, values=values, versions={"b": 1})
+        saver.put_writes(config("t", "", parent), [("a", n)], f"task{n}")
+    steps = [t.metadata["step"] for t in saver.list(config("t"))]
+    assert steps == [10, 9, 8]
+    data, _ = saver.keys("t")
+    fields = client.hkeys(data)
+    assert sum(f.startswith(b"c\0") for f in fields) == 3
+    assert sum(f.startswith(b"w\0") for f in fields) == 3
+    # "a" at versions 8..10, and "b" from checkpoint 1, which every kept checkpoint still uses
+    assert {f for f in fields if f.startswith(b"b\0")} == {
+        b"b\0\0a\0008",
+        b"b\0\0a\0009",
+        b"b\0\0a\00010",
+        b"b\0\0b\0001",
+    }
+    latest = saver.get_tuple(config("t"))
+    assert latest is not None
+    assert latest.checkpoint["channel_values"] == {"a": "v10", "b": "same"}
+
+
+def test_retention_is_per_namespace(url: str) -> None:
+    saver = RedisSaver(url, keep_last=2)
+    for ns in ("", "sub"):
+        parent = None
+        for n in range(1, 6):
+            parent = put(saver, "t", n, ns=ns, parent=parent)
+    assert len(list(saver.list(config("t", ns=None)))) == 4
+
+
+def test_retention_never_breaks_a_delta_channel_chain(url: str) -> None:
+    """keep_last=2 with a DeltaChannel snapshotting every 3rd update: every state read back equals
+    the in-memory saver's, and what stays stored is bounded by the snapshot distance."""
+    memory = build_graph(InMemorySaver())
+    kept = build_graph(RedisSaver(url, keep_last=2))
+    for turns in range(1, 9):
+        assert run_turns(kept, f"t{turns}", turns) == run_turns(memory, f"t{turns}", turns)
+    saver = RedisSaver(url)
+    for i in range(30):
+        state = kept.invoke({"items": [f"user {i}"]}, config("long", ns=None))
+        reference = memory.invoke({"items": [f"user {i}"]}, config("long", ns=None))
+        assert state == reference
+        assert kept.get_state(config("long", ns=None)).values == state
+        stored = len(list(saver.list(config("long"))))
+        assert stored <= 2 + 3 * 3, stored  # the kept ones, and back to their last snapshots
+
+
+def test_delta_channel_history_matches_in_memory(url: str) -> None:
+    memory_saver, redis_saver = InMemorySaver(), RedisSaver(url)
+    run_turns(build_graph(memory_saver), "t", 5)
+    run_turns(build_graph(redis_saver), "t", 5)
+    mine = [t.config for t in redis_saver.list(config("t"))]
+    theirs = [t.config for t in memory_saver.list(config("t"))]
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs, strict=True):
+        got = redis_saver.get_delta_channel_history(config=a, channels=["items", "asked"])
+        want = memory_saver.get_delta_channel_history(config=b, channels=["items", "asked"])
+        for channel in ("items", "asked"):
+            assert [w[1:] for w in got[channel]["writes"]] == [
+                w[1:] for w in want[channel]["writes"]
+            ]
+            assert got[channel].get("seed") == want[channel].get("seed")
+
+
+def test_prune_keeps_what_the_latest_delta_state_needs(url: str) -> None:
+    saver = RedisSaver(url)
+    graph = build_graph(saver)
+    state = run_turns(graph, "t", 7)
+    saver.prune(["t"])
+    assert graph.get_state(config("t", ns=None)).values == state
+    assert len(list(saver.list(config("t")))) < 21
+    assert graph.invoke({"items": ["more"]}, config("t", ns=None))["items"][-3:] == [
+        "more",
+        f"work {len(state['items']) + 1}",
+        "checked auto",
+    ]
+
+
+# --- copy ------------------------------------------------------------------------------------
+
+
+def test_a_copied_thread_goes_on_by_itself(url: str) -> None:
+    saver = RedisSaver(url)
+    graph = build_graph(saver)
+    state = run_turns(graph, "source", 3)
+    saver.copy_thread("source", "copy")
+    assert graph.get_state(config("copy", ns=None)).values == state
+    graph.invoke({"items": ["only in the copy"]}, config("copy", ns=None))
+    assert graph.get_state(config("source", ns=None)).values == state
+
+
+# --- interrupts ------------------------------------------------------------------------------
+
+
+def test_interrupt_and_resume(url: str) -> None:
+    graph = build_graph(RedisSaver(url), ask=True)
+    cfg = config("t", ns=None)
+    graph.invoke({"items": ["hello"]}, cfg)
+    assert graph.get_state(cfg).interrupts[0].value == "ok?"
+    state = graph.invoke(Command(resume="yes"), cfg)
+    assert state == {"items": ["hello", "work 1", "checked yes"], "asked": "yes"}
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"checkpoint_ns": "a\0b"},
+        {"checkpoint_id": "x\0"},
+        {"thread_id": None},
+        {"thread_id": "\ud800"},
+    ],
+)
+def test_bad_ids_are_refused_before_any_io(bad: dict[str, Any]) -> None:
+    saver = RedisSaver("redis://127.0.0.1:1/0")  # nothing listens there
+    cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": "", **bad}}
+    with pytest.raises(errors.InvalidCheckpointIdError):
+        saver.get_tuple(cfg)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(errors.InvalidTTLError):
+        RedisSaver(ttl=-1)
+    with pytest.raises(errors.InvalidSizeError):
+        RedisSaver(keep_last=0)
+    with pytest.raises(errors.InvalidArgumentError):
+        RedisSaver(wait_for_replicas=-1)
+    with pytest.raises(errors.InvalidArgumentError):
+        RedisSaver().prune(["t"], strategy="everything")
+
+
+def raw(url: str, function: str, *args: Any) -> Any:
+    keys = _calls.keys("checkpoint:", "t")
+    with redis.Redis.from_url(url) as client:
+        return run(
+            client, Call("FCALL", (LIBRARY.function(function), 2, *keys, *args), keys[0], LIBRARY)
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("x", 0, "", "id", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidTTLError),
+        ((0, -1, "", "id", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidSizeError),
+        ((0, 0, "", "", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidCheckpointIdError),
+        ((0, 0, "", "id", "", "no type", "m\0", 0, 0, 0, 0), errors.InvalidValueError),
+        (
+            (0, 0, "", "id", "", "m\0", "m\0", 1, "a", "1", 1, "a", "1", "\0", 0, 0),
+            errors.InvalidValueError,
+        ),
+        ((0, 0, "", "id", "", "m\0", "m\0", 2, "a", "1", 0, 0, 0), errors.InvalidArgumentError),
+        ((0, 0, "", "id", "", "m\0", "m\0", 0, 0, 0, 0, "extra"), errors.InvalidArgumentError),
+        (
+            (0, 0, "", "id", "", "m\0", "m\0", 1, b"a\xff", "1", 0, 0, 0),
+            errors.InvalidCheckpointIdError,
+        ),
+    ],
+)
+def test_the_library_refuses_bad_puts_and_stores_nothing(
+    url: str, client: redis.Redis, args: tuple[Any, ...], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        raw(url, "put", *args)
+    assert client.dbsize() == 0
+
+
+@pytest.mark.parametrize("idx", ["01", "-0", "1.5", "", "x", "99999999999"])
+def test_the_library_refuses_bad_write_indexes(url: str, client: redis.Redis, idx: str) -> None:
+    with pytest.raises(errors.InvalidCheckpointIdError):
+        raw(url, "put_writes", 0, "", "id", "task", "", 0, "a", "j\0", idx, "b", "j\0")
+    assert client.dbsize() == 0
+
+
+def test_a_wrong_type_key_is_refused_before_any_write(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url)
+    data, index = saver.keys("t")
+    client.set(index, "not a zset")
+    with pytest.raises(errors.WrongTypeError):
+        put(saver, "t", 1, values={"a": 1})
+    assert client.exists(data) == 0
+
+
+# --- self-healing, least privilege, durability ------------------------------------------------
+
+
+def test_a_flushed_library_is_loaded_again(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url)
+    first = put(saver, "t", 1, values={"a": 1})
+    client.function_flush()
+    put(saver, "t", 2, parent=first, values={"a": 2})
+    client.function_flush()
+    got = saver.get_tuple(config("t"))
+    assert got is not None and got.checkpoint["channel_values"] == {"a": 2}
+
+
+async def test_a_flushed_library_is_loaded_again_asyncio(url: str, client: redis.Redis) -> None:
+    saver = RedisSaver(url)
+    client.function_flush()
+    graph = build_graph(saver)
+    await graph.ainvoke({"items": ["a"]}, config("t", ns=None))
+    client.function_flush()
+    state = await graph.ainvoke({"items": ["b"]}, config("t", ns=None))
+    assert state["items"] == ["a", "work 1", "checked auto", "b", "work 4", "checked auto"]
+
+
+def test_the_acl_rule_follows_what_the_lua_calls() -> None:
+    called = {c.lower() for c in re.findall(r"redis\.call\(\s*'(\w+)'", LUA.read_text())}
+    allowed = set(re.findall(r"\+(\S+)", acl_rule()))
+    assert allowed == called | {"fcall", "del", "wait"}
+    assert "~checkpoint:*" in acl_rule().split()
+    assert "~a\\*b:*" in acl_rule("a*b:").split()
+
+
+@pytest.fixture
+def app_url(url: str, client: redis.Redis) -> str:
+    """A URL that logs in as 'saver', a user with exactly acl_rule()."""
+    client.execute_command("ACL", "SETUSER", "saver", "reset", "on", ">pw", *acl_rule().split())
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=f"saver:pw@{parts.hostname}:{parts.port}").geturl()
+
+
+def test_an_acl_user_with_the_rule_runs_every_operation(app_url: str, client: redis.Redis) -> None:
+    load_checkpoint_functions(client)  # the admin's deploy-time step
+    saver = RedisSaver(app_url, ttl=60, keep_last=5)
+    graph = build_graph(saver, ask=True)
+    cfg = config("t", ns=None)
+    graph.invoke({"items": ["hello"]}, cfg)
+    graph.invoke(Command(resume="yes"), cfg)
+    assert len(list(saver.list(config("t")))) == 4
+    saver.copy_thread("t", "u")
+    saver.prune(["t"])
+    saver.get_delta_channel_history(config=config("u"), channels=["items"])
+    saver.delete_thread("u")
+    assert saver.get_tuple(config("u")) is None
+    with redis.Redis.from_url(app_url) as app:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app.get("message_store:x")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app.execute_command("FUNCTION", "FLUSH")
+
+
+def test_an_acl_user_cannot_load_the_library(app_url: str) -> None:
+    with pytest.raises(errors.FunctionsNotLoadedError):
+        put(RedisSaver(app_url), "t", 1)
+
+
+@pytest.fixture
+def replica(server: Any, url: str) -> Iterator[testing.LocalServer]:
+    if server.local is None:
+        pytest.skip("needs a server process started by the tests")
+    started = testing.start_server(
+        server.kind, args=["--replicaof", "127.0.0.1", str(server.local.port)]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        with started.client() as r:
+            while r.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica never connected"
+                time.sleep(0.05)
+        with server.client() as primary:
+            while primary.execute_command("WAIT", 1, 100) < 1:
+                assert time.monotonic() < deadline, "the replica never acknowledged"
+        yield started
+    finally:
+        started.stop()
+
+
+async def test_wait_for_replicas(url: str, replica: testing.LocalServer) -> None:
+    saver = RedisSaver(url, wait_for_replicas=1, wait_timeout_ms=2000)
+    graph = build_graph(saver)
+    state = await graph.ainvoke({"items": ["a"]}, config("t", ns=None))
+    run_turns(graph, "s", 2)
+    with replica.client() as r:  # acknowledged means the replica has it now
+        on_replica = RedisSaver(redis_client=r, refresh_ttl_on_read=False)
+        assert build_graph(on_replica).get_state(config("t", ns=None)).values == state
+    with pytest.raises(errors.ReplicationError):
+        put(RedisSaver(url, wait_for_replicas=2, wait_timeout_ms=100), "u", 1)
