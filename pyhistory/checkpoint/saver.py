@@ -159,11 +159,18 @@ class RedisSaver(BaseCheckpointSaver[str]):
         return _clients.sync_client(self.url, self.cluster)
 
     async def _async_client(self) -> AsyncClient | None:
+        client: AsyncClient | None
         if self._async_redis_client is not None:
-            return self._async_redis_client
-        if self._redis_client is not None:
+            client = self._async_redis_client
+        elif self._redis_client is not None:
             return None
-        return await _clients.async_client(self.url, self.cluster)
+        else:
+            client = await _clients.async_client(self.url, self.cluster)
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            # Many first calls at once on a cluster client that has not loaded its topology yet
+            # break inside redis-py; initialize() does that once (and is a no-op after).
+            await client.initialize()
+        return client
 
     def setup(self) -> None:
         """Load the library now (it is otherwise loaded on first use)."""
