@@ -37,10 +37,10 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app import build_agent  # noqa: E402
+from app import build_agent
 
-from pyhistory import testing  # noqa: E402
-from pyhistory.checkpoint import RedisSaver  # noqa: E402
+from pyhistory import testing
+from pyhistory.checkpoint import RedisSaver
 
 ROOT = Path(__file__).resolve().parents[2]
 PADDING = 1000  # characters added to each answer: about 1 KB per turn
@@ -186,7 +186,9 @@ def counted(admin: redis.Redis) -> Any:
     out["cpu"] = cpu_seconds(admin) - cpu0
 
 
-def per_turn(contender: Contender, url: str, admin: redis.Redis, turns: int, delta: bool) -> dict[str, float]:
+def per_turn(
+    contender: Contender, url: str, admin: redis.Redis, turns: int, delta: bool
+) -> dict[str, float]:
     """One conversation, turn after turn (sync): the cost of each turn, warm."""
     agent = build_agent(contender.make(url, {}), delta=delta, padding=200)
     cfg = {"configurable": {"thread_id": f"per-turn-{delta}"}}
@@ -233,7 +235,11 @@ def stored_bytes(admin: redis.Redis, saver: BaseCheckpointSaver[Any]) -> int:
 
 
 def storage(
-    contender: Contender, url: str, admin: redis.Redis, marks: list[int], delta: bool,
+    contender: Contender,
+    url: str,
+    admin: redis.Redis,
+    marks: list[int],
+    delta: bool,
     keep_last: int | None,
 ) -> dict[int, int]:
     admin.flushall()
@@ -336,7 +342,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.bar([i - 0.2 for i in x], [r["round_trips"] for r in rows], 0.4, label="round trips")
     twin = right.twinx()
     twin.bar(
-        [i + 0.2 for i in x], [r["server_cpu_us"] for r in rows], 0.4, color="tab:orange",
+        [i + 0.2 for i in x],
+        [r["server_cpu_us"] for r in rows],
+        0.4,
+        color="tab:orange",
         label="server CPU µs",
     )
     right.set_xticks(list(x), names, rotation=15, fontsize=8)
@@ -405,7 +414,11 @@ def main() -> None:
             for name, delta, keep in variants:
                 sizes = storage(contender, url, admin, marks, delta, keep)
                 results["storage"].append(
-                    {"saver": contender.name, "variant": name, "bytes": {str(k): v for k, v in sizes.items()}}
+                    {
+                        "saver": contender.name,
+                        "variant": name,
+                        "bytes": {str(k): v for k, v in sizes.items()},
+                    }
                 )
                 print(contender.name, name, sizes, flush=True)
         write_report(results, args.out)

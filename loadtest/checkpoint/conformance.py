@@ -61,11 +61,9 @@ async def main_async(out: Path) -> None:
             continue
         server = testing.start_server(kind)
         try:
-            label = f"{kind} {server.version}"
-            reports.append((label, "asyncio", await run(label, lambda: RedisSaver(server.url))))
-            reports.append(
-                (label, "sync", await run(label, lambda: SyncDrivenSaver(server.url)))
-            )
+            label, url = f"{kind} {server.version}", server.url
+            reports.append((label, "asyncio", await run(label, lambda url=url: RedisSaver(url))))
+            reports.append((label, "sync", await run(label, lambda url=url: SyncDrivenSaver(url))))
         finally:
             server.stop()
     if testing.server_binary("redis") is not None:
@@ -112,8 +110,8 @@ def write(out: Path, reports: list[tuple[str, str, CapabilityReport]]) -> None:
         lines.append(f"| {server} | {methods} | **{report.conformance_level()}** | {cells} |")
     lines += [
         "",
-        "Base capabilities: " + ", ".join(c.value for c in BASE_CAPABILITIES) + ". "
-        "Extended: " + ", ".join(c.value for c in EXTENDED_CAPABILITIES) + ".",
+        "Base capabilities: " + ", ".join(CAPABILITIES[: len(BASE_CAPABILITIES)]) + ". "
+        "Extended: " + ", ".join(CAPABILITIES[len(BASE_CAPABILITIES) :]) + ".",
         "",
         "`delete_for_runs` is not implemented: it deletes by run id across all threads, which "
         "needs an index of runs over every thread, one key that every write would go through "
