@@ -7,13 +7,14 @@ PY := $(BIN)/python
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install demo test test-fast lint format bench bench-quick loadtest clean
+.PHONY: help install demo test test-fast lint format bench bench-quick bench-checkpoint loadtest clean
 
 help:
 	@echo "make demo      LangChain's two Redis examples on pyhistory (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
 	@echo "make lint      ruff, mypy --strict, luac -p"
 	@echo "make bench     side-by-side benchmarks into docs/bench/"
+	@echo "make bench-checkpoint  the LangGraph saver beside other savers, into docs/checkpoint/"
 	@echo "make loadtest  headless locust runs, every contender side by side, into loadtest/results/"
 
 $(PY):
@@ -25,7 +26,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[hiredis,fast,server,test,bench,dev]"
+	$(PY) -m pip install -q -e ".[hiredis,fast,server,test,bench,dev,checkpoint]"
 	touch $@ $(DEMO_STAMP)
 
 install: $(DEV_STAMP)
@@ -63,3 +64,8 @@ loadtest: $(DEV_STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The LangGraph checkpointer, side by side with other savers: tables and plots in docs/checkpoint/.
+bench-checkpoint: $(DEV_STAMP)
+	$(PY) -m pip install -q langgraph-checkpoint-plainredis langgraph-checkpoint-aws || echo "peers not installed: benchmarked without them"
+	$(PY) loadtest/checkpoint/bench.py

@@ -39,6 +39,15 @@ class BatchTooLargeError(InvalidArgumentError):
     """One append carries more messages than a batch may hold (TOOMANY). Nothing was stored."""
 
 
+class InvalidCheckpointIdError(InvalidArgumentError):
+    """A thread id, namespace, checkpoint id, channel, version, task id or path the checkpoint
+    library cannot store: not a str, empty where it may not be, or holding a NUL (BADID)."""
+
+
+class InvalidValueError(InvalidArgumentError):
+    """A typed value sent to the checkpoint library without its type name (BADVALUE)."""
+
+
 class SerializationError(HistoryError, TypeError):
     """A message cannot be encoded as JSON (for example a datetime or bytes inside it)."""
 
@@ -104,6 +113,9 @@ SERVER_ERRORS: dict[str, type[HistoryError]] = {
     "BADTTL": InvalidTTLError,
     "TOOMANY": BatchTooLargeError,
     "WRONGTYPE": WrongTypeError,
+    # lua/pyhistory_checkpoint.lua
+    "BADID": InvalidCheckpointIdError,
+    "BADVALUE": InvalidValueError,
 }
 
 # redis-py's classes -> ours, the most specific first.

@@ -571,13 +571,32 @@ def replica(server: Any, url: str) -> Iterator[testing.LocalServer]:
         started.stop()
 
 
-async def test_wait_for_replicas(url: str, replica: testing.LocalServer) -> None:
-    saver = RedisSaver(url, wait_for_replicas=1, wait_timeout_ms=2000)
-    graph = build_graph(saver)
+async def test_wait_for_replicas_asyncio(url: str, replica: testing.LocalServer) -> None:
+    graph = build_graph(RedisSaver(url, wait_for_replicas=1, wait_timeout_ms=2000))
     state = await graph.ainvoke({"items": ["a"]}, config("t", ns=None))
-    run_turns(graph, "s", 2)
-    with replica.client() as r:  # acknowledged means the replica has it now
+    # acknowledged means the replica has it now
+    on_replica = RedisSaver(replica.url, refresh_ttl_on_read=False)
+    assert (await build_graph(on_replica).aget_state(config("t", ns=None))).values == state
+
+
+def test_wait_for_replicas(url: str, replica: testing.LocalServer) -> None:
+    state = run_turns(build_graph(RedisSaver(url, wait_for_replicas=1)), "s", 2)
+    with replica.client() as r:
         on_replica = RedisSaver(redis_client=r, refresh_ttl_on_read=False)
-        assert build_graph(on_replica).get_state(config("t", ns=None)).values == state
+        assert build_graph(on_replica).get_state(config("s", ns=None)).values == state
     with pytest.raises(errors.ReplicationError):
         put(RedisSaver(url, wait_for_replicas=2, wait_timeout_ms=100), "u", 1)
+
+
+def test_the_readme_example_runs_as_written(url: str, client: redis.Redis) -> None:
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## LangGraph: a checkpointer", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("redis://localhost:6379/0", url)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "['hi', 'hello!', 'are you there?', 'still here']" in done.stdout
+    assert client.dbsize() == 0  # the example deletes its thread

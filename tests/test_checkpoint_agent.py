@@ -121,30 +121,37 @@ def test_history_and_time_travel(url: str) -> None:
 async def test_64_conversations_at_once_while_the_library_is_flushed(
     url: str, client: redis.Redis
 ) -> None:
-    """Each conversation of each of 64 tasks must come out whole while FUNCTION FLUSH runs three
-    times: every call that meets a server without the library loads it and goes on."""
+    """64 tasks converse without pause while FUNCTION FLUSH runs three times: every call that
+    meets a server without the library loads it and goes on, and every conversation comes out
+    whole. A flush waits until every task finished a conversation since the previous one (a
+    call reloads and resends once: a second flush between the two is another event)."""
     # LangGraph keeps several saver calls of one conversation in flight, so 64 conversations
     # want more than redis-py's default 100 connections (an asyncio pool refuses past its size).
-    # Enough for all, so that a call reloading the library is not queued behind the others until
-    # the next flush (it resends once).
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=256, timeout=10)
     saver = RedisSaver(async_redis_client=redis.asyncio.Redis(connection_pool=pool), ttl=600)
     agent = build_agent(saver, delta=True)
+    finished = [0] * 64
     flushes = 0
     done = asyncio.Event()
 
+    async def progressed(since: list[int]) -> None:
+        while any(now <= then for now, then in zip(finished, since, strict=True)):
+            await asyncio.sleep(0.02)
+
     async def flusher() -> None:
         nonlocal flushes
-        while flushes < 3:
-            await asyncio.sleep(0.5)
+        for _ in range(3):
+            await progressed(list(finished))
             client.function_flush()
             flushes += 1
+        await progressed(list(finished))
         done.set()
 
     async def user(n: int) -> list[list[tuple[str, Any, Any]]]:
         results = []
-        while not done.is_set() or not results:
+        while not done.is_set():
             results.append(await aconverse(agent, f"user{n}-{len(results)}"))
+            finished[n] += 1
         return results
 
     task = asyncio.create_task(flusher())
@@ -156,6 +163,7 @@ async def test_64_conversations_at_once_while_the_library_is_flushed(
             await task
     await pool.aclose()
     assert flushes == 3
+    assert all(len(results) >= 4 for results in per_user)
     assert all(result == REFERENCE for results in per_user for result in results)
 
 

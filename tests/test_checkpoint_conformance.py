@@ -3,6 +3,7 @@ server kind and on a Redis Cluster, through its asyncio methods and through its 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -23,15 +24,16 @@ IMPLEMENTED = {"put", "put_writes", "get_tuple", "list", "delete_thread", "copy_
 
 
 class SyncDrivenSaver(RedisSaver):
-    """The same saver, its a* methods answered by its sync ones: the suite then judges those."""
+    """The same saver, its a* methods answered by its sync ones (in a worker thread, off the
+    event loop): the suite then judges those."""
 
     async def aget_tuple(self, config: RunnableConfig) -> Any:
-        return self.get_tuple(config)
+        return await asyncio.to_thread(self.get_tuple, config)
 
     async def alist(  # type: ignore[override]
         self, config: RunnableConfig | None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        for item in self.list(config, **kwargs):
+        for item in await asyncio.to_thread(lambda: list(self.list(config, **kwargs))):
             yield item
 
     async def aput(
@@ -41,7 +43,7 @@ class SyncDrivenSaver(RedisSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self.put(config, checkpoint, metadata, new_versions)
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
         self,
@@ -50,16 +52,16 @@ class SyncDrivenSaver(RedisSaver):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self.put_writes(config, writes, task_id, task_path)
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        self.delete_thread(thread_id)
+        await asyncio.to_thread(self.delete_thread, thread_id)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self.copy_thread(source_thread_id, target_thread_id)
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self.prune(thread_ids, strategy=strategy)
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
 
 
 def assert_full(report: CapabilityReport) -> None:
