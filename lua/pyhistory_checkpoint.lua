@@ -45,7 +45,7 @@ Errors: every argument is checked before the first write. A violation is an erro
   BADID      an id, namespace, channel, version, task or path that is empty where it may not be,
              or holds a NUL or 0xFF byte; a write index that is not a canonical integer
   BADVALUE   a typed value without the NUL byte after its type name
-  WRONGTYPE  a key of the thread holds another Redis type (checked before anything is written)
+  WRONGTYPE  a key of the thread holds another Redis type (refused before anything is written)
 ]]
 
 local MAX_INT = 2147483647 -- largest count or TTL accepted
@@ -113,13 +113,12 @@ local function precedes(a, b)
   return #a < #b
 end
 
--- Both keys hold the types this library writes (or nothing): checked before the first write.
+-- The index holds a sorted set (or nothing), checked before the first write. The data hash needs
+-- no check: every function's first write is to it, and Redis refuses that one whole.
 local function wrong_types(keys)
-  local data = redis.call('TYPE', keys[1])['ok']
   local index = redis.call('TYPE', keys[2])['ok']
-  if (data ~= 'hash' and data ~= 'none') or (index ~= 'zset' and index ~= 'none') then
-    return bad('WRONGTYPE', 'the thread keys must hold a hash and a sorted set, got ' ..
-      data .. ' and ' .. index)
+  if index ~= 'zset' and index ~= 'none' then
+    return bad('WRONGTYPE', 'the thread index must hold a sorted set, got ' .. index)
   end
   return nil
 end
@@ -456,27 +455,35 @@ local function put_writes(keys, args)
   if err then return err end
 
   local prefix = writes_prefix(ns, id)
-  local stored = 0
+  local scored = {}
   for w, i in ipairs(indexes) do
     local at = 3 + 3 * w
     local field = prefix .. task .. NUL .. i
-    local member = prefix .. path .. NUL .. task .. NUL .. i
-    local special = string.sub(args[at], 1, 1) == '-'
-    local old = redis.call('HGET', keys[1], field)
-    if not old or special then
-      if old then -- a special write replaced under another path leaves no stale index entry
+    local value = task .. NUL .. path .. NUL .. args[at + 1] .. NUL .. args[at + 2]
+    local new
+    if string.sub(args[at], 1, 1) == '-' then -- a special write replaces the stored one
+      local old = redis.call('HGET', keys[1], field)
+      if old then -- stored under another path: its index entry goes
         local first = string.find(old, NUL, 1, true)
         local old_path = string.sub(old, first + 1, string.find(old, NUL, first + 1, true) - 1)
         if old_path ~= path then
           redis.call('ZREM', keys[2], prefix .. old_path .. NUL .. task .. NUL .. i)
         end
       end
-      redis.call('HSET', keys[1], field,
-        task .. NUL .. path .. NUL .. args[at + 1] .. NUL .. args[at + 2])
-      redis.call('ZADD', keys[2], 0, member)
-      stored = stored + 1
+      redis.call('HSET', keys[1], field, value)
+      new = true
+    else
+      new = redis.call('HSETNX', keys[1], field, value) == 1
+    end
+    if new then
+      scored[#scored + 1] = 0
+      scored[#scored + 1] = prefix .. path .. NUL .. task .. NUL .. i
     end
   end
+  if #scored > 0 then
+    chunked(function(...) return redis.call('ZADD', keys[2], ...) end, scored, 2)
+  end
+  local stored = #scored / 2
   expire(keys, ttl)
   return stored
 end

@@ -4,6 +4,7 @@ test_checkpoint_conformance.py; whole agents in test_checkpoint_agent.py."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import urllib.parse
@@ -157,6 +158,22 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
         )
     }
     assert listed == called == set(LIBRARY.functions)
+
+
+# Every released version of the checkpoint library and the sha256 of its code. A change to
+# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v2, ...): two releases
+# share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
+RELEASED = {"pyhistory_checkpoint_v1": "7056aa1d998dcdf7"}
+
+
+def test_library_version_is_pinned_to_its_code() -> None:
+    digest = hashlib.sha256(LUA.read_bytes()).hexdigest()[:16]
+    assert LIBRARY.name in RELEASED, f"add {LIBRARY.name} to RELEASED"
+    assert RELEASED[LIBRARY.name] == digest, (
+        f"lua/pyhistory_checkpoint.lua changed (now {digest}) but its library name is still "
+        f"{LIBRARY.name}: ship the change as a new version"
+    )
+    assert all(name.startswith(f"{LIBRARY.name}_") for name in LIBRARY.functions)
 
 
 def test_every_error_code_the_library_sends_is_mapped() -> None:
@@ -477,13 +494,28 @@ def test_the_library_refuses_bad_write_indexes(url: str, client: redis.Redis, id
     assert client.dbsize() == 0
 
 
-def test_a_wrong_type_key_is_refused_before_any_write(url: str, client: redis.Redis) -> None:
+@pytest.mark.parametrize("which", [0, 1], ids=["data", "index"])
+def test_a_wrong_type_key_is_refused_before_any_write(
+    url: str, client: redis.Redis, which: int
+) -> None:
     saver = RedisSaver(url)
-    data, index = saver.keys("t")
-    client.set(index, "not a zset")
+    thread_keys = saver.keys("t")
+    client.set(thread_keys[which], "not ours")
+    first = None
+    if which == 1:
+        client.delete(thread_keys[1])
+        first = put(saver, "t", 1, values={"a": 1})
+        client.delete(thread_keys[1])
+        client.set(thread_keys[1], "not ours")
+    before = {key: client.dump(key) for key in thread_keys}
     with pytest.raises(errors.WrongTypeError):
-        put(saver, "t", 1, values={"a": 1})
-    assert client.exists(data) == 0
+        put(saver, "t", 2, parent=first, values={"a": 2})
+    with pytest.raises(errors.WrongTypeError):
+        saver.put_writes(config("t", "", first or "x"), [("a", 1), ("__error__", 2)], "task")
+    if which == 1:
+        with pytest.raises(errors.WrongTypeError):
+            saver.prune(["t"])
+    assert {key: client.dump(key) for key in thread_keys} == before
 
 
 # --- self-healing, least privilege, durability ------------------------------------------------
