@@ -6,6 +6,8 @@ Data layout. Each thread has two keys, built by the caller and passed in KEYS; b
 hash tag (made from an encoding of the thread id), so Redis Cluster keeps them on one node:
   KEYS[1]  data   HASH, every record of the thread, by field:
     c<0><ns><0><id>                  a checkpoint's record (below), packed with cmsgpack
+    k<0><ns><0><id>                  the checkpoint itself, typed, without its channel values
+    m<0><ns><0><id>                  its metadata, typed
     b<0><ns><0><channel><0><version> a channel's value at that version: a typed value
     w<0><ns><0><id><0><task><0><idx> a pending write: task<0>path<0>channel<0>typed value
   KEYS[2]  index  ZSET, all scores 0, ordered by member (lexicographically):
@@ -20,15 +22,17 @@ hash tag (made from an encoding of the thread id), so Redis Cluster keeps them o
   Namespaces, ids, channels, versions, task ids and paths hold no NUL and no 0xFF byte (UTF-8 has
   none): that keeps every range of the index exact.
 
-A checkpoint's record is a msgpack array of:
-  [1] the checkpoint, typed, without its channel values   [2] its metadata, typed
-  [3] the parent checkpoint id, or ""                      [4] {channel, version, ...}: all the
-  channel versions of the checkpoint (its blobs are read by these)
-  [5] {key, value, ...}: the metadata filter index, each top-level metadata key with the canonical
+A checkpoint's record holds what this library reads of it (the checkpoint and its metadata, the
+larger part, are fields of their own), a msgpack array of:
+  [1] the parent checkpoint id, or ""
+  [2] {channel, version, ...}: all the channel versions of the checkpoint (its blobs are read by
+  these)
+  [3] {key, value, ...}: the metadata filter index, each top-level metadata key with the canonical
   JSON of its value (list filters compare these strings)
-  [6] {channel, holder, ...}: for each DeltaChannel this checkpoint stores no value of, the id of the
-  oldest ancestor its value is rebuilt from   [7] the floor: the oldest id in [6], or the
-  checkpoint's own id. Retention never removes a checkpoint at or above a kept one's floor.
+  [4] {channel, holder, ...}: for each DeltaChannel this checkpoint stores no value of, the id of the
+  oldest ancestor its value is rebuilt from
+  [5] the floor: the oldest id in [4], or the checkpoint's own id. Retention never removes a
+  checkpoint at or above a kept one's floor.
 
 Expiry: with a TTL, every write sets it on both keys together, so no key of a thread outlives the
 other; reads may refresh it too (get). Retention (keep_last) trims a namespace inside put.
@@ -158,6 +162,11 @@ local function checkpoint_name(ns, id)
   return 'c' .. NUL .. ns .. NUL .. id
 end
 
+-- The fields of a checkpoint's own typed values: "k" the checkpoint, "m" its metadata.
+local function document_field(kind, ns, id)
+  return kind .. NUL .. ns .. NUL .. id
+end
+
 local function blob_field(ns, channel, version)
   return 'b' .. NUL .. ns .. NUL .. channel .. NUL .. version
 end
@@ -209,14 +218,16 @@ end
 -- What get and list return for one checkpoint:
 -- {ns, id, parent, checkpoint, metadata, {channel, value, ...}, {write, ...}}
 local function entry(data, index, ns, id, rec)
-  local channels = rec[4]
-  local fields, names = {}, {}
+  local channels = rec[2]
+  local fields, names = {document_field('k', ns, id), document_field('m', ns, id)}, {}
   for i = 1, #channels, 2 do
     fields[#fields + 1] = blob_field(ns, channels[i], channels[i + 1])
     names[#names + 1] = channels[i]
   end
+  local values = hmget(data, fields)
   local blobs = {}
-  for i, value in ipairs(hmget(data, fields)) do
+  for i = 1, #names do
+    local value = values[i + 2]
     if value then
       blobs[#blobs + 1] = names[i]
       blobs[#blobs + 1] = value
@@ -229,7 +240,7 @@ local function entry(data, index, ns, id, rec)
       writes[#writes + 1] = value
     end
   end
-  return {ns, id, rec[3], rec[1], rec[2], blobs, writes}
+  return {ns, id, rec[1], values[1] or '', values[2] or '', blobs, writes}
 end
 
 -- Remove checkpoints (index members "c<0>ns<0>id") with their pending writes, and the blobs only
@@ -240,7 +251,7 @@ local function remove(data, index, ns, victims, survivors)
     local _, id = split_checkpoint(member)
     local rec = record(data, ns, id)
     if rec then
-      local channels = rec[4]
+      local channels = rec[2]
       for i = 1, #channels, 2 do
         referenced[blob_field(ns, channels[i], channels[i + 1])] = true
       end
@@ -251,7 +262,7 @@ local function remove(data, index, ns, victims, survivors)
     local _, id = split_checkpoint(member)
     local rec = record(data, ns, id)
     if rec then
-      local channels = rec[4]
+      local channels = rec[2]
       for i = 1, #channels, 2 do
         local field = blob_field(ns, channels[i], channels[i + 1])
         if not referenced[field] then
@@ -261,6 +272,8 @@ local function remove(data, index, ns, victims, survivors)
       end
     end
     fields[#fields + 1] = member
+    fields[#fields + 1] = document_field('k', ns, id)
+    fields[#fields + 1] = document_field('m', ns, id)
     members[#members + 1] = member
     local write_members, write_fields = pending_writes(index, ns, id)
     for i = 1, #write_members do
@@ -286,8 +299,8 @@ local function trim(data, index, ns, keep)
   for _, member in ipairs(kept) do
     local _, id = split_checkpoint(member)
     local rec = record(data, ns, id)
-    if rec and precedes(rec[7], cut) then
-      cut = rec[7]
+    if rec and precedes(rec[5], cut) then
+      cut = rec[5]
     end
   end
   local victims = redis.call(
@@ -386,7 +399,7 @@ local function put(keys, args)
     local parent_holders = {}
     local parent_record = parent ~= '' and record(keys[1], ns, parent)
     if parent_record then
-      parent_holders = as_map(parent_record[6])
+      parent_holders = as_map(parent_record[4])
     end
     for _, channel in ipairs(deltas) do
       local holder = parent_record and (parent_holders[channel] or parent) or id
@@ -400,7 +413,9 @@ local function put(keys, args)
 
   local name = checkpoint_name(ns, id)
   local fields = {
-    name, cmsgpack.pack({args[6], args[7], parent, versions, filters, holders, floor})}
+    name, cmsgpack.pack({parent, versions, filters, holders, floor}),
+    document_field('k', ns, id), args[6],
+    document_field('m', ns, id), args[7]}
   for i = 1, #blobs, 3 do
     fields[#fields + 1] = blob_field(ns, blobs[i], blobs[i + 1])
     fields[#fields + 1] = blobs[i + 2]
@@ -613,7 +628,7 @@ local function list(keys, args)
     local take = (only == '' or id == only) and (before == '' or precedes(id, before))
     local rec = take and record(keys[1], member_ns, id)
     if rec and #wanted > 0 then
-      local index = as_map(rec[5])
+      local index = as_map(rec[3])
       for _, pair in ipairs(wanted) do
         local have = index[pair[1]]
         if have ~= pair[2] and not (have == nil and pair[2] == 'null') then
@@ -789,13 +804,13 @@ local function delta(keys, args)
     id = latest(keys[2], ns)
   end
   local target = id and record(keys[1], ns, id)
-  local cursor = target and target[3] or ''
+  local cursor = target and target[1] or ''
   while cursor ~= '' and left > 0 do
     local rec = record(keys[1], ns, cursor)
     if not rec then
       break
     end
-    local versions = as_map(rec[4])
+    local versions = as_map(rec[2])
     local found = {}
     for channel in pairs(remaining) do
       local version = versions[channel]
@@ -824,7 +839,7 @@ local function delta(keys, args)
       remaining[channel] = nil
       left = left - 1
     end
-    cursor = rec[3]
+    cursor = rec[1]
   end
   local reply = {}
   for i = 3, #args do
