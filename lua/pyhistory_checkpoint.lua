@@ -243,13 +243,21 @@ local function entry(data, index, ns, id, rec)
   return {ns, id, rec[1], values[1] or '', values[2] or '', blobs, writes}
 end
 
+-- The records of checkpoints given by their index members (which are their record fields), in
+-- one HMGET: a list aligned with `members`, false where a record is missing.
+local function records(data, members)
+  local found = {}
+  for i, packed in ipairs(hmget(data, members)) do
+    found[i] = packed and cmsgpack.unpack(packed) or false
+  end
+  return found
+end
+
 -- Remove checkpoints (index members "c<0>ns<0>id") with their pending writes, and the blobs only
--- they referenced. `survivors` are the members that stay in the namespace.
-local function remove(data, index, ns, victims, survivors)
+-- they referenced. `kept` are the records of the checkpoints that stay in the namespace.
+local function remove(data, index, ns, victims, kept)
   local referenced = {}
-  for _, member in ipairs(survivors) do
-    local _, id = split_checkpoint(member)
-    local rec = record(data, ns, id)
+  for _, rec in ipairs(kept) do
     if rec then
       local channels = rec[2]
       for i = 1, #channels, 2 do
@@ -258,9 +266,9 @@ local function remove(data, index, ns, victims, survivors)
     end
   end
   local fields, members = {}, {}
-  for _, member in ipairs(victims) do
+  for v, rec in ipairs(records(data, victims)) do
+    local member = victims[v]
     local _, id = split_checkpoint(member)
-    local rec = record(data, ns, id)
     if rec then
       local channels = rec[2]
       for i = 1, #channels, 2 do
@@ -294,11 +302,11 @@ local function trim(data, index, ns, keep)
   if redis.call('ZLEXCOUNT', index, low, high) <= keep then
     return 0
   end
-  local kept = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', 0, keep)
-  local _, cut = split_checkpoint(kept[#kept])
-  for _, member in ipairs(kept) do
-    local _, id = split_checkpoint(member)
-    local rec = record(data, ns, id)
+  local newest = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', 0, keep)
+  local kept = records(data, newest)
+  local _, oldest = split_checkpoint(newest[#newest])
+  local cut = oldest
+  for _, rec in ipairs(kept) do
     if rec and precedes(rec[5], cut) then
       cut = rec[5]
     end
@@ -308,8 +316,14 @@ local function trim(data, index, ns, keep)
   if #victims == 0 then
     return 0
   end
-  local survivors = redis.call('ZRANGEBYLEX', index, '[' .. checkpoint_name(ns, cut), high)
-  remove(data, index, ns, victims, survivors)
+  if cut ~= oldest then -- kept too: the older checkpoints the newest ones are rebuilt from
+    local also = redis.call('ZRANGEBYLEX', index, '[' .. checkpoint_name(ns, cut),
+      '(' .. checkpoint_name(ns, oldest))
+    for _, rec in ipairs(records(data, also)) do
+      kept[#kept + 1] = rec
+    end
+  end
+  remove(data, index, ns, victims, kept)
   return #victims
 end
 

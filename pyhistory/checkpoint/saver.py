@@ -221,16 +221,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
         """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
         its channel values and pending writes, in one round trip; None when there is none."""
         thread_id, call = self._get_call(config)
-        reply = self._write(call) if self.refresh_ttl_on_read and self._ttl else self._read(call)
-        return self._tuple(thread_id, reply)
+        # Sent as a read even when it refreshes the TTL: a TTL is not worth a WAIT.
+        return self._tuple(thread_id, self._read(call))
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, call = self._get_call(config)
-        if self.refresh_ttl_on_read and self._ttl:
-            reply = await self._awrite(call)
-        else:
-            reply = await self._aread(call)
-        return self._tuple(thread_id, reply)
+        return self._tuple(thread_id, await self._aread(call))
 
     # --- list ----------------------------------------------------------------------------------
 
