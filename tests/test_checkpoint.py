@@ -184,9 +184,19 @@ def test_every_error_code_the_library_sends_is_mapped() -> None:
     assert sent <= set(errors.SERVER_ERRORS)
 
 
-def test_the_wheel_ships_the_library() -> None:
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"lua/pyhistory_checkpoint.lua" = "pyhistory/lua/pyhistory_checkpoint.lua"' in pyproject
+def test_the_wheel_ships_the_library_byte_for_byte(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("pyhistory-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("pyhistory/lua/pyhistory_checkpoint.lua") == LUA.read_bytes()
+        assert "pyhistory/checkpoint/saver.py" in archive.namelist()
 
 
 def test_import_pyhistory_does_not_import_the_saver() -> None:
