@@ -46,7 +46,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
-	@if command -v luac >/dev/null 2>&1; then luac -p lua/pyhistory.lua && echo "luac -p: ok"; fi
+	@if command -v luac >/dev/null 2>&1; then luac -p lua/*.lua && echo "luac -p: ok"; fi
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix $(PY_SOURCES)

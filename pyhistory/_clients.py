@@ -169,6 +169,19 @@ def _options(asyncio_client: bool) -> dict[str, Any]:
     }
 
 
+# A URL-built client holds at most this many connections; a call that finds them all busy waits
+# for one (as long as a reply may take) instead of failing at once.
+MAX_CONNECTIONS = 100
+
+
+def _pool(asyncio_client: bool) -> dict[str, Any]:
+    return {
+        **_options(asyncio_client),
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": COMMAND_TIMEOUT,
+    }
+
+
 # --- Sentinel URLs ----------------------------------------------------------------------------
 
 
@@ -320,11 +333,14 @@ def _sync_cluster(url: str, read_from_replicas: bool) -> SyncClient:
     return client
 
 
-def _async_cluster(url: str, read_from_replicas: bool) -> AsyncClient:
+async def _async_cluster(url: str, read_from_replicas: bool) -> AsyncClient:
     client = redis.asyncio.cluster.RedisCluster.from_url(
         url, load_balancing_strategy=_replicas(read_from_replicas), **_options(True)
     )
     prepare(client)
+    # Learn the topology now, once: many first calls at once on a client that has not would each
+    # start learning it.
+    await client.initialize()
     return client
 
 
@@ -333,7 +349,7 @@ def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
         return _sentinel_master(url)
     if cluster or _is_cluster.get(url):
         return _sync_cluster(url, read_from_replicas)
-    client = redis.Redis.from_url(url, **_options(False))
+    client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **_pool(False)))
     if url not in _is_cluster:
         try:
             _is_cluster[url] = _cluster_enabled(client.info("cluster"))
@@ -354,8 +370,10 @@ async def _new_async(
         companions.extend(sentinels)
         return master
     if cluster or _is_cluster.get(url):
-        return _async_cluster(url, read_from_replicas)
-    client = redis.asyncio.Redis.from_url(url, **_options(True))
+        return await _async_cluster(url, read_from_replicas)
+    client = redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(url, **_pool(True))
+    )
     if url not in _is_cluster:
         try:
             _is_cluster[url] = _cluster_enabled(await client.info("cluster"))
@@ -363,7 +381,7 @@ async def _new_async(
             _is_cluster[url] = False
         if _is_cluster[url]:
             await client.aclose()
-            return _async_cluster(url, read_from_replicas)
+            return await _async_cluster(url, read_from_replicas)
     return client
 
 

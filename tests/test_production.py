@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 import redis.exceptions
 from chat import turn
 from conftest import Server
@@ -492,3 +493,28 @@ async def test_the_blocking_call_detector_is_on(url: str) -> None:
     with pytest.raises(BlockingError):
         _ = history.messages
     assert await history.aget_messages() == []
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one(
+    url: str, client: redis.Redis
+) -> None:
+    """A URL-built client holds at most MAX_CONNECTIONS connections; calls beyond wait for a free
+    one (redis-py's default pool raises "Too many connections", and each such call would be
+    retried after a pause, on a new connection)."""
+    tasks = 3 * _clients.MAX_CONNECTIONS
+    before = int(client.info("stats")["total_connections_received"])
+
+    async def turn_of(i: int) -> int:
+        history = RedisChatMessageHistory(f"busy-{i % 7}", url=url, ttl=60)
+        await history.aadd_messages(turn(i))
+        return len(await history.aget_messages())
+
+    lengths = await asyncio.gather(*(turn_of(i) for i in range(tasks)))
+    assert len(lengths) == tasks and min(lengths) >= 2
+    opened = int(client.info("stats")["total_connections_received"]) - before - 1  # - INFO's
+    assert opened <= _clients.MAX_CONNECTIONS
+    pool = (await _clients.async_client(url)).connection_pool
+    assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
+    assert pool.max_connections == _clients.MAX_CONNECTIONS
+    sync_pool = _clients.sync_client(url).connection_pool
+    assert isinstance(sync_pool, redis.BlockingConnectionPool)
