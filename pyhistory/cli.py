@@ -1,7 +1,7 @@
 """The ``pyhistory`` command: deploy the Functions library, check which versions servers hold,
 remove old ones, and inspect a session.
 
-    pyhistory [--url URL] [--cluster] load
+    pyhistory [--url URL] [--cluster] load [--checkpoint]
     pyhistory [--url URL] [--cluster] status [--json]
     pyhistory [--url URL] [--cluster] versions [--json]
     pyhistory [--url URL] [--cluster] remove LIBRARY [--yes] [--force]
@@ -30,14 +30,14 @@ import redis.cluster
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, message_to_dict
 from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
 
-from pyhistory import __version__, _core
+from pyhistory import __version__, _core, _library
 from pyhistory.errors import (
     CorruptEntryError,
     FunctionsNotLoadedError,
     HistoryError,
     WrongTypeError,
 )
-from pyhistory.functions import SyncClient
+from pyhistory.functions import SyncClient, load_library
 from pyhistory.store import MessageStore, load_functions
 
 PROG = "pyhistory"
@@ -366,6 +366,10 @@ def cmd_load(target: Target, args: argparse.Namespace) -> int:
             f"permission denied: this user may not load functions ({error.__cause__}); run "
             f"`{PROG} load` as a user that may run FUNCTION LOAD, e.g. --url redis://admin:...@host"
         ) from error
+    if args.checkpoint:
+        checkpoint = _library.Library.from_file("pyhistory_checkpoint.lua")
+        load_library(target.client, checkpoint)  # every primary, as the history's
+        print(f"{checkpoint.name}: loaded ({len(checkpoint.functions)} functions)")
     nodes = _gate(inspect_all(target))
     print(f"{name}: loaded ({len(_core.FUNCTIONS)} functions, pyhistory {__version__})")
     failures = 0
@@ -706,10 +710,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    add(
+    load = add(
         "load",
         cmd_load,
         "load (or upgrade) this package's library on the server / every primary (deploy step)",
+    )
+    load.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="also load the LangGraph checkpointer's library (pyhistory.checkpoint)",
     )
     status = add(
         "status",

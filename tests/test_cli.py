@@ -534,3 +534,17 @@ def test_cluster_show_routes_by_key(
         assert code == 0, err
         assert f"  1  human  hi {n}" in out
         assert f"  2  ai     hello {n}" in out
+
+
+def test_load_checkpoint_loads_the_checkpointer_library_too(
+    cli: Run, url: str, client: redis.Redis
+) -> None:
+    from pyhistory._library import Library
+
+    checkpoint = Library.from_file("pyhistory_checkpoint.lua")
+    code, out, err = cli("--url", url, "load", "--checkpoint")
+    assert code == 0, out + err
+    assert f"{checkpoint.name}: loaded" in out
+    assert libraries(client) == {_core.LIBRARY, checkpoint.name}
+    code, out, _ = cli("--url", url, "versions")
+    assert checkpoint.name in out
