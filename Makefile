@@ -53,10 +53,10 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format $(PY_SOURCES)
 
 bench: $(DEV_STAMP)
-	$(PY) loadtest/bench.py
+	$(PY) loadtest/bench
 
 bench-quick: $(DEV_STAMP)
-	$(PY) loadtest/bench.py --quick --out /tmp/pyhistory-bench
+	$(PY) loadtest/bench --quick --out /tmp/pyhistory-bench
 
 LOADTEST_ARGS ?= --compare --users 20 --run-time 60s
 loadtest: $(DEV_STAMP)
