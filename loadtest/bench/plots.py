@@ -89,6 +89,7 @@ def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
     for ax, (group, title) in zip(axes, panels, strict=True):
         mine = {(r["server_kind"], r["form"], r["depth"]): r for r in rows if r["group"] == group}
         columns = list(dict.fromkeys((form, depth) for (_, form, depth) in mine))
+        forms_ = list(dict.fromkeys(form for form, _ in columns))
         if group == "turn":
             columns.sort(key=lambda c: c[1])
         width = 0.8 / max(1, len(columns))
@@ -104,7 +105,7 @@ def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
                 values,
                 width,
                 label=label,
-                color=colours[i % len(colours)],
+                color=colours[(forms_.index(form) if group == "turn" else i) % len(colours)],
                 hatch="//" if group == "turn" and depth > 1 else None,
             )
             for bar, value in zip(bars, values, strict=True):

@@ -20,7 +20,7 @@ from .common import (
     median,
 )
 from .messages import _text, encode, make_pair
-from .servers import Target
+from .servers import Target, library_name
 
 # --- scenario 3: redis-benchmark ---------------------------------------------------------------
 
@@ -51,6 +51,7 @@ class Pair:
 
 
 def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[str, Any]:
+    lib = library_name()
     rng = random.Random(7)
     pair = make_pair(rng)
     payload = encode(AIMessage(_text(rng, 190, 200)))  # a serialised message of ~300 bytes
@@ -64,7 +65,7 @@ def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[
     pairs = [
         Pair(
             "append vs LPUSH",
-            ("FCALL", "pyhistory_v1_append", "1", "bench:rb:append", "0", "0", payload),
+            ("FCALL", f"{lib}_append", "1", "bench:rb:append", "0", "0", payload),
             ("LPUSH", "bench:rb:append", payload),
             "bench:rb:append",
             0,
@@ -73,7 +74,7 @@ def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[
         ),
         Pair(
             "append max 1000 ttl 3600 vs LPUSH",
-            ("FCALL", "pyhistory_v1_append", "1", bounded, "1000", "3600", payload),
+            ("FCALL", f"{lib}_append", "1", bounded, "1000", "3600", payload),
             ("LPUSH", bounded, payload),
             bounded,
             1000,
@@ -81,7 +82,7 @@ def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[
         ),
         Pair(
             "window_ro 20 vs LRANGE 0 19",
-            ("FCALL_RO", "pyhistory_v1_window_ro", "1", window_key, "20"),
+            ("FCALL_RO", f"{lib}_window_ro", "1", window_key, "20"),
             ("LRANGE", window_key, "0", "19"),
             window_key,
             200,
@@ -89,15 +90,15 @@ def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[
         ),
         Pair(
             "window 20 ttl 3600 vs LRANGE 0 19",
-            ("FCALL", "pyhistory_v1_window", "1", window_key, "20", "3600"),
+            ("FCALL", f"{lib}_window", "1", window_key, "20", "3600"),
             ("LRANGE", window_key, "0", "19"),
             window_key,
             200,
-            note="the read pyhistory sends with a ttl: LRANGE + EXPIRE in the function",
+            note="the library's window, kept for other clients (pyhistory: LRANGE + touch)",
         ),
         Pair(
             "window_ro all (2,000) vs LRANGE 0 -1",
-            ("FCALL_RO", "pyhistory_v1_window_ro", "1", long_key_, "0"),
+            ("FCALL_RO", f"{lib}_window_ro", "1", long_key_, "0"),
             ("LRANGE", long_key_, "0", "-1"),
             long_key_,
             2000,

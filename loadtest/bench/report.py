@@ -112,6 +112,17 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                     f"ttl, max_messages {cost['max_messages']})",
                     _cost_reason(cost, kind),
                 )
+    sent = _sent_by_library(data)
+    if sent:
+        library, form = sent
+        add(
+            "the server-cost form 'pyhistory' sends what the library sends (commands per turn)",
+            "the same",
+            None,
+            library == form,
+            f"library (round-trip scenario): {_cmds(library)}; form: {_cmds(form)}",
+            "the form in loadtest/bench/server_cost.py no longer matches the library: update it",
+        )
     turns = data.get("chat_turns", [])
     kind_turns = data.get("kind_turns", [])
 
@@ -193,6 +204,43 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{row['memory_usage_bytes']} B / {row['payload_bytes']} B",
             )
     return rows
+
+
+def _sent_by_library(data: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """Commands per turn the client itself sends: the library's (counted in the round-trip
+    scenario) and the server-cost form's. What the functions run inside (LPUSH, LTRIM, EXPIRE,
+    TYPE) is left out: how often depends on the session's state, not on the client."""
+    rts = [r for r in data.get("round_trips", []) if r["contender"] == "pyhistory"]
+    cost = data.get("server_cost")
+    if not rts or not cost:
+        return None
+    kind = next(iter(data.get("servers", {})), "")
+    row = next(
+        (
+            r
+            for r in cost["rows"]
+            if r["server_kind"] == kind and r["form"] == "pyhistory" and r["depth"] == 1
+        ),
+        None,
+    )
+    if row is None:
+        return None
+    inner = ("lpush", "ltrim", "expire", "type")
+    form = {
+        n: round(v["calls_per_op"], 2)
+        for n, v in row["commands"].items()
+        if n not in inner and round(v["calls_per_op"], 2)
+    }
+    library = {
+        n: round(v, 2)
+        for n, v in rts[0]["commands"].items()
+        if n not in inner and not n.startswith("(") and round(v, 2)
+    }
+    return library, form
+
+
+def _cmds(counts: dict[str, float]) -> str:
+    return ", ".join(f"{n} {v:g}" for n, v in sorted(counts.items())) or "-"
 
 
 def _cost(cost: dict[str, Any], kind: str, contender: str, depth: int) -> float | None:
