@@ -29,6 +29,7 @@ from typing import Any
 
 import requests
 from locust import HttpUser, events, task
+from locust.exception import CatchResponseError
 
 WORDS = [
     "the",
@@ -244,7 +245,7 @@ class ChatUser(HttpUser):
                 timeout=TIMEOUT,
             ) as response:
                 if response.status_code != 200:
-                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+                    raise CatchResponseError(f"HTTP {response.status_code}: {response.text[:300]}")
                 event, last = "", ""
                 first_token: float | None = None
                 for line in response.iter_lines(decode_unicode=True):
@@ -256,7 +257,9 @@ class ChatUser(HttpUser):
                             first_token = time.perf_counter() - start
                         last = line[5:].strip()
                 if event != "done":
-                    raise RuntimeError(f"the stream ended with {event or 'no'} event: {last[:300]}")
+                    raise CatchResponseError(
+                        f"the stream ended with {event or 'no'} event: {last[:300]}"
+                    )
                 timing = json.loads(last)
                 _server["read"].append(float(timing["read"]))
                 _server["append"].append(float(timing["append"]))

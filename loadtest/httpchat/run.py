@@ -2,14 +2,15 @@
 then the faults.
 
     python loadtest/httpchat/run.py [--quick] [--backends pyhistory,langchain,pipeline,memory]
-        [--users 200] [--run-time 60s] [--workers 2] [--faults restart,pause] [--out DIR]
+        [--users 200] [--run-time 60s] [--workers 2] [--faults restart,pause,hang] [--out DIR]
 
 For every backend in turn, against one throwaway Redis server (``pyhistory.testing``; Debian's
 redis-server when installed, else a server from a wheel) or ``REDIS_URL``: start uvicorn with
 ``--workers`` workers serving ``httpchat.app:app``, wait until it answers, run locust headless
 (``loadtest/httpchat/locustfile.py``), stop uvicorn. Then the same scenario with pyhistory while
-the Redis server is restarted mid-run (``restart``), and while it is paused with SIGSTOP for
-``--pause-seconds`` (``pause``); these need the throwaway server (not ``REDIS_URL``).
+the Redis server is restarted mid-run (``restart``), while it is paused with SIGSTOP for
+``--pause-seconds`` (``pause``, 3 s), and for ``--hang-seconds`` (``hang``, 12 s: longer than
+the client's failure bound); these need the throwaway server (not ``REDIS_URL``).
 
 Writes into ``--out`` (default docs/loadtest-http): one folder per run with locust's CSV files
 and HTML report, uvicorn's log and the exact per-request record; ``summary.json``,
@@ -297,23 +298,38 @@ def _fault(run: Run, redis_: RedisUnderTest, args: argparse.Namespace) -> None:
         log("  restarting the Redis server (no persistence: sessions and functions are lost)")
         redis_.restart()
     else:
-        log(f"  pausing the Redis server (SIGSTOP) for {args.pause_seconds:g} s")
-        redis_.pause(args.pause_seconds)
+        pause = args.pause_seconds if run.fault == "pause" else args.hang_seconds
+        log(f"  pausing the Redis server (SIGSTOP) for {pause:g} s")
+        redis_.pause(pause)
     run.meta["fault_end"] = time.time()
     log(f"  fault over after {run.meta['fault_end'] - run.meta['fault_start']:.2f} s")
+
+
+def failure_bound() -> float | None:
+    """The longest a pyhistory call on a URL-built client takes before it raises (seconds)."""
+    from pyhistory import _clients
+
+    bound = getattr(_clients, "FAILURE_BOUND", None)
+    return float(bound) if bound is not None else None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 users, short runs (a check)")
     parser.add_argument("--backends", default=",".join(NAMES))
-    parser.add_argument("--faults", default="restart,pause", help="restart,pause or none")
+    parser.add_argument(
+        "--faults",
+        default="restart,pause,hang",
+        help="restart, pause (--pause-seconds), hang (a pause of --hang-seconds, longer than the "
+        "client's failure bound), comma-separated, or none",
+    )
     parser.add_argument("--users", type=int)
     parser.add_argument("--spawn-rate", type=float)
     parser.add_argument("--run-time", type=seconds)
     parser.add_argument("--fault-run-time", type=seconds)
     parser.add_argument("--fault-at", type=float, help="seconds into a fault run")
     parser.add_argument("--pause-seconds", type=float, default=3.0)
+    parser.add_argument("--hang-seconds", type=float, default=12.0)
     parser.add_argument("--rounds", type=int, default=1, help="every backend this many times")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (2)")
     parser.add_argument("--think", default="1-3", help="think time between turns, s (1-3)")
@@ -346,7 +362,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown backend {backend!r}; expected some of {', '.join(NAMES)}")
     args.fault_list = [f.strip() for f in args.faults.split(",") if f.strip() not in ("", "none")]
     for fault in args.fault_list:
-        if fault not in ("restart", "pause"):
+        if fault not in ("restart", "pause", "hang"):
             parser.error(f"unknown fault {fault!r}")
     if args.fault_list and os.environ.get("REDIS_URL"):
         parser.error("faults need the throwaway server: unset REDIS_URL or pass --faults none")
@@ -378,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in vars(args).items()
         if k not in ("out", "backend_list", "fault_list") and not k.startswith("_")
     }
+    settings["failure_bound_s"] = failure_bound()
     data = report.summarise(
         results,
         settings=settings,
