@@ -82,11 +82,11 @@ FULL = Settings(
     rtt_turns=20,
     proxy_reps=3,
     proxy_turns=300,
-    rb_reps=5,
+    rb_reps=3,
     rb_requests=100_000,
     rb_requests_big=500,
-    cost_reps=3,
-    cost_seconds=1.5,
+    cost_reps=5,
+    cost_seconds=1.0,
 )
 
 

@@ -582,6 +582,39 @@ def server_cost_section(data: dict[str, Any]) -> list[str]:
         ),
     ):
         lines.append(f"| {text} | " + " | ".join(f"{parts[k][key]:+.2f}" for k in kinds) + " |")
+
+    def ratio(form: str, depth: int) -> str:
+        cells = []
+        for k, label in zip(kinds, labels, strict=True):
+            ours, theirs = by.get((k, form, depth)), by.get((k, "pipeline", depth))
+            if ours and theirs:
+                cells.append(f"{ours['server_cpu_us'] / theirs['server_cpu_us']:.2f}x ({label})")
+        return ", ".join(cells) or "-"
+
+    first = parts[kinds[0]]
+    lines += [
+        "",
+        "**What limits it.** A turn makes two function calls, `touch` and `append`. Each FCALL "
+        f"costs the server about {first['fcall_fixed']:.1f} µs beyond the commands it runs "
+        f"({labels[0]}): Redis finds the function, enters Lua, builds KEYS and ARGV as Lua "
+        "values, and every `redis.call` inside converts its arguments back into Redis strings "
+        "and its reply into Lua values. The append's entries make that crossing twice (into Lua "
+        f"strings, then into the list): {first['crossing']:.1f} µs for 2 x ~{entry:.0f} B. "
+        "Neither is reducible inside the library: it is how Redis runs a function, whatever the "
+        "function does; the Lua itself (argument checks, the trim test) is a small part. What a "
+        "client could still give up, measured as whole turns above:",
+        "",
+        "- the read's TTL refresh as a plain `EXPIRE` instead of `FCALL touch` "
+        "(`read LRANGE + EXPIRE; FCALL append`, at 1 flight per client: "
+        f"{ratio('read LRANGE + EXPIRE; FCALL append', 1)} of the pipeline). It gives up "
+        "touch's type check: `EXPIRE` would set a TTL on a key of another type;",
+        "- the append as `MULTI LPUSH LTRIM EXPIRE EXEC` (`read LRANGE + FCALL touch; MULTI "
+        f"append`: {ratio('read LRANGE + FCALL touch; MULTI append', 1)}). It gives up the "
+        "server-side validation and the WRONGTYPE guarantee (in MULTI, `EXPIRE` still runs "
+        "when `LPUSH` fails on a key of another type), and the library's one-call contract "
+        "that other clients share;",
+        "- both: that is the pipeline contender itself (1.00x).",
+    ]
     return lines
 
 
