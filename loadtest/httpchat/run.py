@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gzip
 import json
 import os
 import re
@@ -276,6 +277,10 @@ def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Pat
     run.meta.update(started=started, locust_exit_code=code, seconds=duration)
     summary = report.summarise_run(run.name, run.backend, run.fault, folder, run.meta)
     (folder / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    record = folder / "requests.json"
+    with record.open("rb") as raw, gzip.open(f"{record}.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    record.unlink()
     log(
         f"  {run.name}: {summary['requests']} requests, {summary['failures']} failed; "
         + ", ".join(
