@@ -88,6 +88,8 @@ def summarise_run(
             k: _stats(v) for k, v in record["server_timing"].items() if isinstance(v, list) and v
         },
         "folder": folder.name,
+        "machine_cpu_busy": meta.get("machine_cpu_busy"),
+        "loadavg_end": meta.get("loadavg_end"),
     }
     # one second per bin, from the run's start: successes, failures, slowest response
     bins: dict[int, list[Any]] = {}
@@ -142,6 +144,9 @@ def summarise(
             "requests": sum(r["requests"] for r in runs),
             "failures": sum(r["failures"] for r in runs),
             "per_s": med([r["all"].get("per_s", float("nan")) for r in runs]),
+            "machine_cpu_busy": med(
+                [r["machine_cpu_busy"] for r in runs if r.get("machine_cpu_busy") is not None]
+            ),
             "by_name": {
                 n: {
                     k: med([r["by_name"][n][k] for r in runs if n in r["by_name"]])
@@ -363,11 +368,12 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Response time in ms, p50 / p99 (p99 over the floor in brackets); `chat (stream)` is "
         "timed to the stream's last event. History: the service's own time in the history "
-        "calls (Server-Timing), read and append, p50 / p99 ms.",
+        "calls (Server-Timing), read and append, p50 / p99 ms. Machine CPU busy: both cores, "
+        "over the run, whatever ran on them (Redis, the workers, locust, other work).",
         "",
         "| backend | requests | failed | req/s | chat | chat (stream) | first token | "
-        "history read | history append |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "history read | history append | machine CPU busy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in backends.items():
         cells = []
@@ -389,7 +395,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {b['requests']} | {b['failures']} | {_f(b['per_s'], 1)} | "
             + " | ".join(cells)
-            + " |"
+            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % |"
         )
     faults = [r for r in data["runs"] if r.get("fault_report")]
     if faults:

@@ -269,12 +269,21 @@ def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Pat
         if run.fault:
             fault_thread = threading.Thread(target=_fault, args=(run, redis_, args), daemon=True)
         started = time.time()
+        busy0 = _cpu_ticks()
         if fault_thread:
             fault_thread.start()
         code = run_locust(run, base, args, folder, duration)
+        busy1 = _cpu_ticks()
         if fault_thread:
             fault_thread.join()
-    run.meta.update(started=started, locust_exit_code=code, seconds=duration)
+    run.meta.update(
+        started=started,
+        locust_exit_code=code,
+        seconds=duration,
+        # the whole machine's CPU, busy share, over the run (other work on it included)
+        machine_cpu_busy=_busy_share(busy0, busy1),
+        loadavg_end=os.getloadavg(),
+    )
     summary = report.summarise_run(run.name, run.backend, run.fault, folder, run.meta)
     (folder / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     record = folder / "requests.json"
@@ -294,6 +303,21 @@ def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Pat
             else ""
         )
     )
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat ((0, 0) where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
 
 
 def _fault(run: Run, redis_: RedisUnderTest, args: argparse.Namespace) -> None:
