@@ -48,6 +48,17 @@ from .servers import Sessions, cost_server, load_library, start_targets
 # --- main --------------------------------------------------------------------------------------
 
 
+def render(results: Path, out: Path) -> int:
+    data = json.loads(results.read_text())
+    data["targets"] = targets(data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(markdown(data))
+    written = plots(data, out)
+    log(f"wrote {out / 'results.md'}" + "".join(f", {out / f}" for f in written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute run for development")
@@ -75,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated mode:workers for the chat turns (default sync:1,sync:8,async:64)",
     )
     parser.add_argument("--duration", type=float, help="override the seconds per segment")
+    parser.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="measure nothing: write the targets, results.md and the plots again from a run's "
+        "results.json (into --out)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        return render(Path(args.render), Path(args.out))
 
     settings = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}

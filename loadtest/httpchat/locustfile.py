@@ -218,7 +218,8 @@ class ChatUser(HttpUser):
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:300]}")
+                detail = response.text[:300] or repr(response.error)
+                response.failure(f"HTTP {response.status_code}: {detail}")
                 return
             try:
                 body = response.json()

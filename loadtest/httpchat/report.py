@@ -216,6 +216,19 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 extra <= P99_BUDGET_MS,
                 _p99_note(backends[OURS], extra),
             )
+    if OURS in backends and "pipeline" in backends:
+        for endpoint in ("chat", "chat (stream)"):
+            ours = backends[OURS]["by_name"].get(endpoint)
+            hand = backends["pipeline"]["by_name"].get(endpoint)
+            if ours and hand:
+                add(
+                    f"pyhistory p99 over the hand-written pipeline's, {endpoint}",
+                    "reported",
+                    f"{ours['p99_ms'] - hand['p99_ms']:+.2f} ms ({ours['p99_ms']:.2f} vs "
+                    f"{hand['p99_ms']:.2f} ms)",
+                    None,
+                    "both pay the same round trips to Redis",
+                )
     if OURS in backends and THEIRS in backends:
         for endpoint in ("chat", "chat (stream)"):
             ours = backends[OURS]["by_name"].get(endpoint)

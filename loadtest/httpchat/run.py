@@ -141,6 +141,10 @@ def service(backend: str, url: str, args: argparse.Namespace, folder: Path) -> A
         "--workers",
         str(args.workers),
         "--no-access-log",
+        # Longer than any user stays idle: a keep-alive connection closed by the server just as
+        # a user sends on it fails that request in the client, which says nothing of the backend.
+        "--timeout-keep-alive",
+        "120",
         "--log-level",
         "warning",
     ]
