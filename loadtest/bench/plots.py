@@ -120,7 +120,9 @@ def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
         ax.set_xticklabels([servers.get(k, k) for k in kinds], fontsize=9)
         ax.set_ylabel("server CPU, µs per operation")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+        top = max((r["server_cpu_us"] for r in mine.values()), default=1.0)
+        ax.set_ylim(0, top * (1.6 if group == "turn" else 1.3))
+        ax.legend(fontsize=6 if group == "turn" else 7, ncol=2 if group == "turn" else 1)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
         "What the server spends: used_cpu per operation, pyhistory's commands and the "
