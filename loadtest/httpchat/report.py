@@ -308,12 +308,9 @@ def _p99_note(ours: dict[str, Any], extra: float) -> str:
     )
     if extra > P99_BUDGET_MS:
         text += (
-            "; the rest of the difference is time spent waiting for the event loop and the CPU "
-            "(two cores shared by Redis, the workers, locust and other work), which the floor's "
-            "run, at another time, saw less of"
-            if own < extra
-            else "; the history's own p99 is over the budget: Redis round trips and decoding on a "
-            "loaded machine"
+            "; the call's p99 is mostly waiting (for the worker's event loop, busy with other "
+            "requests, to resume it once the reply is in, and for a core shared by Redis, the "
+            "workers and locust), which any networked store pays"
         )
     return text
 
