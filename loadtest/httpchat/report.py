@@ -301,7 +301,6 @@ def _p99_note(ours: dict[str, Any], extra: float) -> str:
     st = ours["server_timing"]
     if "read" not in st or "append" not in st:
         return ""
-    own = st["read"]["p99_ms"] + st["append"]["p99_ms"]
     text = (
         f"the history's own time per turn (Server-Timing): read p99 {st['read']['p99_ms']:.2f} + "
         f"append p99 {st['append']['p99_ms']:.2f} ms"
