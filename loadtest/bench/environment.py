@@ -56,7 +56,7 @@ def environment(admin: redis.Redis, target: Target, settings: Settings) -> dict[
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "server_kind": target.kind,
-        "server": server.get("redis_version"),
+        "server": server.get("valkey_version") or server.get("redis_version"),
         "server_name": server.get("server_name", "redis"),
         "server_executable": server.get("executable"),
         "python": platform.python_version(),
