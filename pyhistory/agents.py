@@ -1,0 +1,251 @@
+"""Bounded conversation memory in Redis for LangChain 1.x agents (``create_agent``).
+
+``RedisHistoryMiddleware`` keeps an agent's conversation in the same Redis LIST, in the same bytes,
+as ``RedisChatMessageHistory`` (and langchain_community's class): a session begun by a
+``RunnableWithMessageHistory`` chain continues in the agent, and the other way round.
+
+Per invocation it costs two round trips, whatever the number of model and tool steps inside it:
+one read before the agent runs (the newest ``window`` messages, placed before the new input) and
+one atomic append after it finished (exactly the messages the invocation added, trimmed to
+``max_messages`` and with the TTL set). A run that fails or is interrupted part-way stores nothing.
+
+Needs the ``agents`` extra: ``pip install 'pyhistory[agents]'``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any
+
+try:
+    from langchain.agents.middleware import AgentMiddleware, AgentState
+    from langchain.agents.middleware.types import PrivateStateAttr
+    from langchain_core.messages import BaseMessage, RemoveMessage, SystemMessage
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.config import get_config
+    from langgraph.graph.message import REMOVE_ALL_MESSAGES
+    from langgraph.runtime import Runtime
+except ImportError as error:  # pragma: no cover - exercised by a test that hides langchain
+    raise ImportError(
+        "pyhistory.agents needs LangChain 1.x (langchain>=1.0): pip install 'pyhistory[agents]'"
+    ) from error
+from typing_extensions import NotRequired
+
+from pyhistory.errors import InvalidArgumentError, InvalidSessionIdError
+from pyhistory.functions import AsyncClient, SyncClient
+from pyhistory.store import MessageStore
+
+__all__ = ["DEFAULT_SESSION_KEYS", "HistoryState", "RedisHistoryMiddleware", "SessionResolver"]
+
+DEFAULT_SESSION_KEYS: tuple[str, ...] = ("thread_id", "session_id")
+"""Where the session id is looked for, in order: each key in the run's context, then in
+``config["configurable"]``."""
+
+SessionResolver = Callable[[Runtime[Any], RunnableConfig], str]
+"""A function that names the session of a run from its runtime and its config."""
+
+KNOWN = "pyhistory_known"
+
+
+class HistoryState(AgentState[Any]):
+    """The agent state the middleware adds to: the ids of the messages that were already stored
+    (or are not to be stored) when this invocation began. Private: not in the agent's input or
+    output; kept by a checkpointer, so a thread's next invocation knows what is new."""
+
+    pyhistory_known: NotRequired[Annotated[list[str], PrivateStateAttr]]
+
+
+class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
+    """Conversation memory for ``create_agent`` in a Redis LIST per session.
+
+    Before the agent runs, the newest ``window`` messages of the session are read (one round trip)
+    and placed before the invocation's input; system messages that lead the input stay first and
+    are not stored. After the agent ran, the messages this invocation added (its input, the AI
+    messages with their tool calls, the tool results, the final answer) are appended in one
+    atomic call, trimmed to ``max_messages`` and with ``ttl`` set. A run that raises or is
+    interrupted never reaches that append, so it stores nothing.
+
+    With a checkpointer, the checkpointed thread is the model's context: the session is read only
+    on the thread's first invocation (so a conversation stored by a chain or by another agent
+    continues), never prepended again, and each invocation still appends what it added, so the
+    Redis session stays current for every other reader. A run resumed after an error or an
+    interrupt appends its messages once, when it completes.
+
+    Args:
+        url: the server, used when no client is given (one shared pool per URL).
+        key_prefix: prepended to the session id to form the key (as langchain_community's).
+        ttl: seconds until an idle session expires; set by every append and refreshed by reads.
+        max_messages: keep only this many of the newest messages. None: unbounded.
+        window: how many of the newest messages are given to the agent. None: all.
+        session: where the run's session id comes from: a key, or keys tried in order, looked up
+            in the run's context (a mapping or an object's attributes) and then in
+            ``config["configurable"]`` (default: ``thread_id``, then ``session_id``); or a
+            function ``(runtime, config) -> str``.
+        redis_client: a redis-py client to use instead of ``url``.
+        async_redis_client: a ``redis.asyncio`` client for the asyncio hooks.
+        **store_options: any other keyword of ``pyhistory.store.MessageStore`` (``cluster``,
+            ``refresh_ttl_on_read``, ``wait_for_replicas``, ...).
+
+    Raises:
+        InvalidSessionIdError: (when a run starts) no session id was found, or it is empty.
+    """
+
+    state_schema = HistoryState
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        key_prefix: str = "message_store:",
+        ttl: int | None = None,
+        *,
+        max_messages: int | None = None,
+        window: int | None = None,
+        session: str | Sequence[str] | SessionResolver = DEFAULT_SESSION_KEYS,
+        redis_client: SyncClient | None = None,
+        async_redis_client: AsyncClient | None = None,
+        **store_options: Any,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.key_prefix = key_prefix
+        self.ttl = ttl
+        self.max_messages = max_messages
+        self.window = window
+        self.redis_client = redis_client
+        self.async_redis_client = async_redis_client
+        self.store_options = dict(store_options)
+        if isinstance(session, str):
+            session = (session,)
+        if not callable(session):
+            session = tuple(session)
+            if not session or not all(isinstance(key, str) and key for key in session):
+                raise InvalidArgumentError(
+                    f"session must be a key, keys or a function, got {session!r}"
+                )
+        self.session = session
+        self.store("settings-check")  # every setting checked now, with no I/O
+
+    def store(self, session_id: str) -> MessageStore:
+        """The session's store with this middleware's settings (no I/O; clients are shared)."""
+        return MessageStore(
+            session_id,
+            self.url,
+            self.key_prefix,
+            self.ttl,
+            max_messages=self.max_messages,
+            window=self.window,
+            redis_client=self.redis_client,
+            async_redis_client=self.async_redis_client,
+            **self.store_options,
+        )
+
+    def session_id(self, runtime: Runtime[Any]) -> str:
+        """The session of the current run, from its context or its config."""
+        try:
+            config: RunnableConfig = get_config()
+        except RuntimeError:  # outside a runnable, or an asyncio task on Python 3.10
+            config = {}
+        if callable(self.session):
+            return _checked(self.session(runtime, config), "the session function")
+        context = runtime.context
+        configurable = config.get("configurable") or {}
+        info = getattr(runtime, "execution_info", None)
+        for key in self.session:
+            for where, value in (
+                ("the run's context", _lookup(context, key)),
+                ('config["configurable"]', configurable.get(key)),
+                ("the run's thread", getattr(info, key, None) if key == "thread_id" else None),
+            ):
+                if value is not None:
+                    return _checked(value, f"{key!r} in {where}")
+        raise InvalidSessionIdError(
+            f"{self.name} found no session id for this run: pass it as "
+            f"config={{'configurable': {{{self.session[0]!r}: ...}}}} or in the run's context "
+            f"(looked for {', '.join(map(repr, self.session))})"
+        )
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    def before_agent(self, state: HistoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        if KNOWN in state:  # a checkpointed thread: its state already holds the conversation
+            return None
+        history = self.store(self.session_id(runtime)).messages
+        return _placed(state["messages"], history)
+
+    async def abefore_agent(
+        self, state: HistoryState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        if KNOWN in state:
+            return None
+        history = await self.store(self.session_id(runtime)).aget_messages()
+        return _placed(state["messages"], history)
+
+    def after_agent(self, state: HistoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        added = _added(state)
+        if added:
+            self.store(self.session_id(runtime)).add_messages(added)
+        return _stored(state)
+
+    async def aafter_agent(
+        self, state: HistoryState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        added = _added(state)
+        if added:
+            await self.store(self.session_id(runtime)).aadd_messages(added)
+        return _stored(state)
+
+
+# --- the pure part: what to place, what to store ------------------------------------------------
+
+
+def _placed(messages: Sequence[BaseMessage], history: list[BaseMessage]) -> dict[str, Any]:
+    """The state update that puts the stored ``history`` between the input's leading system
+    messages and the rest of the input, and remembers which messages are not this run's."""
+    lead = 0
+    while lead < len(messages) and isinstance(messages[lead], SystemMessage):
+        lead += 1
+    history = [m if m.id else m.model_copy(update={"id": str(uuid.uuid4())}) for m in history]
+    stored = {m.id for m in history}
+    # An input message already stored (the same id, sent again by a retried request) is not
+    # placed or stored twice.
+    rest = [m for m in messages[lead:] if m.id not in stored]
+    known = [*_ids(messages[:lead]), *_ids(history)]
+    if not history and len(rest) == len(messages) - lead:
+        return {KNOWN: known}
+    placed = [*messages[:lead], *history, *rest]
+    return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *placed], KNOWN: known}
+
+
+def _added(state: HistoryState) -> list[BaseMessage]:
+    """The messages of the state that this invocation added, in order."""
+    known = set(state.get("pyhistory_known") or ())
+    return [m for m in state["messages"] if m.id is None or m.id not in known]
+
+
+def _stored(state: HistoryState) -> dict[str, Any]:
+    """After a successful append every message of the state is known: a second pass of the hook
+    (a retried node, a resumed thread) stores nothing again."""
+    return {KNOWN: _ids(state["messages"])}
+
+
+def _ids(messages: Iterable[BaseMessage]) -> list[str]:
+    return [m.id for m in messages if m.id is not None]
+
+
+def _lookup(context: object, key: str) -> object:
+    if context is None:
+        return None
+    if isinstance(context, Mapping):
+        return context.get(key)
+    return getattr(context, key, None)
+
+
+def _checked(value: object, where: str) -> str:
+    if isinstance(value, (int, uuid.UUID)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidSessionIdError(
+            f"the session id from {where} must be a non-empty str, got {value!r}"
+        )
+    return value
