@@ -1,6 +1,12 @@
 """`make demo` / `python -m pyhistory.demo`: LangChain's two Redis chat-history examples on
-pyhistory, then what it adds (a bounded window, sliding expiry), against ``REDIS_URL`` or, when that
-is not set, a throwaway local server started for the demo and stopped after it.
+pyhistory, the chain example again in its LangChain 1.x form (``create_agent`` with
+``RedisHistoryMiddleware``), then what pyhistory adds (a bounded window, sliding expiry), against
+``REDIS_URL`` or, when that is not set, a throwaway local server started for the demo and stopped
+after it.
+
+The demo never touches a user's data: the examples' sessions ``foo`` and ``bar`` become sessions
+of its own, named ``pyhistory-demo:<random>:foo`` and so on, which it deletes when it ends, also
+when it fails.
 
 Without ``OPENAI_API_KEY`` (or without ``langchain-openai``) the chain uses an offline model that
 answers from the conversation it is given, so the demo shows what the history carries.
@@ -11,10 +17,12 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import secrets
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -88,15 +96,45 @@ def redis_url() -> Iterator[str]:
         print("Stopped the throwaway server.")
 
 
-def store_and_retrieve(url: str) -> list[BaseMessage]:
-    """LangChain's "Store and Retrieve Messages" example, only the import changed."""
-    history = RedisChatMessageHistory("foo", url=url)
+@dataclass(frozen=True)
+class Sessions:
+    """The demo's own session ids, in place of the examples' ``foo`` and ``bar``."""
+
+    foo: str
+    bar: str
+    agent: str
+
+    def all(self) -> tuple[str, ...]:
+        return (self.foo, self.bar, self.agent)
+
+
+@contextmanager
+def demo_sessions(url: str) -> Iterator[Sessions]:
+    """Session ids no one else uses, deleted when the block ends, however it ends."""
+    prefix = f"pyhistory-demo:{secrets.token_hex(6)}:"
+    sessions = Sessions(foo=prefix + "foo", bar=prefix + "bar", agent=prefix + "agent")
+    try:
+        yield sessions
+    finally:
+        try:
+            for session in sessions.all():
+                RedisChatMessageHistory(session, url=url).clear()
+        except Exception as error:  # the block's own error, if any, is the one to see
+            print(f"Could not remove the demo's sessions {prefix}*: {error!r}", file=sys.stderr)
+        else:
+            print(f"\nRemoved the demo's sessions {prefix}*.")
+
+
+def store_and_retrieve(url: str, session: str) -> list[BaseMessage]:
+    """LangChain's "Store and Retrieve Messages" example, only the import (and the session id)
+    changed."""
+    history = RedisChatMessageHistory(session, url=url)
     history.add_user_message("hi!")
     history.add_ai_message("whats up?")
     return history.messages
 
 
-def using_in_chains(url: str, model: BaseChatModel) -> list[BaseMessage]:
+def using_in_chains(url: str, model: BaseChatModel, session: str) -> list[BaseMessage]:
     """LangChain's "Using in the Chains" example, only the import (and, offline, the model)
     changed: a new history per request from the factory, as RunnableWithMessageHistory does."""
     prompt = ChatPromptTemplate.from_messages(
@@ -113,16 +151,33 @@ def using_in_chains(url: str, model: BaseChatModel) -> list[BaseMessage]:
         input_messages_key="question",
         history_messages_key="history",
     )
-    config: Any = {"configurable": {"session_id": "foo"}}
+    config: Any = {"configurable": {"session_id": session}}
     first = chain_with_history.invoke({"question": "Hi! I'm bob"}, config=config)
     second = chain_with_history.invoke({"question": "Whats my name"}, config=config)
     return [first, second]
 
 
-def bounded_and_expiring(url: str) -> tuple[list[BaseMessage], list[Any], int]:
+def using_in_agents(url: str, model: BaseChatModel, session: str) -> list[BaseMessage]:
+    """The same conversation in its LangChain 1.x form: ``create_agent`` with the middleware in
+    place of RunnableWithMessageHistory, the same session layout in Redis."""
+    from langchain.agents import create_agent
+
+    from pyhistory.agents import RedisHistoryMiddleware
+
+    agent = create_agent(
+        model,
+        system_prompt="You're an assistant。",
+        middleware=[RedisHistoryMiddleware(url=url)],
+    )
+    config: Any = {"configurable": {"session_id": session}}
+    first = agent.invoke({"messages": [{"role": "user", "content": "Hi! I'm bob"}]}, config)
+    second = agent.invoke({"messages": [{"role": "user", "content": "Whats my name"}]}, config)
+    return [first["messages"][-1], second["messages"][-1]]
+
+
+def bounded_and_expiring(url: str, session: str) -> tuple[list[BaseMessage], list[Any], int]:
     """What pyhistory adds: the newest 4 messages kept, a 1-hour TTL that every turn renews."""
-    history = RedisChatMessageHistory("bar", url=url, ttl=3600, max_messages=4)
-    history.clear()
+    history = RedisChatMessageHistory(session, url=url, ttl=3600, max_messages=4)
     for i in range(1, 4):
         history.add_messages([HumanMessage(f"question {i}"), AIMessage(f"answer {i}")])
     client = history.redis_client  # the pool shared by every history of this URL
@@ -135,28 +190,45 @@ def _show(title: str, lines: Sequence[object]) -> None:
         print(f"   {line}")
 
 
+def _stored(url: str, session: str) -> None:
+    history = RedisChatMessageHistory(session, url=url)
+    entries = history.redis_client.lrange(history.key, 0, -1)
+    _show(f"Stored under {history.key}, newest first ({len(entries)} entries)", entries)
+
+
 def main() -> int:
     # RunnableWithMessageHistory, which LangChain's example uses, warns that it is deprecated.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    with redis_url() as url:
-        session = RedisChatMessageHistory("foo", url=url)
-        load_functions(session.redis_client)  # at start-up; the history would do it lazily
-        session.clear()  # the demo's own session, fresh each run
+    with redis_url() as url, demo_sessions(url) as sessions:
+        load_functions(RedisChatMessageHistory(sessions.foo, url=url).redis_client)
+        print(f"The examples' sessions foo and bar are {sessions.foo} and {sessions.bar} here.")
 
-        _show("Store and Retrieve Messages: history.messages", [store_and_retrieve(url)])
+        _show(
+            "Store and Retrieve Messages: history.messages", [store_and_retrieve(url, sessions.foo)]
+        )
 
         model = chat_model()
-        answers = using_in_chains(url, model)
+        answers = using_in_chains(url, model, sessions.foo)
         _show(
             f"Using in the Chains ({type(model).__name__}): the two answers",
             [a.content for a in answers],
         )
-        entries = session.redis_client.lrange(session.key, 0, -1)
-        _show(f"Stored under {session.key}, newest first ({len(entries)} entries)", entries)
+        _stored(url, sessions.foo)
 
-        kept, raw, ttl = bounded_and_expiring(url)
+        try:
+            answers = using_in_agents(url, model, sessions.agent)
+        except ImportError as error:  # the agents extra is not installed
+            _show("LangChain 1.x agents: skipped", [error])
+        else:
+            _show(
+                f"The same with create_agent and RedisHistoryMiddleware ({type(model).__name__})",
+                [a.content for a in answers],
+            )
+            _stored(url, sessions.agent)
+
+        kept, raw, ttl = bounded_and_expiring(url, sessions.bar)
         _show("max_messages=4, ttl=3600 after 3 turns: history.messages", [kept])
-        _show(f"Stored under message_store:bar (TTL {ttl} s)", raw)
+        _show(f"Stored under message_store:{sessions.bar} (TTL {ttl} s)", raw)
     return 0
 
 

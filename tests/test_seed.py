@@ -109,3 +109,92 @@ def test_the_examples_here_are_the_pages_verbatim() -> None:
     code = "\n".join(re.findall(r"```python\n(.*?)```", page, re.DOTALL))
     for block in (IMPORT, STORE_AND_RETRIEVE, CHAIN_IMPORTS, CHAIN):
         assert block.strip() in code
+
+
+# --- the chain example in its LangChain 1.x form, and the demo ------------------------------
+
+AGENT = """\
+from langchain.agents import create_agent
+from langchain_openai import ChatOpenAI
+
+from pyhistory.agents import RedisHistoryMiddleware
+
+agent = create_agent(
+    ChatOpenAI(),
+    system_prompt="You're an assistant。",
+    middleware=[RedisHistoryMiddleware(url="redis://localhost:6379")],
+)
+
+config = {"configurable": {"session_id": "foo"}}
+
+agent.invoke({"messages": [{"role": "user", "content": "Hi! I'm bob"}]}, config=config)
+
+agent.invoke({"messages": [{"role": "user", "content": "Whats my name"}]}, config=config)
+"""
+
+
+def test_using_in_agents_the_chain_example_in_langchain_1x(url: str, client: redis.Redis) -> None:
+    pytest.importorskip("langchain.agents", reason="needs the agents extra: pyhistory[agents]")
+    namespace = run(AGENT, url, {"ChatOpenAI": RecallingFakeChatModel})
+    answer = namespace["agent"].invoke(
+        {"messages": [{"role": "user", "content": "Whats my name"}]}, config=namespace["config"]
+    )
+    assert "Bob" in answer["messages"][-1].content
+    assert client.llen("message_store:foo") == 6
+    assert b"Hi! I'm bob" in client.lindex("message_store:foo", -1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_chain_and_the_agent_share_the_session(url: str, client: redis.Redis) -> None:
+    """The page's chain, then its 1.x form on the same session, then the chain again: each
+    answers from what the other stored."""
+    pytest.importorskip("langchain.agents", reason="needs the agents extra: pyhistory[agents]")
+    chain = run(CHAIN_IMPORTS + CHAIN, url, pyhistory_namespace())
+    agent = run(AGENT, url, {"ChatOpenAI": RecallingFakeChatModel})
+    assert client.llen("message_store:foo") == 4 + 4  # two turns each
+    asked = agent["agent"].invoke({"messages": [("user", "Whats my name")]}, config=agent["config"])
+    assert "Bob" in asked["messages"][-1].content
+    again = chain["chain_with_history"].invoke({"question": "my name?"}, config=chain["config"])
+    assert "Bob" in again.content
+    assert client.llen("message_store:foo") == 12
+
+
+def _user_data(client: redis.Redis) -> dict[bytes, list[bytes]]:
+    return {key: client.lrange(key, 0, -1) for key in sorted(client.keys("*"))}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_demo_keeps_to_its_own_sessions(
+    url: str,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pyhistory import demo
+
+    client.rpush("message_store:foo", b"a user's own entry")
+    client.rpush("message_store:bar", b"another")
+    before = _user_data(client)
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert demo.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("Your name is Bob") >= 4  # chain and agent: answers and stored entries
+    assert "pyhistory-demo:" in out
+    assert _user_data(client) == before
+
+
+def test_the_demo_removes_its_sessions_when_it_fails(
+    url: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyhistory import demo
+
+    def broken(url: str, session: str) -> Any:
+        raise RuntimeError("the demo broke half-way")
+
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(demo, "bounded_and_expiring", broken)  # after the other examples stored
+    with pytest.raises(RuntimeError, match="half-way"):
+        demo.main()
+    assert client.keys("*") == []
