@@ -46,6 +46,7 @@ SessionResolver = Callable[[Runtime[Any], RunnableConfig], str]
 """A function that names the session of a run from its runtime and its config."""
 
 KNOWN = "pyhistory_known"
+_NO_CONFIG: RunnableConfig = {}
 
 
 class HistoryState(AgentState[Any]):
@@ -140,22 +141,22 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
             **self.store_options,
         )
 
-    def session_id(self, runtime: Runtime[Any]) -> str:
-        """The session of the current run, from its context or its config."""
-        try:
-            config: RunnableConfig = get_config()
-        except RuntimeError:  # outside a runnable, or an asyncio task on Python 3.10
-            config = {}
+    def session_id(self, runtime: Runtime[Any], config: RunnableConfig | None = None) -> str:
+        """The session of the current run, from its context or its config (the one given, else
+        the running graph's)."""
+        if not config:
+            try:
+                config = get_config()
+            except RuntimeError:  # outside a graph run
+                config = {}
         if callable(self.session):
             return _checked(self.session(runtime, config), "the session function")
         context = runtime.context
         configurable = config.get("configurable") or {}
-        info = getattr(runtime, "execution_info", None)
         for key in self.session:
             for where, value in (
                 ("the run's context", _lookup(context, key)),
                 ('config["configurable"]', configurable.get(key)),
-                ("the run's thread", getattr(info, key, None) if key == "thread_id" else None),
             ):
                 if value is not None:
                     return _checked(value, f"{key!r} in {where}")
@@ -166,33 +167,39 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
         )
 
     # --- hooks ---------------------------------------------------------------------------------
+    # LangGraph passes each hook the run's config (a node's `config` parameter), which asyncio
+    # code on Python 3.10 could not read from get_config().
 
-    def before_agent(self, state: HistoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+    def before_agent(
+        self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
+    ) -> dict[str, Any] | None:
         if KNOWN in state:  # a checkpointed thread: its state already holds the conversation
             return None
-        history = self.store(self.session_id(runtime)).messages
+        history = self.store(self.session_id(runtime, config)).messages
         return _placed(state["messages"], history)
 
     async def abefore_agent(
-        self, state: HistoryState, runtime: Runtime[Any]
+        self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
         if KNOWN in state:
             return None
-        history = await self.store(self.session_id(runtime)).aget_messages()
+        history = await self.store(self.session_id(runtime, config)).aget_messages()
         return _placed(state["messages"], history)
 
-    def after_agent(self, state: HistoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        added = _added(state)
-        if added:
-            self.store(self.session_id(runtime)).add_messages(added)
-        return _stored(state)
-
-    async def aafter_agent(
-        self, state: HistoryState, runtime: Runtime[Any]
+    def after_agent(
+        self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
         added = _added(state)
         if added:
-            await self.store(self.session_id(runtime)).aadd_messages(added)
+            self.store(self.session_id(runtime, config)).add_messages(added)
+        return _stored(state)
+
+    async def aafter_agent(
+        self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
+    ) -> dict[str, Any] | None:
+        added = _added(state)
+        if added:
+            await self.store(self.session_id(runtime, config)).aadd_messages(added)
         return _stored(state)
 
 
@@ -218,9 +225,15 @@ def _placed(messages: Sequence[BaseMessage], history: list[BaseMessage]) -> dict
 
 
 def _added(state: HistoryState) -> list[BaseMessage]:
-    """The messages of the state that this invocation added, in order."""
+    """The messages of the state that this invocation added, in order, but for a summary that
+    SummarizationMiddleware put in place of older messages: the session keeps the transcript."""
     known = set(state.get("pyhistory_known") or ())
-    return [m for m in state["messages"] if m.id is None or m.id not in known]
+    return [
+        m
+        for m in state["messages"]
+        if (m.id is None or m.id not in known)
+        and m.additional_kwargs.get("lc_source") != "summarization"
+    ]
 
 
 def _stored(state: HistoryState) -> dict[str, Any]:

@@ -366,6 +366,62 @@ def _runtime(session: str) -> Any:
     return Runtime(context={"session_id": session})
 
 
+# --- next to other middleware, many runs at once, a cluster -----------------------------------
+
+
+def test_a_summary_is_used_but_not_stored(url: str) -> None:
+    """SummarizationMiddleware puts a summary in place of older messages in the agent's state:
+    the model gets it, the session keeps the transcript without it."""
+    from langchain.agents.middleware import SummarizationMiddleware
+
+    for i in range(3):
+        MessageStore("s", url=url).add_messages(
+            [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
+        )
+    model = RecordingModel()
+    summarize = SummarizationMiddleware(model=model, trigger=("messages", 6), keep=("messages", 2))
+    agent = create_agent(model, middleware=[RedisHistoryMiddleware(url=url), summarize])
+    agent.invoke({"messages": [HumanMessage("question 3")]}, config())
+    answered = model.prompts[-1]
+    assert answered[0].additional_kwargs.get("lc_source") == "summarization"
+    assert contents(answered[1:]) == ["answer 2", "question 3"]
+    assert contents(stored(url, "s"))[-2:] == ["question 3", "How can I help?"]
+    assert len(stored(url, "s")) == 8
+
+
+async def test_many_runs_at_once_keep_their_sessions_apart(url: str) -> None:
+    """One middleware (no per-run state of its own) serving many concurrent runs."""
+    agent = create_agent(
+        WeatherModel(), tools=[weather], middleware=[RedisHistoryMiddleware(url=url)]
+    )
+
+    async def conversation(user: int) -> None:
+        for turn in range(3):
+            question = HumanMessage(f"weather in City{user}x{turn}")
+            await agent.ainvoke({"messages": [question]}, config(f"user-{user}"))
+
+    await asyncio.gather(*(conversation(user) for user in range(20)))
+    for user in range(20):
+        messages = stored(url, f"user-{user}")
+        assert len(messages) == 12
+        assert [m.content for m in messages if isinstance(m, HumanMessage)] == [
+            f"weather in City{user}x{turn}" for turn in range(3)
+        ]
+
+
+@pytest.mark.cluster
+def test_on_a_cluster(cluster: Any, cluster_client: Any) -> None:
+    agent = create_agent(
+        WeatherModel(),
+        tools=[weather],
+        middleware=[RedisHistoryMiddleware(url=cluster.url, cluster=True, max_messages=10)],
+    )
+    for session in ("a", "b", "c"):
+        agent.invoke({"messages": [HumanMessage("weather in Paris")]}, config(session))
+    for session in ("a", "b", "c"):
+        assert len(MessageStore(session, redis_client=cluster_client).messages) == 4
+
+
 # --- with a checkpointer ----------------------------------------------------------------------
 
 
