@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Annotated, Any
 
 try:
@@ -98,7 +99,7 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
         self,
         url: str = "redis://localhost:6379/0",
         key_prefix: str = "message_store:",
-        ttl: int | None = None,
+        ttl: int | timedelta | None = None,
         *,
         max_messages: int | None = None,
         window: int | None = None,
