@@ -372,8 +372,12 @@ def _runtime(session: str) -> Any:
 def test_a_summary_is_used_but_not_stored(url: str) -> None:
     """SummarizationMiddleware puts a summary in place of older messages in the agent's state:
     the model gets it, the session keeps the transcript without it."""
+    from importlib.metadata import version
+
     from langchain.agents.middleware import SummarizationMiddleware
 
+    if tuple(int(part) for part in version("langchain").split(".")[:3]) < (1, 2, 5):
+        pytest.skip("LangChain marks its summary since 1.2.5")
     for i in range(3):
         MessageStore("s", url=url).add_messages(
             [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
