@@ -175,6 +175,19 @@ def using_in_agents(url: str, model: BaseChatModel, session: str) -> list[BaseMe
     return [first["messages"][-1], second["messages"][-1]]
 
 
+def chain_session_in_agent(url: str, model: BaseChatModel, session: str) -> BaseMessage:
+    """The chain's session, continued by an agent: it answers from what the chain stored."""
+    from langchain.agents import create_agent
+
+    from pyhistory.agents import RedisHistoryMiddleware
+
+    agent = create_agent(model, middleware=[RedisHistoryMiddleware(url=url, window=20)])
+    config: Any = {"configurable": {"session_id": session}}
+    answer = agent.invoke({"messages": [{"role": "user", "content": "Whats my name"}]}, config)
+    message: BaseMessage = answer["messages"][-1]
+    return message
+
+
 def bounded_and_expiring(url: str, session: str) -> tuple[list[BaseMessage], list[Any], int]:
     """What pyhistory adds: the newest 4 messages kept, a 1-hour TTL that every turn renews."""
     history = RedisChatMessageHistory(session, url=url, ttl=3600, max_messages=4)
@@ -225,6 +238,8 @@ def main() -> int:
                 [a.content for a in answers],
             )
             _stored(url, sessions.agent)
+            continued = chain_session_in_agent(url, model, sessions.foo)
+            _show(f"An agent on the chain's session {sessions.foo}", [continued.content])
 
         kept, raw, ttl = bounded_and_expiring(url, sessions.bar)
         _show("max_messages=4, ttl=3600 after 3 turns: history.messages", [kept])
