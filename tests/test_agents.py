@@ -260,7 +260,7 @@ def test_tool_calls_are_stored_with_their_results(url: str) -> None:
 async def test_tool_calls_asyncio(url: str) -> None:
     agent = tool_agent(url, WeatherModel())
     await agent.ainvoke({"messages": [HumanMessage("weather in Paris")]}, config())
-    check_weather_session(url)
+    await asyncio.to_thread(check_weather_session, url)
 
 
 def test_a_stored_tool_call_is_given_back_to_the_model(url: str) -> None:
@@ -305,7 +305,7 @@ async def test_a_failed_run_stores_nothing_asyncio(url: str) -> None:
     agent = tool_agent(url, WeatherModel(fail={1}))
     with pytest.raises(RuntimeError):
         await agent.ainvoke({"messages": [HumanMessage("weather in Paris")]}, config())
-    assert stored(url, "s") == []
+    assert await MessageStore("s", url=url).aget_messages() == []
 
 
 def test_a_resent_message_is_not_stored_twice(url: str) -> None:
@@ -406,7 +406,7 @@ async def test_many_runs_at_once_keep_their_sessions_apart(url: str) -> None:
 
     await asyncio.gather(*(conversation(user) for user in range(20)))
     for user in range(20):
-        messages = stored(url, f"user-{user}")
+        messages = await MessageStore(f"user-{user}", url=url).aget_messages()
         assert len(messages) == 12
         assert [m.content for m in messages if isinstance(m, HumanMessage)] == [
             f"weather in City{user}x{turn}" for turn in range(3)
@@ -692,4 +692,4 @@ async def test_two_round_trips_per_invocation_asyncio(url: str) -> None:
             assert AsyncCountingConnection.flights - before == 2
     finally:
         await client.aclose()
-    assert len(stored(url, "s")) == 12
+    assert len(await MessageStore("s", url=url).aget_messages()) == 12
