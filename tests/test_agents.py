@@ -33,7 +33,12 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command, interrupt
 from pydantic import Field
 
-from pyhistory import InvalidArgumentError, InvalidSessionIdError, InvalidSizeError
+from pyhistory import (
+    InvalidArgumentError,
+    InvalidSessionIdError,
+    InvalidSizeError,
+    SerializationError,
+)
 from pyhistory.agents import RedisHistoryMiddleware
 from pyhistory.demo import RecallingFakeChatModel
 from pyhistory.store import MessageStore
@@ -306,6 +311,22 @@ async def test_a_failed_run_stores_nothing_asyncio(url: str) -> None:
     with pytest.raises(RuntimeError):
         await agent.ainvoke({"messages": [HumanMessage("weather in Paris")]}, config())
     assert await MessageStore("s", url=url).aget_messages() == []
+
+
+def test_a_message_that_cannot_be_stored_is_a_typed_error_and_stores_nothing(url: str) -> None:
+    """A tool whose artifact is not JSON: the run ends with SerializationError (what the classic
+    history raises for that message), and nothing of it is stored."""
+
+    @tool("weather", response_format="content_and_artifact")
+    def weather_with_artifact(city: str) -> tuple[str, object]:
+        """The weather in a city, with the raw reading."""
+        return f"sunny in {city}", object()
+
+    MessageStore("s", url=url).add_messages([HumanMessage("Hi! I'm bob"), AIMessage("Hi Bob!")])
+    agent = tool_agent(url, WeatherModel(), tool=weather_with_artifact)
+    with pytest.raises(SerializationError, match="ToolMessage"):
+        agent.invoke({"messages": [HumanMessage("weather in Paris")]}, config())
+    assert contents(stored(url, "s")) == ["Hi! I'm bob", "Hi Bob!"]
 
 
 def test_a_resent_message_is_not_stored_twice(url: str) -> None:
