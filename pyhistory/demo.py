@@ -229,10 +229,11 @@ def main() -> int:
         _stored(url, sessions.foo)
 
         try:
-            answers = using_in_agents(url, model, sessions.agent)
+            importlib.import_module("pyhistory.agents")
         except ImportError as error:  # the agents extra is not installed
             _show("LangChain 1.x agents: skipped", [error])
         else:
+            answers = using_in_agents(url, model, sessions.agent)
             _show(
                 f"The same with create_agent and RedisHistoryMiddleware ({type(model).__name__})",
                 [a.content for a in answers],

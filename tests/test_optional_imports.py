@@ -112,3 +112,21 @@ def test_without_langchain_the_agents_module_names_the_extra() -> None:
     )
     assert "pip install 'pyhistory[agents]'" in out
     assert "langchain>=1.0" in out
+
+
+def test_without_langchain_the_demo_runs_the_classic_examples(url: str) -> None:
+    out = run_hidden(
+        "langchain",
+        """
+        import os, warnings
+        os.environ["REDIS_URL"] = URL
+        os.environ.pop("OPENAI_API_KEY", None)
+        from pyhistory import demo
+        demo.main()
+        """,
+        url,
+    )
+    assert "Your name is Bob" in out
+    assert "LangChain 1.x agents: skipped" in out
+    assert "pip install 'pyhistory[agents]'" in out
+    assert "Removed the demo's sessions" in out

@@ -179,7 +179,9 @@ def test_the_demo_keeps_to_its_own_sessions(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert demo.main() == 0
     out = capsys.readouterr().out
-    assert out.count("Your name is Bob") >= 4  # chain and agent: answers and stored entries
+    # the answers and the stored entries: the chain's, and the agent's when LangChain 1.x is here
+    assert out.count("Your name is Bob") >= (5 if "The same with create_agent" in out else 2)
+    assert "The same with create_agent" in out or "LangChain 1.x agents: skipped" in out
     assert "pyhistory-demo:" in out
     assert _user_data(client) == before
 
