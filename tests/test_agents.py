@@ -440,6 +440,38 @@ async def test_many_runs_at_once_keep_their_sessions_apart(url: str) -> None:
         ]
 
 
+async def test_concurrent_runs_on_one_session_never_interleave(url: str) -> None:
+    """Each invocation's messages are appended in one atomic call: runs racing on one session
+    leave each run's four messages side by side."""
+    agent = create_agent(
+        WeatherModel(), tools=[weather], middleware=[RedisHistoryMiddleware(url=url)]
+    )
+    await asyncio.gather(
+        *(
+            agent.ainvoke({"messages": [HumanMessage(f"weather in City{i}")]}, config())
+            for i in range(10)
+        )
+    )
+    messages = await MessageStore("s", url=url).aget_messages()
+    assert len(messages) == 40
+    for start in range(0, 40, 4):
+        run = messages[start : start + 4]
+        assert [type(m) for m in run] == [HumanMessage, AIMessage, ToolMessage, AIMessage]
+        city = str(run[0].content).rsplit(" ", 1)[-1]
+        assert run[3].content == f"The weather: sunny in {city}."
+
+
+def test_a_streamed_run_stores_once(url: str) -> None:
+    agent = tool_agent(url, WeatherModel())
+    chunks = list(
+        agent.stream(
+            {"messages": [HumanMessage("weather in Paris")]}, config(), stream_mode="updates"
+        )
+    )
+    assert chunks
+    check_weather_session(url)
+
+
 @pytest.mark.cluster
 def test_on_a_cluster(cluster: Any, cluster_client: Any) -> None:
     agent = create_agent(
