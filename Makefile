@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 .PHONY: help install demo test test-fast lint format bench bench-quick bench-checkpoint loadtest loadtest-http clean
 
 help:
-	@echo "make demo      LangChain's two Redis examples and their 1.x agent form (REDIS_URL, or a throwaway server)"
+	@echo "make demo      LangChain's Redis examples, as a chain and a 1.x agent (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
 	@echo "make lint      ruff, mypy --strict, luac -p"
 	@echo "make bench     side-by-side benchmarks on every server kind into docs/bench/"
