@@ -32,7 +32,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from pyhistory import RedisChatMessageHistory, load_functions, testing
+from pyhistory import MessageStore, RedisChatMessageHistory, load_functions, testing
 
 
 class RecallingFakeChatModel(BaseChatModel):
@@ -116,9 +116,9 @@ def demo_sessions(url: str) -> Iterator[Sessions]:
     try:
         yield sessions
     finally:
+        stores = [MessageStore(session, url=url) for session in sessions.all()]
         try:
-            for session in sessions.all():
-                RedisChatMessageHistory(session, url=url).clear()
+            stores[0].redis_client.delete(*(store.key for store in stores))  # one DEL
         except Exception as error:  # the block's own error, if any, is the one to see
             print(f"Could not remove the demo's sessions {prefix}*: {error!r}", file=sys.stderr)
         else:
