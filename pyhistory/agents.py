@@ -126,7 +126,10 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
                     f"session must be a key, keys or a function, got {session!r}"
                 )
         self.session = session
-        self.store("settings-check")  # every setting checked now, with no I/O
+        try:
+            self.store("settings-check")  # every setting checked now, with no I/O
+        except TypeError as error:  # a keyword MessageStore does not take
+            raise InvalidArgumentError(f"{type(self).__name__}: {error}") from error
 
     def store(self, session_id: str) -> MessageStore:
         """The session's store with this middleware's settings (no I/O; clients are shared)."""

@@ -37,6 +37,7 @@ from pyhistory import (
     InvalidArgumentError,
     InvalidSessionIdError,
     InvalidSizeError,
+    InvalidTTLError,
     SerializationError,
 )
 from pyhistory.agents import RedisHistoryMiddleware
@@ -656,10 +657,41 @@ async def test_no_session_asyncio(url: str) -> None:
 def test_bad_settings_fail_at_construction() -> None:
     with pytest.raises(InvalidSizeError):
         RedisHistoryMiddleware(window=0)
+    with pytest.raises(InvalidTTLError):
+        RedisHistoryMiddleware(ttl=-1)
     with pytest.raises(InvalidArgumentError):
         RedisHistoryMiddleware(session=())
     with pytest.raises(InvalidArgumentError):
         RedisHistoryMiddleware(session=["thread_id", ""])
+    with pytest.raises(InvalidArgumentError, match="no_such_option"):
+        RedisHistoryMiddleware(no_such_option=1)
+
+
+def test_a_session_function_that_names_no_session_is_a_typed_error(url: str) -> None:
+    agent = create_agent(
+        RecordingModel(),
+        middleware=[RedisHistoryMiddleware(url=url, session=lambda runtime, config: None)],
+    )
+    with pytest.raises(InvalidSessionIdError, match="session function"):
+        agent.invoke({"messages": [hi()]}, config())
+
+
+def test_key_prefix_and_store_options_reach_the_store(url: str) -> None:
+    """The settings are the store's: here a prefix of its own, and reads that leave the TTL
+    alone (refresh_ttl_on_read=False), so the read is a plain LRANGE."""
+    middleware = RedisHistoryMiddleware(
+        url=url, key_prefix="chat:", ttl=60, refresh_ttl_on_read=False
+    )
+    agent = create_agent(RecordingModel(), middleware=[middleware])
+    agent.invoke({"messages": [hi()]}, config())
+    log = CommandLog(url)
+    assert log.commands_of(lambda: agent.invoke({"messages": [whats_my_name()]}, config())) == [
+        "LRANGE",
+        "FCALL",
+    ]
+    with redis.Redis.from_url(url) as client:
+        assert client.keys("*") == [b"chat:s"]
+        assert client.llen("chat:s") == 4
 
 
 # --- round trips ------------------------------------------------------------------------------
