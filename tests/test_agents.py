@@ -518,6 +518,38 @@ def test_with_a_checkpointer_nothing_is_doubled(url: str, use_asyncio: bool) -> 
     assert contents(stored(url, "t")) == contents(last["messages"])
 
 
+@pytest.mark.parametrize("use_asyncio", [False, True], ids=["sync", "asyncio"])
+def test_with_pyhistorys_own_checkpointer_across_processes(url: str, use_asyncio: bool) -> None:
+    """The checkpoints in Redis too (pyhistory.checkpoint.RedisSaver): a new agent, as in another
+    process, continues the thread from its checkpoint and the session, doubling nothing."""
+    checkpoint = pytest.importorskip("pyhistory.checkpoint", reason="needs the checkpoint extra")
+    MessageStore("t", url=url).add_messages([HumanMessage("Hi! I'm bob"), AIMessage("Hi Bob!")])
+    run = config("t", "thread_id")
+
+    def invoke(text: str) -> tuple[Any, RecordingModel]:
+        model = RecordingModel()
+        agent = create_agent(
+            model,
+            middleware=[RedisHistoryMiddleware(url=url)],
+            checkpointer=checkpoint.RedisSaver(url),
+        )
+        question = {"messages": [HumanMessage(text)]}
+        if use_asyncio:
+            return asyncio.run(agent.ainvoke(question, run)), model
+        return agent.invoke(question, run), model
+
+    invoke("Whats my name")
+    last, model = invoke("and again?")
+    assert contents(model.prompts[0]) == [
+        "Hi! I'm bob",
+        "Hi Bob!",
+        "Whats my name",
+        "Your name is Bob, as you told me earlier.",
+        "and again?",
+    ]
+    assert contents(stored(url, "t")) == contents(last["messages"])
+
+
 def test_with_a_checkpointer_later_runs_only_append(url: str) -> None:
     agent = create_agent(
         RecordingModel(), middleware=[RedisHistoryMiddleware(url=url)], checkpointer=InMemorySaver()
