@@ -59,7 +59,8 @@ def start_target(kind: str) -> Target:
         target = Target(server.url, "127.0.0.1", server.port, None, kind, server.stop)
     with redis.Redis.from_url(target.url) as client:
         info = client.info("server")
-    target.label = f"{info.get('server_name', 'redis')} {info.get('valkey_version') or info['redis_version']}"
+    version = info.get("valkey_version") or info["redis_version"]
+    target.label = f"{info.get('server_name', 'redis')} {version}"
     return target
 
 

@@ -85,7 +85,8 @@ class RedisUnderTest:
 
         with redis.Redis.from_url(self.url) as client:
             info = client.info("server")
-        self.label = f"{info.get('server_name', 'redis')} {info.get('valkey_version') or info['redis_version']}"
+        version = info.get("valkey_version") or info["redis_version"]
+        self.label = f"{info.get('server_name', 'redis')} {version}"
         log(f"Redis under test: {self.label} at {self.url}")
 
     def flush(self) -> None:
