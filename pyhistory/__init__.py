@@ -38,8 +38,15 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name == "RedisChatMessageHistory":
-        from pyhistory.history import RedisChatMessageHistory
-
+        try:
+            from pyhistory.history import RedisChatMessageHistory
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                f"pyhistory.RedisChatMessageHistory adapts LangChain's classic chat-history "
+                f"interface, which this langchain-core no longer has ({error}); the same sessions "
+                f"are served by pyhistory.MessageStore, and agents by pyhistory.agents",
+                name=error.name,
+            ) from error
         return RedisChatMessageHistory
     raise AttributeError(f"module 'pyhistory' has no attribute {name!r}")
 

@@ -82,6 +82,7 @@ def test_without_langchain_core_chat_history_the_core_works(url: str) -> None:
     assert lines[1] == "True load_functions"
     # the classic adapter alone needs the removed module, and says which one
     assert lines[2].startswith("ModuleNotFoundError langchain_core.chat_history ")
+    assert "pyhistory.MessageStore" in lines[2]
 
 
 def test_without_langchain_core_chat_history_agents_work(url: str) -> None:
