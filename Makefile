@@ -7,12 +7,13 @@ PY := $(BIN)/python
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install demo test test-fast lint format bench bench-quick bench-checkpoint loadtest loadtest-http clean
+.PHONY: help install demo test test-fast test-floors lint format bench bench-quick bench-checkpoint loadtest loadtest-http clean
 
 help:
 	@echo "make demo      LangChain's Redis examples, as a chain and a 1.x agent (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
 	@echo "make lint      ruff, mypy --strict, luac -p"
+	@echo "make test-floors  a real round trip on the lowest and the newest redis-py and langchain-core"
 	@echo "make bench     side-by-side benchmarks on every server kind into docs/bench/"
 	@echo "make bench-checkpoint  the LangGraph saver beside other savers, into docs/checkpoint/"
 	@echo "make loadtest  headless locust runs, every contender side by side, into loadtest/results/"
@@ -42,6 +43,11 @@ test: $(DEV_STAMP)
 test-fast: $(DEV_STAMP)
 	PYHISTORY_TEST_SERVERS=redis $(PY) -m pytest -x -q
 
+# The lowest redis and langchain-core that pyproject allows on the oldest Python, and the newest
+# of each on the newest Python: fresh environments in .venv-floors/, a real round trip in each.
+test-floors: $(DEMO_STAMP)
+	$(PY) tests/floors/run.py
+
 PY_SOURCES := pyhistory tests loadtest
 
 lint: $(DEV_STAMP)
@@ -69,7 +75,7 @@ loadtest-http: $(DEV_STAMP)
 	$(PY) loadtest/httpchat/run.py $(LOADTEST_HTTP_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-floors build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # The LangGraph checkpointer, side by side with other savers: tables and plots in docs/checkpoint/.
 bench-checkpoint: $(DEV_STAMP)
