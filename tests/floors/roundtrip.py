@@ -1,5 +1,13 @@
-"""A real round trip through the installed pyhistory, sync and asyncio, on the server at argv[1]
-and, when argv[2] names a node of a Redis Cluster with replicas, on that cluster.
+"""A real round trip through the installed pyhistory, sync and asyncio.
+
+    roundtrip.py SERVER_URL [CLUSTER_NODE_URL] [--refused]
+
+On the server: add, read with a TTL and a window, length, touch, clear, a reload after
+``FUNCTION FLUSH``, a dropped connection ridden out by the retry policy, and typed errors, through
+both ``MessageStore`` and LangChain's ``RedisChatMessageHistory``. On the cluster (a node's URL,
+replicas present): writes acknowledged by a replica, reads from replicas, and a plain URL
+detected as a cluster. ``--refused``: a server that refuses connections gives a typed error in
+bounded time (about 6 s each for sync and asyncio, so run it once per environment).
 
 Run by ``tests/floors/run.py`` with the Python of each dependency row (the lowest versions
 pyproject allows, the newest ones), so it needs nothing but pyhistory and its dependencies:
@@ -8,18 +16,38 @@ no pytest. It exits non-zero, with the reason, on the first check that fails.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import socket
 import sys
+import time
 import uuid
 from importlib.metadata import version
 
 import redis
+import redis.exceptions
+import redis.utils
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 import pyhistory
-from pyhistory import InvalidTTLError, RedisChatMessageHistory, WrongTypeError
+from pyhistory import (
+    HistoryError,
+    InvalidTTLError,
+    MessageStore,
+    RedisChatMessageHistory,
+    WrongTypeError,
+)
 
 TTL = 60
+# What the README promises for a server that is down: a typed error within 10 s (plus slack for
+# a loaded machine).
+REFUSED_BOUND = 10.0 + 1.5
+
+Store = MessageStore | RedisChatMessageHistory
+KINDS: tuple[type[MessageStore] | type[RedisChatMessageHistory], ...] = (
+    MessageStore,
+    RedisChatMessageHistory,
+)
 
 
 def conversation() -> list[BaseMessage]:
@@ -44,15 +72,16 @@ def check(condition: bool, what: str) -> None:
         raise SystemExit(f"FAILED: {what}")
 
 
-def history(
+def store(
+    kind: type[MessageStore] | type[RedisChatMessageHistory],
     url: str,
-    ttl: int | None,
+    ttl: int | None = TTL,
     max_messages: int | None = None,
     window: int | None = None,
     cluster: bool = False,
-) -> RedisChatMessageHistory:
-    """A new session; on a cluster, its writes wait for a replica and its reads go to one."""
-    return RedisChatMessageHistory(
+) -> Store:
+    """A new session; with ``cluster``, its writes wait for a replica and its reads go to one."""
+    return kind(
         f"floors-{uuid.uuid4().hex}",
         url=url,
         ttl=ttl,
@@ -64,74 +93,74 @@ def history(
     )
 
 
+def kill_connections(admin: redis.Redis) -> None:
+    """Close every connection of the shared clients, as a server restart would."""
+    admin.client_kill_filter(_type="normal", skipme=True)
+
+
+# --- one server -------------------------------------------------------------------------------
+
+
 def sync_round_trip(url: str, admin: redis.Redis) -> None:
-    written = conversation()
-    h = history(url, ttl=TTL, max_messages=4, window=3)
-    h.add_messages(written[:2])
-    h.add_messages(written[2:])  # five in all: the oldest is trimmed
-    check(len(h) == 4, f"sync length: {len(h)} != 4")
-    check(same(h.messages, written[-3:]), f"sync window read: {h.messages}")
-    check(0 < admin.ttl(h.key) <= TTL, f"sync ttl: {admin.ttl(h.key)}")
-    h.add_user_message("question 3")  # BaseChatMessageHistory's own helpers still work
-    check(h.messages[-1].content == "question 3", "sync add_user_message")
+    for kind in KINDS:
+        name = kind.__name__
+        written = conversation()
+        h = store(kind, url, max_messages=4, window=3)
+        h.add_messages(written[:2])
+        h.add_messages(written[2:])  # five in all: the oldest is trimmed
+        check(len(h) == 4, f"{name} length: {len(h)} != 4")
+        check(same(h.messages, written[-3:]), f"{name} window read: {h.messages}")
+        check(0 < admin.ttl(h.key) <= TTL, f"{name} ttl: {admin.ttl(h.key)}")
+        admin.expire(h.key, 5)
+        check(h.touch() is True and admin.ttl(h.key) > 5, f"{name} touch")
 
-    admin.function_flush()  # the server lost the library: the next call loads it again
-    check(len(h.messages) == 3, "sync read after FUNCTION FLUSH")
+        admin.function_flush()  # the server lost the library: the next call loads it again
+        check(len(h.messages) == 3, f"{name} read after FUNCTION FLUSH")
+        kill_connections(admin)  # the retry policy rides it out
+        check(len(h.messages) == 3, f"{name} read after the connection was dropped")
 
-    h.clear()
-    check(len(h) == 0 and h.messages == [], "sync clear")
-    check(admin.exists(h.key) == 0, "sync clear left the key")
+        h.clear()
+        check(len(h) == 0 and h.messages == [], f"{name} clear")
+        check(admin.exists(h.key) == 0, f"{name} clear left the key")
+
+    lc = store(RedisChatMessageHistory, url)
+    assert isinstance(lc, RedisChatMessageHistory)
+    lc.add_user_message("question 3")  # BaseChatMessageHistory's own helpers still work
+    check([m.content for m in lc.messages] == ["question 3"], "add_user_message")
+    lc.clear()
 
 
 async def async_round_trip(url: str, admin: redis.Redis) -> None:
-    written = conversation()
-    h = history(url, ttl=TTL, max_messages=4, window=3)
-    await h.aadd_messages(written[:2])
-    await h.aadd_messages(written[2:])
-    check(await h.alength() == 4, "asyncio length")
-    read = await h.aget_messages()
-    check(same(read, written[-3:]), f"asyncio window read: {read}")
-    check(0 < admin.ttl(h.key) <= TTL, f"asyncio ttl: {admin.ttl(h.key)}")
-    check(await h.atouch() is True, "asyncio touch")
+    for kind in KINDS:
+        name = f"asyncio {kind.__name__}"
+        written = conversation()
+        h = store(kind, url, max_messages=4, window=3)
+        await h.aadd_messages(written[:2])
+        await h.aadd_messages(written[2:])
+        check(await h.alength() == 4, f"{name} length")
+        read = await h.aget_messages()
+        check(same(read, written[-3:]), f"{name} window read: {read}")
+        check(0 < admin.ttl(h.key) <= TTL, f"{name} ttl: {admin.ttl(h.key)}")
+        check(await h.atouch() is True, f"{name} touch")
 
-    admin.function_flush()
-    check(len(await h.aget_messages()) == 3, "asyncio read after FUNCTION FLUSH")
+        admin.function_flush()
+        check(len(await h.aget_messages()) == 3, f"{name} read after FUNCTION FLUSH")
+        kill_connections(admin)
+        check(len(await h.aget_messages()) == 3, f"{name} read after the connection was dropped")
 
-    await h.aclear()
-    check(await h.alength() == 0 and await h.aget_messages() == [], "asyncio clear")
-
-
-def cluster_round_trip(url: str) -> None:
-    """Writes acknowledged by a replica (WAIT, pipelined on the key's primary), reads from the
-    replicas, sync and asyncio, through cluster clients built from a node's URL."""
-    written = conversation()
-    h = history(url, TTL, max_messages=4, window=3, cluster=True)
-    h.add_messages(written)
-    check(len(h) == 4, f"cluster length: {len(h)} != 4")
-    check(same(h.messages, written[-3:]), f"cluster window read: {h.messages}")
-    h.clear()
-    check(len(h) == 0, "cluster clear")
-
-    async def on_asyncio() -> None:
-        a = history(url, TTL, max_messages=4, window=3, cluster=True)
-        await a.aadd_messages(written)
-        check(await a.alength() == 4, "cluster asyncio length")
-        check(same(await a.aget_messages(), written[-3:]), "cluster asyncio window read")
-        await a.aclear()
-        check(await a.alength() == 0, "cluster asyncio clear")
-
-    asyncio.run(on_asyncio())
+        await h.aclear()
+        check(await h.alength() == 0 and await h.aget_messages() == [], f"{name} clear")
 
 
 def typed_errors(url: str, admin: redis.Redis) -> None:
     try:
-        history(url, ttl=-1)
+        store(MessageStore, url, ttl=-1)
     except InvalidTTLError:
         pass
     else:
         raise SystemExit("FAILED: ttl=-1 was accepted")
 
-    h = history(url, ttl=TTL)
+    h = store(MessageStore, url)
     admin.set(h.key, "not a list")
     for name, attempt in (
         ("add_messages", lambda: h.add_messages([HumanMessage("x")])),
@@ -139,16 +168,95 @@ def typed_errors(url: str, admin: redis.Redis) -> None:
     ):
         try:
             attempt()
-        except WrongTypeError:
-            pass
+        except WrongTypeError as error:
+            check(isinstance(error, redis.exceptions.ResponseError), f"{name}: not a ResponseError")
         else:
             raise SystemExit(f"FAILED: {name} on a string key raised no WrongTypeError")
         check(admin.get(h.key) == b"not a list", f"{name} on a string key changed it")
     admin.delete(h.key)
 
 
+def refused() -> str:
+    """No server on the port: a typed error, also redis-py's ConnectionError, in bounded time.
+    Says how long each took."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+
+    async def aread() -> None:
+        await store(MessageStore, url).aget_messages()
+
+    took: dict[str, float] = {}
+    for name, attempt in (
+        ("sync", lambda: store(MessageStore, url).messages),
+        ("asyncio", lambda: asyncio.run(aread())),
+    ):
+        started = time.monotonic()
+        try:
+            attempt()
+        except redis.exceptions.ConnectionError as error:
+            took[name] = time.monotonic() - started
+            check(isinstance(error, HistoryError), f"refused {name}: not a HistoryError")
+            check(took[name] <= REFUSED_BOUND, f"refused {name}: took {took[name]:.1f} s")
+        else:
+            raise SystemExit(f"FAILED: refused {name}: no error")
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in took.items())
+
+
+# --- a cluster --------------------------------------------------------------------------------
+
+
+def cluster_round_trip(url: str) -> None:
+    """Writes acknowledged by a replica (WAIT, pipelined on the key's primary), reads from the
+    replicas, sync and asyncio, through cluster clients built from a node's URL; then a plain
+    URL of a node, detected as a cluster."""
+    written = conversation()
+    for kind in KINDS:
+        name = f"cluster {kind.__name__}"
+        h = store(kind, url, max_messages=4, window=3, cluster=True)
+        h.add_messages(written)
+        check(len(h) == 4, f"{name} length: {len(h)} != 4")
+        check(same(h.messages, written[-3:]), f"{name} window read: {h.messages}")
+        h.clear()
+        check(len(h) == 0, f"{name} clear")
+
+    async def on_asyncio() -> None:
+        for kind in KINDS:
+            name = f"cluster asyncio {kind.__name__}"
+            a = store(kind, url, max_messages=4, window=3, cluster=True)
+            await a.aadd_messages(written)
+            check(await a.alength() == 4, f"{name} length")
+            check(same(await a.aget_messages(), written[-3:]), f"{name} window read")
+            await a.aclear()
+            check(await a.alength() == 0, f"{name} clear")
+
+    asyncio.run(on_asyncio())
+
+    # Many sessions: on a plain client most keys would be MOVED to another node.
+    plain = [store(MessageStore, url) for _ in range(8)]
+    for h in plain:
+        h.add_messages(written[:1])
+    check(all(len(h) == 1 for h in plain), "plain cluster URL: length")
+    for h in plain:
+        h.clear()
+
+    async def plain_asyncio() -> None:
+        for h in plain:
+            await h.aadd_messages(written[:1])
+            check(await h.alength() == 1, "plain cluster URL, asyncio: length")
+            await h.aclear()
+
+    asyncio.run(plain_asyncio())
+
+
 def main() -> None:
-    url = sys.argv[1]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("cluster_url", nargs="?")
+    parser.add_argument("--refused", action="store_true")
+    options = parser.parse_args()
+
     hiredis = f"yes {version('hiredis')}" if redis.utils.HIREDIS_AVAILABLE else "no"
     print(
         f"  python {sys.version.split()[0]}, redis {version('redis')}, "
@@ -156,16 +264,21 @@ def main() -> None:
         f"pyhistory {pyhistory.__version__}, hiredis {hiredis}",
         flush=True,
     )
-    admin = redis.Redis.from_url(url)
-    sync_round_trip(url, admin)
-    asyncio.run(async_round_trip(url, admin))
-    asyncio.run(async_round_trip(url, admin))  # a second event loop gets its own client
-    typed_errors(url, admin)
-    done = "sync and asyncio add, window read, ttl, length, clear, typed errors"
-    if len(sys.argv) > 2:
-        cluster_round_trip(sys.argv[2])
-        done += "; on a cluster with replicas too"
-    print(f"  round trip ok: {done}")
+    admin = redis.Redis.from_url(options.url)
+    sync_round_trip(options.url, admin)
+    asyncio.run(async_round_trip(options.url, admin))
+    asyncio.run(async_round_trip(options.url, admin))  # a second event loop gets its own client
+    typed_errors(options.url, admin)
+    done = [
+        "sync and asyncio add, window read, ttl, touch, length, clear, reload, dropped "
+        "connection, typed errors"
+    ]
+    if options.cluster_url:
+        cluster_round_trip(options.cluster_url)
+        done.append("a cluster with replicas, by cluster=True and by a plain URL")
+    if options.refused:
+        done.append(f"refused connections in bounded time ({refused()})")
+    print(f"  round trip ok: {'; '.join(done)}")
 
 
 if __name__ == "__main__":

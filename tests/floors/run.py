@@ -188,7 +188,7 @@ def run_row(row: Row, wheel: Path, urls: list[str]) -> None:
     else:
         _pip(venv, "install", "--upgrade", str(wheel), *CHECKED)
     _pip(venv, "check")
-    _say(_run([python, str(ROUNDTRIP), *urls], timeout=RUN_TIMEOUT).rstrip())
+    _say(_run([python, str(ROUNDTRIP), *urls, "--refused"], timeout=RUN_TIMEOUT).rstrip())
     # Again with the hiredis extra: the compiled reply parser takes over inside redis-py.
     extra = f"{wheel}[hiredis]"
     if row.lowest_hiredis:
@@ -227,7 +227,8 @@ def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, urls
             # --no-deps for the wheel: a candidate below the declared floor is the point here.
             _pip(venv, "install", "--no-deps", "--force-reinstall", str(wheel))
             _pip(venv, "install", candidate, *others, *_dependencies_of(wheel))
-            _say(_run([str(venv / "bin" / "python"), str(ROUNDTRIP), *urls]).rstrip())
+            roundtrip = [str(venv / "bin" / "python"), str(ROUNDTRIP), *urls, "--refused"]
+            _say(_run(roundtrip, timeout=RUN_TIMEOUT).rstrip())
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             failures += 1
             reason = [line for line in str(error).splitlines() if line.strip()][-1]
