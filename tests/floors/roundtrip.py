@@ -1,13 +1,15 @@
 """A real round trip through the installed pyhistory, sync and asyncio.
 
-    roundtrip.py SERVER_URL [CLUSTER_NODE_URL] [--refused]
+    roundtrip.py --server URL [--unix URL] [--sentinel URL] [--cluster NODE_URL] [--refused]
 
 On the server: add, read with a TTL and a window, length, touch, clear, a reload after
-``FUNCTION FLUSH``, a dropped connection ridden out by the retry policy, and typed errors, through
-both ``MessageStore`` and LangChain's ``RedisChatMessageHistory``. On the cluster (a node's URL,
-replicas present): writes acknowledged by a replica, reads from replicas, and a plain URL
-detected as a cluster. ``--refused``: a server that refuses connections gives a typed error in
-bounded time (about 6 s each for sync and asyncio, so run it once per environment).
+``FUNCTION FLUSH``, a dropped connection ridden out by the retry policy, and typed errors,
+through both ``MessageStore`` and LangChain's ``RedisChatMessageHistory``. Through the same
+server's Unix socket and a Sentinel watching it: a short sync and asyncio round trip. On the
+cluster (a node's URL, replicas present): writes acknowledged by a replica, reads from
+replicas, and a plain URL detected as a cluster. ``--refused``: a server that refuses
+connections gives a typed error in bounded time (about 6 s each for sync and asyncio, so run it
+once per environment).
 
 Run by ``tests/floors/run.py`` with the Python of each dependency row (the lowest versions
 pyproject allows, the newest ones), so it needs nothing but pyhistory and its dependencies:
@@ -204,6 +206,27 @@ def refused() -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in took.items())
 
 
+def url_form(name: str, url: str) -> None:
+    """A short sync and asyncio round trip through a client that another URL form built."""
+    written = conversation()
+    for kind in KINDS:
+        h = store(kind, url, window=3)
+        h.add_messages(written)
+        check(same(h.messages, written[-3:]), f"{name} {kind.__name__} read")
+        h.clear()
+        check(len(h) == 0, f"{name} {kind.__name__} clear")
+
+    async def on_asyncio() -> None:
+        for kind in KINDS:
+            h = store(kind, url, window=3)
+            await h.aadd_messages(written)
+            check(same(await h.aget_messages(), written[-3:]), f"{name} asyncio read")
+            await h.aclear()
+            check(await h.alength() == 0, f"{name} asyncio clear")
+
+    asyncio.run(on_asyncio())
+
+
 # --- a cluster --------------------------------------------------------------------------------
 
 
@@ -252,8 +275,10 @@ def cluster_round_trip(url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("url")
-    parser.add_argument("cluster_url", nargs="?")
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--unix")
+    parser.add_argument("--sentinel")
+    parser.add_argument("--cluster")
     parser.add_argument("--refused", action="store_true")
     options = parser.parse_args()
 
@@ -264,17 +289,23 @@ def main() -> None:
         f"pyhistory {pyhistory.__version__}, hiredis {hiredis}",
         flush=True,
     )
-    admin = redis.Redis.from_url(options.url)
-    sync_round_trip(options.url, admin)
-    asyncio.run(async_round_trip(options.url, admin))
-    asyncio.run(async_round_trip(options.url, admin))  # a second event loop gets its own client
-    typed_errors(options.url, admin)
+    url = options.server
+    admin = redis.Redis.from_url(url)
+    sync_round_trip(url, admin)
+    asyncio.run(async_round_trip(url, admin))
+    asyncio.run(async_round_trip(url, admin))  # a second event loop gets its own client
+    typed_errors(url, admin)
     done = [
         "sync and asyncio add, window read, ttl, touch, length, clear, reload, dropped "
         "connection, typed errors"
     ]
-    if options.cluster_url:
-        cluster_round_trip(options.cluster_url)
+    forms = [(name, getattr(options, name)) for name in ("unix", "sentinel")]
+    for name, form_url in forms:
+        if form_url:
+            url_form(name, form_url)
+            done.append(f"{name} URL")
+    if options.cluster:
+        cluster_round_trip(options.cluster)
         done.append("a cluster with replicas, by cluster=True and by a plain URL")
     if options.refused:
         done.append(f"refused connections in bounded time ({refused()})")

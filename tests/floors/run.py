@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from pyhistory import testing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,11 +209,61 @@ def _kind() -> str:
 
 
 @contextlib.contextmanager
+def sentinel(binary: str, primary: testing.LocalServer) -> Iterator[int]:
+    """One Sentinel watching ``primary`` as ``mymaster``; yields its port."""
+    port = testing.free_port()
+    with tempfile.TemporaryDirectory(prefix="pyhistory-floors-sentinel-") as directory:
+        config, log_file = Path(directory) / "sentinel.conf", Path(directory) / "sentinel.log"
+        config.write_text(
+            f"bind 127.0.0.1\nport {port}\ndir {directory}\nprotected-mode no\n"
+            f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
+        )
+        log = open(log_file, "wb")  # noqa: SIM115
+        process = subprocess.Popen([binary, str(config), "--sentinel"], stdout=log, stderr=log)
+        try:
+            client = redis.Redis(port=port, socket_timeout=1)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", "mymaster"):
+                        break
+                except redis.ConnectionError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise RuntimeError(f"the sentinel did not start:\n{log_file.read_text()}")
+                time.sleep(0.05)
+            client.close()
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+@contextlib.contextmanager
 def servers() -> Iterator[list[str]]:
-    """A server's URL and a cluster node's URL, both stopped on leaving."""
-    with testing.start_server(_kind()) as server, testing.start_cluster(_kind()) as cluster:
-        _say(f"server: {server.kind} {server.version} at {server.url}, cluster at {cluster.url}")
-        yield [server.url, cluster.url]
+    """The round trip's arguments: one server (on TCP and on a Unix socket), a Sentinel watching
+    it, and a cluster with replicas, all stopped on leaving."""
+    with contextlib.ExitStack() as stack:
+        sockets = stack.enter_context(tempfile.TemporaryDirectory(prefix="pyhistory-floors-"))
+        socket = f"{sockets}/redis.sock"
+        args = ["--unixsocket", socket, "--unixsocketperm", "700"]
+        server = stack.enter_context(testing.start_server(_kind(), args=args))
+        sentinel_port = stack.enter_context(sentinel(server.binary, server))
+        cluster = stack.enter_context(testing.start_cluster(_kind()))
+        urls = {
+            "--server": server.url,
+            "--unix": f"unix://{socket}?db=0",
+            "--sentinel": f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0",
+            "--cluster": cluster.url,
+        }
+        _say(f"servers: {server.kind} {server.version}; " + ", ".join(urls.values()))
+        yield [word for pair in urls.items() for word in pair]
 
 
 def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, urls: list[str]) -> int:
