@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.metadata
 import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from importlib.metadata import version
 
 import redis
@@ -93,6 +96,23 @@ def store(
         read_from_replicas=cluster,
         wait_for_replicas=1 if cluster else 0,
     )
+
+
+@contextlib.contextmanager
+def counting_version_lookups() -> Iterator[list[str]]:
+    """The names that importlib.metadata.version() is asked for inside the block."""
+    lookups: list[str] = []
+    original = importlib.metadata.version
+
+    def version(name: str) -> str:
+        lookups.append(name)
+        return original(name)
+
+    importlib.metadata.version = version
+    try:
+        yield lookups
+    finally:
+        importlib.metadata.version = original
 
 
 def kill_connections(admin: redis.Redis) -> None:
@@ -292,12 +312,16 @@ def main() -> None:
     url = options.server
     admin = redis.Redis.from_url(url)
     sync_round_trip(url, admin)
-    asyncio.run(async_round_trip(url, admin))
-    asyncio.run(async_round_trip(url, admin))  # a second event loop gets its own client
+    with counting_version_lookups() as lookups:
+        asyncio.run(async_round_trip(url, admin))
+        asyncio.run(async_round_trip(url, admin))  # a second event loop gets its own client
+    # redis-py looks its version up for every new connection unless pyhistory stopped it: file
+    # system calls, on the event loop for asyncio connections.
+    check(lookups == [], f"package metadata read on the event loop: {lookups}")
     typed_errors(url, admin)
     done = [
         "sync and asyncio add, window read, ttl, touch, length, clear, reload, dropped "
-        "connection, typed errors"
+        "connection, typed errors, no metadata lookups on the loop"
     ]
     forms = [(name, getattr(options, name)) for name in ("unix", "sentinel")]
     for name, form_url in forms:
