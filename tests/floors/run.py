@@ -160,6 +160,35 @@ def _run(command: list[str], timeout: float = PIP_TIMEOUT) -> str:
     return done.stdout
 
 
+# Parts of the round trip known to leave connections open when their event loop closes: their
+# ResourceWarnings are counted and shown, not failed on. asyncio clients built from a Sentinel
+# URL keep their connections to the sentinels open (pyhistory._clients closes only the master's).
+KNOWN_LEAKS = ("--sentinel",)
+
+
+def _roundtrip(python: str, urls: dict[str, str], refused: bool = False) -> None:
+    """Run the round trip and show what it says. A ResourceWarning (a connection or a transport
+    left open, of a closed event loop for instance) fails it too, except in KNOWN_LEAKS."""
+    strict = [word for form, url in urls.items() if form not in KNOWN_LEAKS for word in (form, url)]
+    _roundtrip_once(python, [*strict, *(["--refused"] if refused else [])], strict=True)
+    for form in KNOWN_LEAKS:
+        if form in urls:
+            _roundtrip_once(python, [form, urls[form]], strict=False)
+
+
+def _roundtrip_once(python: str, args: list[str], strict: bool) -> None:
+    command = [python, "-W", "always::ResourceWarning", str(ROUNDTRIP), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    warnings = done.stderr.count("ResourceWarning: unclosed")
+    if done.returncode != 0 or (strict and "ResourceWarning" in done.stderr):
+        output = f"{done.stdout}{done.stderr}".rstrip()
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}\n{output}")
+    lines = done.stdout.rstrip().splitlines()
+    _say("\n".join(lines if strict else lines[-1:]))
+    if warnings and not strict:
+        _say(f"  known, not failed: {warnings} 'unclosed' ResourceWarnings ({' '.join(args[::2])})")
+
+
 def _pip(venv: Path, command: str, *args: str) -> None:
     python = str(venv / "bin" / "python")
     _run([python, "-m", "pip", command, "--disable-pip-version-check", "-q", *args])
@@ -179,7 +208,7 @@ def _lowest_hiredis(python: str) -> str:
     return found
 
 
-def run_row(row: Row, wheel: Path, urls: list[str]) -> None:
+def run_row(row: Row, wheel: Path, urls: dict[str, str]) -> None:
     assert row.python is not None
     venv = VENVS / row.name
     shutil.rmtree(venv, ignore_errors=True)
@@ -190,7 +219,7 @@ def run_row(row: Row, wheel: Path, urls: list[str]) -> None:
     else:
         _pip(venv, "install", "--upgrade", str(wheel), *CHECKED)
     _pip(venv, "check")
-    _say(_run([python, str(ROUNDTRIP), *urls, "--refused"], timeout=RUN_TIMEOUT).rstrip())
+    _roundtrip(python, urls, refused=True)
     # Again with the hiredis extra: the compiled reply parser takes over inside redis-py.
     extra = f"{wheel}[hiredis]"
     if row.lowest_hiredis:
@@ -198,7 +227,7 @@ def run_row(row: Row, wheel: Path, urls: list[str]) -> None:
     else:
         _pip(venv, "install", "--upgrade", extra, *CHECKED, "hiredis")
     _pip(venv, "check")
-    _say(_run([python, str(ROUNDTRIP), *urls], timeout=RUN_TIMEOUT).rstrip())
+    _roundtrip(python, urls)
 
 
 def _kind() -> str:
@@ -246,7 +275,7 @@ def sentinel(binary: str, primary: testing.LocalServer) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[list[str]]:
+def servers() -> Iterator[dict[str, str]]:
     """The round trip's arguments: one server (on TCP and on a Unix socket), a Sentinel watching
     it, and a cluster with replicas, all stopped on leaving."""
     with contextlib.ExitStack() as stack:
@@ -263,10 +292,12 @@ def servers() -> Iterator[list[str]]:
             "--cluster": cluster.url,
         }
         _say(f"servers: {server.kind} {server.version}; " + ", ".join(urls.values()))
-        yield [word for pair in urls.items() for word in pair]
+        yield urls
 
 
-def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, urls: list[str]) -> int:
+def probe(
+    candidates: list[str], wheel: Path, pins: list[str], python: str, urls: dict[str, str]
+) -> int:
     """Try each candidate requirement with the other packages at their floors; 0 if all work."""
     venv = VENVS / "probe"
     shutil.rmtree(venv, ignore_errors=True)
@@ -279,8 +310,7 @@ def probe(candidates: list[str], wheel: Path, pins: list[str], python: str, urls
             # --no-deps for the wheel: a candidate below the declared floor is the point here.
             _pip(venv, "install", "--no-deps", "--force-reinstall", str(wheel))
             _pip(venv, "install", candidate, *others, *_dependencies_of(wheel))
-            roundtrip = [str(venv / "bin" / "python"), str(ROUNDTRIP), *urls, "--refused"]
-            _say(_run(roundtrip, timeout=RUN_TIMEOUT).rstrip())
+            _roundtrip(str(venv / "bin" / "python"), urls, refused=True)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             failures += 1
             reason = [line for line in str(error).splitlines() if line.strip()][-1]
