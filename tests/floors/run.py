@@ -8,11 +8,13 @@ pyhistory wheel built from this checkout installed into it:
   resolve to the newest that fit, as pip does for a user);
 - ``newest``: the newest Python found, with the newest ``redis`` and ``langchain-core``.
 
-In each row ``tests/floors/roundtrip.py`` runs a real round trip (sync and asyncio) against a
-throwaway server and a throwaway cluster (3 primaries, 3 replicas), first with redis-py's
+In each row ``tests/floors/roundtrip.py`` runs real round trips, sync and asyncio, against
+throwaway servers: one server by its TCP, Unix socket and Sentinel URLs, and a cluster of 3
+primaries and 3 replicas; a dropped connection and a refused one; first with redis-py's
 pure-Python parser, then again with ``hiredis`` added: for the floors at the lowest version
-redis-py's ``hiredis`` extra accepts, for the newest row the newest. A Python that is not
-installed skips its row with a message.
+redis-py's ``hiredis`` extra accepts, for the newest row the newest. A ResourceWarning fails the
+round trip (except for KNOWN_LEAKS, shown). A Python that is not installed skips its row with a
+message; the run fails when no row ran.
 
 ``--probe redis==5.2.1 langchain-core==0.2.43 ...`` looks for a floor instead: in one
 environment on the oldest Python, each requirement given replaces its package's pin in turn (the
@@ -38,7 +40,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -54,6 +56,10 @@ CHECKED = ("redis", "langchain-core")
 NEWEST_CANDIDATES = ("3.14", "3.13")
 PIP_TIMEOUT = 600
 RUN_TIMEOUT = 120
+# Parts of the round trip known to leave connections open when their event loop closes: their
+# ResourceWarnings are counted and shown, not failed on. asyncio clients built from a Sentinel
+# URL keep their connections to the sentinels open (pyhistory._clients closes only the master's).
+KNOWN_LEAKS = ("--sentinel",)
 
 
 @dataclass
@@ -61,9 +67,8 @@ class Row:
     name: str
     python: str | None  # None: not installed here, the row is skipped
     wanted: str  # the Python version asked for, for the skip message
-    pins: list[str]  # requirements beside the wheel ("redis==5.3.0"), empty for the newest
+    pins: list[str]  # requirements beside the wheel ("redis==6.0"), empty for the newest
     lowest_hiredis: bool  # hiredis at the floor redis-py's extra allows, else the newest
-    log: list[str] = field(default_factory=list)
 
 
 def _say(text: str) -> None:
@@ -160,12 +165,6 @@ def _run(command: list[str], timeout: float = PIP_TIMEOUT) -> str:
     return done.stdout
 
 
-# Parts of the round trip known to leave connections open when their event loop closes: their
-# ResourceWarnings are counted and shown, not failed on. asyncio clients built from a Sentinel
-# URL keep their connections to the sentinels open (pyhistory._clients closes only the master's).
-KNOWN_LEAKS = ("--sentinel",)
-
-
 def _roundtrip(python: str, urls: dict[str, str], refused: bool = False) -> None:
     """Run the round trip and show what it says. A ResourceWarning (a connection or a transport
     left open, of a closed event loop for instance) fails it too, except in KNOWN_LEAKS."""
@@ -250,19 +249,18 @@ def sentinel(binary: str, primary: testing.LocalServer) -> Iterator[int]:
         log = open(log_file, "wb")  # noqa: SIM115
         process = subprocess.Popen([binary, str(config), "--sentinel"], stdout=log, stderr=log)
         try:
-            client = redis.Redis(port=port, socket_timeout=1)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    if client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", "mymaster"):
-                        break
-                except redis.ConnectionError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    raise RuntimeError(f"the sentinel did not start:\n{log_file.read_text()}")
-                time.sleep(0.05)
-            client.close()
+            with redis.Redis(port=port, socket_timeout=1) as client:
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        if client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", "mymaster"):
+                            break
+                    except redis.ConnectionError:
+                        pass
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.flush()
+                        raise RuntimeError(f"the sentinel did not start:\n{log_file.read_text()}")
+                    time.sleep(0.05)
             yield port
         finally:
             process.terminate()
