@@ -12,9 +12,9 @@ In each row ``tests/floors/roundtrip.py`` runs real round trips, sync and asynci
 throwaway servers: one server by its TCP, Unix socket and Sentinel URLs, and a cluster of 3
 primaries and 3 replicas; a dropped connection and a refused one; first with redis-py's
 pure-Python parser, then again with ``hiredis`` added: for the floors at the lowest version
-redis-py's ``hiredis`` extra accepts, for the newest row the newest. A ResourceWarning fails the
-round trip (except for KNOWN_LEAKS, shown). A Python that is not installed skips its row with a
-message; the run fails when no row ran.
+redis-py's ``hiredis`` extra accepts, for the newest row the newest. A ResourceWarning (a
+connection left open, of a closed event loop for instance) fails the round trip. A Python that
+is not installed skips its row with a message; the run fails when no row ran.
 
 ``--probe redis==5.2.1 langchain-core==0.2.43 ...`` looks for a floor instead: in one
 environment on the oldest Python, each requirement given replaces its package's pin in turn (the
@@ -56,10 +56,6 @@ CHECKED = ("redis", "langchain-core")
 NEWEST_CANDIDATES = ("3.14", "3.13")
 PIP_TIMEOUT = 600
 RUN_TIMEOUT = 120
-# Parts of the round trip known to leave connections open when their event loop closes: their
-# ResourceWarnings are counted and shown, not failed on. asyncio clients built from a Sentinel
-# URL keep their connections to the sentinels open (pyhistory._clients closes only the master's).
-KNOWN_LEAKS = ("--sentinel",)
 
 
 @dataclass
@@ -166,26 +162,14 @@ def _run(command: list[str], timeout: float = PIP_TIMEOUT) -> str:
 
 
 def _roundtrip(python: str, urls: dict[str, str], refused: bool = False) -> None:
-    """Run the round trip and show what it says. A ResourceWarning (a connection or a transport
-    left open, of a closed event loop for instance) fails it too, except in KNOWN_LEAKS."""
-    strict = [word for form, url in urls.items() if form not in KNOWN_LEAKS for word in (form, url)]
-    _roundtrip_once(python, [*strict, *(["--refused"] if refused else [])], strict=True)
-    for form in KNOWN_LEAKS:
-        if form in urls:
-            _roundtrip_once(python, [form, urls[form]], strict=False)
-
-
-def _roundtrip_once(python: str, args: list[str], strict: bool) -> None:
+    """Run the round trip and show what it says; a ResourceWarning fails it too."""
+    args = [word for pair in urls.items() for word in pair] + (["--refused"] if refused else [])
     command = [python, "-W", "always::ResourceWarning", str(ROUNDTRIP), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    warnings = done.stderr.count("ResourceWarning: unclosed")
-    if done.returncode != 0 or (strict and "ResourceWarning" in done.stderr):
+    if done.returncode != 0 or "ResourceWarning" in done.stderr:
         output = f"{done.stdout}{done.stderr}".rstrip()
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}\n{output}")
-    lines = done.stdout.rstrip().splitlines()
-    _say("\n".join(lines if strict else lines[-1:]))
-    if warnings and not strict:
-        _say(f"  known, not failed: {warnings} 'unclosed' ResourceWarnings ({' '.join(args[::2])})")
+    _say(done.stdout.rstrip())
 
 
 def _pip(venv: Path, command: str, *args: str) -> None:
