@@ -1,6 +1,7 @@
 """A real round trip through the installed pyhistory, sync and asyncio.
 
-    roundtrip.py --server URL [--unix URL] [--sentinel URL] [--cluster NODE_URL] [--refused]
+    roundtrip.py [--server URL] [--unix URL] [--sentinel URL] [--cluster NODE_URL] [--refused]
+                 [--checkpoint]
 
 On the server: add, read with a TTL and a window, length, touch, clear, a reload after
 ``FUNCTION FLUSH``, a dropped connection ridden out by the retry policy, and typed errors,
@@ -9,7 +10,8 @@ server's Unix socket and a Sentinel watching it: a short sync and asyncio round 
 cluster (a node's URL, replicas present): writes acknowledged by a replica, reads from
 replicas, and a plain URL detected as a cluster. ``--refused``: a server that refuses
 connections gives a typed error in bounded time (about 6 s each for sync and asyncio, so run it
-once per environment).
+once per environment). ``--checkpoint``: the LangGraph saver of the ``checkpoint`` extra, sync
+and asyncio (put, pending writes, get, list, delete), on the server and on the cluster.
 
 Run by ``tests/floors/run.py`` with the Python of each dependency row (the lowest versions
 pyproject allows, the newest ones), so it needs nothing but pyhistory and its dependencies:
@@ -28,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from importlib.metadata import version
+from typing import Any
 
 import redis
 import redis.exceptions
@@ -293,6 +296,58 @@ def cluster_round_trip(url: str) -> None:
     asyncio.run(plain_asyncio())
 
 
+def checkpoint_round_trip(url: str, cluster: bool = False) -> None:
+    """The saver's put, put_writes, get_tuple, list and delete_thread, sync and asyncio."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from pyhistory.checkpoint import RedisSaver
+
+    saver = RedisSaver(url, ttl=TTL, cluster=cluster)
+
+    def config(thread_id: str) -> Any:
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+
+    def checkpoint() -> Any:
+        value = saver.get_next_version(None, None)
+        return {
+            **empty_checkpoint(),
+            "channel_values": {"messages": ["hello"]},
+            "channel_versions": {"messages": value},
+        }
+
+    def check_stored(got: Any, written: Any, name: str) -> None:
+        check(got is not None, f"{name}: nothing stored")
+        check(got.checkpoint["id"] == written["id"], f"{name}: checkpoint id")
+        check(got.checkpoint["channel_values"] == {"messages": ["hello"]}, f"{name}: values")
+        check(got.metadata.get("step") == 1, f"{name}: metadata {got.metadata}")
+        check(
+            [(w[1], w[2]) for w in got.pending_writes or []] == [("messages", "pending")],
+            f"{name}: pending writes {got.pending_writes}",
+        )
+
+    thread = f"floors-{uuid.uuid4().hex}"
+    written = checkpoint()
+    metadata: Any = {"source": "input", "step": 1}
+    stored = saver.put(config(thread), written, metadata, written["channel_versions"])
+    saver.put_writes(stored, [("messages", "pending")], task_id="task-1")
+    check_stored(saver.get_tuple(config(thread)), written, "checkpoint")
+    check(len(list(saver.list(config(thread)))) == 1, "checkpoint list")
+    saver.delete_thread(thread)
+    check(saver.get_tuple(config(thread)) is None, "checkpoint delete_thread")
+
+    async def on_asyncio() -> None:
+        thread = f"floors-{uuid.uuid4().hex}"
+        written = checkpoint()
+        stored = await saver.aput(config(thread), written, metadata, written["channel_versions"])
+        await saver.aput_writes(stored, [("messages", "pending")], task_id="task-1")
+        check_stored(await saver.aget_tuple(config(thread)), written, "asyncio checkpoint")
+        check(len([c async for c in saver.alist(config(thread))]) == 1, "asyncio list")
+        await saver.adelete_thread(thread)
+        check(await saver.aget_tuple(config(thread)) is None, "asyncio delete_thread")
+
+    asyncio.run(on_asyncio())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--server")
@@ -300,6 +355,7 @@ def main() -> None:
     parser.add_argument("--sentinel")
     parser.add_argument("--cluster")
     parser.add_argument("--refused", action="store_true")
+    parser.add_argument("--checkpoint", action="store_true")
     options = parser.parse_args()
 
     hiredis = f"yes {version('hiredis')}" if redis.utils.HIREDIS_AVAILABLE else "no"
@@ -336,6 +392,12 @@ def main() -> None:
         done.append("a cluster with replicas, by cluster=True and by a plain URL")
     if options.refused:
         done.append(f"refused connections in bounded time ({refused()})")
+    if options.checkpoint:
+        if options.server:
+            checkpoint_round_trip(options.server)
+        if options.cluster:
+            checkpoint_round_trip(options.cluster, cluster=True)
+        done.append(f"the LangGraph saver (langgraph-checkpoint {version('langgraph-checkpoint')})")
     print(f"  round trip ok: {'; '.join(done)}")
 
 

@@ -12,9 +12,11 @@ In each row ``tests/floors/roundtrip.py`` runs real round trips, sync and asynci
 throwaway servers: one server by its TCP, Unix socket and Sentinel URLs, and a cluster of 3
 primaries and 3 replicas; a dropped connection and a refused one; first with redis-py's
 pure-Python parser, then again with ``hiredis`` added: for the floors at the lowest version
-redis-py's ``hiredis`` extra accepts, for the newest row the newest. A ResourceWarning (a
-connection left open, of a closed event loop for instance) fails the round trip. A Python that
-is not installed skips its row with a message; the run fails when no row ran.
+redis-py's ``hiredis`` extra accepts, for the newest row the newest; then once more with the
+``checkpoint`` extra (the LangGraph saver too), at its own floors or the newest. A
+ResourceWarning (a connection left open, of a closed event loop for instance) fails the round
+trip. A Python that is not installed skips its row with a message; the run fails when no row
+ran.
 
 ``--probe redis==5.2.1 langchain-core==0.2.43 ...`` looks for a floor instead: in one
 environment on the oldest Python, each requirement given replaces its package's pin in turn (the
@@ -52,6 +54,8 @@ VENVS = ROOT / ".venv-floors"
 ROUNDTRIP = Path(__file__).with_name("roundtrip.py")
 # The direct dependencies whose floors are checked; pyproject must give each one a ">=" floor.
 CHECKED = ("redis", "langchain-core")
+# The same for the checkpoint extra (which may raise langchain-core's floor).
+CHECKPOINT = ("langgraph-checkpoint", "langchain-core")
 # Candidates for the newest row, newest first.
 NEWEST_CANDIDATES = ("3.14", "3.13")
 PIP_TIMEOUT = 600
@@ -65,6 +69,7 @@ class Row:
     wanted: str  # the Python version asked for, for the skip message
     pins: list[str]  # requirements beside the wheel ("redis==6.0"), empty for the newest
     lowest_hiredis: bool  # hiredis at the floor redis-py's extra allows, else the newest
+    checkpoint_pins: list[str]  # the checkpoint extra's floors (which replace pins), or empty
 
 
 def _say(text: str) -> None:
@@ -96,10 +101,12 @@ def wheel_metadata(wheel: Path) -> tuple[str, dict[str, str], dict[str, str]]:
     floors: dict[str, str] = {}
     extras: dict[str, str] = {}
     for line in re.findall(r"^Requires-Dist: (.+)$", text, re.M):
-        match = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([\w.]+)", line)
-        if match is None:
+        # "name[extras] specifiers; marker": the specifiers in any order ("!=1.0.*,>=0.3.81").
+        name = re.match(r"[A-Za-z0-9_.-]+", line)
+        at_least = re.search(r">=\s*([\w.]+)", line.split(";")[0])
+        if name is None or at_least is None:
             continue
-        package, floor = match.group(1).lower(), match.group(2)
+        package, floor = name.group(0).lower(), at_least.group(1)
         extra = re.search(r"extra == ['\"]([\w-]+)['\"]", line)
         if extra:
             extras[f"{extra.group(1)}:{package}"] = floor
@@ -161,9 +168,9 @@ def _run(command: list[str], timeout: float = PIP_TIMEOUT) -> str:
     return done.stdout
 
 
-def _roundtrip(python: str, urls: dict[str, str], refused: bool = False) -> None:
+def _roundtrip(python: str, urls: dict[str, str], *flags: str) -> None:
     """Run the round trip and show what it says; a ResourceWarning fails it too."""
-    args = [word for pair in urls.items() for word in pair] + (["--refused"] if refused else [])
+    args = [word for pair in urls.items() for word in pair] + list(flags)
     command = [python, "-W", "always::ResourceWarning", str(ROUNDTRIP), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     if done.returncode != 0 or "ResourceWarning" in done.stderr:
@@ -202,7 +209,7 @@ def run_row(row: Row, wheel: Path, urls: dict[str, str]) -> None:
     else:
         _pip(venv, "install", "--upgrade", str(wheel), *CHECKED)
     _pip(venv, "check")
-    _roundtrip(python, urls, refused=True)
+    _roundtrip(python, urls, "--refused")
     # Again with the hiredis extra: the compiled reply parser takes over inside redis-py.
     extra = f"{wheel}[hiredis]"
     if row.lowest_hiredis:
@@ -211,6 +218,15 @@ def run_row(row: Row, wheel: Path, urls: dict[str, str]) -> None:
         _pip(venv, "install", "--upgrade", extra, *CHECKED, "hiredis")
     _pip(venv, "check")
     _roundtrip(python, urls)
+    # And the checkpoint extra: the LangGraph saver, at its own floors or the newest.
+    extra = f"{wheel}[hiredis,checkpoint]"
+    if row.checkpoint_pins:
+        others = [pin for pin in row.pins if pin.split("==")[0] not in CHECKPOINT]
+        _pip(venv, "install", extra, *others, *row.checkpoint_pins)
+    else:
+        _pip(venv, "install", "--upgrade", extra, *CHECKED, *CHECKPOINT)
+    _pip(venv, "check")
+    _roundtrip(python, urls, "--checkpoint")
 
 
 def _kind() -> str:
@@ -292,7 +308,7 @@ def probe(
             # --no-deps for the wheel: a candidate below the declared floor is the point here.
             _pip(venv, "install", "--no-deps", "--force-reinstall", str(wheel))
             _pip(venv, "install", candidate, *others, *_dependencies_of(wheel))
-            _roundtrip(str(venv / "bin" / "python"), urls, refused=True)
+            _roundtrip(str(venv / "bin" / "python"), urls, "--refused")
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             failures += 1
             reason = [line for line in str(error).splitlines() if line.strip()][-1]
@@ -332,6 +348,8 @@ def main() -> int:
                 f"the dependency's ({floors['redis']})"
             )
         pins = [f"{package}=={floors[package]}" for package in CHECKED]
+        checkpoint_floors = {p: extras.get(f"checkpoint:{p}", floors.get(p)) for p in CHECKPOINT}
+        checkpoint_pins = [f"{p}=={floor}" for p, floor in checkpoint_floors.items() if floor]
         old_python, old_wanted = chosen_python("PYHISTORY_FLOORS_OLDEST", (oldest,))
         new_python, new_wanted = chosen_python("PYHISTORY_FLOORS_NEWEST", NEWEST_CANDIDATES)
         if options.probe:
@@ -341,8 +359,8 @@ def main() -> int:
                 _say(f"on {old_python}")
                 return 1 if probe(options.probe, wheel, pins, old_python, urls) else 0
         rows = [
-            Row("floors", old_python, old_wanted, pins, lowest_hiredis=True),
-            Row("newest", new_python, new_wanted, [], lowest_hiredis=False),
+            Row("floors", old_python, old_wanted, pins, True, checkpoint_pins),
+            Row("newest", new_python, new_wanted, [], False, []),
         ]
         passed = failed = skipped = 0
         with servers() as urls:
@@ -352,7 +370,7 @@ def main() -> int:
                     _say(f"== {row.name}: SKIPPED, no Python {row.wanted} found ({what})")
                     skipped += 1
                     continue
-                _say(f"== {row.name}: {row.python} with {what}, then with hiredis")
+                _say(f"== {row.name}: {row.python} with {what}, then with hiredis, then the saver")
                 row_started = time.monotonic()
                 try:
                     run_row(row, wheel, urls)
