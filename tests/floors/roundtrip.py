@@ -107,11 +107,11 @@ def counting_version_lookups() -> Iterator[list[str]]:
     lookups: list[str] = []
     original = importlib.metadata.version
 
-    def version(name: str) -> str:
+    def counted(name: str) -> str:
         lookups.append(name)
         return original(name)
 
-    importlib.metadata.version = version
+    importlib.metadata.version = counted
     try:
         yield lookups
     finally:
