@@ -12,6 +12,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 help:
 	@echo "make demo      LangChain's Redis examples, as a chain and a 1.x agent (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
+	@echo "make test-wheels-only   the suite with Debian's Redis hidden: the wheels' servers only"
 	@echo "make lint      ruff, mypy --strict, luac -p"
 	@echo "make test-floors  a real round trip on the lowest and the newest redis-py and langchain-core"
 	@echo "make bench     side-by-side benchmarks on every server kind into docs/bench/"
@@ -47,6 +48,11 @@ test-fast: $(DEV_STAMP)
 # of each on the newest Python: fresh environments in .venv-floors/, a real round trip in each.
 test-floors: $(DEMO_STAMP)
 	$(PY) tests/floors/run.py
+
+# As on a machine with Python only: no redis-server or redis-cli on PATH (tests/hide-redis.sh).
+.PHONY: test-wheels-only
+test-wheels-only: $(DEV_STAMP)
+	tests/hide-redis.sh $(MAKE) test
 
 PY_SOURCES := pyhistory tests loadtest
 
