@@ -1,5 +1,5 @@
-"""Smoke runs of the locust load test (loadtest/run.py) against a throwaway Redis 7 server, and
-of the benchmark's server-cost scenario (loadtest/bench).
+"""Smoke runs of the locust load test (loadtest/run.py) against a throwaway server (the first
+installed kind), and of the benchmark's server-cost scenario (loadtest/bench).
 
 Speed is not asserted: these check that the load test runs, checks what it reads, reports every
 operation, writes its CSV and HTML, and fails when requests fail; and that the benchmark runs and
@@ -32,7 +32,7 @@ OPERATIONS = {"fetch", "add_user", "add_ai"}
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[testing.LocalServer]:
-    server = testing.start_server("redis")
+    server = testing.start_server()
     try:
         yield server
     finally:
@@ -101,7 +101,7 @@ def test_smoke_run_async_with_prefill(redis_server: testing.LocalServer, tmp_pat
 
 def test_failed_requests_fail_the_run(tmp_path: Path) -> None:
     # A server whose ACL refuses FCALL: every operation fails, and the run must say so.
-    server = testing.start_server("redis")
+    server = testing.start_server()
     try:
         with server.client() as client:
             client.execute_command("ACL", "SETUSER", "default", "-fcall", "-fcall_ro")
