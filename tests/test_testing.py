@@ -447,6 +447,10 @@ def test_sentinel_set(kind: str) -> None:
         assert [through.get(key) for key in keys] == keys
         sentinel_set.wait_ready()  # the other replica follows the new primary
         assert sentinel_set.replicas() == [r for r in replicas if r is not new]
+        sentinel_set.rejoin(old)  # back as a replica of the new primary
+        assert old in sentinel_set.replicas()
+        with old.client(decode_responses=True) as client:
+            assert client.get(keys[-1]) == keys[-1]
         through.close()
         everything = [*sentinel_set.servers, *sentinel_set.sentinels]
     assert not any(node.running for node in everything)

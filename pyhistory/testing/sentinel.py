@@ -249,6 +249,18 @@ class LocalSentinelSet:
         primary.pause()
         return primary
 
+    def rejoin(self, server: LocalServer, timeout: float = 30.0) -> None:
+        """Start ``server`` again (a killed primary, say) as a replica of the current primary,
+        as an operator would, and wait until the sentinels see it in sync."""
+        primary = self.primary()
+        if server is primary:
+            raise ValueError(f"{server} is the primary")
+        if not server.running:
+            server.start()
+        with server._admin() as client:
+            command(client, "REPLICAOF", primary.host, primary.port)
+        self.wait_ready(timeout)
+
     def wait_for_promotion(self, old: LocalServer, timeout: float = 30.0) -> LocalServer:
         """Wait until every live sentinel names a primary other than ``old``, and that server
         says it is a primary; return it."""

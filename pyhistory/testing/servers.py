@@ -344,7 +344,8 @@ class LocalServer:
     def version(self) -> str:
         """Server version from INFO server (``valkey_version`` for Valkey), e.g. ``"7.0.15"``."""
         if self._version is None:
-            info = self._admin().info("server")
+            with self._admin() as client:
+                info = client.info("server")
             self._version = str(info.get("valkey_version") or info["redis_version"])
         return self._version
 
