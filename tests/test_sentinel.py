@@ -266,19 +266,20 @@ def test_failover_under_load_loses_nothing_acknowledged(sentinel_kind: str) -> N
         for w in writers:
             stored = contents(RedisChatMessageHistory(w.history.session_id, url=url))
             acked = [content for content, _, _ in w.acked]
-            present = set(stored)
+            present, acknowledged = set(stored), set(acked)
             lost[w.name] = [c for c in acked if c not in present]
-            assert [c for c in stored if c in set(acked)] == [c for c in acked if c in present]
+            assert [c for c in stored if c in acknowledged] == [c for c in acked if c in present]
             applied_unacked += sum(1 for content, _, _ in w.failed if content in present)
 
-        resumed = [next(end for _, start, end in w.acked if start > killed) for w in writers]
+        resumed = {w.name: next(e for _, s, e in w.acked if s > killed) - killed for w in writers}
         stalls = [
             max(b[2] - a[2] for a, b in zip(w.acked, w.acked[1:], strict=False)) for w in writers
         ]
         errors = sorted({error for w in writers for _, _, error in w.failed})
         print(
             f"\n[{sentinel_kind}] primary SIGKILLed; promotion after {promoted - killed:.2f} s; "
-            f"writes resumed after {min(resumed) - killed:.2f}-{max(resumed) - killed:.2f} s "
+            f"writes resumed after {min(resumed.values()):.2f}-{max(resumed.values()):.2f} s "
+            f"({', '.join(f'{name} {t:.2f}' for name, t in resumed.items())}) "
             f"(longest stall of one writer {max(stalls):.2f} s); "
             f"{sum(len(w.acked) for w in writers)} writes acknowledged, "
             f"{sum(len(v) for v in lost.values())} of them lost; "
