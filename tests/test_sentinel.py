@@ -163,6 +163,45 @@ def test_wrong_password(protected: testing.LocalSentinelSet) -> None:
         assert client.exists(wrong.key) == 0
 
 
+def test_several_sentinels_in_the_url(
+    sentinel_set: testing.LocalSentinelSet, sentinel_url: str
+) -> None:
+    """``host:port,host:port``: a sentinel that refuses connections is passed over."""
+    (host, first), (_, second) = sentinel_set.sentinel_addresses[:2]
+    closed = testing.free_port()
+    url = f"redis+sentinel://{host}:{closed},{host}:{first},{host}:{second}/mymaster/0"
+    history = RedisChatMessageHistory(session_id(), url=url)
+    history.add_messages([HumanMessage("through the second sentinel")])
+    with sentinel_set.primary_client() as client:
+        assert client.llen(history.key) == 1
+
+
+@pytest.fixture(scope="module")
+def tls_set(
+    sentinel_kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[testing.LocalSentinelSet]:
+    binary = testing.server_binary(sentinel_kind)
+    assert binary is not None
+    if not testing.binary_supports_tls(binary):
+        pytest.skip(f"{sentinel_kind} ({binary}) was built without TLS support")
+    files = testing.make_tls_files(str(tmp_path_factory.mktemp("tls")))
+    with testing.start_sentinel_set(sentinel_kind, replicas=1, sentinels=1, tls=files) as started:
+        yield started
+
+
+def test_tls_url_with_options_in_the_query(tls_set: testing.LocalSentinelSet) -> None:
+    assert tls_set.tls is not None
+    files = tls_set.tls
+    url = tls_set.url_for(1)
+    assert url.startswith("rediss+sentinel://")
+    query = f"?ssl_ca_certs={files.ca_cert}&ssl_certfile={files.cert}&ssl_keyfile={files.key}"
+    history = RedisChatMessageHistory(session_id(), url=url + query)
+    history.add_messages([HumanMessage("over TLS")])
+    assert contents(history) == ["over TLS"]
+    with tls_set.primary_client(db=1) as client:
+        assert client.llen(history.key) == 1
+
+
 # --- failover under load -----------------------------------------------------------------------
 
 

@@ -478,6 +478,33 @@ def test_sentinel_set_with_passwords() -> None:
         through.close()
 
 
+@pytest.mark.parametrize("kind", kind_params())
+def test_sentinel_set_over_tls(kind: str, tmp_path: Path) -> None:
+    binary = server_binary(kind)
+    assert binary is not None
+    if not testing.binary_supports_tls(binary):
+        with pytest.raises(RuntimeError, match="without TLS"):
+            start_sentinel_set(kind, tls=TLSFiles("x", "y", "z"))
+        pytest.skip(f"{kind} ({binary}) was built without TLS support")
+    files = make_tls_files(str(tmp_path))
+    with start_sentinel_set(kind, replicas=1, sentinels=1, tls=files) as sentinel_set:
+        port = sentinel_set.sentinels[0].port
+        assert sentinel_set.url == f"rediss+sentinel://127.0.0.1:{port}/mymaster/0"
+        for node in [*sentinel_set.servers, *sentinel_set.sentinels]:
+            with node.client() as client:
+                assert client.ping()
+            plain = redis.Redis(port=node.port, socket_timeout=1, retry=NO_RETRY)
+            with plain, pytest.raises(redis.ConnectionError):
+                plain.ping()
+        through = sentinel_set.sentinel().master_for("mymaster")
+        through.set("k", "v")
+        assert through.wait(1, 2000) == 1
+        old = sentinel_set.kill_primary()
+        assert sentinel_set.wait_for_promotion(old) is sentinel_set.servers[1]
+        assert through.get("k") == b"v"
+        through.close()
+
+
 def test_sentinel_set_notices_a_paused_primary() -> None:
     with start_sentinel_set(replicas=1, sentinels=3) as sentinel_set:
         started = time.monotonic()

@@ -32,10 +32,12 @@ from pyhistory.testing.servers import (
     HOST,
     STOP_GRACE,
     LocalServer,
+    binary_supports_tls,
     command,
     resolve_kind,
     start_server,
 )
+from pyhistory.testing.tls import TLSFiles, client_kwargs
 
 __all__ = ["LocalSentinel", "LocalSentinelSet", "start_sentinel_set"]
 
@@ -61,9 +63,10 @@ class LocalSentinel(LocalServer):
         failover_timeout_ms: int,
         auth_pass: str | None = None,
         password: str | None = None,
+        tls: TLSFiles | None = None,
         args: Sequence[str] = (),
     ) -> None:
-        super().__init__(kind, binary, args=args)
+        super().__init__(kind, binary, args=args, tls=tls)
         self.service = service
         self._monitor = primary
         self._quorum = quorum
@@ -88,8 +91,18 @@ class LocalSentinel(LocalServer):
     def config(self) -> str:
         """The configuration the sentinel starts from (before it rewrites it)."""
         name = self.service
-        lines = [
-            f"port {self.port}",
+        if self.tls is None:
+            lines = [f"port {self.port}"]
+        else:  # TLS only, to clients, servers and the other sentinels
+            lines = [
+                "port 0",
+                f"tls-port {self.port}",
+                f'tls-cert-file "{self.tls.cert}"',
+                f'tls-key-file "{self.tls.key}"',
+                f'tls-ca-cert-file "{self.tls.ca_cert}"',
+                "tls-replication yes",
+            ]
+        lines += [
             f"bind {self.host}",
             "protected-mode no",
             "daemonize no",
@@ -136,11 +149,13 @@ class LocalSentinelSet:
         servers: list[LocalServer],
         sentinels: list[LocalSentinel],
         password: str | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.service = service
         self.servers = servers
         self.sentinels = sentinels
         self.password = password
+        self.tls = tls
 
     def __repr__(self) -> str:
         return (
@@ -160,7 +175,8 @@ class LocalSentinelSet:
 
     @property
     def url(self) -> str:
-        """``redis+sentinel://[:password@]127.0.0.1:<first sentinel>/<service>/0``."""
+        """``redis+sentinel://[:password@]127.0.0.1:<first sentinel>/<service>/0``
+        (``rediss+sentinel://`` with TLS; the TLS files are not in it, see :attr:`tls`)."""
         return self.url_for()
 
     def url_for(
@@ -170,10 +186,12 @@ class LocalSentinelSet:
         sentinel: int = 0,
         username: str | None = None,
         password: str | None = None,
-        scheme: str = "redis+sentinel",
+        scheme: str | None = None,
     ) -> str:
         """A Sentinel URL through ``sentinels[sentinel]``; ``password`` defaults to the set's."""
         password = self.password if password is None else password
+        if scheme is None:
+            scheme = "redis+sentinel" if self.tls is None else "rediss+sentinel"
         auth = ""
         if username is not None or password is not None:
             auth = urllib.parse.quote(username or "", safe="")
@@ -194,6 +212,9 @@ class LocalSentinelSet:
         sentinel_kwargs: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
         if self.sentinels and self.sentinels[0].password is not None:
             sentinel_kwargs["password"] = self.sentinels[0].password
+        if self.tls is not None:
+            params.update(client_kwargs(self.tls))
+            sentinel_kwargs.update(client_kwargs(self.tls))
         return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             self.sentinel_addresses, sentinel_kwargs=sentinel_kwargs, **params
         )
@@ -384,6 +405,7 @@ def start_sentinel_set(
     failover_timeout_ms: int = 3000,
     password: str | None = None,
     sentinel_password: str | None = None,
+    tls: TLSFiles | None = None,
     args: Sequence[str] = (),
     timeout: float = 30.0,
 ) -> LocalSentinelSet:
@@ -391,21 +413,26 @@ def start_sentinel_set(
 
     ``kind`` as for :func:`start_server`. The quorum is a majority of the sentinels. With
     ``password`` every server requires it (and replicas and sentinels use it); with
-    ``sentinel_password`` the sentinels require their own. ``args`` go to every server (not to
-    the sentinels). Returns when every sentinel knows the primary, every replica and the other
-    sentinels; everything started is stopped again if start-up fails.
+    ``sentinel_password`` the sentinels require their own. With ``tls`` (see
+    :func:`make_tls_files`) servers and sentinels speak TLS only, to clients and to each other.
+    ``args`` go to every server (not to the sentinels). Returns when every sentinel knows the
+    primary, every replica and the other sentinels; everything started is stopped again if
+    start-up fails.
     """
     if replicas < 0 or sentinels < 1:
         raise ValueError("need replicas >= 0 and sentinels >= 1")
     kind, binary = resolve_kind(kind)
+    if tls is not None and not binary_supports_tls(binary):
+        raise RuntimeError(f"{kind} server {binary} was built without TLS support")
     deadline = time.monotonic() + timeout
     auth = ["--requirepass", password, "--masterauth", password] if password else []
-    started = LocalSentinelSet(service, [], [], password)
+    started = LocalSentinelSet(service, [], [], password, tls)
     try:
-        primary = start_server(kind, args=[*auth, *args])
+        primary = start_server(kind, args=[*auth, *args], tls=tls)
         started.servers.append(primary)
+        follow = ["--replicaof", HOST, str(primary.port)]
         followers = [
-            LocalServer(kind, binary, args=[*auth, "--replicaof", HOST, str(primary.port), *args])
+            LocalServer(kind, binary, args=[*auth, *follow, *args], tls=tls)
             for _ in range(replicas)
         ]
         started.servers.extend(followers)
@@ -427,6 +454,7 @@ def start_sentinel_set(
                     failover_timeout_ms=failover_timeout_ms,
                     auth_pass=password,
                     password=sentinel_password,
+                    tls=tls,
                 )
             )
         for node in started.sentinels:
