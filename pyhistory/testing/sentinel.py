@@ -283,24 +283,32 @@ class LocalSentinelSet:
         self.wait_ready(timeout)
 
     def wait_for_promotion(self, old: LocalServer, timeout: float = 30.0) -> LocalServer:
-        """Wait until every live sentinel names a primary other than ``old``, and that server
-        says it is a primary; return it."""
+        """Wait until the failover away from ``old`` is over, as a client sees it, and return the
+        new primary: every live sentinel's SENTINEL MASTER names the same other server, not
+        down and no failover in progress (what redis-py's ``Sentinel`` requires of a primary;
+        GET-MASTER-ADDR-BY-NAME names the promoted replica earlier, mid-failover), and that
+        server says it is a primary."""
         deadline = time.monotonic() + timeout
         problems: list[str] = []
         while time.monotonic() < deadline:
             problems = []
-            named = set()
+            ports = set()
             for node in self.sentinels:
                 if not node.running:
                     continue
                 try:
-                    named.add(node.primary_address())
+                    with node._admin() as client:
+                        state = client.sentinel_master(self.service)
                 except redis.RedisError as exc:
                     problems.append(f"sentinel {node.port}: {exc}")
-            ports = {address[1] for address in named if address is not None}
+                    continue
+                ports.add(int(state["port"]))
+                busy = state.get("is_sdown") or state.get("is_odown")
+                if busy or "failover_in_progress" in str(state.get("flags", "")):
+                    problems.append(f"sentinel {node.port}: {state.get('flags')}")
             if len(ports) != 1 or old.port in ports:
                 problems.append(f"sentinels name {sorted(ports)}")
-            else:
+            elif not problems:
                 new = self._by_port(ports.pop())
                 if new is not None and _role(new) == "master":
                     return new
