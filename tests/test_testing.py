@@ -34,7 +34,7 @@ from pyhistory.testing import (
     start_sentinel_set,
     start_server,
 )
-from pyhistory.testing.servers import _LIVE
+from pyhistory.testing.servers import _LIVE, INSTALL_HINTS
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_RETRY = Retry(NoBackoff(), 0)  # an authentication error is a ConnectionError: retried
@@ -46,7 +46,10 @@ pytestmark = pytest.mark.skipif(not INSTALLED, reason="no redis-server / valkey-
 def kind_params() -> list[object]:
     return [
         pytest.param(
-            k, marks=pytest.mark.skipif(not server_binary(k), reason=f"{k} is not installed")
+            k,
+            marks=pytest.mark.skipif(
+                not server_binary(k), reason=f"{k} is not installed: {INSTALL_HINTS[k]}"
+            ),
         )
         for k in KINDS
     ]
