@@ -3,8 +3,8 @@ primaries, replicas and sentinels of every installed kind.
 
 Round trips sync and asyncio, the URL forms (service, db, credentials), and a failover under
 load: writers append with ``wait_for_replicas=1`` while the primary is SIGKILLed; every write
-that was acknowledged must be read back afterwards. The failover's timings are printed (run
-with ``-s`` to see them), never asserted.
+that was acknowledged must be read back afterwards. The failover's timings are printed in the
+run's output, never asserted.
 """
 
 from __future__ import annotations
@@ -266,7 +266,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 @pytest.mark.faults
-def test_failover_under_load_loses_nothing_acknowledged(sentinel_kind: str) -> None:
+def test_failover_under_load_loses_nothing_acknowledged(
+    sentinel_kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with testing.start_sentinel_set(sentinel_kind, replicas=2) as sentinel_set:
         url = sentinel_set.url
 
@@ -315,7 +317,7 @@ def test_failover_under_load_loses_nothing_acknowledged(sentinel_kind: str) -> N
             max(b[2] - a[2] for a, b in zip(w.acked, w.acked[1:], strict=False)) for w in writers
         ]
         errors = sorted({error for w in writers for _, _, error in w.failed})
-        print(
+        report = (
             f"\n[{sentinel_kind}] primary SIGKILLed; promotion after {promoted - killed:.2f} s; "
             f"writes resumed after {min(resumed.values()):.2f}-{max(resumed.values()):.2f} s "
             f"({', '.join(f'{name} {t:.2f}' for name, t in resumed.items())}) "
@@ -325,4 +327,6 @@ def test_failover_under_load_loses_nothing_acknowledged(sentinel_kind: str) -> N
             f"{sum(len(w.failed) for w in writers)} calls raised {errors}, "
             f"{applied_unacked} of those applied anyway"
         )
+        with capsys.disabled():  # in the run's output, not only with -s
+            print(report)
         assert lost == {w.name: [] for w in writers}
