@@ -25,8 +25,10 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.connection
 import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
@@ -248,6 +250,53 @@ def _host_port(text: str) -> tuple[str, int]:
         raise InvalidArgumentError(f"not a host[:port] in a Sentinel URL: {text!r}") from None
 
 
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """A connection to the primary Sentinel names, that asks the sentinels again whenever it
+    reconnects. redis-py's SentinelManagedConnection asks them in connect(), but a command sent on
+    a broken connection reconnects through connect_check_health(), which goes back to the address
+    it had: after a failover, the dead primary's, for the whole retry window."""
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if retry_socket_connect and not self._sock:  # not from connect_to(): ask the sentinels
+            self.connect()
+            return
+        super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.connection.SSLConnection):
+    pass
+
+
+class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """The asyncio twin of _SentinelConnection."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if retry_socket_connect and not self.is_connected:
+            await self.connect()
+            return
+        await super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connection.SSLConnection):
+    pass
+
+
+def _sentinel_connection_class(options: dict[str, Any], asyncio_client: bool) -> type[Any]:
+    """The connection class for the primary's pool; takes ``ssl`` out of ``options``."""
+    tls = bool(options.pop("ssl", False))
+    if asyncio_client:
+        return _AsyncSentinelSSLConnection if tls else _AsyncSentinelConnection
+    return _SentinelSSLConnection if tls else _SentinelConnection
+
+
 def _no_password_set(error: AuthenticationError) -> bool:
     """The sentinel has no password while the URL carries one (langchain_community retries the
     sentinels without it)."""
@@ -276,7 +325,10 @@ def _sentinel_master(url: str) -> redis.Redis:
             sentinel = redis.sentinel.Sentinel(
                 parsed.sentinels, sentinel_kwargs=sentinel_options, **options
             )
-    master: redis.Redis = sentinel.master_for(parsed.service, redis_class=redis.Redis)
+    connection_class = _sentinel_connection_class(sentinel.connection_kwargs, False)
+    master: redis.Redis = sentinel.master_for(
+        parsed.service, redis_class=redis.Redis, connection_class=connection_class
+    )
     return master
 
 
@@ -304,8 +356,9 @@ async def _async_sentinel_master(
             sentinel = redis.asyncio.sentinel.Sentinel(
                 parsed.sentinels, sentinel_kwargs=sentinel_options, **options
             )
+    connection_class = _sentinel_connection_class(sentinel.connection_kwargs, True)
     master: redis.asyncio.Redis = sentinel.master_for(
-        parsed.service, redis_class=redis.asyncio.Redis
+        parsed.service, redis_class=redis.asyncio.Redis, connection_class=connection_class
     )
     return master, list(sentinel.sentinels)
 
