@@ -181,9 +181,9 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                     got[0] >= 1.5,
                     got[1],
                     "the one client process is the bottleneck, so turns/s follow the client's "
-                    f"CPU per turn, which pyhistory cuts by {client:.2f}x, not 1.5x: its read is "
-                    "a redis-py pipeline of two commands (LRANGE + FCALL touch) with two replies "
-                    "to parse, where the FCALL window read was one command",
+                    f"CPU per turn, which pyhistory cuts by {client:.2f}x, not 1.5x: most of a "
+                    "read is decoding 20 messages into LangChain objects, and its two commands "
+                    "(LRANGE + FCALL touch, one flight) have two replies to parse",
                 )
     for history in [h for h in histories if h > WINDOW]:
         for mode, workers, goal in (("sync", 1, 50.0), ("sync", 8, 50.0), ("async", 64, 10.0)):
