@@ -8,6 +8,7 @@ it came as."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import time
@@ -421,3 +422,30 @@ async def arun_durable(
     except Exception as error:
         _raise_typed(error)
         raise
+
+
+# --- a write, durable when asked --------------------------------------------------------------
+
+
+def run_write(client: SyncClient, call: Call, replicas: int, timeout_ms: int) -> Any:
+    """A write: with ``replicas`` > 0, followed by ``WAIT`` in the same round trip."""
+    if replicas:
+        return run_durable(client, call, replicas, timeout_ms)
+    return run(client, call)
+
+
+async def arun_write(
+    client: AsyncClient | None,
+    call: Call,
+    replicas: int,
+    timeout_ms: int,
+    in_thread: Callable[[Call], Any],
+) -> Any:
+    """The asyncio twin of :func:`run_write`. Without an asyncio client, or on an asyncio cluster
+    with ``WAIT`` (redis.asyncio cannot pipeline on the key's node), ``in_thread`` runs the sync
+    write in a worker thread."""
+    if replicas and isinstance(client, redis.asyncio.Redis):
+        return await arun_durable(client, call, replicas, timeout_ms)
+    if client is None or replicas:
+        return await asyncio.to_thread(in_thread, call)
+    return await arun(client, call)

@@ -23,13 +23,13 @@ from pyhistory.functions import (
     SyncClient,
     aload_library,
     arun,
-    arun_durable,
     arun_pair,
+    arun_write,
     load_library,
     prepare,
     run,
-    run_durable,
     run_pair,
+    run_write,
 )
 
 
@@ -247,21 +247,13 @@ class MessageStore:
         return _core.touch(self.key, self._ttl)
 
     def _write(self, call: Call) -> Any:
-        if self.wait_for_replicas:
-            return run_durable(
-                self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms
-            )
-        return run(self.redis_client, call)
+        return run_write(self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms)
 
     async def _awrite(self, call: Call) -> Any:
         client = await self._async_client()
-        if self.wait_for_replicas and isinstance(client, redis.asyncio.Redis):
-            return await arun_durable(client, call, self.wait_for_replicas, self.wait_timeout_ms)
-        if client is None or self.wait_for_replicas:
-            # No asyncio client, or a cluster with WAIT: redis.asyncio cannot pipeline on the
-            # key's node, so the sync path runs it in a thread.
-            return await asyncio.to_thread(self._write, call)
-        return await arun(client, call)
+        return await arun_write(
+            client, call, self.wait_for_replicas, self.wait_timeout_ms, self._write
+        )
 
     # --- reads ---------------------------------------------------------------------------------
 

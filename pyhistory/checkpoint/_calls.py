@@ -11,7 +11,6 @@ import json
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -33,7 +32,6 @@ from pyhistory.errors import (
     InvalidArgumentError,
     InvalidCheckpointIdError,
     InvalidSizeError,
-    InvalidTTLError,
 )
 
 LIBRARY = Library.from_file("pyhistory_checkpoint.lua")
@@ -78,22 +76,6 @@ def check_key_prefix(key_prefix: object) -> str:
     return key_prefix
 
 
-def check_ttl(value: object) -> int:
-    """Seconds (an int or a timedelta); None or 0: no TTL."""
-    if value is None:
-        return 0
-    if isinstance(value, timedelta):
-        seconds = int(value.total_seconds())
-        if seconds < 1:
-            raise InvalidTTLError(f"ttl must be at least one second, got {value!r}")
-        value = seconds
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
-        raise InvalidTTLError(
-            f"ttl must be None or a whole number of seconds in [0, {MAX_INT}], got {value!r}"
-        )
-    return value
-
-
 def check_keep_last(value: object) -> int:
     """None: keep every checkpoint (0 for the library), else an int in [1, MAX_INT]."""
     if value is None:
@@ -101,20 +83,6 @@ def check_keep_last(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
         raise InvalidSizeError(f"keep_last must be None or an int in [1, {MAX_INT}], got {value!r}")
     return value
-
-
-def check_replicas(replicas: object, timeout_ms: object) -> tuple[int, int]:
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-        raise InvalidArgumentError(f"wait_for_replicas must be an int >= 0, got {replicas!r}")
-    if (
-        isinstance(timeout_ms, bool)
-        or not isinstance(timeout_ms, int)
-        or not 1 <= timeout_ms <= MAX_INT
-    ):
-        raise InvalidArgumentError(
-            f"wait_timeout_ms must be an int in [1, {MAX_INT}], got {timeout_ms!r}"
-        )
-    return replicas, timeout_ms
 
 
 # --- names ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.crc import key_slot
 
-from pyhistory import _clients
+from pyhistory import _clients, _core
 from pyhistory._library import Call
 from pyhistory.checkpoint import _calls
 from pyhistory.errors import HistoryError, InvalidArgumentError
@@ -36,11 +36,11 @@ from pyhistory.functions import (
     SyncClient,
     aload_library,
     arun,
-    arun_durable,
+    arun_write,
     load_library,
     prepare,
     run,
-    run_durable,
+    run_write,
 )
 
 _PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -105,11 +105,11 @@ class RedisSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde)
         self.url = url
         self.key_prefix = _calls.check_key_prefix(key_prefix)
-        self._ttl = _calls.check_ttl(ttl)
+        self._ttl = _core.check_ttl(ttl)
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self._keep_last = _calls.check_keep_last(keep_last)
         self.cluster = cluster
-        self.wait_for_replicas, self.wait_timeout_ms = _calls.check_replicas(
+        self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
             wait_for_replicas, wait_timeout_ms
         )
         if (
@@ -193,19 +193,13 @@ class RedisSaver(BaseCheckpointSaver[str]):
         return await arun(client, call)
 
     def _write(self, call: Call) -> Any:
-        if self.wait_for_replicas:
-            return run_durable(
-                self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms
-            )
-        return run(self.redis_client, call)
+        return run_write(self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms)
 
     async def _awrite(self, call: Call) -> Any:
         client = await self._async_client()
-        if self.wait_for_replicas and isinstance(client, redis.asyncio.Redis):
-            return await arun_durable(client, call, self.wait_for_replicas, self.wait_timeout_ms)
-        if client is None or self.wait_for_replicas:
-            return await asyncio.to_thread(self._write, call)
-        return await arun(client, call)
+        return await arun_write(
+            client, call, self.wait_for_replicas, self.wait_timeout_ms, self._write
+        )
 
     # --- get_tuple -----------------------------------------------------------------------------
 
