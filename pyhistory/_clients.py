@@ -254,17 +254,20 @@ class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
     """A connection to the primary Sentinel names, that asks the sentinels again whenever it
     reconnects. redis-py's SentinelManagedConnection asks them in connect(), but a command sent on
     a broken connection reconnects through connect_check_health(), which goes back to the address
-    it had: after a failover, the dead primary's, for the whole retry window."""
+    it had: after a failover, the dead primary's, for the whole retry window. (Older redis-py
+    reaches connect_check_health() from inside connect() too: the flag stops the loop.)"""
 
-    def connect_check_health(
-        self, check_health: bool = True, retry_socket_connect: bool = True
-    ) -> None:
-        if retry_socket_connect and not self._sock:  # not from connect_to(): ask the sentinels
-            self.connect()
+    _asking_sentinels = False
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self._sock or self._asking_sentinels or kwargs.get("retry_socket_connect") is False:
+            super().connect_check_health(*args, **kwargs)
             return
-        super().connect_check_health(
-            check_health=check_health, retry_socket_connect=retry_socket_connect
-        )
+        self._asking_sentinels = True
+        try:
+            self.connect()
+        finally:
+            self._asking_sentinels = False
 
 
 class _SentinelSSLConnection(_SentinelConnection, redis.connection.SSLConnection):
@@ -274,15 +277,21 @@ class _SentinelSSLConnection(_SentinelConnection, redis.connection.SSLConnection
 class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
     """The asyncio twin of _SentinelConnection."""
 
-    async def connect_check_health(
-        self, check_health: bool = True, retry_socket_connect: bool = True
-    ) -> None:
-        if retry_socket_connect and not self.is_connected:
-            await self.connect()
+    _asking_sentinels = False
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if (
+            self.is_connected
+            or self._asking_sentinels
+            or kwargs.get("retry_socket_connect") is False
+        ):
+            await super().connect_check_health(*args, **kwargs)
             return
-        await super().connect_check_health(
-            check_health=check_health, retry_socket_connect=retry_socket_connect
-        )
+        self._asking_sentinels = True
+        try:
+            await self.connect()
+        finally:
+            self._asking_sentinels = False
 
 
 class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connection.SSLConnection):

@@ -303,13 +303,18 @@ def test_failover_under_load_loses_nothing_acknowledged(
 
         # read everything back through the sentinels, from the new primary
         lost: dict[str, list[str]] = {}
-        applied_unacked = 0
+        applied_unacked = applied_twice = 0
         for w in writers:
             stored = contents(RedisChatMessageHistory(w.history.session_id, url=url))
             acked = [content for content, _, _ in w.acked]
             present, acknowledged = set(stored), set(acked)
             lost[w.name] = [c for c in acked if c not in present]
-            assert [c for c in stored if c in acknowledged] == [c for c in acked if c in present]
+            kept = [c for c in stored if c in acknowledged]
+            # At-least-once (README, Failures and retries): a write whose connection broke after
+            # the old primary applied it is sent again to the new one and stored twice. Order
+            # holds once those repeats are set aside.
+            applied_twice += len(kept) - len(set(kept))
+            assert list(dict.fromkeys(kept)) == [c for c in acked if c in present]
             applied_unacked += sum(1 for content, _, _ in w.failed if content in present)
 
         resumed = {w.name: next(e for _, s, e in w.acked if s > killed) - killed for w in writers}
@@ -325,7 +330,8 @@ def test_failover_under_load_loses_nothing_acknowledged(
             f"{sum(len(w.acked) for w in writers)} writes acknowledged, "
             f"{sum(len(v) for v in lost.values())} of them lost; "
             f"{sum(len(w.failed) for w in writers)} calls raised {errors}, "
-            f"{applied_unacked} of those applied anyway"
+            f"{applied_unacked} of those applied anyway; "
+            f"{applied_twice} acknowledged writes applied twice (retried after the kill)"
         )
         with capsys.disabled():  # in the run's output, not only with -s
             print(report)
