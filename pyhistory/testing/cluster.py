@@ -7,7 +7,6 @@ topology is read with redis-py's own ``CLUSTER NODES`` and ``CLUSTER INFO`` pars
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import redis
 import redis.cluster
 
-from pyhistory.testing.servers import STOP_GRACE, LocalServer, command, resolve_kind
+from pyhistory.testing.servers import LocalServer, command, resolve_kind, stop_all
 
 __all__ = ["LocalCluster", "start_cluster"]
 
@@ -167,12 +166,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every node (in parallel) and remove their directories. Idempotent."""
-        for node in self.nodes:
-            node._signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for node in self.nodes:
-            node._reap(max(0.0, deadline - time.monotonic()))
-            node._cleanup_dir()
+        stop_all(self.nodes)
 
     def __enter__(self) -> LocalCluster:
         return self

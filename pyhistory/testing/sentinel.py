@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import os
-import signal
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -30,12 +29,12 @@ import redis.sentinel
 
 from pyhistory.testing.servers import (
     HOST,
-    STOP_GRACE,
     LocalServer,
     binary_supports_tls,
     command,
     resolve_kind,
     start_server,
+    stop_all,
 )
 from pyhistory.testing.tls import TLSFiles, client_kwargs
 
@@ -376,12 +375,7 @@ class LocalSentinelSet:
     def stop(self) -> None:
         """Stop every process (in parallel) and remove their directories. Idempotent."""
         everything: list[LocalServer] = [*self.sentinels, *self.servers]
-        for node in everything:
-            node._signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for node in everything:
-            node._reap(max(0.0, deadline - time.monotonic()))
-            node._cleanup_dir()
+        stop_all(everything)
 
     def __enter__(self) -> LocalSentinelSet:
         return self

@@ -589,3 +589,14 @@ def _start_with_retries(
             if not (in_use and attempt + 1 < attempts):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stop_all(servers: Sequence[LocalServer]) -> None:
+    """Stop several servers in parallel (SIGTERM to all, then one shared grace period) and remove
+    their directories. Idempotent."""
+    for server in servers:
+        server._signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for server in servers:
+        server._reap(max(0.0, deadline - time.monotonic()))
+        server._cleanup_dir()
