@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import redis
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from pyhistory import RedisChatMessageHistory
@@ -29,3 +31,25 @@ async def check_asyncio_methods(history: RedisChatMessageHistory, client: Any) -
     assert client.ttl(history.key) >= 59
     await history.aclear()
     assert await history.aget_messages() == []
+
+
+class CommandLog:
+    """Commands the server received from clients (not from inside functions), via MONITOR."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.marker = redis.Redis.from_url(url)
+        self.marker.ping()  # connected before anything is watched
+
+    def commands_of(self, operation: Callable[[], Any]) -> list[str]:
+        marker = "pyhistory-count-end"
+        with redis.Redis.from_url(self.url) as other, other.monitor() as monitor:
+            operation()
+            self.marker.echo(marker)
+            seen = []
+            while True:
+                entry = monitor.next_command()
+                if marker in entry["command"]:
+                    return seen
+                if entry.get("client_type") != "lua":
+                    seen.append(entry["command"].split(" ", 1)[0].upper())

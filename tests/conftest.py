@@ -18,6 +18,7 @@ The cluster and Sentinel fixtures use Debian's Redis when present, otherwise a w
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -203,6 +204,31 @@ def sentinel_set(sentinel_kind: str) -> Iterator[testing.LocalSentinelSet]:
     """
     with testing.start_sentinel_set(sentinel_kind, replicas=2) as started:
         yield started
+
+
+# --- a replica -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def replicated(server: Server, url: str) -> Iterator[tuple[str, testing.LocalServer]]:
+    """The test's server as a primary, with one replica of the same kind attached."""
+    if server.local is None:
+        pytest.skip("needs a server process started by the tests")
+    replica = testing.start_server(
+        server.kind, args=["--replicaof", "127.0.0.1", str(server.local.port)]
+    )
+    try:
+        with replica.client() as r:
+            deadline = time.monotonic() + 10
+            while r.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica never connected"
+                time.sleep(0.05)
+        with server.client() as primary:  # until the primary counts the replica's acks
+            while primary.execute_command("WAIT", 1, 100) < 1:
+                assert time.monotonic() < deadline, "the replica never acknowledged"
+        yield url, replica
+    finally:
+        replica.stop()
 
 
 # --- the event loop: nothing pyhistory runs on it may block ----------------------------------

@@ -15,6 +15,7 @@ import redis.asyncio
 
 pytest.importorskip("langchain.agents", reason="needs the agents extra: pyhistory[agents]")
 
+from chat import CommandLog
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -727,28 +728,6 @@ def test_key_prefix_and_store_options_reach_the_store(url: str) -> None:
 
 
 # --- round trips ------------------------------------------------------------------------------
-
-
-class CommandLog:
-    """Commands the server received from clients (not from inside functions), via MONITOR."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.marker = redis.Redis.from_url(url)
-        self.marker.ping()
-
-    def commands_of(self, operation: Callable[[], Any]) -> list[str]:
-        marker = "pyhistory-count-end"
-        with redis.Redis.from_url(self.url) as other, other.monitor() as monitor:
-            operation()
-            self.marker.echo(marker)
-            seen = []
-            while True:
-                entry = monitor.next_command()
-                if marker in entry["command"]:
-                    return seen
-                if entry.get("client_type") != "lua":
-                    seen.append(entry["command"].split(" ", 1)[0].upper())
 
 
 class CountingConnection(redis.Connection):

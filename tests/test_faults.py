@@ -121,28 +121,6 @@ async def test_asyncio_restart_and_flush_during_load_fail_nothing(
 # --- durability: WAIT pipelined with the write ------------------------------------------------
 
 
-@pytest.fixture
-def replicated(server: Any, url: str) -> Iterator[tuple[str, testing.LocalServer]]:
-    """The test's server as a primary, with one replica of the same kind attached."""
-    if server.local is None:
-        pytest.skip("needs a server process started by the tests")
-    replica = testing.start_server(
-        server.kind, args=["--replicaof", "127.0.0.1", str(server.local.port)]
-    )
-    try:
-        with replica.client() as r:
-            deadline = time.monotonic() + 10
-            while r.info("replication").get("master_link_status") != "up":
-                assert time.monotonic() < deadline, "the replica never connected"
-                time.sleep(0.05)
-        with server.client() as primary:  # until the primary counts the replica's acks
-            while primary.execute_command("WAIT", 1, 100) < 1:
-                assert time.monotonic() < deadline, "the replica never acknowledged"
-        yield url, replica
-    finally:
-        replica.stop()
-
-
 def test_wait_for_replicas_acknowledged(replicated: tuple[str, testing.LocalServer]) -> None:
     url, replica = replicated
     history = RedisChatMessageHistory("d", url=url, ttl=60, wait_for_replicas=1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from chat import check_asyncio_methods, turn
+from chat import CommandLog, check_asyncio_methods, turn
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 import pyhistory
@@ -192,28 +192,6 @@ def test_a_window_that_holds_the_tool_call_keeps_its_results(url: str) -> None:
 
 
 # --- one round trip per operation -------------------------------------------------------------
-
-
-class CommandLog:
-    """Commands the server received from clients (not from inside functions), via MONITOR."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.marker = redis.Redis.from_url(url)
-        self.marker.ping()  # connected before anything is watched
-
-    def commands_of(self, operation: Callable[[], Any]) -> list[str]:
-        marker = "pyhistory-count-end"
-        with redis.Redis.from_url(self.url) as other, other.monitor() as monitor:
-            operation()
-            self.marker.echo(marker)
-            seen = []
-            while True:
-                entry = monitor.next_command()
-                if marker in entry["command"]:
-                    return seen
-                if entry.get("client_type") != "lua":
-                    seen.append(entry["command"].split(" ", 1)[0].upper())
 
 
 def round_trips_of(client: redis.Redis, operation: Callable[[], Any]) -> int:

@@ -100,25 +100,6 @@ def test_key_follows_session_id_and_key_prefix(url: str, client: redis.Redis) ->
     assert history.key == "chat:b"
 
 
-@pytest.fixture
-def replica(server: Server, url: str) -> Iterator[testing.LocalServer]:
-    """A replica of the test server, in sync with it."""
-    if server.local is None:
-        pytest.skip("needs a server process started by the tests")
-    started = testing.start_server(
-        server.kind, args=["--replicaof", "127.0.0.1", str(server.local.port)]
-    )
-    try:
-        with started.client() as r:
-            deadline = time.monotonic() + 15
-            while r.info("replication").get("master_link_status") != "up":
-                assert time.monotonic() < deadline, "the replica did not sync"
-                time.sleep(0.05)
-        yield started
-    finally:
-        started.stop()
-
-
 def wait_replicated(replica: testing.LocalServer, key: str, length: int) -> None:
     with replica.client() as r:
         deadline = time.monotonic() + 10
@@ -128,10 +109,11 @@ def wait_replicated(replica: testing.LocalServer, key: str, length: int) -> None
 
 
 async def test_a_replica_url_with_a_ttl_reads(
-    url: str, replica: testing.LocalServer, client: redis.Redis
+    replicated: tuple[str, testing.LocalServer], client: redis.Redis
 ) -> None:
     """langchain_community reads with a plain LRANGE, so a replica's URL serves its reads; ours
     send the TTL refresh with them, which a replica refuses (READONLY): the read still stands."""
+    url, replica = replicated
     await asyncio.to_thread(RedisChatMessageHistory("s", url=url).add_messages, turn(1))
     wait_replicated(replica, "message_store:s", 2)
     on_replica = RedisChatMessageHistory("s", url=replica.url, ttl=60)
