@@ -3,8 +3,10 @@ checks, each call's command and arguments, message encoding and reply decoding. 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -102,6 +104,24 @@ def check_ttl(value: object) -> int:
     return value
 
 
+def check_refresh_interval(value: object, ttl: int) -> float:
+    """How much of the TTL a session may lose before a read refreshes it: None -> a tenth of the
+    TTL, else seconds (a number or a ``timedelta``) in [0, ttl)."""
+    if value is None:
+        return ttl / 10
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value < max(ttl, 1)
+    ):
+        raise InvalidTTLError(
+            f"ttl_refresh_interval must be None or seconds in [0, ttl={ttl}), got {value!r}"
+        )
+    return float(value)
+
+
 # --- encoding and decoding --------------------------------------------------------------------
 
 
@@ -141,50 +161,139 @@ else:
     loads = _loads_orjson
 
 
-# Entries that validated into a message which encodes back to exactly the stored bytes, by the
-# class they make. Such an entry is rebuilt from its freshly parsed data with model_construct,
-# skipping pydantic's validation (about a third of a read's client time) with the same result:
-# the data is byte for byte what that message's own fields encode to, so validation has nothing
-# to convert. Anything else (older layouts, 1.0 where an int goes) is validated on every read.
-# Bounded in entries and in the size of each, so it holds at most a few MiB.
-_KNOWN_GOOD: dict[bytes | str, type[BaseMessage]] = {}
-_KNOWN_GOOD_MAX = 4096
-_KNOWN_GOOD_MAX_BYTES = 4096
+class DecodedCache:
+    """Messages already decoded, by their stored bytes, so that a read decodes each stored entry
+    once per process rather than on every read (decoding is most of a read's client time).
+
+    A read never hands out a cached object: it gets a new message whose mutable parts (``content``
+    when it is a list, ``additional_kwargs``, ``response_metadata``, ``tool_calls`` and every
+    other dict or list, to any depth) are its own, so whatever the caller does to what a read
+    returned never changes what a later read returns. Building that copy costs a fraction of
+    decoding: LangChain's validation runs once, on the first read of an entry.
+
+    Bounded: at most ``max_bytes`` of stored bytes are cached (entries larger than
+    ``max_entry_bytes`` are never cached); the oldest entries go first. The decoded messages take
+    about two to three times their stored bytes, so the defaults hold at most ~16 MiB.
+    """
+
+    def __init__(self, max_bytes: int = 4 << 20, max_entry_bytes: int = 64 << 10) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self._recipes: dict[bytes | str, _Recipe] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._recipes)
+
+    @property
+    def size(self) -> int:
+        """Stored bytes of the cached entries."""
+        return self._bytes
+
+    def get(self, entry: bytes | str) -> BaseMessage | None:
+        """A message the caller owns, equal to what ``entry`` decodes to; None when not cached."""
+        recipe = self._recipes.get(entry)
+        return None if recipe is None else recipe.build()
+
+    def put(self, entry: bytes | str, message: BaseMessage) -> None:
+        """Remember what ``entry`` decodes to (a private copy of ``message``)."""
+        size = len(entry)
+        if size > self.max_entry_bytes:
+            return
+        recipe = _Recipe(message)
+        with self._lock:
+            if entry in self._recipes:
+                return
+            while self._recipes and self._bytes + size > self.max_bytes:
+                oldest = next(iter(self._recipes))
+                del self._recipes[oldest]
+                self._bytes -= len(oldest)
+            self._recipes[entry] = recipe
+            self._bytes += size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._recipes.clear()
+            self._bytes = 0
 
 
-def _message(entry: bytes | str, item: Any) -> BaseMessage:
-    known = _KNOWN_GOOD.get(entry)
-    if known is not None:
-        return known.model_construct(**item["data"])
-    message = messages_from_dict([item])[0]
-    if len(entry) <= _KNOWN_GOOD_MAX_BYTES:
-        again = json.dumps(message_to_dict(message))
-        if again == (entry if isinstance(entry, str) else entry.decode("utf-8", "replace")):
-            if len(_KNOWN_GOOD) >= _KNOWN_GOOD_MAX:
-                _KNOWN_GOOD.clear()
-            _KNOWN_GOOD[entry] = type(message)
-    return message
+def _dup(value: Any) -> Any:
+    """A deep copy of a JSON-like value (what a stored message is made of): dicts and lists are
+    new, str, int, float, bool and None are immutable and shared."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _dup(v) for k, v in value.items()} if value else {}
+    if kind is list:
+        return [_dup(v) for v in value] if value else []
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
+_set = object.__setattr__
+
+
+class _Recipe:
+    """How to build a message equal to a decoded one, sharing nothing mutable with it: its
+    class, its field values (copied once, here), which of them are mutable, and pydantic's
+    bookkeeping (the fields set, extra fields), as ``model_construct`` sets them up."""
+
+    __slots__ = ("cls", "extra", "fields", "fields_set", "mutable", "private")
+
+    def __init__(self, message: BaseMessage) -> None:
+        self.cls = type(message)
+        self.fields = {k: _dup(v) for k, v in message.__dict__.items()}
+        self.mutable = tuple(k for k, v in self.fields.items() if type(v) in (dict, list))
+        self.fields_set = frozenset(message.__pydantic_fields_set__)
+        extra = message.__pydantic_extra__
+        self.extra = None if extra is None else _dup(extra)
+        private = message.__pydantic_private__
+        self.private = None if private is None else _dup(private)
+
+    def build(self) -> BaseMessage:
+        fields = self.fields.copy()
+        for name in self.mutable:
+            fields[name] = _dup(fields[name])
+        message = self.cls.__new__(self.cls)
+        _set(message, "__dict__", fields)
+        _set(message, "__pydantic_fields_set__", set(self.fields_set))
+        _set(message, "__pydantic_extra__", None if self.extra is None else _dup(self.extra))
+        _set(message, "__pydantic_private__", None if self.private is None else _dup(self.private))
+        return message
+
+
+# The process's decoded messages: shared by every history, since equal bytes decode to equal
+# messages whatever the session or the server.
+DECODED = DecodedCache()
 
 
 def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
-    """Stored entries (newest first) -> messages (oldest first).
+    """Stored entries (newest first) -> messages (oldest first), each one the caller's own.
 
     Leading tool results are dropped: their AIMessage with the tool call lies outside the window
     (trimmed by max_messages or cut by the window size), and LLM APIs reject such orphans.
     """
-    ordered = entries[::-1]
+    messages: list[BaseMessage] = []
+    for entry in reversed(entries):
+        message = DECODED.get(entry)
+        if message is None:
+            message = _decode_new(entry)
+            DECODED.put(entry, message)
+        if messages or message.type != "tool":
+            messages.append(message)
+    return messages
+
+
+def _decode_new(entry: bytes | str) -> BaseMessage:
+    """An entry not decoded before, validated by LangChain."""
     try:
-        items = [loads(entry) for entry in ordered]
+        item = loads(entry)
     except ValueError as error:
         raise CorruptEntryError(f"a stored entry is not valid JSON: {error}") from error
-    start = 0
-    for item in items:
-        if not (isinstance(item, dict) and item.get("type") == "tool"):
-            break
-        start += 1
     try:
-        return [_message(ordered[i], items[i]) for i in range(start, len(items))]
-    except (KeyError, TypeError, ValueError) as error:
+        return messages_from_dict([item])[0]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CorruptEntryError(f"a stored entry is not a serialised message: {error!r}") from error
 
 
