@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import redis
@@ -33,6 +33,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from pyhistory._coalesce import coalescer, lean
 from pyhistory._library import Call, Library
 from pyhistory.errors import FunctionsNotLoadedError, HistoryError, ReplicationError, translate
 
@@ -155,139 +156,89 @@ def run(client: SyncClient, call: Call) -> Any:
 
 
 async def arun(client: AsyncClient, call: Call) -> Any:
-    """The asyncio twin of :func:`run`."""
+    """The asyncio twin of :func:`run`. On a plain client with a pool, the command shares its
+    flight with the commands other tasks issue at the same moment (pyhistory._coalesce)."""
     try:
-        return await client.execute_command(call.command, *call.args)
+        return await _asend(client, call)
     except Exception as error:
         await aload_library(client, _heal(call, error))
     try:
-        return await client.execute_command(call.command, *call.args)
+        return await _asend(client, call)
     except Exception as error:
         _raise_typed(error)
         raise
+
+
+def _asend(client: AsyncClient, call: Call) -> Awaitable[Any]:
+    if lean(client):
+        assert isinstance(client, redis.asyncio.Redis)
+        return coalescer(client).send((call.command, *call.args))
+    return client.execute_command(call.command, *call.args)
 
 
 # --- two calls in one flight ------------------------------------------------------------------
 
 
-def _queue(pipe: Any, *calls: Call) -> None:
-    for call in calls:
-        pipe.execute_command(call.command, *call.args)
-
-
-def _first_of_pair(replies: list[Any], then: Call) -> tuple[Any, bool]:
-    """The first call's reply, and whether ``then`` must be sent again (its library was lost).
-    A READONLY refusal of ``then`` is dropped: the pair was read from a replica, which cannot
-    write (a refreshed TTL, say); the first call's reply still stands."""
+def _pair_replies(replies: list[Any], then: Call) -> tuple[Any, Any, bool]:
+    """The first call's reply, the second's (None when a replica refused it), and whether
+    ``then`` must be sent again (its library was lost). A READONLY refusal of ``then`` is
+    dropped: the pair was read from a replica, which cannot write (a refreshed TTL, say); the
+    first call's reply still stands."""
     first, second = replies
     if isinstance(first, BaseException):
         _raise_typed(first)
         raise first
     if isinstance(second, ReadOnlyError):
-        return first, False
+        return first, None, False
     if isinstance(second, BaseException):
         _heal(then, second)
-        return first, True
-    return first, False
+        return first, None, True
+    return first, second, False
 
 
-def _lean(client: Any) -> bool:
-    """A plain client with a pool: two calls go straight onto one of its connections, without a
-    Pipeline object (which costs about as much client time as the read it carries). Cluster and
-    single-connection clients take the Pipeline."""
-    return isinstance(client, redis.Redis | redis.asyncio.Redis) and client.connection is None
-
-
-def _send_pair(client: redis.Redis, calls: tuple[Call, Call]) -> list[Any]:
-    """Both calls written at once on one connection of the pool, then both replies read, an
-    error reply kept in its place; sent again, whole, when the connection fails (both calls are
-    idempotent), as the client's retry policy allows."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    packed = conn.pack_commands([(c.command, *c.args) for c in calls])
-
-    def attempt() -> list[Any]:
-        conn.send_packed_command(packed)
-        replies: list[Any] = []
-        for c in calls:
-            try:
-                replies.append(client.parse_response(conn, c.command))
-            except ResponseError as error:
-                replies.append(error)
-        return replies
-
+def run_pair(client: SyncClient, call: Call, then: Call) -> tuple[Any, Any]:
+    """Send ``call`` and ``then`` in one flight on one connection (one round trip, two commands,
+    not a transaction: a non-transactional pipeline) and return both replies (the second is None
+    when a replica refused it). For a read with a side effect the read itself must not pay for:
+    a plain LRANGE, and a function refreshing the TTL."""
     try:
-        replies: list[Any] = conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
-        return replies
-    finally:
-        pool.release(conn)
-
-
-async def _asend_pair(client: redis.asyncio.Redis, calls: tuple[Call, Call]) -> list[Any]:
-    """The asyncio twin of :func:`_send_pair`."""
-    await client.initialize()
-    pool = client.connection_pool
-    conn = await pool.get_connection()
-    packed = conn.pack_commands([(c.command, *c.args) for c in calls])
-
-    async def attempt() -> list[Any]:
-        await conn.send_packed_command(packed)
-        replies: list[Any] = []
-        for c in calls:
-            try:
-                replies.append(await client.parse_response(conn, c.command))
-            except ResponseError as error:
-                replies.append(error)
-        return replies
-
-    async def failed(_: Exception) -> None:
-        await conn.disconnect()
-
-    try:
-        replies: list[Any] = await conn.retry.call_with_retry(attempt, failed)
-        return replies
-    finally:
-        await pool.release(conn)
-
-
-def run_pair(client: SyncClient, call: Call, then: Call) -> Any:
-    """Send ``call`` and ``then`` written in one flight on one connection (one round trip, two
-    commands, not a transaction) and return ``call``'s reply. For a read with a side effect the
-    read itself must not pay for: a plain LRANGE, and a function refreshing the TTL."""
-    try:
-        if _lean(client):
-            assert isinstance(client, redis.Redis)
-            replies = _send_pair(client, (call, then))
-        else:
-            pipe = client.pipeline(transaction=False)
-            _queue(pipe, call, then)
-            replies = pipe.execute(raise_on_error=False)
+        pipe = client.pipeline(transaction=False)
+        for c in (call, then):
+            pipe.execute_command(c.command, *c.args)
+        replies = pipe.execute(raise_on_error=False)
     except Exception as error:
         _raise_typed(error)
         raise
-    first, again = _first_of_pair(replies, then)
+    first, second, again = _pair_replies(replies, then)
     if again:
-        run(client, then)
-    return first
+        second = run(client, then)
+    return first, second
 
 
-async def arun_pair(client: AsyncClient, call: Call, then: Call) -> Any:
-    """The asyncio twin of :func:`run_pair`."""
+async def arun_pair(client: AsyncClient, call: Call, then: Call) -> tuple[Any, Any]:
+    """The asyncio twin of :func:`run_pair`. On a plain client with a pool, both calls join the
+    next coalesced flight together (one connection, one write)."""
     try:
-        if _lean(client):
+        if lean(client):
             assert isinstance(client, redis.asyncio.Redis)
-            replies = await _asend_pair(client, (call, then))
+            flight = coalescer(client)
+            sent = [flight.send((c.command, *c.args)) for c in (call, then)]
+            replies = list(await asyncio.gather(*sent, return_exceptions=True))
+            for reply in replies:
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    raise reply
         else:
             pipe = client.pipeline(transaction=False)
-            _queue(pipe, call, then)
+            for c in (call, then):
+                pipe.execute_command(c.command, *c.args)
             replies = await pipe.execute(raise_on_error=False)
     except Exception as error:
         _raise_typed(error)
         raise
-    first, again = _first_of_pair(replies, then)
+    first, second, again = _pair_replies(replies, then)
     if again:
-        await arun(client, then)
-    return first
+        second = await arun(client, then)
+    return first, second
 
 
 # --- running with WAIT ------------------------------------------------------------------------

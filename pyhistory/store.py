@@ -7,6 +7,7 @@ deprecated LangChain class: only messages, which LangChain keeps.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from langchain_core.messages import BaseMessage
 
-from pyhistory import _clients, _core
+from pyhistory import _clients, _core, _expiry
 from pyhistory._library import Call
 from pyhistory.errors import HistoryError, InvalidArgumentError
 from pyhistory.functions import (
@@ -26,7 +27,6 @@ from pyhistory.functions import (
     arun_pair,
     arun_write,
     load_library,
-    prepare,
     run,
     run_pair,
     run_write,
@@ -58,12 +58,18 @@ class MessageStore:
             connection pool per process (and per event loop for asyncio).
         key_prefix: prepended to the session id to form the key.
         ttl: seconds (an int, or a ``timedelta``) until an idle session expires; every append
-            sets it again and, unless ``refresh_ttl_on_read`` is False, so does every read
-            (sliding expiry). None or 0: the key's TTL is left alone.
+            sets it again and, unless ``refresh_ttl_on_read`` is False, reads keep it sliding:
+            after any read or append by this process the session lives at least
+            ``ttl - ttl_refresh_interval`` seconds more. None or 0: the key's TTL is left alone.
         max_messages: keep only this many of the newest messages; older ones are dropped by the
             append that pushes them out. None: unbounded.
         window: how many of the newest messages a read returns. None: all that are stored.
-        refresh_ttl_on_read: whether reads also refresh the TTL (default True).
+        refresh_ttl_on_read: whether reads also keep the TTL sliding (default True).
+        ttl_refresh_interval: how much of the TTL a session may lose before a read refreshes it
+            (seconds, or a ``timedelta``). A read refreshes the TTL only when this process has
+            not set it within that long; otherwise it is a plain read. Default: a tenth of
+            ``ttl`` (a session lives at least 0.9 x ``ttl`` after any read or append); 0: every
+            read refreshes it. :meth:`touch` always does.
         redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``) to use
             instead of ``url``. Without ``async_redis_client``, the asyncio methods run this client
             in a worker thread.
@@ -89,6 +95,7 @@ class MessageStore:
         max_messages: int | None = None,
         window: int | None = None,
         refresh_ttl_on_read: bool = True,
+        ttl_refresh_interval: float | timedelta | None = None,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
         cluster: bool = False,
@@ -104,6 +111,7 @@ class MessageStore:
         self.url = url
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self.ttl = ttl
+        self.ttl_refresh_interval = ttl_refresh_interval
         self.max_messages = max_messages
         self.window = window
         self.cluster = cluster
@@ -131,8 +139,6 @@ class MessageStore:
                 "wait_for_replicas on a cluster needs a sync RedisCluster as redis_client (the "
                 "a* methods then run durable writes in a thread)"
             )
-        for client in (redis_client, async_redis_client, replica_client, async_replica_client):
-            prepare(client)
         self._redis_client = redis_client
         self._async_redis_client = async_redis_client
         self._replica_client = replica_client
@@ -162,6 +168,18 @@ class MessageStore:
     @ttl.setter
     def ttl(self, ttl: int | timedelta | None) -> None:
         self._ttl = _core.check_ttl(ttl)
+        if hasattr(self, "_interval_setting"):
+            self.ttl_refresh_interval = self._interval_setting
+
+    @property
+    def ttl_refresh_interval(self) -> float:
+        """Seconds of TTL a session may lose before a read refreshes it (see the class)."""
+        return self._interval
+
+    @ttl_refresh_interval.setter
+    def ttl_refresh_interval(self, interval: float | timedelta | None) -> None:
+        self._interval = _core.check_refresh_interval(interval, self._ttl)
+        self._interval_setting = interval
 
     @property
     def max_messages(self) -> int | None:
@@ -228,11 +246,22 @@ class MessageStore:
 
     # --- calls ---------------------------------------------------------------------------------
 
-    def _refresh_call(self) -> Call | None:
-        """The TTL refresh that goes with a read: none without a TTL, or from a replica."""
-        if self._ttl and self.refresh_ttl_on_read and not self.read_from_replicas:
+    def _refresh_call(self, client: object) -> Call | None:
+        """The TTL refresh that goes with a read: none without a TTL, from a replica, or when this
+        process set the TTL recently enough (pyhistory._expiry)."""
+        if (
+            self._ttl
+            and self.refresh_ttl_on_read
+            and not self.read_from_replicas
+            and _expiry.expiries(client).due(self.key, self._ttl, self._interval)
+        ):
             return _core.touch(self.key, self._ttl)
         return None
+
+    def _refreshed(self, client: object, sent_at: float, existed: Any = 1) -> None:
+        """A command sent at ``sent_at`` set the session's TTL (when it existed)."""
+        if self._ttl and existed:
+            _expiry.expiries(client).refreshed(self.key, self._ttl, sent_at)
 
     def _append_call(self, messages: Iterable[BaseMessage] | BaseMessage) -> Call | None:
         batch = [messages] if isinstance(messages, BaseMessage) else list(messages)
@@ -255,15 +284,25 @@ class MessageStore:
             client, call, self.wait_for_replicas, self.wait_timeout_ms, self._write
         )
 
+    def _expiry_client(self, client: object | None) -> object:
+        """The client whose server the session lives on, for what this process knows of its
+        TTL: the asyncio client's work may run on the sync one (in a thread)."""
+        return client if client is not None else self.redis_client
+
     # --- reads ---------------------------------------------------------------------------------
 
     @property
     def messages(self) -> list[BaseMessage]:
         """The newest ``window`` messages (all when unset), oldest first, in one round trip: a
-        plain LRANGE and, with a TTL, the library's touch written in the same flight."""
-        read, refresh = _core.read(self.key, self._window), self._refresh_call()
+        plain LRANGE and, when the TTL is due for a refresh, the library's touch written in the
+        same flight."""
         client = self._read_client()
-        entries = run(client, read) if refresh is None else run_pair(client, read, refresh)
+        read, refresh = _core.read(self.key, self._window), self._refresh_call(client)
+        if refresh is None:
+            return _core.decode(run(client, read))
+        sent_at = time.monotonic()
+        entries, existed = run_pair(client, read, refresh)
+        self._refreshed(client, sent_at, existed)
         return _core.decode(entries)
 
     @messages.setter
@@ -277,10 +316,13 @@ class MessageStore:
         client = await self._async_read_client()
         if client is None:
             return await asyncio.to_thread(lambda: self.messages)
-        read, refresh = _core.read(self.key, self._window), self._refresh_call()
+        read, refresh = _core.read(self.key, self._window), self._refresh_call(client)
         if refresh is None:
             return _core.decode(await arun(client, read))
-        return _core.decode(await arun_pair(client, read, refresh))
+        sent_at = time.monotonic()
+        entries, existed = await arun_pair(client, read, refresh)
+        self._refreshed(client, sent_at, existed)
+        return _core.decode(entries)
 
     def __len__(self) -> int:
         """How many messages the session stores (may exceed ``window``)."""
@@ -301,27 +343,43 @@ class MessageStore:
         """
         call = self._append_call(messages)
         if call is not None:
+            sent_at = time.monotonic()
             self._write(call)
+            self._refreshed(self.redis_client, sent_at)
 
     async def aadd_messages(self, messages: Iterable[BaseMessage] | BaseMessage) -> None:
         """The asyncio twin of :meth:`add_messages`."""
         call = self._append_call(messages)
         if call is not None:
+            client = await self._async_client()
+            sent_at = time.monotonic()
             await self._awrite(call)
+            self._refreshed(self._expiry_client(client), sent_at)
 
     def clear(self) -> None:
         """Delete the session."""
         self._write(_core.clear(self.key))
+        _expiry.expiries(self.redis_client).forget(self.key)
 
     async def aclear(self) -> None:
+        client = await self._async_client()
         await self._awrite(_core.clear(self.key))
+        _expiry.expiries(self._expiry_client(client)).forget(self.key)
 
     def touch(self) -> bool:
-        """Refresh the session's TTL without reading it; False when the session does not exist."""
-        return bool(self._write(self._touch_call()))
+        """Refresh the session's TTL without reading it, always (whatever the refresh interval);
+        False when the session does not exist."""
+        sent_at = time.monotonic()
+        existed = bool(self._write(self._touch_call()))
+        self._refreshed(self.redis_client, sent_at, existed)
+        return existed
 
     async def atouch(self) -> bool:
-        return bool(await self._awrite(self._touch_call()))
+        client = await self._async_client()
+        sent_at = time.monotonic()
+        existed = bool(await self._awrite(self._touch_call()))
+        self._refreshed(self._expiry_client(client), sent_at, existed)
+        return existed
 
     def __repr__(self) -> str:
         return (

@@ -30,7 +30,7 @@ import redis.asyncio
 import redis.cluster
 from blockbuster import blockbuster_ctx
 
-from pyhistory import testing
+from pyhistory import _expiry, testing
 
 EXTERNAL_URL = os.environ.get("PYHISTORY_TEST_REDIS_URL")
 IMAGE = os.environ.get("PYHISTORY_TEST_IMAGE", "pyhistory-test-redis:7")
@@ -130,6 +130,8 @@ def url(server: Server) -> str:
     with server.client() as client:
         client.flushall()
         client.function_flush()
+    # What this process knew of the TTLs of the sessions just deleted no longer holds.
+    _expiry.forget_all()
     return server.url
 
 

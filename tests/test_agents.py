@@ -758,21 +758,35 @@ def counted(url: str) -> Iterator[redis.Redis]:
 
 @pytest.mark.parametrize(
     ("ttl", "expected"),
-    [(60, ["LRANGE", "FCALL", "FCALL"]), (None, ["LRANGE", "FCALL"])],
-    ids=["ttl", "no-ttl"],
+    [
+        (60, ["LRANGE", "FCALL"]),  # the previous append set the TTL: a plain read
+        ((60, 0), ["LRANGE", "FCALL", "FCALL"]),  # every read refreshes it, in the read's flight
+        (None, ["LRANGE", "FCALL"]),
+    ],
+    ids=["ttl", "ttl-refresh-every-read", "no-ttl"],
 )
 def test_two_round_trips_per_invocation_whatever_its_steps(
-    url: str, counted: redis.Redis, ttl: int | None, expected: list[str]
+    url: str, counted: redis.Redis, ttl: int | tuple[int, int] | None, expected: list[str]
 ) -> None:
     """One read before, one append after, however many model and tool steps run in between:
     counted as flights on the client's socket and as commands on the server. The read is an
-    LRANGE and, with a TTL, the FCALL that refreshes it, written together in one flight."""
+    LRANGE and, when the TTL is due for a refresh, the FCALL that refreshes it, written together
+    in one flight."""
     model = WeatherModel()
+    ttl, interval = ttl if isinstance(ttl, tuple) else (ttl, None)
     middleware = RedisHistoryMiddleware(
-        url=url, ttl=ttl, max_messages=100, window=20, redis_client=counted
+        url=url,
+        ttl=ttl,
+        max_messages=100,
+        window=20,
+        redis_client=counted,
+        ttl_refresh_interval=interval,
     )
     agent = create_agent(model, tools=[weather], middleware=[middleware])
     agent.invoke({"messages": [HumanMessage("weather in Oslo")]}, config("warm-up"))
+    # This process has not set the TTL of session "s" yet: its first read refreshes it.
+    if ttl and interval is None:
+        agent.invoke({"messages": [HumanMessage("weather in Bergen")]}, config())
     log = CommandLog(url)
     for i in range(3):
         before = CountingConnection.flights
@@ -780,8 +794,9 @@ def test_two_round_trips_per_invocation_whatever_its_steps(
         commands = log.commands_of(lambda q=question: agent.invoke(q, config()))
         assert CountingConnection.flights - before == 2, (i, commands)
         assert commands == expected
-    assert len(model.prompts) == 8  # two model calls per invocation, a tool call between them
-    assert len(stored(url, "s")) == 12
+    extra = 1 if ttl and interval is None else 0  # the invocation that set the TTL
+    assert len(model.prompts) == 8 + 2 * extra  # two model calls per invocation, a tool between
+    assert len(stored(url, "s")) == 12 + 4 * extra
 
 
 async def test_two_round_trips_per_invocation_asyncio(url: str) -> None:

@@ -61,7 +61,8 @@ def test_window_bounds_what_is_read(url: str, client: redis.Redis) -> None:
 
 
 def test_ttl_is_set_by_appends_and_slides_on_reads(url: str, client: redis.Redis) -> None:
-    history = RedisChatMessageHistory("s", url=url, ttl=120)
+    # Every read refreshes the TTL (interval 0), so a TTL lowered behind its back is restored.
+    history = RedisChatMessageHistory("s", url=url, ttl=120, ttl_refresh_interval=0)
     history.add_user_message("hi")
     assert 119 <= client.ttl(history.key) <= 120
     client.expire(history.key, 5)
@@ -203,7 +204,10 @@ def round_trips_of(client: redis.Redis, operation: Callable[[], Any]) -> int:
 
 
 def test_each_sync_operation_is_one_round_trip(url: str, client: redis.Redis) -> None:
-    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=50, window=20)
+    # Interval 0: every read refreshes the TTL, in the same flight.
+    history = RedisChatMessageHistory(
+        "s", url=url, ttl=60, max_messages=50, window=20, ttl_refresh_interval=0
+    )
     log = CommandLog(url)
     operations: dict[str, Callable[[], Any]] = {
         "add_messages": lambda: history.add_messages(turn(1) * 5),
@@ -223,10 +227,16 @@ def test_each_sync_operation_is_one_round_trip(url: str, client: redis.Redis) ->
     assert log.commands_of(lambda: len(history)) == ["LLEN"]
     history.ttl = None
     assert log.commands_of(lambda: history.messages) == ["LRANGE"]  # no refresh: plain read
+    # The default interval: a read soon after an append or a refresh is a plain read.
+    recent = RedisChatMessageHistory("s", url=url, ttl=60, window=20)
+    assert log.commands_of(lambda: recent.add_messages(turn(3)))[0] == "FCALL"
+    assert log.commands_of(lambda: recent.messages) == ["LRANGE"]
 
 
 def test_each_asyncio_operation_is_one_round_trip(url: str, client: redis.Redis) -> None:
-    history = RedisChatMessageHistory("s", url=url, ttl=60, max_messages=50, window=20)
+    history = RedisChatMessageHistory(
+        "s", url=url, ttl=60, max_messages=50, window=20, ttl_refresh_interval=0
+    )
     log = CommandLog(url)
     operations: dict[str, Callable[[], Awaitable[Any]]] = {
         "aadd_messages": lambda: history.aadd_messages(turn(1) * 5),

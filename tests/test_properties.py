@@ -123,20 +123,31 @@ def history_machine(url: str, client: redis.Redis) -> type[RuleBasedStateMachine
             self.stored: list[BaseMessage] = []  # oldest first
             # absent | persistent (no TTL) | fresh (the history's ttl) | short (SHORT_TTL)
             self.expiry = "absent"
+            # Whether this process set the session's TTL since it last deleted it: then, with the
+            # default refresh interval (a tenth of the TTL, far longer than a run of steps), a
+            # read does not refresh it again; with interval 0 every read does.
+            self.known = False
 
         @initialize(
             max_messages=SIZES,
             window=SIZES,
             ttl=st.sampled_from([None, LONG_TTL]),
             refresh=st.booleans(),
+            every_read=st.booleans(),
         )
         def configure(
-            self, max_messages: int | None, window: int | None, ttl: int | None, refresh: bool
+            self,
+            max_messages: int | None,
+            window: int | None,
+            ttl: int | None,
+            refresh: bool,
+            every_read: bool,
         ) -> None:
             self.max_messages = max_messages
             self.window = window
             self.ttl = ttl
             self.refresh = refresh
+            self.every_read = every_read
             self.history = RedisChatMessageHistory(
                 f"prop-{next(_sessions)}",
                 url=url,
@@ -144,6 +155,7 @@ def history_machine(url: str, client: redis.Redis) -> type[RuleBasedStateMachine
                 max_messages=max_messages,
                 window=window,
                 refresh_ttl_on_read=refresh,
+                ttl_refresh_interval=0 if every_read else None,
             )
             client.delete(self.history.key)
 
@@ -164,14 +176,17 @@ def history_machine(url: str, client: redis.Redis) -> type[RuleBasedStateMachine
                 self.stored = self.stored[-self.max_messages :]
             if self.ttl:
                 self.expiry = "fresh"
+                self.known = True
             elif not existed:
                 self.expiry = "persistent"
 
         @rule()
         def read(self) -> None:
             assert self.history.messages == visible(self.stored, self.window)
-            if self.stored and self.ttl and self.refresh:
+            due = self.every_read or not self.known
+            if self.stored and self.ttl and self.refresh and due:
                 self.expiry = "fresh"
+                self.known = True
 
         @rule()
         def length(self) -> None:
@@ -182,6 +197,7 @@ def history_machine(url: str, client: redis.Redis) -> type[RuleBasedStateMachine
             self.history.clear()
             self.stored = []
             self.expiry = "absent"
+            self.known = False
 
         @rule()
         def touch(self) -> None:
@@ -192,6 +208,7 @@ def history_machine(url: str, client: redis.Redis) -> type[RuleBasedStateMachine
             assert self.history.touch() is bool(self.stored)
             if self.stored:
                 self.expiry = "fresh"
+                self.known = True
 
         @rule()
         def shorten(self) -> None:
