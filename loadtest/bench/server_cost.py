@@ -98,9 +98,9 @@ def forms(lib: str, entries: Sequence[str], small: Sequence[str]) -> list[Form]:
         Form(
             "pyhistory",
             "turn",
-            (read_touch, append_fcall(entries)),
+            (read_plain, append_fcall(entries)),
             "pyhistory",
-            "LRANGE + FCALL touch in one flight; FCALL append",
+            "LRANGE (the TTL is not due: the last append set it); FCALL append",
         ),
         Form(
             "pipeline",
@@ -108,6 +108,13 @@ def forms(lib: str, entries: Sequence[str], small: Sequence[str]) -> list[Form]:
             (read_multi, append_multi(entries)),
             "pipeline",
             "MULTI LRANGE EXPIRE EXEC; MULTI LPUSH LTRIM EXPIRE EXEC",
+        ),
+        Form(
+            "pyhistory, every read refreshes the TTL",
+            "turn",
+            (read_touch, append_fcall(entries)),
+            "pyhistory (ttl_refresh_interval=0)",
+            "ttl_refresh_interval=0: LRANGE + FCALL touch in one flight; FCALL append",
         ),
         Form(
             "pyhistory, FCALL window read",
