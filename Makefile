@@ -30,7 +30,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[hiredis,fast,server,agents,test,bench,dev,checkpoint]"
+	$(PY) -m pip install -q -e ".[hiredis,fast,server,agents,test,bench,dev,checkpoint,docs,examples]"
 	touch $@ $(DEMO_STAMP)
 
 install: $(DEV_STAMP)
