@@ -57,7 +57,7 @@ test-floors: $(DEMO_STAMP)
 test-wheels-only: $(DEV_STAMP)
 	tests/hide-redis.sh $(MAKE) test
 
-PY_SOURCES := pyhistory tests loadtest
+PY_SOURCES := pyhistory tests loadtest examples
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(PY_SOURCES)
@@ -67,7 +67,7 @@ lint: $(DEV_STAMP)
 
 # Strict: a broken link, a missing page or an API reference that does not resolve fails.
 docs: $(DEV_STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The sdist and the wheel as an index would get them (no build isolation: the backend is in
 # .venv, so no download), their metadata checked, the wheel installed with no extras into a fresh

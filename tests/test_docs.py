@@ -5,8 +5,9 @@ are allowed); GitHub and the site do not show it:
 
 - no marker, on a ``python`` block: the block is run as a program in a fresh interpreter, with
   ``REDIS_URL`` naming a throwaway server that the test started;
-- ``<!-- run -->`` on a ``sh`` block: run by bash (``set -e``) the same way, with ``.venv``'s
-  ``bin`` first on ``PATH`` (so ``pyhistory`` is the command this checkout installs);
+- ``<!-- run -->`` on a ``sh`` block: run by bash (``set -e``) the same way, in the checkout's
+  root (``python examples/...`` works) with ``.venv``'s ``bin`` first on ``PATH`` (so
+  ``python`` and ``pyhistory`` are this checkout's);
 - ``<!-- output -->`` on a ``text`` block: exactly what the block run before it printed;
 - ``<!-- not run: REASON -->``: not run, on purpose, for the reason given (required).
 
@@ -160,11 +161,12 @@ def run(block: Block, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         for key, value in os.environ.items()
         if not key.endswith("_API_KEY")  # offline: the snippets' fake models
     }
+    env.pop("EXAMPLE_MODEL", None)
     env["REDIS_URL"] = url
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [sys.executable, "-c", block.code]
     if block.lang == "sh":
-        command = ["bash", "-e", "-c", block.code]
+        command, cwd = ["bash", "-e", "-c", block.code], ROOT
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
     )
