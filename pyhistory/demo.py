@@ -125,24 +125,31 @@ def _library_loaded(client: SyncClient) -> bool | None:
 
 @contextmanager
 def demo_library(url: str) -> Iterator[None]:
-    """The library loaded for the block; deleted after it when it was not loaded before."""
+    """The library loaded for the block; on REDIS_URL's server, deleted after it when it was not
+    loaded before (a throwaway server goes with everything on it)."""
     client = MessageStore("pyhistory-demo", url=url).redis_client
-    before = _library_loaded(client)
+    on_users_server = bool(os.environ.get("REDIS_URL"))
+    before = _library_loaded(client) if on_users_server else None
     load_functions(client)
     try:
         yield
     finally:
-        if before is False:
-            try:
-                client.function_delete(LIBRARY)
-            except redis.RedisError as error:
-                print(f"Could not remove {LIBRARY}: {error!r}", file=sys.stderr)
-            else:
-                print(f"Removed the {LIBRARY} Functions library the demo loaded.")
-        elif before:
-            print(f"Left the {LIBRARY} Functions library loaded: it was there before the demo.")
+        if on_users_server:
+            _restore_library(client, before)
+
+
+def _restore_library(client: SyncClient, before: bool | None) -> None:
+    if before is None:
+        print(f"Left the {LIBRARY} Functions library loaded (FUNCTION LIST is not allowed).")
+    elif before:
+        print(f"Left the {LIBRARY} Functions library loaded: it was there before the demo.")
+    else:
+        try:
+            client.function_delete(LIBRARY)
+        except redis.RedisError as error:
+            print(f"Could not remove {LIBRARY}: {error!r}", file=sys.stderr)
         else:
-            print(f"Left the {LIBRARY} Functions library loaded (FUNCTION LIST is not allowed).")
+            print(f"Removed the {LIBRARY} Functions library the demo loaded.")
 
 
 @contextmanager
