@@ -183,3 +183,15 @@ def test_snippet_runs(block: Block, docs_url: str, tmp_path: Path) -> None:
             printed = [line.rstrip() for line in done.stdout.strip().splitlines()]
             assert printed == [line.rstrip() for line in block.expected.strip().splitlines()]
         assert client.keys("*") == [], f"{block.where} left keys behind"
+
+
+def test_the_changelog_names_the_libraries_this_release_calls() -> None:
+    from pyhistory import LIBRARY
+    from pyhistory.checkpoint import LIBRARY as CHECKPOINT_LIBRARY
+
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## Unreleased" in changelog
+    for library in (LIBRARY, CHECKPOINT_LIBRARY.name):
+        assert f"`{library}`" in changelog, (
+            f"CHANGELOG.md does not say which release loads {library}"
+        )
