@@ -7,13 +7,16 @@ PY := $(BIN)/python
 DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install demo test test-fast test-floors lint format bench bench-quick bench-checkpoint loadtest loadtest-http clean
+.PHONY: help install demo test test-fast test-floors lint docs release-check format bench bench-quick bench-checkpoint loadtest loadtest-http clean
 
 help:
 	@echo "make demo      LangChain's Redis examples, as a chain and a 1.x agent (REDIS_URL, or a throwaway server)"
 	@echo "make test      the whole test suite on Redis 7, Redis 8, Valkey 8 and a Redis Cluster"
 	@echo "make test-wheels-only   the suite with Debian's Redis hidden: the wheels' servers only"
 	@echo "make lint      ruff, mypy --strict, luac -p"
+	@echo "make docs      the documentation site (docs/, mkdocs.yml) into site/, strict"
+	@echo "make release-check  build the sdist and the wheel, check them, install the wheel"
+	@echo "               alone in a fresh virtualenv and run the quick start from it"
 	@echo "make test-floors  a real round trip on the lowest and the newest redis-py and langchain-core"
 	@echo "make bench     side-by-side benchmarks on every server kind into docs/bench/"
 	@echo "make bench-checkpoint  the LangGraph saver beside other savers, into docs/checkpoint/"
@@ -30,7 +33,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[hiredis,fast,server,agents,test,bench,dev,checkpoint]"
+	$(PY) -m pip install -q -e ".[hiredis,fast,server,agents,test,bench,dev,checkpoint,docs,examples]"
 	touch $@ $(DEMO_STAMP)
 
 install: $(DEV_STAMP)
@@ -54,13 +57,23 @@ test-floors: $(DEMO_STAMP)
 test-wheels-only: $(DEV_STAMP)
 	tests/hide-redis.sh $(MAKE) test
 
-PY_SOURCES := pyhistory tests loadtest
+PY_SOURCES := pyhistory tests loadtest examples
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	@if command -v luac >/dev/null 2>&1; then luac -p lua/*.lua && echo "luac -p: ok"; fi
+
+# Strict: a broken link, a missing page or an API reference that does not resolve fails.
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The sdist and the wheel as an index would get them (no build isolation: the backend is in
+# .venv, so no download), their metadata checked, the wheel installed with no extras into a fresh
+# virtualenv, and the README's quick start run from there against a throwaway server.
+release-check: $(DEV_STAMP)
+	$(PY) tests/release/check.py
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix $(PY_SOURCES)
@@ -81,7 +94,7 @@ loadtest-http: $(DEV_STAMP)
 	$(PY) loadtest/httpchat/run.py $(LOADTEST_HTTP_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-floors build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-floors .venv-release build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # The LangGraph checkpointer, side by side with other savers: tables and plots in docs/checkpoint/.
 bench-checkpoint: $(DEV_STAMP)

@@ -27,15 +27,17 @@ from typing import Any
 
 import redis
 import redis.cluster
+import redis.sentinel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, message_to_dict
 from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
 
-from pyhistory import __version__, _core, _library
+from pyhistory import __version__, _clients, _core, _library
 from pyhistory.errors import (
     CorruptEntryError,
     FunctionsNotLoadedError,
     HistoryError,
     WrongTypeError,
+    translate,
 )
 from pyhistory.functions import SyncClient, load_library
 from pyhistory.store import MessageStore, load_functions
@@ -161,7 +163,12 @@ def _cluster_enabled(client: redis.Redis) -> bool:
 def connect(url: str, cluster: bool) -> Target:
     """A client for ``url``; a cluster client when asked or when the server is a cluster node."""
     try:
-        base = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+        if _clients.is_sentinel(url):  # the primary Sentinel names, as the library reaches it
+            if cluster:
+                raise CliError("--cluster does not go with a Sentinel URL")
+            base = _clients._sentinel_master(url)
+        else:
+            base = redis.Redis.from_url(url, **CLIENT_OPTIONS)
     except ValueError as error:
         raise CliError(f"bad URL {redact(url)}: {_one_line(error)}") from error
     target = Target(url, base)
@@ -295,6 +302,8 @@ def discover(target: Target) -> list[Node]:
     """Every node: the one server, or every primary and replica of the cluster."""
     kwargs = target.base.connection_pool.connection_kwargs
     host, port = str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379))
+    if isinstance(target.base.connection_pool, redis.sentinel.SentinelConnectionPool):
+        host, port = target.base.connection_pool.get_master_address()  # type: ignore[no-untyped-call]
     if target.cluster is None:
         if "path" in kwargs:  # unix socket
             host, port = str(kwargs["path"]), 0
@@ -652,10 +661,14 @@ def _describe(message: BaseMessage) -> str:
 # --- the command line -------------------------------------------------------------------------
 
 
+URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+
 def _url_arg(value: str) -> str:
-    if not value.startswith(("redis://", "rediss://", "unix://")):
+    if not value.startswith(URL_SCHEMES):
         raise argparse.ArgumentTypeError(
-            f"expected a redis://, rediss:// or unix:// URL, got {redact(value)!r}"
+            f"expected a redis://, rediss://, unix:// or redis+sentinel:// URL, "
+            f"got {redact(value)!r}"
         )
     return value
 
@@ -695,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=_url_arg,
             default=default_url if default else argparse.SUPPRESS,
             help="redis://, rediss:// (TLS options as query parameters, e.g. "
-            "?ssl_ca_certs=ca.pem) or unix:// URL; default: $REDIS_URL, else " + DEFAULT_URL,
+            "?ssl_ca_certs=ca.pem), unix:// or redis+sentinel://host:26379/service URL; "
+            "default: $REDIS_URL, else " + DEFAULT_URL,
         )
         target.add_argument(
             "--cluster",
@@ -773,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoPermissionError as error:
         return _fail(f"permission denied at {redact(args.url)}: {_one_line(error)}")
     except redis.ConnectionError as error:  # also AuthenticationError
-        return _fail(f"cannot connect to {redact(args.url)}: {_one_line(error)}")
+        return _fail(f"cannot connect to {redact(args.url)}: {_one_line(translate(error))}")
     except redis.TimeoutError as error:
         return _fail(f"timed out talking to {redact(args.url)}: {_one_line(error)}")
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly

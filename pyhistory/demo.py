@@ -6,7 +6,9 @@ after it.
 
 The demo never touches a user's data: the examples' sessions ``foo`` and ``bar`` become sessions
 of its own, named ``pyhistory-demo:<random>:foo`` and so on, which it deletes when it ends, also
-when it fails.
+when it fails. On a ``REDIS_URL`` server, it removes the Functions library it loaded there again
+when the library was not loaded before (and says which it did). A ``REDIS_URL`` it cannot reach
+is one line on stderr, within a few seconds.
 
 Without ``OPENAI_API_KEY`` (or without ``langchain-openai``) the chain uses an offline model that
 answers from the conversation it is given, so the demo shows what the history carries.
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -32,7 +35,11 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from pyhistory import MessageStore, RedisChatMessageHistory, load_functions, testing
+from pyhistory import LIBRARY, MessageStore, RedisChatMessageHistory, load_functions, testing
+from pyhistory.errors import translate
+from pyhistory.functions import SyncClient
+
+REACH_TIMEOUT = 2.0  # seconds to connect to REDIS_URL, and for its answer, before giving up
 
 
 class RecallingFakeChatModel(BaseChatModel):
@@ -79,12 +86,79 @@ def chat_model() -> BaseChatModel:
     return RecallingFakeChatModel()
 
 
+class Unreachable(Exception):
+    """REDIS_URL names a server the demo cannot reach (or may not use)."""
+
+
+def _redact(url: str) -> str:
+    from pyhistory.cli import redact
+
+    return redact(url)
+
+
+def check_reachable(url: str) -> None:
+    """A PING with short timeouts and no retries, so a wrong REDIS_URL is one line, at once."""
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        client: SyncClient = MessageStore("pyhistory-demo", url=url).redis_client
+    else:
+        options = {"socket_connect_timeout": REACH_TIMEOUT, "socket_timeout": REACH_TIMEOUT}
+        client = redis.Redis.from_url(url, retry=None, **options)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        reason = " ".join(str(translate(error)).split()) or type(error).__name__
+        raise Unreachable(f"cannot reach REDIS_URL={_redact(url)}: {reason}") from None
+    except ValueError as error:
+        raise Unreachable(f"REDIS_URL={_redact(url)} is not a usable URL: {error}") from None
+    finally:
+        if not url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+            client.close()
+
+
+def _library_loaded(client: SyncClient) -> bool | None:
+    """Whether this package's Functions library is on the server (None: may not ask)."""
+    try:
+        return bool(client.function_list(library=LIBRARY))
+    except redis.RedisError:
+        return None
+
+
+@contextmanager
+def demo_library(url: str) -> Iterator[None]:
+    """The library loaded for the block; on REDIS_URL's server, deleted after it when it was not
+    loaded before (a throwaway server goes with everything on it)."""
+    client = MessageStore("pyhistory-demo", url=url).redis_client
+    on_users_server = bool(os.environ.get("REDIS_URL"))
+    before = _library_loaded(client) if on_users_server else None
+    load_functions(client)
+    try:
+        yield
+    finally:
+        if on_users_server:
+            _restore_library(client, before)
+
+
+def _restore_library(client: SyncClient, before: bool | None) -> None:
+    if before is None:
+        print(f"Left the {LIBRARY} Functions library loaded (FUNCTION LIST is not allowed).")
+    elif before:
+        print(f"Left the {LIBRARY} Functions library loaded: it was there before the demo.")
+    else:
+        try:
+            client.function_delete(LIBRARY)
+        except redis.RedisError as error:
+            print(f"Could not remove {LIBRARY}: {error!r}", file=sys.stderr)
+        else:
+            print(f"Removed the {LIBRARY} Functions library the demo loaded.")
+
+
 @contextmanager
 def redis_url() -> Iterator[str]:
     """REDIS_URL when set, else a throwaway local server for the duration of the block."""
     configured = os.environ.get("REDIS_URL")
     if configured:
-        print(f"Using REDIS_URL={configured}")
+        check_reachable(configured)
+        print(f"Using REDIS_URL={_redact(configured)}")
         yield configured
         return
     server = testing.start_server("auto")
@@ -212,40 +286,46 @@ def _stored(url: str, session: str) -> None:
 def main() -> int:
     # RunnableWithMessageHistory, which LangChain's example uses, warns that it is deprecated.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    with redis_url() as url, demo_sessions(url) as sessions:
-        load_functions(RedisChatMessageHistory(sessions.foo, url=url).redis_client)
-        print(f"The examples' sessions foo and bar are {sessions.foo} and {sessions.bar} here.")
+    try:
+        with redis_url() as url, demo_library(url), demo_sessions(url) as sessions:
+            run_examples(url, sessions)
+    except Unreachable as error:
+        print(f"pyhistory demo: {error}", file=sys.stderr)
+        return 1
+    return 0
 
-        _show(
-            "Store and Retrieve Messages: history.messages", [store_and_retrieve(url, sessions.foo)]
-        )
 
-        model = chat_model()
-        answers = using_in_chains(url, model, sessions.foo)
+def run_examples(url: str, sessions: Sessions) -> None:
+    """Every example, in order, printing what each shows."""
+    print(f"The examples' sessions foo and bar are {sessions.foo} and {sessions.bar} here.")
+
+    _show("Store and Retrieve Messages: history.messages", [store_and_retrieve(url, sessions.foo)])
+
+    model = chat_model()
+    answers = using_in_chains(url, model, sessions.foo)
+    _show(
+        f"Using in the Chains ({type(model).__name__}): the two answers",
+        [a.content for a in answers],
+    )
+    _stored(url, sessions.foo)
+
+    try:
+        importlib.import_module("pyhistory.agents")
+    except ImportError as error:  # the agents extra is not installed
+        _show("LangChain 1.x agents: skipped", [error])
+    else:
+        answers = using_in_agents(url, model, sessions.agent)
         _show(
-            f"Using in the Chains ({type(model).__name__}): the two answers",
+            f"The same with create_agent and RedisHistoryMiddleware ({type(model).__name__})",
             [a.content for a in answers],
         )
-        _stored(url, sessions.foo)
+        _stored(url, sessions.agent)
+        continued = chain_session_in_agent(url, model, sessions.foo)
+        _show(f"An agent on the chain's session {sessions.foo}", [continued.content])
 
-        try:
-            importlib.import_module("pyhistory.agents")
-        except ImportError as error:  # the agents extra is not installed
-            _show("LangChain 1.x agents: skipped", [error])
-        else:
-            answers = using_in_agents(url, model, sessions.agent)
-            _show(
-                f"The same with create_agent and RedisHistoryMiddleware ({type(model).__name__})",
-                [a.content for a in answers],
-            )
-            _stored(url, sessions.agent)
-            continued = chain_session_in_agent(url, model, sessions.foo)
-            _show(f"An agent on the chain's session {sessions.foo}", [continued.content])
-
-        kept, raw, ttl = bounded_and_expiring(url, sessions.bar)
-        _show("max_messages=4, ttl=3600 after 3 turns: history.messages", [kept])
-        _show(f"Stored under message_store:{sessions.bar} (TTL {ttl} s)", raw)
-    return 0
+    kept, raw, ttl = bounded_and_expiring(url, sessions.bar)
+    _show("max_messages=4, ttl=3600 after 3 turns: history.messages", [kept])
+    _show(f"Stored under message_store:{sessions.bar} (TTL {ttl} s)", raw)
 
 
 if __name__ == "__main__":

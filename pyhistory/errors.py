@@ -142,6 +142,19 @@ def _typed_class(kind: type[Exception], ours: type[HistoryError]) -> type[Histor
     return made
 
 
+# What redis-py says when a server that requires a password got none: RESP3's HELLO refused, or
+# RESP2's NOAUTH. Said plainly instead.
+_NO_CREDENTIALS = (
+    "HELLO must be called with the client already authenticated",
+    "Authentication required",
+)
+NO_CREDENTIALS_MESSAGE = (
+    "the server requires authentication, and no password was given: put the user and password in "
+    "the URL (redis://user:password@host:6379/0, or redis://:password@host:6379/0 for the default "
+    "user) or pass them to the client"
+)
+
+
 def translate(error: BaseException) -> BaseException:
     """What pyhistory raises for an exception from redis-py: the class for the reply's code word,
     else ours for its redis-py class, else a HistoryError subclass of that very class. Anything
@@ -155,6 +168,10 @@ def translate(error: BaseException) -> BaseException:
         if kind is not None:
             return kind(str(error))
         return ServerError(*error.args)
+    if isinstance(error, redis_errors.AuthenticationError) and str(error).startswith(
+        _NO_CREDENTIALS
+    ):
+        return AuthenticationFailedError(NO_CREDENTIALS_MESSAGE)
     for theirs, ours in _BY_CLASS:
         if isinstance(error, theirs):
             if type(error) is not theirs:  # e.g. BusyLoadingError, a ConnectionError

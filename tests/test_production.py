@@ -31,6 +31,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 import pyhistory
 from pyhistory import RedisChatMessageHistory, _clients, testing
+from pyhistory.cli import main as cli_main
 
 # --- behaviour of langchain_community's class ----------------------------------------------
 
@@ -255,6 +256,24 @@ def test_a_wrong_password_is_not_retried(server: Server, client: redis.Redis) ->
             assert isinstance(aerror, pyhistory.AuthenticationFailedError)
             # one connection for each attempt, and admin's INFO: nothing was tried again
             assert int(admin.info("stats")["total_connections_received"]) - before == 2
+
+
+def test_a_missing_password_says_the_server_requires_authentication(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if server.local is None:
+        pytest.skip("needs a server process started by the tests")
+    with testing.start_server(server.kind, args=["--requirepass", "right"]) as locked:
+        url = f"redis://127.0.0.1:{locked.port}/0"
+        error, _ = timed(lambda: RedisChatMessageHistory("s", url=url).messages)
+        aerror, _ = atimed(RedisChatMessageHistory("s", url=url).aget_messages)
+        for raised in (error, aerror):
+            assert isinstance(raised, pyhistory.AuthenticationFailedError)
+            assert isinstance(raised, redis.exceptions.AuthenticationError)
+            assert "requires authentication" in str(raised)
+            assert "HELLO" not in str(raised)
+        assert cli_main(["--url", url, "status"]) == 1
+        assert "requires authentication" in capsys.readouterr().err
 
 
 def test_options_in_the_url_win(url: str) -> None:

@@ -155,9 +155,9 @@ def test_plain_tcp_to_the_tls_port_fails(tls_server: testing.LocalServer) -> Non
         redis.Redis.from_url(plain, socket_timeout=2, retry=None).ping()
 
 
-def test_the_readme_shows_the_exact_rule() -> None:
-    readme = (LUA.parent.parent / "README.md").read_text()
-    assert f"ACL SETUSER app on >secret {pyhistory.acl_rule()}\n" in readme
+def test_the_docs_show_the_exact_rule() -> None:
+    page = (LUA.parent.parent / "docs" / "operations" / "security.md").read_text()
+    assert f"ACL SETUSER app on >secret {pyhistory.acl_rule()}\n" in page
 
 
 def test_a_refused_wait_is_a_typed_error(url: str, client: redis.Redis) -> None:

@@ -6,6 +6,7 @@ from the conversation it is sent."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,41 @@ def test_the_demo_removes_its_sessions_when_it_fails(
     with pytest.raises(RuntimeError, match="half-way"):
         demo.main()
     assert client.keys("*") == []
+
+
+def test_the_demo_leaves_the_library_as_it_found_it(
+    url: str,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pyhistory import LIBRARY, demo, load_functions
+
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert demo.main() == 0
+    assert client.function_list(library=LIBRARY) == []
+    assert f"Removed the {LIBRARY} Functions library the demo loaded" in capsys.readouterr().out
+    load_functions(client)
+    assert demo.main() == 0
+    assert client.function_list(library=LIBRARY) != []
+    assert "it was there before the demo" in capsys.readouterr().out
+
+
+def test_the_demo_on_an_unreachable_url_is_one_line_at_once() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from pyhistory import testing
+
+    env = {**os.environ, "REDIS_URL": f"redis://:secret@127.0.0.1:{testing.free_port()}/0"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pyhistory.demo"], env=env, capture_output=True, text=True
+    )
+    assert time.monotonic() - started < 8  # the interpreter's start-up, then one refused connect
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("pyhistory demo: cannot reach REDIS_URL=redis://:***@127.0.0.1:")
+    assert done.stderr.count("\n") == 1 and "secret" not in done.stderr

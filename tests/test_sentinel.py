@@ -46,6 +46,33 @@ def sentinel_url(sentinel_set: testing.LocalSentinelSet) -> Iterator[str]:
 # --- round trips -------------------------------------------------------------------------------
 
 
+def test_the_cli_reaches_the_primary_through_a_sentinel_url(
+    sentinel_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyhistory.cli import main
+
+    assert main(["--url", sentinel_url, "load"]) == 0
+    assert main(["--url", sentinel_url, "status"]) == 0
+    out = capsys.readouterr().out
+    primary = f"127.0.0.1:{sentinel_set_primary_port(sentinel_url)}"
+    assert primary in out and "current" in out
+    history = RedisChatMessageHistory(session_id(), url=sentinel_url)
+    history.add_user_message("hi")
+    assert main(["--url", sentinel_url, "show", history.session_id]) == 0
+    assert "hi" in capsys.readouterr().out
+    history.clear()
+
+
+def sentinel_set_primary_port(url: str) -> int:
+    from pyhistory import _clients
+
+    client = _clients._sentinel_master(url)
+    try:
+        return int(client.connection_pool.get_master_address()[1])  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+
+
 def test_round_trip(sentinel_set: testing.LocalSentinelSet, sentinel_url: str) -> None:
     history = RedisChatMessageHistory(session_id(), url=sentinel_url)
     history.add_messages([HumanMessage("hi"), AIMessage("hello")])
