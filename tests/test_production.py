@@ -186,6 +186,65 @@ def test_any_other_redis_error_keeps_its_own_class() -> None:
     assert translate(plain) is plain
 
 
+# Run in a child process: every error pyhistory raises, made there and pickled to its stdout.
+_RAISE_EVERY_ERROR = """
+import pickle, sys
+import redis.exceptions as r
+from pyhistory import errors
+made = [
+    cls("BADARGS made in the child")
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.HistoryError)
+    and cls is not errors.ReplicationError
+]
+made.append(errors.ReplicationError("1 of 2", acknowledged=1, required=2))
+for theirs in (
+    r.BusyLoadingError("LOADING later"), r.ClusterDownError("CLUSTERDOWN x"),
+    r.AskError("3999 127.0.0.1:6381"), r.MovedError("3999 127.0.0.1:6381"),
+    r.TryAgainError("TRYAGAIN"), r.DataError("bad"), r.ExecAbortError("EXECABORT"),
+    r.ResponseError("BADSIZE bad size"), r.ResponseError("ERR other"),
+    r.ConnectionError("refused"), r.AuthenticationError("WRONGPASS"),
+):
+    made.append(errors.translate(theirs))
+sys.stdout.buffer.write(pickle.dumps(made))
+"""
+
+
+def test_every_error_pickles_across_a_process_boundary() -> None:
+    """multiprocessing and celery hand a worker's exception to another process by pickling it:
+    the classes made at run time for redis-py's other classes, and ReplicationError's counts,
+    must travel too (and arrive as the class this process raises for the same error)."""
+    from pyhistory import errors
+
+    child = subprocess.run(
+        [sys.executable, "-c", _RAISE_EVERY_ERROR], capture_output=True, check=False, timeout=60
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    received = __import__("pickle").loads(child.stdout)
+    assert all(isinstance(error, pyhistory.HistoryError) for error in received)
+    by_name = {type(error).__name__: error for error in received}
+    replication = by_name["ReplicationError"]
+    assert (replication.acknowledged, replication.required) == (1, 2)
+    assert str(replication) == "1 of 2"
+    for kind in (
+        redis.exceptions.BusyLoadingError,
+        redis.exceptions.ClusterDownError,
+        redis.exceptions.AskError,
+        redis.exceptions.MovedError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.DataError,
+        redis.exceptions.ExecAbortError,
+    ):
+        error = by_name[kind.__name__]
+        assert isinstance(error, kind)
+        assert type(error) is type(errors.translate(kind(*error.args)))  # the same class here
+    moved = by_name["MovedError"]
+    assert (moved.slot_id, moved.host, moved.port) == (3999, "127.0.0.1", 6381)
+    assert isinstance(by_name["BatchTooLargeError"], ValueError)
+    assert type(by_name["InvalidSizeError"]) is pyhistory.InvalidSizeError
+    assert isinstance(by_name["AuthenticationFailedError"], redis.exceptions.AuthenticationError)
+
+
 # --- bounded failure -----------------------------------------------------------------------
 
 
