@@ -28,6 +28,26 @@ def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
 
 
+def test_one_acl_derivation_serves_both_libraries() -> None:
+    """Both public acl_rule()s are Library.acl_rule on their own library: one place escapes the
+    prefix and lists the commands, so the two rules cannot drift apart."""
+    from pyhistory import checkpoint
+    from pyhistory._library import Library
+    from pyhistory.checkpoint import _calls
+
+    library = Library("demo_v1", "redis.call('LPUSH', k) redis.call('get', k) redis.call('LPUSH')")
+    assert library.acl_rule("a*?[]\\b:", ("fcall", "get")) == (
+        "resetkeys ~a\\*\\?\\[\\]\\\\b:* resetchannels -@all +fcall +get +lpush"
+    )
+    for prefix in ("message_store:", "tenant*7:", "x[1]\\"):
+        assert pyhistory.acl_rule(prefix) == _core.HISTORY.acl_rule(prefix, _core.CLIENT_COMMANDS)
+        assert checkpoint.acl_rule(prefix) == _calls.LIBRARY.acl_rule(
+            prefix, _calls.CLIENT_COMMANDS
+        )
+    with pytest.raises(pyhistory.InvalidArgumentError):  # a thread's hash tag must be its own
+        checkpoint.acl_rule("{tag}:")
+
+
 @pytest.fixture
 def app_url(url: str, client: redis.Redis) -> str:
     """A URL that logs in as 'app', a user with exactly pyhistory.acl_rule()."""
