@@ -31,7 +31,7 @@ import redis.cluster
 import redis.connection
 import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import LoadBalancingStrategy
 from redis.connection import parse_url
 from redis.exceptions import (
@@ -313,27 +313,87 @@ def _no_password_set(error: AuthenticationError) -> bool:
     return "no password is set" in message or "without any password configured" in message
 
 
+def _sentinel_options(parsed: SentinelURL, asyncio_client: bool) -> dict[str, Any]:
+    """The sentinels' clients: the URL's credentials and TLS settings, timeouts, and one attempt
+    each. redis-py asks the sentinels in turn and passes over one that does not answer; the
+    primary's connection retries that round as a whole (RETRY_WINDOW), so a retried sentinel
+    would only hold every round up for the window while the next one is there to answer."""
+    once = AsyncRetry(NoBackoff(), 0) if asyncio_client else Retry(NoBackoff(), 0)
+    return {**_options(asyncio_client), **parsed.sentinel_options, "retry": once}
+
+
+def _without_credentials(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in ("username", "password")}
+
+
+def _sentinel_unanswered(started: float, failures: int, error: Exception) -> float:
+    """The pause before asking the sentinels again, when none of them answered; raises ``error``
+    when the retry window is over."""
+    pause = _backoff().compute(failures) * random.uniform(0.5, 1.5)
+    if time.monotonic() - started + pause > RETRY_WINDOW:
+        raise error
+    return pause
+
+
+def _sentinel_credentials(parsed: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """The sentinels' options, without the URL's credentials when the sentinels have no password
+    set (langchain_community's rule). Each listed sentinel is asked in turn until one answers: one
+    that is down is passed over; when none answers, they are asked again within RETRY_WINDOW."""
+    if "password" not in options:
+        return options
+    started, failures = time.monotonic(), 0
+    while True:
+        for host, port in parsed.sentinels:
+            probe = redis.Redis(host=host, port=port, **options)
+            try:
+                probe.ping()
+            except AuthenticationError as error:
+                if not _no_password_set(error):
+                    raise
+                return _without_credentials(options)
+            except (ConnectionError, TimeoutError, OSError) as error:
+                unanswered = error
+                continue
+            finally:
+                probe.close()
+            return options
+        failures += 1
+        time.sleep(_sentinel_unanswered(started, failures, unanswered))
+
+
+async def _async_sentinel_credentials(
+    parsed: SentinelURL, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The asyncio twin of :func:`_sentinel_credentials`."""
+    if "password" not in options:
+        return options
+    started, failures = time.monotonic(), 0
+    while True:
+        for host, port in parsed.sentinels:
+            probe = redis.asyncio.Redis(host=host, port=port, **options)
+            try:
+                await probe.ping()
+            except AuthenticationError as error:
+                if not _no_password_set(error):
+                    raise
+                return _without_credentials(options)
+            except (ConnectionError, TimeoutError, OSError) as error:
+                unanswered = error
+                continue
+            finally:
+                await probe.aclose()
+            return options
+        failures += 1
+        await asyncio.sleep(_sentinel_unanswered(started, failures, unanswered))
+
+
 def _sentinel_master(url: str) -> redis.Redis:
     parsed = parse_sentinel_url(url)
     options = {**_options(False), **parsed.options}
-    sentinel_options = {**_options(False), **parsed.sentinel_options}
+    sentinel_options = _sentinel_credentials(parsed, _sentinel_options(parsed, False))
     sentinel = redis.sentinel.Sentinel(
         parsed.sentinels, sentinel_kwargs=sentinel_options, **options
     )
-    if "password" in sentinel_options:
-        try:
-            sentinel.sentinels[0].ping()
-        except AuthenticationError as error:
-            if not _no_password_set(error):
-                raise
-            for refused in sentinel.sentinels:
-                refused.close()
-            sentinel_options = {
-                k: v for k, v in sentinel_options.items() if k not in ("username", "password")
-            }
-            sentinel = redis.sentinel.Sentinel(
-                parsed.sentinels, sentinel_kwargs=sentinel_options, **options
-            )
     connection_class = _sentinel_connection_class(sentinel.connection_kwargs, False)
     master: redis.Redis = sentinel.master_for(
         parsed.service, redis_class=redis.Redis, connection_class=connection_class
@@ -347,24 +407,10 @@ async def _async_sentinel_master(
     """The primary's client, and the sentinels' clients it asks (to close with it)."""
     parsed = parse_sentinel_url(url)
     options = {**_options(True), **parsed.options}
-    sentinel_options = {**_options(True), **parsed.sentinel_options}
+    sentinel_options = await _async_sentinel_credentials(parsed, _sentinel_options(parsed, True))
     sentinel = redis.asyncio.sentinel.Sentinel(
         parsed.sentinels, sentinel_kwargs=sentinel_options, **options
     )
-    if "password" in sentinel_options:
-        try:
-            await sentinel.sentinels[0].ping()
-        except AuthenticationError as error:
-            if not _no_password_set(error):
-                raise
-            for refused in sentinel.sentinels:
-                await refused.aclose()
-            sentinel_options = {
-                k: v for k, v in sentinel_options.items() if k not in ("username", "password")
-            }
-            sentinel = redis.asyncio.sentinel.Sentinel(
-                parsed.sentinels, sentinel_kwargs=sentinel_options, **options
-            )
     connection_class = _sentinel_connection_class(sentinel.connection_kwargs, True)
     master: redis.asyncio.Redis = sentinel.master_for(
         parsed.service, redis_class=redis.asyncio.Redis, connection_class=connection_class

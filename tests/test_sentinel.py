@@ -155,6 +155,35 @@ def test_credentials_and_db(protected: testing.LocalSentinelSet, username: str |
         assert client.llen(history.key) == 1
 
 
+def first_sentinel_down(protected: testing.LocalSentinelSet) -> str:
+    """The set's URL with credentials and db 2, listing a sentinel that is down first."""
+    host, port = protected.sentinel_addresses[0]
+    closed = testing.free_port()
+    url = protected.url_for(2).replace(f"@{host}:{port}/", f"@{host}:{closed},{host}:{port}/")
+    assert f":{closed},{host}:{port}/mymaster/2" in url
+    return url
+
+
+def test_credentials_with_the_first_sentinel_down(protected: testing.LocalSentinelSet) -> None:
+    """Credentials in the URL make the client ask a sentinel whether it takes them: one that is
+    down (listed first here) is passed over for the next."""
+    history = RedisChatMessageHistory(session_id(), url=first_sentinel_down(protected))
+    history.add_messages([HumanMessage("sync")])
+    assert contents(history) == ["sync"]
+    with protected.primary_client(db=2) as client:
+        assert client.llen(history.key) == 1
+
+
+async def test_credentials_with_the_first_sentinel_down_asyncio(
+    protected: testing.LocalSentinelSet,
+) -> None:
+    history = RedisChatMessageHistory(session_id(), url=first_sentinel_down(protected))
+    await history.aadd_messages([HumanMessage("asyncio")])
+    assert [m.content for m in await history.aget_messages()] == ["asyncio"]
+    with protected.primary_client(db=2) as client:
+        assert client.llen(history.key) == 1
+
+
 def test_wrong_password(protected: testing.LocalSentinelSet) -> None:
     wrong = RedisChatMessageHistory(session_id(), url=protected.url_for(password="wrong"))
     with pytest.raises(redis.ConnectionError):  # AuthenticationError, or no primary found
