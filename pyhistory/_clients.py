@@ -298,6 +298,27 @@ class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connec
     pass
 
 
+class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The pool of the primary Sentinel names, capped as the other URL forms' pools are: a call
+    that finds every connection busy waits for one."""
+
+
+class _AsyncBlockingSentinelPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """The asyncio twin of _BlockingSentinelPool."""
+
+
+def _sentinel_pool(asyncio_client: bool) -> dict[str, Any]:
+    """master_for's options for the primary's pool: its class and its cap."""
+    pool = _AsyncBlockingSentinelPool if asyncio_client else _BlockingSentinelPool
+    return {
+        "connection_pool_class": pool,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": COMMAND_TIMEOUT,
+    }
+
+
 def _sentinel_connection_class(options: dict[str, Any], asyncio_client: bool) -> type[Any]:
     """The connection class for the primary's pool; takes ``ssl`` out of ``options``."""
     tls = bool(options.pop("ssl", False))
@@ -396,7 +417,10 @@ def _sentinel_master(url: str) -> redis.Redis:
     )
     connection_class = _sentinel_connection_class(sentinel.connection_kwargs, False)
     master: redis.Redis = sentinel.master_for(
-        parsed.service, redis_class=redis.Redis, connection_class=connection_class
+        parsed.service,
+        redis_class=redis.Redis,
+        connection_class=connection_class,
+        **_sentinel_pool(False),
     )
     return master
 
@@ -413,7 +437,10 @@ async def _async_sentinel_master(
     )
     connection_class = _sentinel_connection_class(sentinel.connection_kwargs, True)
     master: redis.asyncio.Redis = sentinel.master_for(
-        parsed.service, redis_class=redis.asyncio.Redis, connection_class=connection_class
+        parsed.service,
+        redis_class=redis.asyncio.Redis,
+        connection_class=connection_class,
+        **_sentinel_pool(True),
     )
     return master, list(sentinel.sentinels)
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 from langchain_core.messages import AIMessage, HumanMessage
 
-from pyhistory import RedisChatMessageHistory, testing
+from pyhistory import RedisChatMessageHistory, _clients, testing
 
 pytestmark = pytest.mark.sentinel
 
@@ -79,6 +79,32 @@ def test_one_client_per_url_across_histories(sentinel_url: str) -> None:
     first.add_messages([HumanMessage("a")])
     second.add_messages([HumanMessage("b")])
     assert (contents(first), contents(second)) == (["a"], ["b"])
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one(
+    sentinel_set: testing.LocalSentinelSet, sentinel_url: str
+) -> None:
+    """The primary's pool holds at most MAX_CONNECTIONS connections, as other URL forms' pools
+    do; calls beyond wait for a free one."""
+    tasks = 3 * _clients.MAX_CONNECTIONS
+    with sentinel_set.primary_client() as client:
+        before = int(client.info("stats")["total_connections_received"])
+
+    async def turn_of(i: int) -> int:
+        history = RedisChatMessageHistory(f"busy-{i % 7}", url=sentinel_url, ttl=60)
+        await history.aadd_messages([HumanMessage(str(i))])
+        return len(await history.aget_messages())
+
+    lengths = await asyncio.gather(*(turn_of(i) for i in range(tasks)))
+    assert len(lengths) == tasks and min(lengths) >= 1
+    with sentinel_set.primary_client() as client:
+        opened = int(client.info("stats")["total_connections_received"]) - before - 2  # the INFOs
+    assert 1 <= opened <= _clients.MAX_CONNECTIONS
+    for pool in (
+        (await _clients.async_client(sentinel_url)).connection_pool,
+        _clients.sync_client(sentinel_url).connection_pool,
+    ):
+        assert pool.max_connections == _clients.MAX_CONNECTIONS
 
 
 # --- the URL grammar ---------------------------------------------------------------------------
