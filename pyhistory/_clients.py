@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import random
 import threading
 import time
@@ -525,8 +526,12 @@ async def _new_async(
 # A URL, whether it was declared a cluster, and whether the cluster's replicas serve the reads.
 Target = tuple[str, bool, bool]
 
+# Guards the tables below, for a moment: never held while a client is built (that talks to the
+# server: INFO, a Sentinel's sentinels, a cluster's topology), so one unreachable URL holds up no
+# other. Threads that want the same new client wait for one build on that target's own lock.
 _lock = threading.Lock()
 _sync: dict[Target, SyncClient] = {}
+_building: dict[Target, threading.Lock] = {}
 
 
 @dataclass
@@ -552,16 +557,38 @@ def sync_client(url: str, cluster: bool = False, read_from_replicas: bool = Fals
     """The process's client for ``url``, built on first use."""
     target = _target(url, cluster, read_from_replicas)
     client = _sync.get(target)
-    if client is None:
-        with _lock:
-            client = _sync.get(target)
-            if client is None:
-                try:
-                    client = _new_sync(url, cluster, read_from_replicas)
-                except Exception as error:
-                    raise translate(error) from error
+    if client is not None:
+        return client
+    with _lock:
+        building = _building.setdefault(target, threading.Lock())
+    with building:
+        client = _sync.get(target)
+        if client is None:
+            try:
+                client = _new_sync(url, cluster, read_from_replicas)
+            except Exception as error:
+                raise translate(error) from error
+            with _lock:
                 _sync[target] = client
+                _building.pop(target, None)
     return client
+
+
+def _start_afresh_after_fork() -> None:
+    """In a child process (gunicorn, celery, multiprocessing's fork): the parent's clients share
+    their sockets with the parent, and a lock another thread of the parent held at the fork stays
+    held here forever. The child forgets both and builds its own clients. The parent's clients are
+    not closed here: their sockets are the parent's too (redis-py's disconnect leaves a socket of
+    another process alone, and the garbage collector closes the child's copies)."""
+    global _lock
+    _lock = threading.Lock()
+    _sync.clear()
+    _building.clear()
+    _async.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_start_afresh_after_fork)
 
 
 async def _close_at_shutdown(entry: _LoopClients) -> AsyncIterator[None]:
