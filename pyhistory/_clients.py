@@ -16,9 +16,10 @@ import contextlib
 import inspect
 import os
 import random
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -541,7 +542,7 @@ class _LoopClients:
 
     clients: dict[Target, AsyncClient] = field(default_factory=dict)
     companions: list[AsyncClient] = field(default_factory=list)  # e.g. a Sentinel's sentinels
-    closer: AsyncIterator[None] | None = None
+    closer: AsyncGenerator[None, None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -591,7 +592,7 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_start_afresh_after_fork)
 
 
-async def _close_at_shutdown(entry: _LoopClients) -> AsyncIterator[None]:
+async def _close_at_shutdown(entry: _LoopClients) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
@@ -606,10 +607,63 @@ def _loop_clients(loop: asyncio.AbstractEventLoop) -> _LoopClients:
     entry = _async.get(loop)
     if entry is None:
         with _lock:
-            for closed in [other for other in _async if other.is_closed()]:
-                del _async[closed]
+            evicted = [_async.pop(other) for other in list(_async) if other.is_closed()]
             entry = _async.setdefault(loop, _LoopClients())
+        for abandoned in evicted:
+            _shut_down(abandoned)
     return entry
+
+
+def _shut_down(entry: _LoopClients) -> None:
+    """The clients of a loop closed without closing its async generators first (``loop.close()``
+    without ``shutdown_asyncgens()``, as asyncio.run does it): they cannot be closed through their
+    loop any more. Their sockets are shut down, so the server lets go of the connections now; the
+    garbage collector closes the file descriptors."""
+    for client in [*entry.clients.values(), *entry.companions]:
+        for connection in _connections(client):
+            writer = getattr(connection, "_writer", None)
+            sock = writer.get_extra_info("socket") if writer is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+    entry.clients.clear()
+    entry.companions.clear()
+
+
+def _connections(client: AsyncClient) -> list[Any]:
+    """The connections an asyncio client holds: its pool's, or each cluster node's."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        nodes = client.nodes_manager.nodes_cache.values()
+        return [c for node in nodes for c in getattr(node, "_connections", ())]
+    pool = client.connection_pool
+    return [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+
+
+def close_clients() -> None:
+    """Close the clients this process built from URLs for sync calls (at shutdown, when nothing
+    uses them any more); a later call builds new ones. The asyncio clients are closed by
+    :func:`aclose_clients`, or with their event loop."""
+    with _lock:
+        clients = list(_sync.values())
+        _sync.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+async def aclose_clients() -> None:
+    """Close the running event loop's clients, then (in a worker thread) the sync ones: at an
+    application's shutdown, e.g. at the end of a FastAPI ``lifespan``. A later call builds new
+    ones."""
+    loop = asyncio.get_running_loop()
+    with _lock:
+        entry = _async.pop(loop, None)
+    if entry is not None and entry.closer is not None:
+        await entry.closer.aclose()  # closes the clients and their companions
+    await asyncio.to_thread(close_clients)
 
 
 async def async_client(

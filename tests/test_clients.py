@@ -1,15 +1,20 @@
 """The shared clients' life cycle, on real servers: one URL that does not answer holds up no
 other, a forked child builds clients of its own (and is never stuck on a lock its parent held),
-and the shared clients close on demand (an application's shutdown)."""
+the shared clients close on demand (an application's shutdown), and the clients of an event loop
+closed without closing them let go of their connections."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
 import threading
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +144,75 @@ def test_a_child_forked_under_load_builds_clients_of_its_own(url: str, client: r
         assert client.llen(f"message_store:child-{n}") == 2
     assert _clients.sync_client(url) is parent  # the parent keeps its own
     blocked.join(_clients.FAILURE_BOUND + 30)
+
+
+# --- closing the shared clients ----------------------------------------------------------------
+
+
+def named_url(url: str) -> tuple[str, str]:
+    """The URL with a client name of its own, so that the server lists its connections by it."""
+    name = f"pyhistory-{uuid.uuid4().hex[:10]}"
+    return f"{url}?client_name={name}", name
+
+
+def connections_named(client: redis.Redis, name: str) -> int:
+    return sum(1 for info in client.client_list() if info.get("name") == name)
+
+
+def wait_for_connections(client: redis.Redis, name: str, at_most: int) -> None:
+    deadline = time.monotonic() + 10
+    while (left := connections_named(client, name)) > at_most:
+        assert time.monotonic() < deadline, f"{left} connection(s) named {name} still open"
+        time.sleep(0.02)
+
+
+def test_close_clients_lets_go_of_every_connection(url: str, client: redis.Redis) -> None:
+    named, name = named_url(url)
+    history = RedisChatMessageHistory("closing", url=named)
+    history.add_messages(turn(1))
+    old = _clients.sync_client(named)
+    assert connections_named(client, name) >= 1
+    pyhistory.close_clients()
+    wait_for_connections(client, name, at_most=0)
+    assert len(history.messages) == 2  # a later call builds a new client
+    assert _clients.sync_client(named) is not old
+
+
+async def test_aclose_clients_closes_the_loops_clients_and_the_sync_ones(
+    url: str, client: redis.Redis
+) -> None:
+    """At an application's shutdown (a FastAPI lifespan's end): the running loop's clients and
+    the sync ones (used from worker threads) are closed."""
+    named, name = named_url(url)
+    history = RedisChatMessageHistory("closing", url=named)
+    await history.aadd_messages(turn(1))
+    await asyncio.to_thread(history.add_messages, turn(2))
+    assert connections_named(client, name) >= 2
+    await pyhistory.aclose_clients()
+    wait_for_connections(client, name, at_most=0)
+    assert len(await history.aget_messages()) == 4
+
+
+def test_clients_of_a_loop_closed_without_shutdown_let_go_when_evicted(
+    url: str, client: redis.Redis
+) -> None:
+    """A loop closed with loop.close() alone (no shutdown_asyncgens, as asyncio.run does) never
+    runs the code that closes its clients: when another loop next asks for a client, the closed
+    loops' clients are dropped, and their connections are shut down then, not whenever the
+    garbage collector comes by (it is off here)."""
+    named, name = named_url(url)
+    gc.disable()
+    try:
+        for i in range(3):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(RedisChatMessageHistory("s", url=named).aadd_messages(turn(i)))
+            loop.close()
+            # each new loop's first call let go of the connections of the loops closed before
+            wait_for_connections(client, name, at_most=1)
+        asyncio.run(RedisChatMessageHistory("s", url=url).aget_messages())
+        wait_for_connections(client, name, at_most=0)
+    finally:
+        gc.enable()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # the sockets' descriptors
+            gc.collect()
