@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 import redis
+from chat import assert_ttl
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
@@ -249,7 +250,8 @@ def test_every_write_sets_the_ttl_on_both_keys(url: str, client: redis.Redis) ->
     saver = RedisSaver(url, ttl=100)
     data, index = saver.keys("t")
     first = put(saver, "t", 1, values={"a": 1})
-    assert 99 <= client.ttl(data) <= 100 and 99 <= client.ttl(index) <= 100
+    assert_ttl(client, data, 100)
+    assert_ttl(client, index, 100)
     client.expire(data, 10)
     client.expire(index, 10)
     saver.put_writes(config("t", "", first), [("a", 5)], "task")

@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
-from chat import check_asyncio_methods, turn
+from chat import assert_ttl, check_asyncio_methods, turn
 from langchain_core.messages import HumanMessage, message_to_dict
 
 import pyhistory
@@ -55,7 +55,7 @@ def test_core_behaviours(cluster_client: redis.cluster.RedisCluster) -> None:
         "answer 3",
     ]
     assert len(history) == 5
-    assert 59 <= cluster_client.ttl(history.key) <= 60
+    assert_ttl(cluster_client, history.key, 60)
     assert history.touch() is True
     history.clear()
     assert history.messages == [] and len(history) == 0

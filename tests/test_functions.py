@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+from chat import assert_ttl
 from redis.exceptions import ResponseError
 
 import pyhistory
@@ -99,10 +100,10 @@ def test_append_larger_than_the_bound_keeps_the_newest(loaded: redis.Redis) -> N
 
 def test_append_sets_and_refreshes_the_ttl(loaded: redis.Redis) -> None:
     fcall(loaded, "append", "s", 0, 100, "a")
-    assert 99 <= loaded.ttl("s") <= 100
+    assert_ttl(loaded, "s", 100)
     loaded.expire("s", 5)
     fcall(loaded, "append", "s", 0, 100, "b")
-    assert loaded.ttl("s") >= 99
+    assert_ttl(loaded, "s", 100)
 
 
 def test_append_without_ttl_leaves_an_existing_ttl(loaded: redis.Redis) -> None:
@@ -127,7 +128,7 @@ def test_window_returns_the_newest_and_slides_the_ttl(loaded: redis.Redis) -> No
     assert fcall(loaded, "window", "s", 0, 0) == [b"d", b"c", b"b", b"a"]
     assert loaded.ttl("s") == -1
     assert fcall(loaded, "window", "s", 1, 70) == [b"d"]
-    assert 69 <= loaded.ttl("s") <= 70
+    assert_ttl(loaded, "s", 70)
 
 
 def test_window_of_a_missing_session_creates_nothing(loaded: redis.Redis) -> None:
@@ -148,7 +149,7 @@ def test_touch_and_length(loaded: redis.Redis) -> None:
     assert fcall(loaded, "length", "s") == 0
     fcall(loaded, "append", "s", 0, 0, "a", "b", "c")
     assert fcall(loaded, "touch", "s", 30) == 1
-    assert 29 <= loaded.ttl("s") <= 30
+    assert_ttl(loaded, "s", 30)
     assert fcall(loaded, "length", "s") == 3
 
 
@@ -205,7 +206,7 @@ def test_wrong_key_type_is_wrongtype_and_changes_nothing(loaded: redis.Redis, na
     with pytest.raises(ResponseError, match=r"^WRONGTYPE"):
         loaded.execute_command(command, f"{_core.LIBRARY}_{name}", 1, "s", *args)
     assert loaded.get("s") == b"a string"
-    assert 99 <= loaded.ttl("s") <= 100
+    assert_ttl(loaded, "s", 100)
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.exceptions
-from chat import turn
+from chat import assert_ttl, turn
 from conftest import Server
 from langchain_community.chat_message_histories import (
     RedisChatMessageHistory as CommunityHistory,
@@ -80,7 +80,7 @@ def test_ttl_as_a_timedelta(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=url, ttl=timedelta(hours=1))
     assert history.ttl == 3600
     history.add_user_message("x")
-    assert 3590 <= client.ttl(history.key) <= 3600
+    assert_ttl(client, history.key, 3600)
     history.ttl = timedelta(minutes=2, milliseconds=900)  # whole seconds, as redis-py's EXPIRE
     assert history.ttl == 120
 
@@ -248,6 +248,13 @@ def test_every_error_pickles_across_a_process_boundary() -> None:
 # --- bounded failure -----------------------------------------------------------------------
 
 
+# The README promises an error within FAILURE_BOUND (10 s). Measured from the outside on a loaded
+# machine, a test may see up to this much more: thread and process scheduling, an event loop's
+# start and close, not waits of the library's own.
+SCHEDULING_MARGIN = 2.0
+BOUND_AS_MEASURED = _clients.FAILURE_BOUND + SCHEDULING_MARGIN
+
+
 def timed(operation: Callable[[], Any]) -> tuple[BaseException, float]:
     started = time.monotonic()
     try:
@@ -270,7 +277,7 @@ def test_a_refused_connection_is_a_typed_error_within_the_bound() -> None:
     aerror, atook = atimed(history.aget_messages)
     assert isinstance(aerror, pyhistory.ServerConnectionError)
     print(f"refused: sync {took:.2f} s, asyncio {atook:.2f} s")
-    assert took <= _clients.FAILURE_BOUND and atook <= _clients.FAILURE_BOUND
+    assert took <= BOUND_AS_MEASURED and atook <= BOUND_AS_MEASURED
 
 
 @pytest.fixture
@@ -295,7 +302,7 @@ def test_a_hung_server_is_a_typed_error_within_the_bound(
     aerror, atook = atimed(lambda: history.aadd_messages(turn(2)))
     assert isinstance(aerror, pyhistory.ServerTimeoutError | pyhistory.ServerConnectionError)
     print(f"hung: sync {took:.2f} s, asyncio {atook:.2f} s")
-    assert took <= _clients.FAILURE_BOUND + 1 and atook <= _clients.FAILURE_BOUND + 1
+    assert took <= BOUND_AS_MEASURED and atook <= BOUND_AS_MEASURED
     os.kill(paused.pid, signal.SIGCONT)
     assert len(history.messages) >= 2  # and it recovers on its own
 
