@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 import pyhistory
 from pyhistory import _core, errors, testing
+from pyhistory.errors import SERVER_ERRORS, translate
 from pyhistory.functions import run
 from pyhistory.store import load_functions
 
@@ -140,7 +141,7 @@ def test_window_ro_runs_under_fcall_ro_and_window_does_not(loaded: redis.Redis) 
     fcall(loaded, "append", "s", 0, 0, "a", "b")
     assert loaded.execute_command("FCALL_RO", _core.WINDOW_RO, 1, "s", 1) == [b"b"]
     assert loaded.execute_command("FCALL_RO", _core.LENGTH, 1, "s") == 2
-    with pytest.raises(ResponseError):
+    with pytest.raises(ResponseError, match="write flag"):
         loaded.execute_command("FCALL_RO", _core.WINDOW, 1, "s", 1, 10)
 
 
@@ -195,6 +196,7 @@ def test_bad_arguments_get_their_code_and_change_nothing(
         loaded.execute_command(command, f"{_core.LIBRARY}_{name}", len(keys), *keys, *args)
     assert str(caught.value).split(" ", 1)[0] == code
     assert "script:" not in str(caught.value)  # the message is ours, exactly as written
+    assert type(translate(caught.value)) is SERVER_ERRORS[code]  # what pyhistory raises for it
     assert (loaded.lrange("s", 0, -1), loaded.ttl("s"), loaded.dbsize()) == before
 
 
@@ -203,8 +205,9 @@ def test_wrong_key_type_is_wrongtype_and_changes_nothing(loaded: redis.Redis, na
     loaded.set("s", "a string", ex=100)
     args = {"append": [0, 10, "x"], "window": [0, 10], "window_ro": [0], "length": []}[name]
     command = "FCALL_RO" if name in ("window_ro", "length") else "FCALL"
-    with pytest.raises(ResponseError, match=r"^WRONGTYPE"):
+    with pytest.raises(ResponseError, match=r"^WRONGTYPE") as caught:
         loaded.execute_command(command, f"{_core.LIBRARY}_{name}", 1, "s", *args)
+    assert type(translate(caught.value)) is pyhistory.WrongTypeError
     assert loaded.get("s") == b"a string"
     assert_ttl(loaded, "s", 100)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-import redis
 from langchain_core.messages import AIMessage, HumanMessage
 
+import pyhistory
 from pyhistory import RedisChatMessageHistory, _clients, testing
 
 pytestmark = pytest.mark.sentinel
@@ -147,8 +147,8 @@ def test_unknown_service_is_an_error(
 ) -> None:
     host, port = sentinel_set.sentinel_addresses[0]
     history = RedisChatMessageHistory(session_id(), url=f"redis+sentinel://{host}:{port}/nosuch/0")
-    with pytest.raises(redis.ConnectionError):  # redis-py's MasterNotFoundError is one
-        history.add_messages([HumanMessage("x")])
+    with pytest.raises(pyhistory.ServerConnectionError, match="No master found for 'nosuch'"):
+        history.add_messages([HumanMessage("x")])  # redis-py's MasterNotFoundError, typed
 
 
 PASSWORD = "s3cret:/@?"  # characters that must be percent-encoded in a URL
@@ -212,7 +212,8 @@ async def test_credentials_with_the_first_sentinel_down_asyncio(
 
 def test_wrong_password(protected: testing.LocalSentinelSet) -> None:
     wrong = RedisChatMessageHistory(session_id(), url=protected.url_for(password="wrong"))
-    with pytest.raises(redis.ConnectionError):  # AuthenticationError, or no primary found
+    # refused by the sentinels when they take the password, else by the primary: never retried
+    with pytest.raises(pyhistory.AuthenticationFailedError):
         wrong.add_messages([HumanMessage("x")])
     with protected.primary_client() as client:
         assert client.exists(wrong.key) == 0
