@@ -273,7 +273,11 @@ def test_other_libraries_and_versions_are_left_alone(client: redis.Redis) -> Non
 
 def test_wheel_ships_the_lua_file_byte_for_byte(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        # offline: the installed hatchling (test extra) builds it, no index is asked for one
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("--no-index", "-q", "-w", str(tmp_path), str(ROOT)),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("pyhistory-*.whl")

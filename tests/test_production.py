@@ -401,8 +401,8 @@ def test_a_bad_sentinel_url_is_a_typed_error() -> None:
 def test_a_plain_url_of_a_cluster_node_is_detected_once(cluster: testing.LocalCluster) -> None:
     cluster.wait_healthy()
     node = cluster.primaries()[0]
-    url = f"redis://127.0.0.1:{node.port}/0"
-    _clients._is_cluster.pop(url, None)
+    url = f"redis://127.0.0.1:{node.port}/0?client_name=detect-{os.getpid()}-{time.time_ns()}"
+    assert url not in _clients._is_cluster  # a URL of this test's own: nothing learnt before
 
     def info_calls() -> int:
         total = 0
