@@ -3,12 +3,29 @@ operation, laid out exactly as langchain_community's RedisChatMessageHistory lay
 
 ``RedisChatMessageHistory`` (LangChain's classic interface, deprecated by langchain-core) is
 imported on first use, so that the rest works where that interface is gone.
+
+Histories built from a URL share one client (one connection pool) per URL in the process, and per
+event loop for asyncio. An asyncio loop's clients close with the loop (``asyncio.run``); to close
+them at an application's shutdown, call ``await aclose_clients()`` (the running loop's clients,
+then the sync ones) or ``close_clients()`` (the sync ones), e.g. in a FastAPI app::
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await pyhistory.aclose_clients()
+
+    app = FastAPI(lifespan=lifespan)
+
+A later call builds new clients. A forked child process builds its own.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyhistory._clients import aclose_clients, close_clients
 from pyhistory._core import LIBRARY, MAX_BATCH, acl_rule
 from pyhistory.errors import (
     AuthenticationFailedError,
@@ -78,6 +95,8 @@ __all__ = [
     "WrongTypeError",
     "__version__",
     "acl_rule",
+    "aclose_clients",
     "aload_functions",
+    "close_clients",
     "load_functions",
 ]

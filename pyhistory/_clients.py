@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import random
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -31,7 +33,7 @@ import redis.cluster
 import redis.connection
 import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import LoadBalancingStrategy
 from redis.connection import parse_url
 from redis.exceptions import (
@@ -298,6 +300,27 @@ class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connec
     pass
 
 
+class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The pool of the primary Sentinel names, capped as the other URL forms' pools are: a call
+    that finds every connection busy waits for one."""
+
+
+class _AsyncBlockingSentinelPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """The asyncio twin of _BlockingSentinelPool."""
+
+
+def _sentinel_pool(asyncio_client: bool) -> dict[str, Any]:
+    """master_for's options for the primary's pool: its class and its cap."""
+    pool = _AsyncBlockingSentinelPool if asyncio_client else _BlockingSentinelPool
+    return {
+        "connection_pool_class": pool,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": COMMAND_TIMEOUT,
+    }
+
+
 def _sentinel_connection_class(options: dict[str, Any], asyncio_client: bool) -> type[Any]:
     """The connection class for the primary's pool; takes ``ssl`` out of ``options``."""
     tls = bool(options.pop("ssl", False))
@@ -313,30 +336,93 @@ def _no_password_set(error: AuthenticationError) -> bool:
     return "no password is set" in message or "without any password configured" in message
 
 
+def _sentinel_options(parsed: SentinelURL, asyncio_client: bool) -> dict[str, Any]:
+    """The sentinels' clients: the URL's credentials and TLS settings, timeouts, and one attempt
+    each. redis-py asks the sentinels in turn and passes over one that does not answer; the
+    primary's connection retries that round as a whole (RETRY_WINDOW), so a retried sentinel
+    would only hold every round up for the window while the next one is there to answer."""
+    once = AsyncRetry(NoBackoff(), 0) if asyncio_client else Retry(NoBackoff(), 0)
+    return {**_options(asyncio_client), **parsed.sentinel_options, "retry": once}
+
+
+def _without_credentials(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in ("username", "password")}
+
+
+def _sentinel_unanswered(started: float, failures: int, error: Exception) -> float:
+    """The pause before asking the sentinels again, when none of them answered; raises ``error``
+    when the retry window is over."""
+    pause = _backoff().compute(failures) * random.uniform(0.5, 1.5)
+    if time.monotonic() - started + pause > RETRY_WINDOW:
+        raise error
+    return pause
+
+
+def _sentinel_credentials(parsed: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """The sentinels' options, without the URL's credentials when the sentinels have no password
+    set (langchain_community's rule). Each listed sentinel is asked in turn until one answers: one
+    that is down is passed over; when none answers, they are asked again within RETRY_WINDOW."""
+    if "password" not in options:
+        return options
+    started, failures = time.monotonic(), 0
+    while True:
+        for host, port in parsed.sentinels:
+            probe = redis.Redis(host=host, port=port, **options)
+            try:
+                probe.ping()
+            except AuthenticationError as error:
+                if not _no_password_set(error):
+                    raise
+                return _without_credentials(options)
+            except (ConnectionError, TimeoutError, OSError) as error:
+                unanswered = error
+                continue
+            finally:
+                probe.close()
+            return options
+        failures += 1
+        time.sleep(_sentinel_unanswered(started, failures, unanswered))
+
+
+async def _async_sentinel_credentials(
+    parsed: SentinelURL, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The asyncio twin of :func:`_sentinel_credentials`."""
+    if "password" not in options:
+        return options
+    started, failures = time.monotonic(), 0
+    while True:
+        for host, port in parsed.sentinels:
+            probe = redis.asyncio.Redis(host=host, port=port, **options)
+            try:
+                await probe.ping()
+            except AuthenticationError as error:
+                if not _no_password_set(error):
+                    raise
+                return _without_credentials(options)
+            except (ConnectionError, TimeoutError, OSError) as error:
+                unanswered = error
+                continue
+            finally:
+                await probe.aclose()
+            return options
+        failures += 1
+        await asyncio.sleep(_sentinel_unanswered(started, failures, unanswered))
+
+
 def _sentinel_master(url: str) -> redis.Redis:
     parsed = parse_sentinel_url(url)
     options = {**_options(False), **parsed.options}
-    sentinel_options = {**_options(False), **parsed.sentinel_options}
+    sentinel_options = _sentinel_credentials(parsed, _sentinel_options(parsed, False))
     sentinel = redis.sentinel.Sentinel(
         parsed.sentinels, sentinel_kwargs=sentinel_options, **options
     )
-    if "password" in sentinel_options:
-        try:
-            sentinel.sentinels[0].ping()
-        except AuthenticationError as error:
-            if not _no_password_set(error):
-                raise
-            for refused in sentinel.sentinels:
-                refused.close()
-            sentinel_options = {
-                k: v for k, v in sentinel_options.items() if k not in ("username", "password")
-            }
-            sentinel = redis.sentinel.Sentinel(
-                parsed.sentinels, sentinel_kwargs=sentinel_options, **options
-            )
     connection_class = _sentinel_connection_class(sentinel.connection_kwargs, False)
     master: redis.Redis = sentinel.master_for(
-        parsed.service, redis_class=redis.Redis, connection_class=connection_class
+        parsed.service,
+        redis_class=redis.Redis,
+        connection_class=connection_class,
+        **_sentinel_pool(False),
     )
     return master
 
@@ -347,27 +433,16 @@ async def _async_sentinel_master(
     """The primary's client, and the sentinels' clients it asks (to close with it)."""
     parsed = parse_sentinel_url(url)
     options = {**_options(True), **parsed.options}
-    sentinel_options = {**_options(True), **parsed.sentinel_options}
+    sentinel_options = await _async_sentinel_credentials(parsed, _sentinel_options(parsed, True))
     sentinel = redis.asyncio.sentinel.Sentinel(
         parsed.sentinels, sentinel_kwargs=sentinel_options, **options
     )
-    if "password" in sentinel_options:
-        try:
-            await sentinel.sentinels[0].ping()
-        except AuthenticationError as error:
-            if not _no_password_set(error):
-                raise
-            for refused in sentinel.sentinels:
-                await refused.aclose()
-            sentinel_options = {
-                k: v for k, v in sentinel_options.items() if k not in ("username", "password")
-            }
-            sentinel = redis.asyncio.sentinel.Sentinel(
-                parsed.sentinels, sentinel_kwargs=sentinel_options, **options
-            )
     connection_class = _sentinel_connection_class(sentinel.connection_kwargs, True)
     master: redis.asyncio.Redis = sentinel.master_for(
-        parsed.service, redis_class=redis.asyncio.Redis, connection_class=connection_class
+        parsed.service,
+        redis_class=redis.asyncio.Redis,
+        connection_class=connection_class,
+        **_sentinel_pool(True),
     )
     return master, list(sentinel.sentinels)
 
@@ -452,8 +527,12 @@ async def _new_async(
 # A URL, whether it was declared a cluster, and whether the cluster's replicas serve the reads.
 Target = tuple[str, bool, bool]
 
+# Guards the tables below, for a moment: never held while a client is built (that talks to the
+# server: INFO, a Sentinel's sentinels, a cluster's topology), so one unreachable URL holds up no
+# other. Threads that want the same new client wait for one build on that target's own lock.
 _lock = threading.Lock()
 _sync: dict[Target, SyncClient] = {}
+_building: dict[Target, threading.Lock] = {}
 
 
 @dataclass
@@ -463,7 +542,7 @@ class _LoopClients:
 
     clients: dict[Target, AsyncClient] = field(default_factory=dict)
     companions: list[AsyncClient] = field(default_factory=list)  # e.g. a Sentinel's sentinels
-    closer: AsyncIterator[None] | None = None
+    closer: AsyncGenerator[None, None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -479,19 +558,41 @@ def sync_client(url: str, cluster: bool = False, read_from_replicas: bool = Fals
     """The process's client for ``url``, built on first use."""
     target = _target(url, cluster, read_from_replicas)
     client = _sync.get(target)
-    if client is None:
-        with _lock:
-            client = _sync.get(target)
-            if client is None:
-                try:
-                    client = _new_sync(url, cluster, read_from_replicas)
-                except Exception as error:
-                    raise translate(error) from error
+    if client is not None:
+        return client
+    with _lock:
+        building = _building.setdefault(target, threading.Lock())
+    with building:
+        client = _sync.get(target)
+        if client is None:
+            try:
+                client = _new_sync(url, cluster, read_from_replicas)
+            except Exception as error:
+                raise translate(error) from error
+            with _lock:
                 _sync[target] = client
+                _building.pop(target, None)
     return client
 
 
-async def _close_at_shutdown(entry: _LoopClients) -> AsyncIterator[None]:
+def _start_afresh_after_fork() -> None:
+    """In a child process (gunicorn, celery, multiprocessing's fork): the parent's clients share
+    their sockets with the parent, and a lock another thread of the parent held at the fork stays
+    held here forever. The child forgets both and builds its own clients. The parent's clients are
+    not closed here: their sockets are the parent's too (redis-py's disconnect leaves a socket of
+    another process alone, and the garbage collector closes the child's copies)."""
+    global _lock
+    _lock = threading.Lock()
+    _sync.clear()
+    _building.clear()
+    _async.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_start_afresh_after_fork)
+
+
+async def _close_at_shutdown(entry: _LoopClients) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
@@ -506,10 +607,63 @@ def _loop_clients(loop: asyncio.AbstractEventLoop) -> _LoopClients:
     entry = _async.get(loop)
     if entry is None:
         with _lock:
-            for closed in [other for other in _async if other.is_closed()]:
-                del _async[closed]
+            evicted = [_async.pop(other) for other in list(_async) if other.is_closed()]
             entry = _async.setdefault(loop, _LoopClients())
+        for abandoned in evicted:
+            _shut_down(abandoned)
     return entry
+
+
+def _shut_down(entry: _LoopClients) -> None:
+    """The clients of a loop closed without closing its async generators first (``loop.close()``
+    without ``shutdown_asyncgens()``, as asyncio.run does it): they cannot be closed through their
+    loop any more. Their sockets are shut down, so the server lets go of the connections now; the
+    garbage collector closes the file descriptors."""
+    for client in [*entry.clients.values(), *entry.companions]:
+        for connection in _connections(client):
+            writer = getattr(connection, "_writer", None)
+            sock = writer.get_extra_info("socket") if writer is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+    entry.clients.clear()
+    entry.companions.clear()
+
+
+def _connections(client: AsyncClient) -> list[Any]:
+    """The connections an asyncio client holds: its pool's, or each cluster node's."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        nodes = client.nodes_manager.nodes_cache.values()
+        return [c for node in nodes for c in getattr(node, "_connections", ())]
+    pool = client.connection_pool
+    return [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+
+
+def close_clients() -> None:
+    """Close the clients this process built from URLs for sync calls (at shutdown, when nothing
+    uses them any more); a later call builds new ones. The asyncio clients are closed by
+    :func:`aclose_clients`, or with their event loop."""
+    with _lock:
+        clients = list(_sync.values())
+        _sync.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+async def aclose_clients() -> None:
+    """Close the running event loop's clients, then (in a worker thread) the sync ones: at an
+    application's shutdown, e.g. at the end of a FastAPI ``lifespan``. A later call builds new
+    ones."""
+    loop = asyncio.get_running_loop()
+    with _lock:
+        entry = _async.pop(loop, None)
+    if entry is not None and entry.closer is not None:
+        await entry.closer.aclose()  # closes the clients and their companions
+    await asyncio.to_thread(close_clients)
 
 
 async def async_client(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -54,12 +53,7 @@ def acl_rule(key_prefix: str = "message_store:") -> str:
     """The least-privilege ACL rules for an application's runtime user: its sessions' keys only,
     the calls and what they run, nothing else (no FUNCTION, no KEYS/SCAN, no other keys).
     Loading the functions is left to an admin user at deploy time (``pyhistory load``)."""
-    commands = " ".join(f"+{c}" for c in dict.fromkeys((*CLIENT_COMMANDS, *FUNCTION_COMMANDS)))
-    return f"resetkeys ~{_acl_glob(key_prefix)}* resetchannels -@all {commands}"
-
-
-def _acl_glob(prefix: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+    return HISTORY.acl_rule(key_prefix, CLIENT_COMMANDS)
 
 
 # --- argument checks --------------------------------------------------------------------------

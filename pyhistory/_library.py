@@ -48,6 +48,15 @@ class Library:
         """The Redis commands its functions run (lower case, sorted): what an ACL must allow."""
         return tuple(sorted({c.lower() for c in re.findall(r"redis\.call\('(\w+)'", self.source)}))
 
+    def acl_rule(self, key_prefix: str, client_commands: tuple[str, ...]) -> str:
+        """The least-privilege ACL rules for a runtime user of this library: the keys under
+        ``key_prefix`` only (glob characters in it escaped), ``client_commands`` (what the Python
+        side sends itself: FCALL, DEL, ...) and the commands the functions run, nothing else (no
+        FUNCTION, no KEYS/SCAN, no channels)."""
+        commands = " ".join(f"+{c}" for c in dict.fromkeys((*client_commands, *self.commands)))
+        glob = re.sub(r"([*?\[\]\\])", r"\\\1", key_prefix)
+        return f"resetkeys ~{glob}* resetchannels -@all {commands}"
+
     def constant(self, name: str) -> int:
         """An integer constant the file defines as ``local NAME = <digits>``."""
         match = re.search(rf"^local {name} = (\d+)", self.source, re.MULTILINE)

@@ -2,15 +2,18 @@
 remove old ones, and inspect a session.
 
     pyhistory [--url URL] [--cluster] load [--checkpoint]
-    pyhistory [--url URL] [--cluster] status [--json]
+    pyhistory [--url URL] [--cluster] status [--json] [--checkpoint]
     pyhistory [--url URL] [--cluster] versions [--json]
     pyhistory [--url URL] [--cluster] remove LIBRARY [--yes] [--force]
     pyhistory [--url URL] [--cluster] show SESSION_ID [--key-prefix P] [--limit N] [--raw] [--json]
 
 ``load`` is the deploy-time step for applications whose runtime ACL user may not run FUNCTION
-LOAD. ``status`` exits 0 only when this package's library is loaded, with this package's code, on
-every primary, so it can gate a deploy. Expected failures (connection refused, NOPERM, a wrong-type
-key, ...) print one line on stderr and exit 1; usage errors exit 2.
+LOAD. ``status`` reports both of this package's libraries (the history's and the LangGraph
+checkpointer's) and exits 0 only when the history's library (with ``--checkpoint``, the
+checkpointer's too) is loaded, with this package's code, on every primary, so it can gate a deploy;
+``load --checkpoint`` likewise exits 1 when a primary lacks either library afterwards.
+Expected failures (connection refused, NOPERM, a wrong-type key, ...) print one line on stderr
+and exit 1; usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ PREFIX = "pyhistory_"  # every library this package has shipped or will ship sta
 CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
 REPLICA_WAIT_MS = 2000  # how long `load` waits for replicas to acknowledge the new library
 PREVIEW = 100  # characters of a message's content `show` prints on its one line
+
+# The libraries this package ships: the history's, and LangGraph's checkpointer's (--checkpoint).
+HISTORY = _core.HISTORY
+CHECKPOINT = _library.Library.from_file("pyhistory_checkpoint.lua")
 
 CURRENT, MISSING, DIFFERENT = "current", "missing", "different_code"
 _STATE_TEXT = {CURRENT: "current", MISSING: "missing", DIFFERENT: "DIFFERENT CODE"}
@@ -190,9 +197,9 @@ class Library:
     code: bytes
     functions: tuple[str, ...]
 
-    @property
-    def state(self) -> str:
-        return CURRENT if self.code == _core.library_source().encode() else DIFFERENT
+    def state(self, shipped: _library.Library = HISTORY) -> str:
+        """current, or different_code: held under the shipped library's name with other code."""
+        return CURRENT if self.code == shipped.source.encode() else DIFFERENT
 
 
 @dataclass
@@ -220,22 +227,32 @@ class Node:
     def is_primary(self) -> bool:
         return self.role == "primary" and not self.failed
 
-    @property
-    def state(self) -> str | None:
-        """This package's library here: current / missing / different_code (None: unknown)."""
+    def state_of(self, shipped: _library.Library) -> str | None:
+        """A shipped library here: current / missing / different_code (None: unknown)."""
         if self.error is not None:
             return None
-        library = self.libraries.get(_core.LIBRARY)
-        return MISSING if library is None else library.state
+        library = self.libraries.get(shipped.name)
+        return MISSING if library is None else library.state(shipped)
+
+    def missing_of(self, shipped: _library.Library) -> list[str]:
+        registered = {fn for library in self.libraries.values() for fn in library.functions}
+        return [fn for fn in shipped.functions if fn not in registered]
+
+    def ok_for(self, shipped: _library.Library) -> bool:
+        return self.state_of(shipped) == CURRENT and not self.missing_of(shipped)
+
+    @property
+    def state(self) -> str | None:
+        """The history's library here (see state_of)."""
+        return self.state_of(HISTORY)
 
     @property
     def functions_missing(self) -> list[str]:
-        registered = {fn for library in self.libraries.values() for fn in library.functions}
-        return [fn for fn in _core.FUNCTIONS if fn not in registered]
+        return self.missing_of(HISTORY)
 
     @property
     def ok(self) -> bool:
-        return self.state == CURRENT and not self.functions_missing
+        return self.ok_for(HISTORY)
 
     def role_text(self) -> str:
         role = self.role if self.primary is None else f"{self.role} of {self.primary}"
@@ -253,6 +270,11 @@ class Node:
             "library": self.state,
             "functions_missing": self.functions_missing if self.error is None else None,
             "ok": self.ok,
+            "checkpoint_library": self.state_of(CHECKPOINT),
+            "checkpoint_functions_missing": (
+                self.missing_of(CHECKPOINT) if self.error is None else None
+            ),
+            "checkpoint_ok": self.ok_for(CHECKPOINT),
             "error": self.error,
         }
 
@@ -375,36 +397,46 @@ def cmd_load(target: Target, args: argparse.Namespace) -> int:
             f"permission denied: this user may not load functions ({error.__cause__}); run "
             f"`{PROG} load` as a user that may run FUNCTION LOAD, e.g. --url redis://admin:...@host"
         ) from error
+    shipped = _asked(args)
     if args.checkpoint:
-        checkpoint = _library.Library.from_file("pyhistory_checkpoint.lua")
-        load_library(target.client, checkpoint)  # every primary, as the history's
-        print(f"{checkpoint.name}: loaded ({len(checkpoint.functions)} functions)")
+        load_library(target.client, CHECKPOINT)  # every primary, as the history's
     nodes = _gate(inspect_all(target))
     print(f"{name}: loaded ({len(_core.FUNCTIONS)} functions, pyhistory {__version__})")
+    if args.checkpoint:
+        print(f"{CHECKPOINT.name}: loaded ({len(CHECKPOINT.functions)} functions)")
     failures = 0
     for node in nodes:
-        if node.error is None and not node.ok:
-            # a primary redis-py does not route to (no slots yet): load it there directly
-            assert node.client is not None
-            load_functions(node.client)
-            inspect_node(node)
+        for library in shipped:
+            if node.error is None and not node.ok_for(library):
+                # a primary redis-py does not route to (no slots yet): load it there directly
+                assert node.client is not None
+                load_library(node.client, library)
+                inspect_node(node)
         if node.error is not None:
             failures += 1
             print(f"  {node.address}  {node.role}  ERROR: {node.error}")
             continue
-        if not node.ok:
+        problems = [
+            f"{library.name} NOT LOADED: {_STATE_TEXT.get(node.state_of(library) or '', '?')}; "
+            f"missing functions {', '.join(node.missing_of(library)) or 'none'}"
+            for library in shipped
+            if not node.ok_for(library)
+        ]
+        if problems:
             failures += 1
-            missing = ", ".join(node.functions_missing) or "none"
-            state = _STATE_TEXT.get(node.state or "", "?")
-            print(
-                f"  {node.address}  {node.role}  NOT LOADED: {state}; missing functions {missing}"
-            )
+            print(f"  {node.address}  {node.role}  {'; '.join(problems)}")
             continue
+        what = "both libraries loaded" if len(shipped) > 1 else "loaded"
         print(
-            f"  {node.address}  {node.role}  loaded, identical to this package's code"
+            f"  {node.address}  {node.role}  {what}, identical to this package's code"
             f"{_replication(node)}"
         )
     return 1 if failures else 0
+
+
+def _asked(args: argparse.Namespace) -> list[_library.Library]:
+    """The libraries a command checks: the history's, and the checkpointer's with --checkpoint."""
+    return [HISTORY, CHECKPOINT] if args.checkpoint else [HISTORY]
 
 
 def _replication(node: Node) -> str:
@@ -423,7 +455,8 @@ def _replication(node: Node) -> str:
 def cmd_status(target: Target, args: argparse.Namespace) -> int:
     nodes = inspect_all(target)
     gate = _gate(nodes)
-    ok = bool(gate) and all(node.ok for node in gate)
+    shipped = _asked(args)
+    ok = bool(gate) and all(node.ok_for(library) for node in gate for library in shipped)
     mode = "standalone" if target.cluster is None else "cluster"
     if args.json:
         _print_json(
@@ -433,6 +466,9 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
                 "package_version": __version__,
                 "library": _core.LIBRARY,
                 "functions": list(_core.FUNCTIONS),
+                "checkpoint_library": CHECKPOINT.name,
+                "checkpoint_functions": list(CHECKPOINT.functions),
+                "checked": [library.name for library in shipped],
                 "ok": ok,
                 "nodes": [node.as_json() for node in nodes],
             }
@@ -440,19 +476,33 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
         return 0 if ok else 1
     print(
         f"pyhistory {__version__} calls library {_core.LIBRARY} ({len(_core.FUNCTIONS)} functions)"
+        f" and, for LangGraph, {CHECKPOINT.name} ({len(CHECKPOINT.functions)} functions)"
     )
     print(f"{redact(target.url)}: {mode}, {len(nodes)} node{'s' if len(nodes) != 1 else ''}")
     print()
-    header = ("NODE", "ROLE", "SERVER", _core.LIBRARY, "FUNCTIONS", "PYHISTORY LIBRARIES")
+    header = (
+        "NODE",
+        "ROLE",
+        "SERVER",
+        _core.LIBRARY,
+        "FUNCTIONS",
+        CHECKPOINT.name,
+        "PYHISTORY LIBRARIES",
+    )
     rows = []
     for node in nodes:
         if node.error is not None:
-            rows.append((node.address, node.role_text(), "-", "?", "-", f"ERROR: {node.error}"))
+            rows.append(
+                (node.address, node.role_text(), "-", "?", "-", "?", f"ERROR: {node.error}")
+            )
             continue
         registered = len(_core.FUNCTIONS) - len(node.functions_missing)
         functions = f"{registered}/{len(_core.FUNCTIONS)}"
         if node.functions_missing and node.state != MISSING:
             functions += " (missing " + ", ".join(node.functions_missing) + ")"
+        checkpoint = _STATE_TEXT[node.state_of(CHECKPOINT) or MISSING]
+        if node.state_of(CHECKPOINT) == CURRENT and node.missing_of(CHECKPOINT):
+            checkpoint += " (missing " + ", ".join(node.missing_of(CHECKPOINT)) + ")"
         rows.append(
             (
                 node.address,
@@ -460,33 +510,52 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
                 f"{node.server} {node.version}",
                 _STATE_TEXT[node.state or MISSING],
                 functions,
+                checkpoint,
                 ", ".join(sorted(node.libraries)) or "-",
             )
         )
     _print_table(header, rows)
     print()
     where = "primaries" if target.cluster is not None else "server"
-    good = sum(node.ok for node in gate)
-    if ok:
+    for library in shipped:
+        _print_verdict(library, nodes, gate, where)
+    if CHECKPOINT not in shipped:
+        good = sum(node.ok_for(CHECKPOINT) for node in gate)
         print(
-            f"OK: {_core.LIBRARY} is loaded with this package's code on {good}/{len(gate)} {where}"
+            f"note: {CHECKPOINT.name} (LangGraph's checkpointer) has this package's code on "
+            f"{good}/{len(gate)} {where}; not checked (`{PROG} status --checkpoint` checks it)"
+        )
+    return 0 if ok else 1
+
+
+def _print_verdict(
+    library: _library.Library, nodes: Sequence[Node], gate: Sequence[Node], where: str
+) -> None:
+    """OK or NOT READY for one library on the nodes that must hold it, and what to do."""
+    good = sum(node.ok_for(library) for node in gate)
+    if gate and good == len(gate):
+        print(
+            f"OK: {library.name} is loaded with this package's code on {good}/{len(gate)} {where}"
         )
     else:
         problems = [
-            f"{n.address} {'unreachable' if n.error else _STATE_TEXT[n.state or MISSING]}"
+            f"{n.address} "
+            f"{'unreachable' if n.error else _STATE_TEXT[n.state_of(library) or MISSING]}"
             for n in gate
-            if not n.ok
+            if not n.ok_for(library)
         ]
         print(
-            f"NOT READY: {_core.LIBRARY} is current on {good}/{len(gate)} {where} "
+            f"NOT READY: {library.name} is current on {good}/{len(gate)} {where} "
             f"({', '.join(problems) or 'no primary found'})"
         )
-        if any(n.error is None and not n.ok for n in gate):
-            print(f"run `{PROG} load` (as a user that may run FUNCTION LOAD) to load it")
-    stale = [n.address for n in nodes if n not in gate and n.error is None and not n.ok]
+        if any(n.error is None and not n.ok_for(library) for n in gate):
+            flag = " --checkpoint" if library is CHECKPOINT else ""
+            print(f"run `{PROG} load{flag}` (as a user that may run FUNCTION LOAD) to load it")
+    stale = [
+        n.address for n in nodes if n not in gate and n.error is None and not n.ok_for(library)
+    ]
     if stale:
-        print(f"note: replicas without the current library (yet): {', '.join(stale)}")
-    return 0 if ok else 1
+        print(f"note: replicas without the current {library.name} (yet): {', '.join(stale)}")
 
 
 def cmd_versions(target: Target, args: argparse.Namespace) -> int:
@@ -507,7 +576,7 @@ def cmd_versions(target: Target, args: argparse.Namespace) -> int:
             "this_package": name == _core.LIBRARY,
         }
         if name == _core.LIBRARY:
-            different = [n for n in on_primaries if n.libraries[name].state != CURRENT]
+            different = [n for n in on_primaries if n.libraries[name].state() != CURRENT]
             entry["different_code_on"] = [n.address for n in different]
         versions.append(entry)
     errors = [{"address": n.address, "error": n.error} for n in nodes if n.error is not None]
@@ -738,9 +807,14 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         cmd_status,
         "which pyhistory libraries every node holds; exit 0 only when this package's library "
-        "is current on every primary",
+        "(with --checkpoint: and the checkpointer's) is current on every primary",
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="also require the LangGraph checkpointer's library (pyhistory.checkpoint)",
+    )
     versions = add("versions", cmd_versions, "the pyhistory library versions across the nodes")
     versions.add_argument("--json", action="store_true", help="print JSON")
     remove = add(

@@ -11,6 +11,7 @@ catching what it caught.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from redis import exceptions as redis_errors
 
@@ -104,6 +105,14 @@ class ReplicationError(HistoryError):
         self.acknowledged = acknowledged
         self.required = required
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle calls cls(*args): the counts are keyword-only, so they travel as arguments.
+        return (_replication_error, (str(self), self.acknowledged, self.required), self.__dict__)
+
+
+def _replication_error(message: str, acknowledged: int, required: int) -> ReplicationError:
+    return ReplicationError(message, acknowledged=acknowledged, required=required)
+
 
 # Error code word at the start of a server reply -> the exception raised for it. Each Lua library
 # documents the codes it sends in its header; tests check that every code is listed here.
@@ -138,7 +147,11 @@ def _typed_class(kind: type[Exception], ours: type[HistoryError]) -> type[Histor
         with _MADE_LOCK:
             made = _MADE.get(kind)
             if made is None:
-                made = _MADE[kind] = type(kind.__name__, (ours, kind), {})
+                made = _MADE[kind] = type(
+                    kind.__name__,
+                    (ours, kind),
+                    {"__reduce__": _reduce_made, "__module__": __name__},
+                )
     return made
 
 
@@ -153,6 +166,25 @@ NO_CREDENTIALS_MESSAGE = (
     "the URL (redis://user:password@host:6379/0, or redis://:password@host:6379/0 for the default "
     "user) or pass them to the client"
 )
+
+
+def _reduce_made(error: BaseException) -> tuple[Any, ...]:
+    """How an instance of a class made by _typed_class pickles: a made class cannot be found by
+    its name in another process, so it travels as the two classes it is made of (both importable)
+    and is made again there (multiprocessing, celery: errors cross process boundaries)."""
+    made = type(error)
+    ours = next(base for base in made.__bases__ if issubclass(base, HistoryError))
+    kind = next(base for base in made.__bases__ if not issubclass(base, HistoryError))
+    return (_remade, (kind, ours, error.args), error.__dict__ or None)
+
+
+def _remade(
+    kind: type[Exception], ours: type[HistoryError], args: tuple[Any, ...]
+) -> BaseException:
+    made = _typed_class(kind, ours)
+    error = made.__new__(made, *args)
+    error.args = args
+    return error
 
 
 def translate(error: BaseException) -> BaseException:

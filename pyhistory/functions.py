@@ -81,6 +81,12 @@ def prepare(client: Any) -> None:
     ``numkeys`` followed by the keys, as redis-py already assumes for EVAL, so this answers for
     FCALL and FCALL_RO locally and leaves every other command to redis-py. Idempotent; a no-op for
     clients that are not cluster clients.
+
+    Applied only to the cluster clients pyhistory builds from a URL, never to a client the user
+    passes in (those route FCALL as redis-py does). Measured on a local cluster: an FCALL takes a
+    third of the client time and of the wall time it takes without it (one round trip instead of
+    two). It replaces a method of redis-py's commands parser, which is not public API:
+    tests/test_coalesce.py fails when redis-py's cluster client stops calling it.
     """
     parser = getattr(client, "commands_parser", None)
     if parser is None or getattr(parser, "_pyhistory_fcall_keys", False):

@@ -30,7 +30,8 @@ import redis.asyncio
 import redis.cluster
 from blockbuster import blockbuster_ctx
 
-from pyhistory import _expiry, testing
+import pyhistory
+from pyhistory import _clients, _expiry, testing
 
 EXTERNAL_URL = os.environ.get("PYHISTORY_TEST_REDIS_URL")
 IMAGE = os.environ.get("PYHISTORY_TEST_IMAGE", "pyhistory-test-redis:7")
@@ -231,6 +232,18 @@ def replicated(server: Server, url: str) -> Iterator[tuple[str, testing.LocalSer
         yield url, replica
     finally:
         replica.stop()
+
+
+# --- the shared clients: none is left from another test ------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_shared_clients() -> None:
+    """Every test builds the shared clients it uses (and learns anew whether a URL names a
+    cluster node): nothing another test left behind, in whatever order the tests run, can make
+    a test pass or fail."""
+    pyhistory.close_clients()
+    _clients._is_cluster.clear()
 
 
 # --- the event loop: nothing pyhistory runs on it may block ----------------------------------

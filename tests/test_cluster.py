@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
-from chat import check_asyncio_methods, turn
+from chat import assert_ttl, check_asyncio_methods, turn
 from langchain_core.messages import HumanMessage, message_to_dict
 
 import pyhistory
@@ -55,7 +55,7 @@ def test_core_behaviours(cluster_client: redis.cluster.RedisCluster) -> None:
         "answer 3",
     ]
     assert len(history) == 5
-    assert 59 <= cluster_client.ttl(history.key) <= 60
+    assert_ttl(cluster_client, history.key, 60)
     assert history.touch() is True
     history.clear()
     assert history.messages == [] and len(history) == 0
@@ -85,7 +85,9 @@ def test_lazy_load_reaches_every_primary(
     cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
 ) -> None:
     RedisChatMessageHistory("s", redis_client=cluster_client).add_user_message("x")
-    time.sleep(0.2)  # replicas receive FUNCTION LOAD by replication
+    for primary in cluster.primaries():  # replicas receive FUNCTION LOAD by replication
+        with primary.client() as c:
+            assert c.wait(1, 10_000) == 1, primary.port
     for node in cluster.nodes:
         assert libraries_on(node) == [_core.LIBRARY.encode()], node.port
 
@@ -171,12 +173,16 @@ def test_reads_from_replicas(cluster: testing.LocalCluster, cluster_client: Any)
     for _ in range(20):
         assert len(reader.messages) == 2
     served: Counter[str] = Counter()
-    for node in cluster.replicas():
+    for node in cluster.nodes:
         with node.client() as c:
             served[str(node.port)] = int(
                 c.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0)
             )
-    assert sum(served.values()) > 0  # some reads were served by replicas
+    port = cluster_client.get_node_from_key(writer.key).port
+    (owner,) = [p for p in cluster.primaries() if p.port == port]
+    (replica,) = cluster.replicas_of(owner)
+    # every read, by the replica of the session's primary
+    assert served == Counter({str(replica.port): 20}), served
 
 
 def test_read_from_replicas_needs_somewhere_to_read() -> None:
@@ -224,4 +230,10 @@ async def test_asyncio_durable_writes_on_a_cluster_url(
         "durable-async", url=cluster.url, cluster=True, wait_for_replicas=1
     )
     await history.aadd_messages(turn(1))
+    owner = cluster_client.get_node_from_key(history.key)
+    (primary,) = [p for p in cluster.primaries() if p.port == owner.port]
+    (replica,) = cluster.replicas_of(primary)
+    with replica.client(single_connection_client=True) as c:  # acknowledged: the replica has it
+        c.execute_command("READONLY")  # a cluster replica serves its primary's keys only then
+        assert c.llen(history.key) == 2
     assert [m.content for m in await history.aget_messages()] == ["question 1", "answer 1"]

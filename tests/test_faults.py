@@ -21,6 +21,9 @@ from pyhistory import RedisChatMessageHistory, testing
 
 pytestmark = pytest.mark.faults
 
+# How long a test waits for work to go on after a fault: a bound on a hang, not a measure of speed.
+PROGRESS_TIMEOUT = 60.0
+
 
 class Load:
     """Chat turns from several threads until stopped, counting what succeeded and what failed."""
@@ -49,6 +52,17 @@ class Load:
                 with self._lock:
                     self.ok += 1
 
+    def wait_for_progress(self, turns: int, timeout: float = PROGRESS_TIMEOUT) -> None:
+        """Until ``turns`` more turns succeed: progress, not speed (a loaded machine is slow)."""
+        with self._lock:
+            target = self.ok + turns
+        deadline = time.monotonic() + timeout
+        while self.ok < target:
+            assert time.monotonic() < deadline, (
+                f"no progress in {timeout:.0f} s: {self.failures[-3:]}"
+            )
+            time.sleep(0.02)
+
     def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
@@ -63,24 +77,21 @@ class Load:
 def test_function_flush_during_load_fails_nothing(url: str, client: redis.Redis) -> None:
     with Load(lambda n: RedisChatMessageHistory(f"flush-{n}", url=url, ttl=60, window=4)) as load:
         for _ in range(5):
-            time.sleep(0.3)
+            load.wait_for_progress(12)
             client.function_flush()
-        time.sleep(0.3)
+        load.wait_for_progress(12)  # two turns per thread: some began after the flush
     assert load.failures == []
-    assert load.ok > 50
 
 
 def test_server_restart_during_load_fails_nothing(local_server: testing.LocalServer) -> None:
     url = local_server.url
     with Load(lambda n: RedisChatMessageHistory(f"restart-{n}", url=url, ttl=60, window=4)) as load:
-        time.sleep(0.5)
+        load.wait_for_progress(12)
         local_server.restart()  # no persistence: data and functions are gone
-        time.sleep(1.0)
-        before_second = load.ok
+        load.wait_for_progress(12)  # two turns per thread: some began after the restart
         local_server.restart()
-        time.sleep(1.0)
+        load.wait_for_progress(12)
     assert load.failures == []
-    assert load.ok > before_second > 0
 
 
 async def test_asyncio_restart_and_flush_during_load_fail_nothing(
@@ -105,17 +116,26 @@ async def test_asyncio_restart_and_flush_during_load_fail_nothing(
             except Exception as error:
                 failures.append(error)
 
+    async def progress(turns: int) -> None:
+        """Until ``turns`` more turns succeed (two per user: some began after the fault)."""
+        target = done + turns
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        while done < target:
+            assert time.monotonic() < deadline, f"no progress: {failures[-3:]}"
+            await asyncio.sleep(0.02)
+
     tasks = [asyncio.create_task(user(n)) for n in range(16)]
-    await asyncio.sleep(0.3)
-    with local_server.client() as c:
-        c.function_flush()
-    await asyncio.sleep(0.3)
-    await asyncio.to_thread(local_server.restart)
-    await asyncio.sleep(1.0)
-    stop.set()
-    await asyncio.gather(*tasks)
+    try:
+        await progress(32)
+        with local_server.client() as c:
+            c.function_flush()
+        await progress(32)
+        await asyncio.to_thread(local_server.restart)
+        await progress(32)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
     assert failures == []
-    assert done > 20
 
 
 # --- durability: WAIT pipelined with the write ------------------------------------------------
@@ -176,14 +196,40 @@ def doomed_cluster() -> Iterator[testing.LocalCluster]:
         yield started
 
 
+def settle(cluster: testing.LocalCluster) -> None:
+    """Every node up, 3 primaries each with a replica whose link is up: the state each case of
+    the failover test starts from, whatever the case before it left (its killed primary comes
+    back as a replica and must catch up before writes can be acknowledged by a replica again)."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    cluster.wait_healthy(timeout=PROGRESS_TIMEOUT)
+    while True:
+        primaries = cluster.primaries()
+        replicas = [r for p in primaries for r in cluster.replicas_of(p)]
+        if (
+            len(primaries) == 3
+            and len(replicas) == 3
+            and all(node.running for node in cluster.nodes)
+        ):
+            links = []
+            for replica in replicas:
+                with replica.client() as c:
+                    links.append(c.info("replication").get("master_link_status"))
+            if links == ["up"] * 3:
+                return
+        assert time.monotonic() < deadline, f"cluster not settled: {primaries} {replicas}"
+        time.sleep(0.1)
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("durable", [True, False], ids=["wait_for_replicas=1", "no-wait"])
 def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durable: bool) -> None:
     """Writers with wait_for_replicas=1 on many sessions; one primary is killed. Its replica
     takes over; the killed node is restarted (as a supervisor would) and rejoins as the new
-    primary's replica, so writes can be acknowledged again. Writes resume within 10 s, and every
-    acknowledged message is there after. Without the durability option, writes resume too, but
-    what the primary acknowledged and had not yet replicated may be lost: that is counted."""
+    primary's replica, so writes can be acknowledged again. Writes resume (how soon is printed:
+    it is mostly the cluster's own failure detection), and every acknowledged message is there
+    after. Without the durability option, writes resume too, but what the primary acknowledged
+    and had not yet replicated may be lost: that is counted."""
+    settle(doomed_cluster)
     client = doomed_cluster.client()
     acknowledged: dict[str, list[str]] = {}
     errors: list[tuple[float, BaseException]] = []
@@ -218,7 +264,7 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_for(lambda: len(successes) >= 20, "writes under way")
         victim = doomed_cluster.primaries()[0]
         owned = [
             s
@@ -228,7 +274,7 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
         assert owned, "no session lives on the killed primary"
         killed_at = time.monotonic()
         victim.kill()
-        deadline = killed_at + 10
+        deadline = killed_at + PROGRESS_TIMEOUT
         while (
             victim.port in [p.port for p in doomed_cluster.primaries()]
             or len(doomed_cluster.primaries()) < 3
@@ -248,7 +294,7 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
         stop.set()
         for t in threads:
             t.join(timeout=60)
-    assert resumed, f"writes to the killed primary's sessions did not resume in 10 s: {errors[-3:]}"
+    assert resumed, f"writes to the killed primary's sessions did not resume: {errors[-3:]}"
     outage = resumed[0] - killed_at
     print(
         f"failover ({'durable' if durable else 'no wait'}): replica promoted "
@@ -256,9 +302,8 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
         f"resumed after {outage:.2f} s; errors meanwhile: "
         f"{Counter(type(e).__name__ for _, e in errors)}"
     )
-    assert outage < 10
 
-    doomed_cluster.wait_healthy()
+    doomed_cluster.wait_healthy(timeout=PROGRESS_TIMEOUT)
     fresh = doomed_cluster.client()
     lost = []
     for session, texts in acknowledged.items():
@@ -269,6 +314,13 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
         assert not lost, f"acknowledged but lost: {lost[:5]}"
     for _, error in errors:
         assert isinstance(error, (redis.exceptions.RedisError, pyhistory.HistoryError)), error
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {PROGRESS_TIMEOUT:.0f} s"
+        time.sleep(0.02)
 
 
 # --- reads from a standalone replica ----------------------------------------------------------

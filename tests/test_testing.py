@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from pyhistory.testing import (
     start_sentinel_set,
     start_server,
 )
+from pyhistory.testing.docker import _no_engine_here
 from pyhistory.testing.servers import _LIVE, INSTALL_HINTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,10 +178,10 @@ def test_pause_and_resume() -> None:
         client.connection_pool.disconnect()
         assert client.ping()
         server.pause()
-        started = time.monotonic()
-    # stop() resumes a paused server so that it handles SIGTERM, no SIGKILL grace needed
-    assert time.monotonic() - started < 4
+    # stop() resumes a paused server so that it handles SIGTERM: it shuts down by itself (exit
+    # status 0), not by the SIGKILL that ends the grace period
     assert not server.running
+    assert server._proc is not None and server._proc.returncode == 0
 
 
 def test_context_manager_password_and_replica() -> None:
@@ -304,8 +306,7 @@ def test_tls_support_by_kind() -> None:
 def test_cluster_topology_and_keys(kind: str) -> None:
     started = time.monotonic()
     with start_cluster(kind) as cluster:
-        elapsed = time.monotonic() - started
-        assert elapsed < 15, f"cluster took {elapsed:.1f} s to start"
+        print(f"{kind}: cluster started in {time.monotonic() - started:.1f} s")
         assert len(cluster.nodes) == 6
         assert cluster.startup_nodes == [("127.0.0.1", n.port) for n in cluster.nodes]
         assert cluster.url == cluster.nodes[0].url
@@ -354,14 +355,12 @@ def test_cluster_failover() -> None:
 
         started = time.monotonic()
         victim.kill()
-        deadline = started + 15
+        deadline = started + 60  # a bound on a hang; how long it took is printed
         while heir not in cluster.primaries():
             assert time.monotonic() < deadline, "replica was not promoted"
             time.sleep(0.1)
         cluster.wait_healthy(timeout=max(0.1, deadline - time.monotonic()))
-        elapsed = time.monotonic() - started
-        print(f"failover took {elapsed:.1f} s")
-        assert elapsed < 12
+        print(f"failover took {time.monotonic() - started:.1f} s")
         assert victim not in cluster.primaries()
         assert len(cluster.primaries()) == 3
 
@@ -387,9 +386,8 @@ def test_docker_image_available_never_raises(monkeypatch: pytest.MonkeyPatch) ->
     assert docker_image_available("pyhistory-no-such-image:0") is False
 
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    started = time.monotonic()
+    assert _no_engine_here()  # no engine: answered before the SDK is imported or asked
     assert docker_image_available("pyhistory-test-redis:7") is False
-    assert time.monotonic() - started < 0.5  # no engine: no SDK import, no wait
 
     monkeypatch.setenv("DOCKER_HOST", "nonsense://what")
     assert docker_image_available("pyhistory-test-redis:7") is False
@@ -398,9 +396,14 @@ def test_docker_image_available_never_raises(monkeypatch: pytest.MonkeyPatch) ->
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{sock.getsockname()[1]}")
-        started = time.monotonic()
-        assert docker_image_available("pyhistory-test-redis:7", timeout=0.5) is False
-        assert time.monotonic() - started < 3
+        answers: list[bool] = []
+        asking = threading.Thread(
+            target=lambda: answers.append(docker_image_available("pyhistory-test-redis:7", 0.5)),
+            daemon=True,
+        )
+        asking.start()
+        asking.join(30)  # the SDK's own default would wait 60 s
+        assert answers == [False]
 
 
 # --------------------------------------------------------------------------- Sentinel

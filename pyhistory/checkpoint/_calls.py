@@ -60,10 +60,7 @@ def acl_rule(key_prefix: str = "checkpoint:") -> str:
     """The least-privilege ACL rules for an application's saver: its threads' keys only, the
     calls and what the library's functions run, nothing else (no FUNCTION, no KEYS/SCAN).
     Loading the library is left to an admin user at deploy time."""
-    check_key_prefix(key_prefix)
-    commands = " ".join(f"+{c}" for c in dict.fromkeys((*CLIENT_COMMANDS, *LIBRARY.commands)))
-    glob = "".join(f"\\{c}" if c in "*?[]\\" else c for c in key_prefix)
-    return f"resetkeys ~{glob}* resetchannels -@all {commands}"
+    return LIBRARY.acl_rule(check_key_prefix(key_prefix), CLIENT_COMMANDS)
 
 
 # --- settings ---------------------------------------------------------------------------------
