@@ -3,15 +3,21 @@ checks, each call's command and arguments, message encoding and reply decoding. 
 
 from __future__ import annotations
 
+import binascii
+import functools
+import hashlib
+import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
+from redis.crc import key_slot
 
-from pyhistory._library import Call, Library
+from pyhistory._library import CLUSTER_CLIENT_COMMANDS, Call, Library
 from pyhistory.errors import (
     BatchTooLargeError,
     CorruptEntryError,
@@ -27,6 +33,10 @@ HISTORY: Library = Library.from_file("pyhistory.lua")
 LIBRARY: str = HISTORY.name
 MAX_INT: int = HISTORY.constant("MAX_INT")
 MAX_BATCH: int = HISTORY.constant("MAX_BATCH")
+# Exactly-once appends: the batch ids a session remembers, for how long, and how long each is.
+BATCH_ID_LEN: int = HISTORY.constant("ID_LEN")
+REMEMBERED: int = HISTORY.constant("REMEMBERED")
+WINDOW_SECONDS: int = HISTORY.constant("WINDOW")
 
 APPEND = HISTORY.function("append")
 WINDOW = HISTORY.function("window")
@@ -49,15 +59,83 @@ CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait", "lrange", "llen")
 
 
 def acl_rule(key_prefix: str = "message_store:") -> str:
-    """The least-privilege ACL rules for an application's runtime user: its sessions' keys only,
-    the calls and what they run, nothing else (no FUNCTION, no KEYS/SCAN, no other keys).
-    Loading the functions is left to an admin user at deploy time (``pyhistory load``)."""
-    commands = " ".join(f"+{c}" for c in dict.fromkeys((*CLIENT_COMMANDS, *FUNCTION_COMMANDS)))
-    return f"resetkeys ~{_acl_glob(key_prefix)}* resetchannels -@all {commands}"
+    """The least-privilege ACL rules for an application's runtime user: its sessions' keys and
+    their batch ids only (:func:`batches_key`), the calls and what they run, what a cluster client
+    needs to find its way, nothing else (no FUNCTION, no KEYS/SCAN, no other keys, no INFO: on a
+    cluster, pass ``cluster=True``). Loading the functions is left to an admin user at deploy
+    time (``pyhistory load``)."""
+    commands = " ".join(
+        f"+{c}"
+        for c in dict.fromkeys((*CLIENT_COMMANDS, *FUNCTION_COMMANDS, *CLUSTER_CLIENT_COMMANDS))
+    )
+    prefix, batches = _acl_glob(key_prefix), _acl_glob(BATCHES_PREFIX)
+    keys = f"~{prefix}* ~{batches}{prefix}* ~{batches}{{{prefix}* ~{batches}{{*}}{prefix}*"
+    return f"resetkeys {keys} resetchannels -@all {commands}"
 
 
 def _acl_glob(prefix: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+
+
+# --- exactly-once appends: batch ids ----------------------------------------------------------
+
+BATCHES_PREFIX = "pyhistory:batches:"
+
+
+def new_batch_id() -> bytes:
+    """A batch id: 96 random bits, made once per batch and sent again by every retry of it."""
+    return os.urandom(BATCH_ID_LEN)
+
+
+def batch_id_for(idempotency_key: object) -> bytes:
+    """The batch id for a caller's idempotency key (any non-empty str): a 96-bit BLAKE2b hash of
+    BLAKE2b hash, so calls with the same key name the same batch."""
+    if not isinstance(idempotency_key, str) or not idempotency_key:
+        raise InvalidArgumentError(
+            f"idempotency_key must be None or a non-empty str, got {idempotency_key!r}"
+        )
+    encoded = idempotency_key.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(encoded, digest_size=BATCH_ID_LEN).digest()
+
+
+def batches_key(key: str) -> str:
+    """The key holding the batch ids of the session stored at ``key``: in the same cluster slot,
+    never a session key itself (it does not start with the key prefix), and named after ``key``:
+
+    - ``key`` has a hash tag (``message_store:{abc}``): ``pyhistory:batches:message_store:{abc}``;
+    - else, ``key`` wrapped as a hash tag: ``pyhistory:batches:{message_store:abc}``;
+    - else (no hash tag, but a ``}`` that would end the wrapping early): a tag of digits chosen for
+      the key's slot, then the key: ``pyhistory:batches:{5031}message_store:a}b``.
+    """
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:  # a hash tag: the slot is the tag's, kept by any prefix
+            return BATCHES_PREFIX + key
+    if "}" not in key:
+        return f"{BATCHES_PREFIX}{{{key}}}"
+    return f"{BATCHES_PREFIX}{{{_tag_for_slot(key_slot(key.encode()))}}}{key}"
+
+
+def _tag_for_slot(slot: int) -> str:
+    """The smallest number whose decimal digits hash to ``slot`` (Redis Cluster's CRC16)."""
+    return _slot_tags()[slot]
+
+
+@functools.cache
+def _slot_tags() -> list[str]:
+    """For each of the 16384 slots, the smallest number whose digits hash to it: one pass over
+    the numbers up to 109,757 (~0.05 s), made the first time a key needs it."""
+    tags: list[str | None] = [None] * 16384
+    missing = len(tags)
+    for n in itertools.count():
+        slot = binascii.crc_hqx(b"%d" % n, 0) % 16384
+        if tags[slot] is None:
+            tags[slot] = str(n)
+            missing -= 1
+            if not missing:
+                return [tag for tag in tags if tag is not None]
+    raise AssertionError("unreachable")
 
 
 # --- argument checks --------------------------------------------------------------------------
@@ -191,8 +269,14 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
 # --- calls ------------------------------------------------------------------------------------
 
 
-def append(key: str, encoded: Sequence[str], max_messages: int, ttl: int) -> Call:
-    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded), key, HISTORY)
+def append(
+    key: str, encoded: Sequence[str], max_messages: int, ttl: int, batch_id: bytes | None = None
+) -> Call:
+    """The batch appended exactly once: the call carries the batch id (new unless given), so
+    every retry of this very call is recognised by the library and not applied again."""
+    batch_id = new_batch_id() if batch_id is None else batch_id
+    args = (APPEND, 2, key, batches_key(key), max_messages, ttl, batch_id, *encoded)
+    return Call("FCALL", args, key, HISTORY)
 
 
 def read(key: str, count: int) -> Call:
@@ -221,7 +305,8 @@ def length(key: str) -> Call:
 
 
 def clear(key: str) -> Call:
-    return Call("DEL", (key,), key)
+    """The session and its batch ids: one DEL (one slot)."""
+    return Call("DEL", (key, batches_key(key)), key)
 
 
 # --- durability: WAIT in the same round trip --------------------------------------------------

@@ -10,6 +10,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+# What a redis-py cluster client sends besides the calls, and an ACL must allow: the slot map and
+# the command table when it starts, READONLY on replicas' connections (read from replicas),
+# ASKING during a slot migration.
+CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = ("cluster|slots", "command", "readonly", "asking")
+
 
 @dataclass(frozen=True)
 class Library:

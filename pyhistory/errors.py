@@ -18,6 +18,10 @@ from redis import exceptions as redis_errors
 class HistoryError(Exception):
     """Base class of every error pyhistory raises on purpose."""
 
+    #: Raised by an append that may have been applied before the error (its reply was lost): the
+    #: batch is stored once or not at all (exactly-once appends), and the message says so.
+    may_have_been_applied: bool = False
+
 
 class InvalidArgumentError(HistoryError, ValueError):
     """An argument is out of its contract (BADARGS from the server). Nothing was stored."""
@@ -103,6 +107,19 @@ class ReplicationError(HistoryError):
         super().__init__(message)
         self.acknowledged = acknowledged
         self.required = required
+
+
+def may_have_been_applied(error: HistoryError, how_to_retry: str) -> None:
+    """Amend ``error``, raised by an append, to say that the append may have been applied and is
+    then stored once (exactly-once appends), and how to retry it; set its
+    ``may_have_been_applied``. Not for a refused argument: the server applied nothing, and a retry
+    is refused alike."""
+    if isinstance(error, (InvalidArgumentError, SerializationError)) or error.may_have_been_applied:
+        return
+    note = f"the batch may have been applied: it is stored once or not at all; {how_to_retry}"
+    message = str(error.args[0]) if error.args else type(error).__name__
+    error.args = (f"{message} ({note})", *error.args[1:])
+    error.may_have_been_applied = True
 
 
 # Error code word at the start of a server reply -> the exception raised for it. Each Lua library

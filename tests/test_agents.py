@@ -723,7 +723,7 @@ def test_key_prefix_and_store_options_reach_the_store(url: str) -> None:
         "FCALL",
     ]
     with redis.Redis.from_url(url) as client:
-        assert client.keys("*") == [b"chat:s"]
+        assert client.keys("chat:*") == [b"chat:s"]  # and its batch ids, under their prefix
         assert client.llen("chat:s") == 4
 
 

@@ -103,7 +103,8 @@ def test_clear_deletes_only_this_session(url: str, client: redis.Redis) -> None:
 def test_key_prefix(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=url, key_prefix="tenant-7:chat:")
     history.add_user_message("x")
-    assert client.keys() == [b"tenant-7:chat:s"]
+    # the session, and its batch ids (docs/exactly-once.md)
+    assert sorted(client.keys()) == [b"pyhistory:batches:{tenant-7:chat:s}", b"tenant-7:chat:s"]
 
 
 def test_messages_cannot_be_assigned(url: str) -> None:

@@ -27,7 +27,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from pyhistory._library import Call, Library
+from pyhistory._library import CLUSTER_CLIENT_COMMANDS, Call, Library
 from pyhistory.errors import (
     InvalidArgumentError,
     InvalidCheckpointIdError,
@@ -61,7 +61,8 @@ def acl_rule(key_prefix: str = "checkpoint:") -> str:
     calls and what the library's functions run, nothing else (no FUNCTION, no KEYS/SCAN).
     Loading the library is left to an admin user at deploy time."""
     check_key_prefix(key_prefix)
-    commands = " ".join(f"+{c}" for c in dict.fromkeys((*CLIENT_COMMANDS, *LIBRARY.commands)))
+    every = (*CLIENT_COMMANDS, *LIBRARY.commands, *CLUSTER_CLIENT_COMMANDS)
+    commands = " ".join(f"+{c}" for c in dict.fromkeys(every))
     glob = "".join(f"\\{c}" if c in "*?[]\\" else c for c in key_prefix)
     return f"resetkeys ~{glob}* resetchannels -@all {commands}"
 
