@@ -97,7 +97,8 @@ class PermissionDeniedError(ServerError, redis_errors.NoPermissionError):
 
 class FunctionsNotLoadedError(PermissionDeniedError):
     """The server lacks the Functions library and this client may not load it (NOPERM on
-    FUNCTION LOAD)."""
+    FUNCTION LOAD), or lost it again after every load for as long as a call heals
+    (``pyhistory.functions.HEAL_WINDOW``: something keeps deleting it)."""
 
 
 class ReplicationError(HistoryError):

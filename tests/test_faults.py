@@ -4,6 +4,7 @@ cluster primary killed mid-load; and the durability option (WAIT in the same rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -68,6 +69,58 @@ def test_function_flush_during_load_fails_nothing(url: str, client: redis.Redis)
         time.sleep(0.3)
     assert load.failures == []
     assert load.ok > 50
+
+
+def test_function_delete_every_20_ms_under_load_fails_nothing(
+    url: str, client: redis.Redis
+) -> None:
+    """The library deleted every 20 ms while 32 asyncio tasks and 4 threads append and read: each
+    call loads it again for as long as it keeps being lost (HEAL_WINDOW), not once."""
+    stop = threading.Event()
+    deletes = 0
+
+    def deleter() -> None:
+        nonlocal deletes
+        while not stop.is_set():
+            with contextlib.suppress(redis.ResponseError):  # not loaded at that moment
+                client.function_delete(pyhistory.LIBRARY)
+                deletes += 1
+            time.sleep(0.02)
+
+    async def tasks() -> tuple[int, list[BaseException]]:
+        done, failures = 0, []
+
+        async def user(n: int) -> None:
+            nonlocal done
+            i = 0
+            while not stop.is_set():
+                i += 1
+                history = RedisChatMessageHistory(f"del-a{n}", url=url, ttl=60, window=4)
+                try:
+                    await history.aadd_messages(turn(i))
+                    await history.aget_messages()
+                    await history.atouch()
+                    done += 1
+                except Exception as error:
+                    failures.append(error)
+
+        await asyncio.gather(*(user(n) for n in range(32)))
+        return done, failures
+
+    result: list[tuple[int, list[BaseException]]] = []
+    with Load(lambda n: RedisChatMessageHistory(f"del-{n}", url=url, ttl=60, window=4), 4) as load:
+        runner = threading.Thread(target=lambda: result.append(asyncio.run(tasks())))
+        chaos = threading.Thread(target=deleter)
+        runner.start()
+        chaos.start()
+        time.sleep(4)
+        stop.set()
+        runner.join(60)
+        chaos.join(10)
+    done, failures = result[0]
+    assert deletes > 50
+    assert load.failures == [] and failures == []
+    assert load.ok > 20 and done > 50
 
 
 def test_server_restart_during_load_fails_nothing(local_server: testing.LocalServer) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -294,3 +295,19 @@ def test_wheel_ships_the_lua_file_byte_for_byte(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("pyhistory/lua/pyhistory.lua") == LUA.read_bytes()
         assert "pyhistory/py.typed" in archive.namelist()
+
+
+def test_a_library_lost_again_and_again_is_a_typed_error_within_the_window(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function the server never keeps (here one the library does not define): the call
+    loads the library again for HEAL_WINDOW seconds, then raises FunctionsNotLoadedError."""
+    from pyhistory import functions
+    from pyhistory._library import Call
+
+    monkeypatch.setattr(functions, "HEAL_WINDOW", 0.3)
+    lost = Call("FCALL", (f"{_core.LIBRARY}_lost", 1, "s"), "s", _core.HISTORY)
+    started = time.monotonic()
+    with pytest.raises(errors.FunctionsNotLoadedError, match="again after each of"):
+        run(client, lost)
+    assert 0.3 <= time.monotonic() - started < 2
