@@ -257,6 +257,7 @@ def cut_policy(seed: int, first: float = 0.7, again: float = 0.3) -> Callable[[b
 
 def test_cut_appends_sync(server: object, url: str, client: redis.Redis) -> None:
     port = client.connection_pool.connection_kwargs["port"]
+    load_functions(client)  # every cut reply is then an applied append's
     outcomes = Outcomes()
     sessions = [f"sync-{n}" for n in range(4)]
     with FaultProxy(port, cut_policy(1)) as proxy:
@@ -287,6 +288,7 @@ def test_cut_appends_sync(server: object, url: str, client: redis.Redis) -> None
 
 async def test_cut_appends_asyncio(url: str, client: redis.Redis) -> None:
     port = client.connection_pool.connection_kwargs["port"]
+    load_functions(client)  # every cut reply is then an applied append's
     outcomes = Outcomes()
     sessions = [f"async-{n}" for n in range(2)]
     with FaultProxy(port, cut_policy(2)) as proxy:
@@ -316,6 +318,7 @@ async def test_cut_appends_asyncio(url: str, client: redis.Redis) -> None:
 def test_cut_appends_url_built_client(url: str, client: redis.Redis) -> None:
     """pyhistory's own client for a URL: its bounded retries, sync and asyncio."""
     port = client.connection_pool.connection_kwargs["port"]
+    load_functions(client)  # every cut reply is then an applied append's
     outcomes = Outcomes()
     with FaultProxy(port, cut_policy(3, first=0.5, again=0.2)) as proxy:
         history = MessageStore("url", url=proxy.url, ttl=60)
@@ -351,6 +354,7 @@ def test_cut_appends_with_wait_for_replicas(
     applied append is acknowledged once the replica has the first attempt's write."""
     _, replica = replicated
     port = client.connection_pool.connection_kwargs["port"]
+    load_functions(client)  # every cut reply is then an applied append's
     outcomes = Outcomes()
     with FaultProxy(port, cut_policy(4, first=0.5, again=0.0)) as proxy:
         history = MessageStore("durable", url=proxy.url, wait_for_replicas=1)

@@ -243,7 +243,7 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
     successes: list[tuple[float, str]] = []
     lock = threading.Lock()
     stop = threading.Event()
-    sessions = [f"failover-{i}" for i in range(24)]
+    sessions = [f"failover-{durable}-{i}" for i in range(24)]  # apart from the other run's
 
     def writer(mine: list[str]) -> None:
         i = 0
@@ -313,15 +313,21 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
 
     doomed_cluster.wait_healthy()
     fresh = doomed_cluster.client()
-    lost = []
+    lost, twice = [], []
     for session, texts in acknowledged.items():
         stored = [m.content for m in RedisChatMessageHistory(session, redis_client=fresh).messages]
         lost += [t for t in texts if t not in stored]
-    print(f"failover ({'durable' if durable else 'no wait'}): {len(lost)} acknowledged lost")
+        twice += [t for t, n in Counter(stored).items() if n > 1]
+    print(
+        f"failover ({'durable' if durable else 'no wait'}): {len(lost)} acknowledged lost, "
+        f"{len(twice)} stored twice"
+    )
     if durable:
         assert not lost, f"acknowledged but lost: {lost[:5]}"
+    assert not twice, f"stored twice (exactly-once appends): {twice[:5]}"
     for _, error in errors:
         assert isinstance(error, (redis.exceptions.RedisError, pyhistory.HistoryError)), error
+        assert getattr(error, "may_have_been_applied", False), error
 
 
 # --- reads from a standalone replica ----------------------------------------------------------
