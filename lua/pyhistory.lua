@@ -15,10 +15,13 @@ Every function touches only the keys it is given in KEYS, all in the session's s
 Cluster routes each call by the session's key. No function builds a key name.
 
 Exactly-once appends: every append carries a batch id, made once per batch by the caller and sent
-again unchanged by every retry of that batch. The ids of the session's last REMEMBERED batches are
-kept in KEYS[2] for WINDOW seconds after its latest append; an append whose id is among them was
-already applied (its reply was lost) and is not applied again. The entries themselves are stored
-exactly as given: readers of the LIST (langchain_community) see no difference.
+again unchanged by every retry of that batch. The ids of the session's last REMEMBERED batches (at
+least; up to twice as many) are kept in KEYS[2] for WINDOW seconds after its latest append; an
+append whose id is among them was already applied (its reply was lost) and is not applied again.
+The entries themselves are stored exactly as given: readers of the LIST (langchain_community) see
+no difference. KEYS[2] holds the ids end to end, oldest first: each append reads them and
+refreshes their expiry (GETEX) and APPENDs its id (12 bytes: what a replica and the AOF receive,
+beside the expiry); one append in REMEMBERED rewrites them to the newest REMEMBERED.
 
 Versioning: the library and every function carry the contract version (v3). Any change to this
 file ships under a new version (pyhistory_v4, pyhistory_v4_append, ...), so two releases loaded on
@@ -39,9 +42,10 @@ local MAX_INT = 2147483647 -- largest count or TTL accepted (about 68 years in s
 local MAX_BATCH = 10000 -- most entries one append may carry
 local CHUNK = 1000 -- entries per LPUSH: keeps unpack() within Lua's stack limit
 local ID_LEN = 12 -- bytes in a batch id (pyhistory sends 96 random bits)
-local REMEMBERED = 64 -- batch ids kept per session (concurrent writers to one session)
+local REMEMBERED = 64 -- batch ids kept at least, per session (concurrent writers to one session)
 local WINDOW = 300 -- seconds the ids are kept after the session's latest append
-local KEPT = (REMEMBERED - 1) * ID_LEN -- bytes of older ids kept beside a new one
+local KEPT = (REMEMBERED - 1) * ID_LEN -- bytes of older ids kept beside a new one at a trim
+local FULL = 2 * REMEMBERED * ID_LEN -- bytes the ids grow to before a trim
 
 -- An error reply "CODE message". Functions return it (rather than raise it), so the client
 -- gets the message exactly as written, without the script location Redis appends to errors.
@@ -102,8 +106,10 @@ exactly once per batch id.
   errors    BADARGS (no entries, a batch id of another length), BADSIZE, BADTTL, TOOMANY,
             WRONGTYPE (either key)
 All of it happens in one atomic step: no reader sees the batch half-written, the list over its
-bound, or the key without its TTL. A batch already applied still rewrites its ids (with their
-expiry): a write, so that a WAIT after the retry also waits for the first attempt's write.
+bound, or the key without its TTL. The ids' expiry is refreshed first (GETEX), before the
+checks of the session's key: an append refused with WRONGTYPE may leave that behind, and nothing
+else. A batch already applied still refreshes it: a write, so that a WAIT after the retry also
+waits for the first attempt's write.
 ]]
 local function append(keys, args)
   local last = #args
@@ -124,9 +130,10 @@ local function append(keys, args)
     return bad('TOOMANY', 'a batch holds at most ' .. MAX_BATCH .. ' entries, got ' .. (last - 3))
   end
 
-  local seen = redis.call('GET', ids) or ''
+  -- the ids, their expiry refreshed in the same command (a write: a WAIT after a retry also
+  -- waits for the first attempt's write); on a new session, nothing
+  local seen = redis.call('GETEX', ids, 'EX', WINDOW) or ''
   if remembered(seen, id) then
-    redis.call('SET', ids, seen, 'EX', WINDOW)
     return redis.call('LLEN', key)
   end
   local length
@@ -140,7 +147,13 @@ local function append(keys, args)
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
   end
-  redis.call('SET', ids, id .. string.sub(seen, 1, KEPT), 'EX', WINDOW)
+  if #seen == 0 then
+    redis.call('SET', ids, id, 'EX', WINDOW)
+  elseif #seen < FULL then
+    redis.call('APPEND', ids, id) -- its expiry was refreshed by GETEX
+  else
+    redis.call('SET', ids, string.sub(seen, -KEPT) .. id, 'EX', WINDOW)
+  end
   return length
 end
 

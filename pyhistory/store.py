@@ -312,7 +312,7 @@ class MessageStore:
         Exactly once: every retry of the call (the client's after a lost reply, a reload of the
         library, a failover) carries the batch's id, and the server does not apply a batch it
         applied already (within ``pyhistory._core.WINDOW_SECONDS`` and the session's next 63
-        appends; docs/exactly-once.md). When the call raises after the batch may have been
+        appends at least; docs/exactly-once.md). When the call raises after the batch may have been
         applied, the error says so: the batch is then stored once or not at all.
 
         Args:

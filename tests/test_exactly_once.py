@@ -57,19 +57,25 @@ def test_a_batch_id_seen_again_is_not_applied_again(loaded: redis.Redis) -> None
     assert loaded.lrange("s", 0, -1) == [b"b", b"a"]
     assert loaded.ttl("s") <= 5  # nothing of the batch applied again, not even its TTL
     assert append(loaded, "s", batch(2), "c") == 3
-    assert loaded.get(_core.batches_key("s")) == batch(2) + batch(1)
+    assert loaded.get(_core.batches_key("s")) == batch(1) + batch(2)  # oldest first
     assert _core.WINDOW_SECONDS - 1 <= loaded.ttl(_core.batches_key("s")) <= _core.WINDOW_SECONDS
 
 
 def test_the_newest_ids_are_remembered(loaded: redis.Redis) -> None:
-    for n in range(_core.REMEMBERED + 1):
+    """At least the newest REMEMBERED, at most twice as many: the ids grow by an APPEND per
+    batch (12 bytes, what replicas receive) and are cut to the newest REMEMBERED when full."""
+    remembered, size = _core.REMEMBERED, _core.BATCH_ID_LEN
+    for n in range(2 * remembered):
         append(loaded, "s", batch(n), str(n))
-    ids = loaded.get(_core.batches_key("s"))
-    assert len(ids) == _core.REMEMBERED * _core.BATCH_ID_LEN
-    for n in range(1, _core.REMEMBERED + 1):  # the last REMEMBERED: not applied again
-        assert append(loaded, "s", batch(n), "again") == _core.REMEMBERED + 1
-    assert append(loaded, "s", batch(0), "0") == _core.REMEMBERED + 2  # forgotten: applied
+    assert len(loaded.get(_core.batches_key("s"))) == 2 * remembered * size
+    for n in range(2 * remembered):  # every one of them: not applied again
+        assert append(loaded, "s", batch(n), "again") == 2 * remembered
+    append(loaded, "s", batch(2 * remembered), "cut")  # full: cut to the newest REMEMBERED
+    assert len(loaded.get(_core.batches_key("s"))) == remembered * size
+    for n in range(remembered + 1, 2 * remembered + 1):
+        assert append(loaded, "s", batch(n), "again") == 2 * remembered + 1
     assert b"again" not in loaded.lrange("s", 0, -1)
+    assert append(loaded, "s", batch(remembered), "forgotten") == 2 * remembered + 2
 
 
 def test_an_id_found_across_two_ids_is_not_a_match(loaded: redis.Redis) -> None:
@@ -288,7 +294,7 @@ def test_cut_appends_sync(server: object, url: str, client: redis.Redis) -> None
 
 async def test_cut_appends_asyncio(url: str, client: redis.Redis) -> None:
     port = client.connection_pool.connection_kwargs["port"]
-    load_functions(client)  # every cut reply is then an applied append's
+    await asyncio.to_thread(load_functions, client)  # every cut reply: an applied append's
     outcomes = Outcomes()
     sessions = [f"async-{n}" for n in range(2)]
     with FaultProxy(port, cut_policy(2)) as proxy:

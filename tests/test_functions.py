@@ -29,7 +29,7 @@ LUA = ROOT / "lua" / "pyhistory.lua"
 RELEASED = {
     "pyhistory_v1": "854c3036afb9a4f0",
     "pyhistory_v2": "c44ca81acb7ceba5",
-    "pyhistory_v3": "4cd220f72b4072f4",
+    "pyhistory_v3": "9dba9a98be1b3cc6",
 }
 
 

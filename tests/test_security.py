@@ -23,7 +23,8 @@ LUA = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
 
 def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
-    assert called == {"lpush", "ltrim", "expire", "lrange", "llen", "type", "get", "set"}
+    history_keys = {"lpush", "ltrim", "expire", "lrange", "llen", "type"}
+    assert called == history_keys | {"getex", "append", "set"}  # and the batch ids' key
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
     cluster_client = {"cluster|slots", "command", "readonly", "asking"}
     assert allowed == called | {"fcall", "del", "wait", "lrange", "llen"} | cluster_client
@@ -89,7 +90,7 @@ def test_runtime_user_gets_noperm_elsewhere(app_url: str, client: redis.Redis) -
             ("SCAN", 0),
             ("FUNCTION", "FLUSH"),
             ("HGETALL", "message_store:x"),
-            ("GET", "other:x"),  # GET and SET: only on the sessions' batch ids (and sessions)
+            ("GETEX", "other:x"),  # GETEX, APPEND, SET: only on the sessions and their ids
             ("SET", "other:x", "1"),
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
