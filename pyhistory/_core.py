@@ -189,7 +189,7 @@ def encode(message: object) -> str:
         raise SerializationError(f"expected a langchain BaseMessage, got {type(message).__name__}")
     try:
         return json.dumps(message_to_dict(message))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise SerializationError(
             f"cannot store {type(message).__name__} as JSON: {error}"
         ) from error
@@ -201,12 +201,23 @@ def encode_batch(messages: Sequence[BaseMessage]) -> list[str]:
     return [encode(message) for message in messages]
 
 
+# orjson reads an integer beyond 64 bits as a float (precision lost); json reads it exactly, as
+# langchain_community does. Such an integer has at least 19 digits: an entry with 19 digits in a
+# row (digits mapped to "0", then one substring search: about the cost of orjson's own parse) is
+# read by json.
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+
+
 def _loads_orjson(entry: bytes | str) -> Any:
+    raw = entry if isinstance(entry, bytes) else entry.encode("utf-8", "surrogatepass")
+    if _NINETEEN_DIGITS in raw.translate(_DIGITS):
+        return json.loads(entry)
     try:
         return orjson.loads(entry)
     except orjson.JSONDecodeError:
-        # What orjson refuses but json.dumps can write (NaN, Infinity, lone surrogates, integers
-        # beyond 64 bits) is read as the standard library reads it; anything else fails there too.
+        # What orjson refuses but json.dumps can write (NaN, Infinity, lone surrogates) is read as
+        # the standard library reads it; anything else fails there too.
         return json.loads(entry)
 
 
