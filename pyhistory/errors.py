@@ -56,6 +56,11 @@ class SerializationError(HistoryError, TypeError):
     """A message cannot be encoded as JSON (for example a datetime or bytes inside it)."""
 
 
+class WrongEventLoopError(HistoryError, RuntimeError):
+    """An asyncio client was used on another event loop than the one its connections belong to
+    (typically: that loop has closed, as each ``asyncio.run`` closes its own)."""
+
+
 class CorruptEntryError(HistoryError, ValueError):
     """A stored entry is not a serialised message (not JSON, or not a message dict)."""
 
@@ -160,10 +165,22 @@ def _typed_class(kind: type[Exception], ours: type[HistoryError]) -> type[Histor
     return made
 
 
+_OTHER_LOOP = ("Event loop is closed", "attached to a different loop", "different event loop")
+_OTHER_LOOP_HINT = (
+    "an asyncio client was used on another event loop than the one it was made on ({error}): "
+    "a redis.asyncio client's connections belong to the loop that opened them, and each "
+    "asyncio.run() closes its own. Make the async_redis_client inside the loop that uses it "
+    "(one per loop), or pass url= and let pyhistory keep one client per loop"
+)
+
+
 def translate(error: BaseException) -> BaseException:
     """What pyhistory raises for an exception from redis-py: the class for the reply's code word,
-    else ours for its redis-py class, else a HistoryError subclass of that very class. Anything
-    that is not redis-py's (or already ours) is returned as it is."""
+    else ours for its redis-py class, else a HistoryError subclass of that very class; for an
+    asyncio client used on another (closed) event loop, WrongEventLoopError. Anything else that
+    is not redis-py's (or already ours) is returned as it is."""
+    if type(error) is RuntimeError and any(text in str(error) for text in _OTHER_LOOP):
+        return WrongEventLoopError(_OTHER_LOOP_HINT.format(error=error))
     if isinstance(error, HistoryError) or not isinstance(
         error, (redis_errors.RedisError, redis_errors.RedisClusterException)
     ):

@@ -439,3 +439,19 @@ def test_a_message_nested_too_deep_is_a_serialization_error(url: str) -> None:
     with pytest.raises(pyhistory.SerializationError, match="recursion"):
         history.add_messages([HumanMessage("x", additional_kwargs=nested)])
     assert len(history) == 0
+
+
+def test_an_asyncio_client_of_a_closed_loop_is_a_typed_error_that_says_what_to_do(
+    server: Any, url: str
+) -> None:
+    client = redis.asyncio.Redis.from_url(url)
+    history = RedisChatMessageHistory("loop", async_redis_client=client, ttl=60)
+    asyncio.run(history.aadd_messages([HumanMessage("first loop")]))  # that loop is now closed
+
+    async def again() -> None:
+        await history.aadd_messages([HumanMessage("x")])
+
+    with pytest.raises(pyhistory.WrongEventLoopError, match="inside the loop that uses it") as e:
+        asyncio.run(again())
+    assert isinstance(e.value, RuntimeError)
+    assert e.value.may_have_been_applied  # its request may have left before the reply was lost
