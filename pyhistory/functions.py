@@ -32,6 +32,7 @@ from redis.exceptions import (
     TimeoutError,
     TryAgainError,
 )
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from pyhistory._library import Call, Library
 from pyhistory.errors import FunctionsNotLoadedError, HistoryError, ReplicationError, translate
@@ -199,6 +200,20 @@ async def arun(client: AsyncClient, call: Call) -> Any:
         await aload_library(client, library)
 
 
+def _refresh(client: SyncClient, call: Call) -> None:
+    """Send again a read's side effect (its TTL refresh) whose library the server lost. A server
+    that cannot take the library now leaves the read standing, unrefreshed, as a replica's READONLY
+    in the pair does: a replica (READONLY), a server at maxmemory under noeviction (OOM)."""
+    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+        run(client, call)
+
+
+async def _arefresh(client: AsyncClient, call: Call) -> None:
+    """The asyncio twin of :func:`_refresh`."""
+    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+        await arun(client, call)
+
+
 # --- two calls in one flight ------------------------------------------------------------------
 
 
@@ -299,7 +314,7 @@ def run_pair(client: SyncClient, call: Call, then: Call) -> Any:
         raise
     first, again = _first_of_pair(replies, then)
     if again:
-        run(client, then)
+        _refresh(client, then)
     return first
 
 
@@ -318,7 +333,7 @@ async def arun_pair(client: AsyncClient, call: Call, then: Call) -> Any:
         raise
     first, again = _first_of_pair(replies, then)
     if again:
-        await arun(client, then)
+        await _arefresh(client, then)
     return first
 
 

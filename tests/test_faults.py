@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections import Counter
@@ -355,3 +356,49 @@ async def test_async_reads_from_a_replica_url(replicated: tuple[str, testing.Loc
         r.config_resetstat()
         assert [m.content for m in await history.aget_messages()] == ["question 2", "answer 2"]
         assert int(r.info("commandstats")["cmdstat_lrange"]["calls"]) == 1
+
+
+# --- reads that stand where the library cannot be loaded ---------------------------------------
+
+
+def lc_session(client: redis.Redis, key: str) -> None:
+    """A session langchain_community wrote (no library loaded anywhere)."""
+    from langchain_core.messages import message_to_dict
+
+    entries = [json.dumps(message_to_dict(m)) for m in turn(1)]
+    client.lpush(key, *entries)
+
+
+def test_a_replica_url_with_a_ttl_reads_where_no_node_has_the_library(
+    replicated: tuple[str, testing.LocalServer], client: redis.Redis
+) -> None:
+    _, replica = replicated
+    lc_session(client, "message_store:lc")
+    client.execute_command("WAIT", 1, 2000)
+    history = RedisChatMessageHistory("lc", url=replica.url, ttl=60)  # the replica as the url
+    assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+    assert [m.content for m in asyncio.run(history.aget_messages())] == [
+        "question 1",
+        "answer 1",
+    ]
+    with pytest.raises(pyhistory.ReadOnlyServerError):
+        history.touch()  # a write: a replica refuses it
+
+
+def test_reads_stand_after_function_flush_at_maxmemory(
+    local_server: testing.LocalServer, client: redis.Redis
+) -> None:
+    lc_session(client, "message_store:oom")
+    client.function_flush()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)  # every write refused: OOM
+    try:
+        history = RedisChatMessageHistory("oom", url=local_server.url, ttl=60)
+        assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+        got = asyncio.run(history.aget_messages())
+        assert [m.content for m in got] == ["question 1", "answer 1"]
+        with pytest.raises(pyhistory.OutOfMemoryError):
+            history.add_messages(turn(2))
+    finally:
+        client.config_set("maxmemory", 0)
+    assert client.llen("message_store:oom") == 2
