@@ -1,4 +1,4 @@
-#!lua name=pyhistory_v2
+#!lua name=pyhistory_v3
 --[[
 pyhistory: chat-message history in Redis, one LIST per session.
 
@@ -6,12 +6,27 @@ Data layout (shared with langchain_community's RedisChatMessageHistory):
   KEYS[1]   the session's LIST, key_prefix .. session_id, built by the caller
   elements  one serialised message each, newest first (LPUSH order); opaque to this library
 
-Every function touches exactly the one key it is given in KEYS[1], so Redis Cluster routes each
-call by that key. No function builds a key name.
+  KEYS[2]   (append only) the session's batch ids: a STRING in the session's own cluster slot,
+            named by the caller (pyhistory: docs/exactly-once.md), e.g.
+              message_store:abc        ->  pyhistory:batches:{message_store:abc}
+              message_store:{abc}      ->  pyhistory:batches:message_store:{abc}
 
-Versioning: the library and every function carry the contract version (v2). Any change to this
-file ships under a new version (pyhistory_v3, pyhistory_v3_append, ...), so two releases loaded on
-one server never replace each other's code. Old versions stay until removed on purpose.
+Every function touches only the keys it is given in KEYS, all in the session's slot, so Redis
+Cluster routes each call by the session's key. No function builds a key name.
+
+Exactly-once appends: every append carries a batch id, made once per batch by the caller and sent
+again unchanged by every retry of that batch. The ids of the session's last REMEMBERED batches (at
+least; up to twice as many) are kept in KEYS[2] for WINDOW seconds after its latest append; an
+append whose id is among them was already applied (its reply was lost) and is not applied again.
+The entries themselves are stored exactly as given: readers of the LIST (langchain_community) see
+no difference. KEYS[2] holds the ids end to end, oldest first: each append reads them and
+refreshes their expiry (GETEX) and APPENDs its id (12 bytes: what a replica and the AOF receive,
+beside the expiry); one append in REMEMBERED rewrites them to the newest REMEMBERED.
+
+Versioning: the library and every function carry the contract version (v3). Any change to this
+file ships under a new version (pyhistory_v4, pyhistory_v4_append, ...), so two releases loaded on
+one server never replace each other's code. Old versions (pyhistory_v2: the same functions, an
+append without batch ids) stay until removed on purpose.
 
 Errors: every argument is checked before the first write (a function that fails half-way is not
 rolled back). A violation is an error reply "CODE message" with one of these code words:
@@ -26,6 +41,11 @@ raised by the first command, before anything is written.
 local MAX_INT = 2147483647 -- largest count or TTL accepted (about 68 years in seconds)
 local MAX_BATCH = 10000 -- most entries one append may carry
 local CHUNK = 1000 -- entries per LPUSH: keeps unpack() within Lua's stack limit
+local ID_LEN = 12 -- bytes in a batch id (pyhistory sends 96 random bits)
+local REMEMBERED = 64 -- batch ids kept at least, per session (concurrent writers to one session)
+local WINDOW = 300 -- seconds the ids are kept after the session's latest append
+local KEPT = (REMEMBERED - 1) * ID_LEN -- bytes of older ids kept beside a new one at a trim
+local FULL = 2 * REMEMBERED * ID_LEN -- bytes the ids grow to before a trim
 
 -- An error reply "CODE message". Functions return it (rather than raise it), so the client
 -- gets the message exactly as written, without the script location Redis appends to errors.
@@ -60,33 +80,64 @@ local function wrong_arity(nargs, usage)
   return bad('BADARGS', 'expected 1 key and ' .. nargs .. ' arguments: ' .. usage)
 end
 
+-- Whether the batch id `id` is one of the ids in `seen` (ids of ID_LEN bytes, end to end).
+local function remembered(seen, id)
+  local at = string.find(seen, id, 1, true)
+  while at do
+    if (at - 1) % ID_LEN == 0 then
+      return true
+    end
+    at = string.find(seen, id, at + 1, true)
+  end
+  return false
+end
+
 --[[
-append: add a batch of messages to a session, trim it to its bound, set or refresh its TTL.
+append: add a batch of messages to a session, trim it to its bound, set or refresh its TTL;
+exactly once per batch id.
   KEYS[1]   the session's LIST
+  KEYS[2]   the session's batch ids (a STRING in KEYS[1]'s cluster slot; see the header)
   ARGV[1]   max_messages: keep only the newest N entries; 0 = unbounded
   ARGV[2]   ttl: EXPIRE the key after this many seconds; 0 = leave the TTL as it is
-  ARGV[3..] the entries, oldest first (each is LPUSHed, so the last ends up at the head)
-  reply     integer: the session's length after the append and the trim
-  errors    BADARGS (no entries), BADSIZE, BADTTL, TOOMANY, WRONGTYPE
+  ARGV[3]   the batch id: exactly ID_LEN bytes, new for each batch, the same for its retries
+  ARGV[4..] the entries, oldest first (each is LPUSHed, so the last ends up at the head)
+  reply     integer: the session's length after the append and the trim; for a batch already
+            applied, the session's length now (nothing is written but the ids' expiry)
+  errors    BADARGS (no entries, a batch id of another length), BADSIZE, BADTTL, TOOMANY,
+            WRONGTYPE (either key)
 All of it happens in one atomic step: no reader sees the batch half-written, the list over its
-bound, or the key without its TTL.
+bound, or the key without its TTL. The ids' expiry is refreshed first (GETEX), before the
+checks of the session's key: an append refused with WRONGTYPE may leave that behind, and nothing
+else. A batch already applied still refreshes it: a write, so that a WAIT after the retry also
+waits for the first attempt's write.
 ]]
 local function append(keys, args)
   local last = #args
-  if #keys ~= 1 or last < 3 then
-    return bad('BADARGS', 'expected 1 key and at least 3 arguments: max_messages ttl entry...')
+  if #keys ~= 2 or last < 4 then
+    return bad('BADARGS',
+      'expected 2 keys and at least 4 arguments: max_messages ttl batch_id entry...')
   end
-  local key = keys[1]
+  local key, ids = keys[1], keys[2]
   local max_messages = whole(args[1])
   if not max_messages then return not_whole('BADSIZE', 'max_messages', args[1]) end
   local ttl = whole(args[2])
   if not ttl then return not_whole('BADTTL', 'ttl', args[2]) end
-  if last - 2 > MAX_BATCH then
-    return bad('TOOMANY', 'a batch holds at most ' .. MAX_BATCH .. ' entries, got ' .. (last - 2))
+  local id = args[3]
+  if #id ~= ID_LEN then
+    return bad('BADARGS', 'a batch id has ' .. ID_LEN .. ' bytes, got ' .. #id)
+  end
+  if last - 3 > MAX_BATCH then
+    return bad('TOOMANY', 'a batch holds at most ' .. MAX_BATCH .. ' entries, got ' .. (last - 3))
   end
 
+  -- the ids, their expiry refreshed in the same command (a write: a WAIT after a retry also
+  -- waits for the first attempt's write); on a new session, nothing
+  local seen = redis.call('GETEX', ids, 'EX', WINDOW) or ''
+  if remembered(seen, id) then
+    return redis.call('LLEN', key)
+  end
   local length
-  for first = 3, last, CHUNK do
+  for first = 4, last, CHUNK do
     length = redis.call('LPUSH', key, unpack(args, first, math.min(first + CHUNK - 1, last)))
   end
   if max_messages > 0 and length > max_messages then
@@ -95,6 +146,13 @@ local function append(keys, args)
   end
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
+  end
+  if #seen == 0 then
+    redis.call('SET', ids, id, 'EX', WINDOW)
+  elseif #seen < FULL then
+    redis.call('APPEND', ids, id) -- its expiry was refreshed by GETEX
+  else
+    redis.call('SET', ids, string.sub(seen, -KEPT) .. id, 'EX', WINDOW)
   end
   return length
 end
@@ -174,14 +232,14 @@ local function length(keys, args)
 end
 
 -- The library's whole surface. Names carry the contract version; see the header.
-redis.register_function{function_name = 'pyhistory_v2_append', callback = append}
+redis.register_function{function_name = 'pyhistory_v3_append', callback = append}
 -- window and touch write only a TTL, which takes no memory to speak of: allow-oom lets a chat read
 -- its history while the server is out of memory under the noeviction policy, as LRANGE could.
 redis.register_function{
-  function_name = 'pyhistory_v2_window', callback = window, flags = {'allow-oom'}}
+  function_name = 'pyhistory_v3_window', callback = window, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_v2_window_ro', callback = window_ro, flags = {'no-writes'}}
+  function_name = 'pyhistory_v3_window_ro', callback = window_ro, flags = {'no-writes'}}
 redis.register_function{
-  function_name = 'pyhistory_v2_touch', callback = touch, flags = {'allow-oom'}}
+  function_name = 'pyhistory_v3_touch', callback = touch, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_v2_length', callback = length, flags = {'no-writes'}}
+  function_name = 'pyhistory_v3_length', callback = length, flags = {'no-writes'}}

@@ -45,6 +45,7 @@ from pyhistory.errors import (
     ServerConnectionError,
     ServerError,
     ServerTimeoutError,
+    WrongEventLoopError,
     WrongTypeError,
 )
 from pyhistory.store import MessageStore, aload_functions, load_functions
@@ -92,6 +93,7 @@ __all__ = [
     "ServerConnectionError",
     "ServerError",
     "ServerTimeoutError",
+    "WrongEventLoopError",
     "WrongTypeError",
     "__version__",
     "acl_rule",

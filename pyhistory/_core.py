@@ -3,16 +3,22 @@ checks, each call's command and arguments, message encoding and reply decoding. 
 
 from __future__ import annotations
 
+import binascii
 import copy
+import functools
+import hashlib
+import itertools
 import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
+from redis.crc import key_slot
 
-from pyhistory._library import Call, Library
+from pyhistory._library import Call, Library, acl_glob
 from pyhistory.errors import (
     BatchTooLargeError,
     CorruptEntryError,
@@ -28,6 +34,10 @@ HISTORY: Library = Library.from_file("pyhistory.lua")
 LIBRARY: str = HISTORY.name
 MAX_INT: int = HISTORY.constant("MAX_INT")
 MAX_BATCH: int = HISTORY.constant("MAX_BATCH")
+# Exactly-once appends: the batch ids a session remembers, for how long, and how long each is.
+BATCH_ID_LEN: int = HISTORY.constant("ID_LEN")
+REMEMBERED: int = HISTORY.constant("REMEMBERED")
+WINDOW_SECONDS: int = HISTORY.constant("WINDOW")
 
 APPEND = HISTORY.function("append")
 WINDOW = HISTORY.function("window")
@@ -50,10 +60,75 @@ CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait", "lrange", "llen")
 
 
 def acl_rule(key_prefix: str = "message_store:") -> str:
-    """The least-privilege ACL rules for an application's runtime user: its sessions' keys only,
-    the calls and what they run, nothing else (no FUNCTION, no KEYS/SCAN, no other keys).
-    Loading the functions is left to an admin user at deploy time (``pyhistory load``)."""
-    return HISTORY.acl_rule(key_prefix, CLIENT_COMMANDS)
+    """The least-privilege ACL rules for an application's runtime user: its sessions' keys and
+    their batch ids only (:func:`batches_key`), the calls and what they run, what a cluster client
+    needs to find its way, nothing else (no FUNCTION, no KEYS/SCAN, no other keys, no INFO: on a
+    cluster, pass ``cluster=True``). Loading the functions is left to an admin user at deploy
+    time (``pyhistory load``)."""
+    prefix, batches = acl_glob(key_prefix), acl_glob(BATCHES_PREFIX)
+    other = (f"{batches}{prefix}*", f"{batches}{{{prefix}*", f"{batches}{{*}}{prefix}*")
+    return HISTORY.acl_rule(key_prefix, CLIENT_COMMANDS, other)
+
+
+# --- exactly-once appends: batch ids ----------------------------------------------------------
+
+BATCHES_PREFIX = "pyhistory:batches:"
+
+
+def new_batch_id() -> bytes:
+    """A batch id: 96 random bits, made once per batch and sent again by every retry of it."""
+    return os.urandom(BATCH_ID_LEN)
+
+
+def batch_id_for(idempotency_key: object) -> bytes:
+    """The batch id for a caller's idempotency key (any non-empty str): a 96-bit BLAKE2b hash of
+    BLAKE2b hash, so calls with the same key name the same batch."""
+    if not isinstance(idempotency_key, str) or not idempotency_key:
+        raise InvalidArgumentError(
+            f"idempotency_key must be None or a non-empty str, got {idempotency_key!r}"
+        )
+    encoded = idempotency_key.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(encoded, digest_size=BATCH_ID_LEN).digest()
+
+
+def batches_key(key: str) -> str:
+    """The key holding the batch ids of the session stored at ``key``: in the same cluster slot,
+    never a session key itself (it does not start with the key prefix), and named after ``key``:
+
+    - ``key`` has a hash tag (``message_store:{abc}``): ``pyhistory:batches:message_store:{abc}``;
+    - else, ``key`` wrapped as a hash tag: ``pyhistory:batches:{message_store:abc}``;
+    - else (no hash tag, but a ``}`` that would end the wrapping early): a tag of digits chosen for
+      the key's slot, then the key: ``pyhistory:batches:{5031}message_store:a}b``.
+    """
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:  # a hash tag: the slot is the tag's, kept by any prefix
+            return BATCHES_PREFIX + key
+    if "}" not in key:
+        return f"{BATCHES_PREFIX}{{{key}}}"
+    return f"{BATCHES_PREFIX}{{{_tag_for_slot(key_slot(key.encode()))}}}{key}"
+
+
+def _tag_for_slot(slot: int) -> str:
+    """The smallest number whose decimal digits hash to ``slot`` (Redis Cluster's CRC16)."""
+    return _slot_tags()[slot]
+
+
+@functools.cache
+def _slot_tags() -> list[str]:
+    """For each of the 16384 slots, the smallest number whose digits hash to it: one pass over
+    the numbers up to 109,757 (~0.05 s), made the first time a key needs it."""
+    tags: list[str | None] = [None] * 16384
+    missing = len(tags)
+    for n in itertools.count():
+        slot = binascii.crc_hqx(b"%d" % n, 0) % 16384
+        if tags[slot] is None:
+            tags[slot] = str(n)
+            missing -= 1
+            if not missing:
+                return [tag for tag in tags if tag is not None]
+    raise AssertionError("unreachable")
 
 
 # --- argument checks --------------------------------------------------------------------------
@@ -125,7 +200,7 @@ def encode(message: object) -> str:
         raise SerializationError(f"expected a langchain BaseMessage, got {type(message).__name__}")
     try:
         return json.dumps(message_to_dict(message))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise SerializationError(
             f"cannot store {type(message).__name__} as JSON: {error}"
         ) from error
@@ -137,12 +212,23 @@ def encode_batch(messages: Sequence[BaseMessage]) -> list[str]:
     return [encode(message) for message in messages]
 
 
+# orjson reads an integer beyond 64 bits as a float (precision lost); json reads it exactly, as
+# langchain_community does. Such an integer has at least 19 digits: an entry with 19 digits in a
+# row (digits mapped to "0", then one substring search: about the cost of orjson's own parse) is
+# read by json.
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+
+
 def _loads_orjson(entry: bytes | str) -> Any:
+    raw = entry if isinstance(entry, bytes) else entry.encode("utf-8", "surrogatepass")
+    if _NINETEEN_DIGITS in raw.translate(_DIGITS):
+        return json.loads(entry)
     try:
         return orjson.loads(entry)
     except orjson.JSONDecodeError:
-        # What orjson refuses but json.dumps can write (NaN, Infinity, lone surrogates, integers
-        # beyond 64 bits) is read as the standard library reads it; anything else fails there too.
+        # What orjson refuses but json.dumps can write (NaN, Infinity, lone surrogates) is read as
+        # the standard library reads it; anything else fails there too.
         return json.loads(entry)
 
 
@@ -294,8 +380,14 @@ def _decode_new(entry: bytes | str) -> BaseMessage:
 # --- calls ------------------------------------------------------------------------------------
 
 
-def append(key: str, encoded: Sequence[str], max_messages: int, ttl: int) -> Call:
-    return Call("FCALL", (APPEND, 1, key, max_messages, ttl, *encoded), key, HISTORY)
+def append(
+    key: str, encoded: Sequence[str], max_messages: int, ttl: int, batch_id: bytes | None = None
+) -> Call:
+    """The batch appended exactly once: the call carries the batch id (new unless given), so
+    every retry of this very call is recognised by the library and not applied again."""
+    batch_id = new_batch_id() if batch_id is None else batch_id
+    args = (APPEND, 2, key, batches_key(key), max_messages, ttl, batch_id, *encoded)
+    return Call("FCALL", args, key, HISTORY)
 
 
 def read(key: str, count: int) -> Call:
@@ -324,7 +416,8 @@ def length(key: str) -> Call:
 
 
 def clear(key: str) -> Call:
-    return Call("DEL", (key,), key)
+    """The session and its batch ids: one DEL (one slot)."""
+    return Call("DEL", (key, batches_key(key)), key)
 
 
 # --- durability: WAIT in the same round trip --------------------------------------------------

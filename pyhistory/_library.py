@@ -10,6 +10,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+# What a redis-py cluster client sends besides the calls, and an ACL must allow: the slot map and
+# the command table when it starts, READONLY on replicas' connections (read from replicas),
+# ASKING during a slot migration.
+CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = ("cluster|slots", "command", "readonly", "asking")
+
+
+def acl_glob(text: str) -> str:
+    """``text`` with the characters an ACL key pattern treats as glob syntax escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
 
 @dataclass(frozen=True)
 class Library:
@@ -48,14 +58,21 @@ class Library:
         """The Redis commands its functions run (lower case, sorted): what an ACL must allow."""
         return tuple(sorted({c.lower() for c in re.findall(r"redis\.call\('(\w+)'", self.source)}))
 
-    def acl_rule(self, key_prefix: str, client_commands: tuple[str, ...]) -> str:
+    def acl_rule(
+        self,
+        key_prefix: str,
+        client_commands: tuple[str, ...],
+        other_keys: tuple[str, ...] = (),
+    ) -> str:
         """The least-privilege ACL rules for a runtime user of this library: the keys under
-        ``key_prefix`` only (glob characters in it escaped), ``client_commands`` (what the Python
-        side sends itself: FCALL, DEL, ...) and the commands the functions run, nothing else (no
+        ``key_prefix`` only (glob characters in it escaped) and the ``other_keys`` patterns,
+        ``client_commands`` (what the Python side sends itself: FCALL, DEL, ...), the commands the
+        functions run and what a redis-py cluster client sends to find its way, nothing else (no
         FUNCTION, no KEYS/SCAN, no channels)."""
-        commands = " ".join(f"+{c}" for c in dict.fromkeys((*client_commands, *self.commands)))
-        glob = re.sub(r"([*?\[\]\\])", r"\\\1", key_prefix)
-        return f"resetkeys ~{glob}* resetchannels -@all {commands}"
+        every = (*client_commands, *self.commands, *CLUSTER_CLIENT_COMMANDS)
+        commands = " ".join(f"+{c}" for c in dict.fromkeys(every))
+        keys = " ".join(f"~{pattern}" for pattern in (f"{acl_glob(key_prefix)}*", *other_keys))
+        return f"resetkeys {keys} resetchannels -@all {commands}"
 
     def constant(self, name: str) -> int:
         """An integer constant the file defines as ``local NAME = <digits>``."""

@@ -7,7 +7,9 @@ as ``RedisChatMessageHistory`` (and langchain_community's class): a session begu
 Per invocation it costs two round trips, whatever the number of model and tool steps inside it:
 one read before the agent runs (the newest ``window`` messages, placed before the new input) and
 one atomic append after it finished (exactly the messages the invocation added, trimmed to
-``max_messages`` and with the TTL set). A run that fails or is interrupted part-way stores nothing.
+``max_messages`` and with the TTL set), exactly once: named after the ids of the messages it
+appends, so a run retried after the append raised does not store them twice
+(docs/exactly-once.md). A run that fails or is interrupted part-way stores nothing.
 
 Needs the ``agents`` extra: ``pip install 'pyhistory[agents]'``.
 """
@@ -195,7 +197,8 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
     ) -> dict[str, Any] | None:
         added = _added(state)
         if added:
-            self.store(self.session_id(runtime, config)).add_messages(added)
+            store = self.store(self.session_id(runtime, config))
+            store.add_messages(added, idempotency_key=_batch_key(added))
         return _stored(state)
 
     async def aafter_agent(
@@ -203,7 +206,8 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
     ) -> dict[str, Any] | None:
         added = _added(state)
         if added:
-            await self.store(self.session_id(runtime, config)).aadd_messages(added)
+            store = self.store(self.session_id(runtime, config))
+            await store.aadd_messages(added, idempotency_key=_batch_key(added))
         return _stored(state)
 
 
@@ -238,6 +242,17 @@ def _added(state: HistoryState) -> list[BaseMessage]:
         if (m.id is None or m.id not in known)
         and m.additional_kwargs.get("lc_source") != "summarization"
     ]
+
+
+def _batch_key(added: Sequence[BaseMessage]) -> str | None:
+    """The append's idempotency key: the ids of the messages it stores (LangGraph gives every
+    message of the state one). A run retried after its append raised (the append may have been
+    applied: a lost reply) appends the same messages under the same key, which the library
+    recognises (docs/exactly-once.md): stored once. None when a message has no id."""
+    ids = [m.id for m in added]
+    if any(not i for i in ids):
+        return None
+    return "agent\x1f" + "\x1f".join(str(i) for i in ids)
 
 
 def _stored(state: HistoryState) -> dict[str, Any]:

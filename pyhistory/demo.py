@@ -35,7 +35,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from pyhistory import LIBRARY, MessageStore, RedisChatMessageHistory, load_functions, testing
+from pyhistory import LIBRARY, MessageStore, RedisChatMessageHistory, _core, load_functions, testing
 from pyhistory.errors import translate
 from pyhistory.functions import SyncClient
 
@@ -192,7 +192,8 @@ def demo_sessions(url: str) -> Iterator[Sessions]:
     finally:
         stores = [MessageStore(session, url=url) for session in sessions.all()]
         try:
-            stores[0].redis_client.delete(*(store.key for store in stores))  # one DEL
+            keys = [k for store in stores for k in (store.key, _core.batches_key(store.key))]
+            stores[0].redis_client.delete(*keys)  # one DEL: the sessions and their batch ids
         except Exception as error:  # the block's own error, if any, is the one to see
             print(f"Could not remove the demo's sessions {prefix}*: {error!r}", file=sys.stderr)
         else:

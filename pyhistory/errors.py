@@ -19,6 +19,10 @@ from redis import exceptions as redis_errors
 class HistoryError(Exception):
     """Base class of every error pyhistory raises on purpose."""
 
+    #: Raised by an append that may have been applied before the error (its reply was lost): the
+    #: batch is stored once or not at all (exactly-once appends), and the message says so.
+    may_have_been_applied: bool = False
+
 
 class InvalidArgumentError(HistoryError, ValueError):
     """An argument is out of its contract (BADARGS from the server). Nothing was stored."""
@@ -51,6 +55,11 @@ class InvalidValueError(InvalidArgumentError):
 
 class SerializationError(HistoryError, TypeError):
     """A message cannot be encoded as JSON (for example a datetime or bytes inside it)."""
+
+
+class WrongEventLoopError(HistoryError, RuntimeError):
+    """An asyncio client was used on another event loop than the one its connections belong to
+    (typically: that loop has closed, as each ``asyncio.run`` closes its own)."""
 
 
 class CorruptEntryError(HistoryError, ValueError):
@@ -94,7 +103,8 @@ class PermissionDeniedError(ServerError, redis_errors.NoPermissionError):
 
 class FunctionsNotLoadedError(PermissionDeniedError):
     """The server lacks the Functions library and this client may not load it (NOPERM on
-    FUNCTION LOAD)."""
+    FUNCTION LOAD), or lost it again after every load for as long as a call heals
+    (``pyhistory.functions.HEAL_WINDOW``: something keeps deleting it)."""
 
 
 class ReplicationError(HistoryError):
@@ -112,6 +122,19 @@ class ReplicationError(HistoryError):
 
 def _replication_error(message: str, acknowledged: int, required: int) -> ReplicationError:
     return ReplicationError(message, acknowledged=acknowledged, required=required)
+
+
+def may_have_been_applied(error: HistoryError, how_to_retry: str) -> None:
+    """Amend ``error``, raised by an append, to say that the append may have been applied and is
+    then stored once (exactly-once appends), and how to retry it; set its
+    ``may_have_been_applied``. Not for a refused argument: the server applied nothing, and a retry
+    is refused alike."""
+    if isinstance(error, (InvalidArgumentError, SerializationError)) or error.may_have_been_applied:
+        return
+    note = f"the batch may have been applied: it is stored once or not at all; {how_to_retry}"
+    message = str(error.args[0]) if error.args else type(error).__name__
+    error.args = (f"{message} ({note})", *error.args[1:])
+    error.may_have_been_applied = True
 
 
 # Error code word at the start of a server reply -> the exception raised for it. Each Lua library
@@ -187,10 +210,22 @@ def _remade(
     return error
 
 
+_OTHER_LOOP = ("Event loop is closed", "attached to a different loop", "different event loop")
+_OTHER_LOOP_HINT = (
+    "an asyncio client was used on another event loop than the one it was made on ({error}): "
+    "a redis.asyncio client's connections belong to the loop that opened them, and each "
+    "asyncio.run() closes its own. Make the async_redis_client inside the loop that uses it "
+    "(one per loop), or pass url= and let pyhistory keep one client per loop"
+)
+
+
 def translate(error: BaseException) -> BaseException:
     """What pyhistory raises for an exception from redis-py: the class for the reply's code word,
-    else ours for its redis-py class, else a HistoryError subclass of that very class. Anything
-    that is not redis-py's (or already ours) is returned as it is."""
+    else ours for its redis-py class, else a HistoryError subclass of that very class; for an
+    asyncio client used on another (closed) event loop, WrongEventLoopError. Anything else that
+    is not redis-py's (or already ours) is returned as it is."""
+    if type(error) is RuntimeError and any(text in str(error) for text in _OTHER_LOOP):
+        return WrongEventLoopError(_OTHER_LOOP_HINT.format(error=error))
     if isinstance(error, HistoryError) or not isinstance(
         error, (redis_errors.RedisError, redis_errors.RedisClusterException)
     ):

@@ -32,6 +32,7 @@ from redis.exceptions import (
     TimeoutError,
     TryAgainError,
 )
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from pyhistory._coalesce import coalescer, lean
 from pyhistory._library import Call, Library
@@ -148,31 +149,80 @@ def _heal(call: Call, error: BaseException) -> Library:
     raise error
 
 
+# How long a call keeps loading its library again when the server keeps losing it (FUNCTION
+# DELETE or FLUSH over and over, a node restarted again and again): as long as a call retries a
+# broken connection (pyhistory._clients.RETRY_WINDOW). Then FunctionsNotLoadedError.
+HEAL_WINDOW = 6.0
+
+
+class _Healing:
+    """The reloads of one call: the first at once, later ones after a short pause, none once
+    HEAL_WINDOW has passed since the first."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.loads = 0
+        self.started = 0.0
+
+    def next(self, error: BaseException) -> tuple[Library, float]:
+        """The library to load and the pause before; raises when there is to be no reload."""
+        library = _heal(self.call, error)
+        now = time.monotonic()
+        if not self.loads:
+            self.started = now
+        elif now - self.started > HEAL_WINDOW:
+            raise FunctionsNotLoadedError(
+                f"the server lost the {library.name} functions again after each of "
+                f"{self.loads} loads in {now - self.started:.1f} s (is something running "
+                f"FUNCTION DELETE or FUNCTION FLUSH?): {error}"
+            ) from error
+        self.loads += 1
+        return library, min(0.005 * (self.loads - 1), 0.1)
+
+
 def run(client: SyncClient, call: Call) -> Any:
-    """Send one call; load its library and send it again, once, if the server lacks it."""
-    try:
-        return client.execute_command(call.command, *call.args)
-    except Exception as error:
-        load_library(client, _heal(call, error))
-    try:
-        return client.execute_command(call.command, *call.args)
-    except Exception as error:
-        _raise_typed(error)
-        raise
+    """Send one call; when the server lacks its library, load it and send the call again (the
+    same call: an append's retry carries its batch id), for at most HEAL_WINDOW seconds."""
+    healing = _Healing(call)
+    while True:
+        try:
+            return client.execute_command(call.command, *call.args)
+        except Exception as error:
+            library, pause = healing.next(error)
+        if pause:
+            time.sleep(pause)
+        load_library(client, library)
 
 
 async def arun(client: AsyncClient, call: Call) -> Any:
     """The asyncio twin of :func:`run`. On a plain client with a pool, the command shares its
     flight with the commands other tasks issue at the same moment (pyhistory._coalesce)."""
-    try:
-        return await _asend(client, call)
-    except Exception as error:
-        await aload_library(client, _heal(call, error))
-    try:
-        return await _asend(client, call)
-    except Exception as error:
-        _raise_typed(error)
-        raise
+    healing = _Healing(call)
+    while True:
+        try:
+            return await _asend(client, call)
+        except Exception as error:
+            library, pause = healing.next(error)
+        if pause:
+            await asyncio.sleep(pause)
+        await aload_library(client, library)
+
+
+def _refresh(client: SyncClient, call: Call) -> Any:
+    """Send again a read's side effect (its TTL refresh) whose library the server lost; its reply,
+    or None. A server that cannot take the library now leaves the read standing, unrefreshed, as
+    a replica's READONLY in the pair does: a replica (READONLY), a server at maxmemory under
+    noeviction (OOM)."""
+    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+        return run(client, call)
+    return None
+
+
+async def _arefresh(client: AsyncClient, call: Call) -> Any:
+    """The asyncio twin of :func:`_refresh`."""
+    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+        return await arun(client, call)
+    return None
 
 
 def _asend(client: AsyncClient, call: Call) -> Awaitable[Any]:
@@ -217,7 +267,7 @@ def run_pair(client: SyncClient, call: Call, then: Call) -> tuple[Any, Any]:
         raise
     first, second, again = _pair_replies(replies, then)
     if again:
-        second = run(client, then)
+        second = _refresh(client, then)
     return first, second
 
 
@@ -243,7 +293,7 @@ async def arun_pair(client: AsyncClient, call: Call, then: Call) -> tuple[Any, A
         raise
     first, second, again = _pair_replies(replies, then)
     if again:
-        second = await arun(client, then)
+        second = await _arefresh(client, then)
     return first, second
 
 
@@ -318,14 +368,16 @@ def run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) 
 
 
 def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) -> Any:
+    healing = _Healing(call)
     if not isinstance(client, redis.cluster.RedisCluster):
         replies = _send_with_wait(client, call, replicas, timeout_ms)
-        if call.library is not None and _is_missing(replies[0]):
-            load_library(client, call.library)
+        while call.library is not None and _is_missing(replies[0]):
+            library, pause = healing.next(replies[0])
+            time.sleep(pause)
+            load_library(client, library)
             replies = _send_with_wait(client, call, replicas, timeout_ms)
         return _durable_reply(replies, replicas, timeout_ms)
 
-    loaded = False
     ask: AskError | None = None
     for attempt in range(_TOPOLOGY_ATTEMPTS):
         try:
@@ -346,9 +398,10 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             ask = None
             continue
         reply, ask = replies[0], None
-        if call.library is not None and _is_missing(reply) and not loaded:
-            load_library(client, call.library)
-            loaded = True
+        if call.library is not None and _is_missing(reply):
+            library, pause = healing.next(reply)
+            time.sleep(pause)
+            load_library(client, library)
         elif isinstance(reply, AskError) and not isinstance(reply, MovedError):
             ask = reply
         elif isinstance(reply, _TOPOLOGY_ERRORS):
@@ -371,9 +424,12 @@ async def arun_durable(
 ) -> Any:
     """The asyncio twin of :func:`run_durable`, for a standalone server."""
     try:
+        healing = _Healing(call)
         replies = await _asend_with_wait(client, call, replicas, timeout_ms)
-        if call.library is not None and _is_missing(replies[0]):
-            await aload_library(client, call.library)
+        while call.library is not None and _is_missing(replies[0]):
+            library, pause = healing.next(replies[0])
+            await asyncio.sleep(pause)
+            await aload_library(client, library)
             replies = await _asend_with_wait(client, call, replicas, timeout_ms)
         return _durable_reply(replies, replicas, timeout_ms)
     except Exception as error:

@@ -18,7 +18,7 @@ from langchain_core.messages import BaseMessage
 
 from pyhistory import _clients, _core, _expiry
 from pyhistory._library import Call
-from pyhistory.errors import HistoryError, InvalidArgumentError
+from pyhistory.errors import HistoryError, InvalidArgumentError, may_have_been_applied
 from pyhistory.functions import (
     AsyncClient,
     SyncClient,
@@ -263,12 +263,16 @@ class MessageStore:
         if self._ttl and existed:
             _expiry.expiries(client).refreshed(self.key, self._ttl, sent_at)
 
-    def _append_call(self, messages: Iterable[BaseMessage] | BaseMessage) -> Call | None:
+    def _append_call(
+        self, messages: Iterable[BaseMessage] | BaseMessage, idempotency_key: str | None
+    ) -> Call | None:
+        """The append, with the batch id every retry of it carries (docs/exactly-once.md)."""
+        batch_id = None if idempotency_key is None else _core.batch_id_for(idempotency_key)
         batch = [messages] if isinstance(messages, BaseMessage) else list(messages)
         encoded = _core.encode_batch(batch)
         if not encoded:
             return None
-        return _core.append(self.key, encoded, self._max_messages, self._ttl)
+        return _core.append(self.key, encoded, self._max_messages, self._ttl, batch_id)
 
     def _touch_call(self) -> Call:
         if not self._ttl:
@@ -337,27 +341,57 @@ class MessageStore:
 
     # --- writes --------------------------------------------------------------------------------
 
-    def add_messages(self, messages: Iterable[BaseMessage] | BaseMessage) -> None:
+    def add_messages(
+        self,
+        messages: Iterable[BaseMessage] | BaseMessage,
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
         """Append the whole batch (any iterable, or one message) atomically, trimmed and with its
-        TTL, in one round trip. Nothing is stored when any message cannot be encoded.
+        TTL, in one round trip, exactly once. Nothing is stored when any message cannot be
+        encoded.
+
+        Exactly once: every retry of the call (the client's after a lost reply, a reload of the
+        library, a failover) carries the batch's id, and the server does not apply a batch it
+        applied already (within ``pyhistory._core.WINDOW_SECONDS`` and the session's next 63
+        appends at least; docs/exactly-once.md). When the call raises after the batch may have been
+        applied, the error says so: the batch is then stored once or not at all.
+
+        Args:
+            idempotency_key: names the batch across calls (any str, e.g. the id of the request
+                that produced it): calling again with the same key within the window, after an
+                error or a crash, does not store the batch twice. None: a new batch every call.
         """
-        call = self._append_call(messages)
+        call = self._append_call(messages, idempotency_key)
         if call is not None:
             sent_at = time.monotonic()
-            self._write(call)
+            try:
+                self._write(call)
+            except HistoryError as error:
+                may_have_been_applied(error, _how_to_retry(idempotency_key))
+                raise
             self._refreshed(self.redis_client, sent_at)
 
-    async def aadd_messages(self, messages: Iterable[BaseMessage] | BaseMessage) -> None:
+    async def aadd_messages(
+        self,
+        messages: Iterable[BaseMessage] | BaseMessage,
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
         """The asyncio twin of :meth:`add_messages`."""
-        call = self._append_call(messages)
+        call = self._append_call(messages, idempotency_key)
         if call is not None:
             client = await self._async_client()
             sent_at = time.monotonic()
-            await self._awrite(call)
+            try:
+                await self._awrite(call)
+            except HistoryError as error:
+                may_have_been_applied(error, _how_to_retry(idempotency_key))
+                raise
             self._refreshed(self._expiry_client(client), sent_at)
 
     def clear(self) -> None:
-        """Delete the session."""
+        """Delete the session (and the ids of its recent batches)."""
         self._write(_core.clear(self.key))
         _expiry.expiries(self.redis_client).forget(self.key)
 
@@ -386,6 +420,16 @@ class MessageStore:
             f"{type(self).__name__}(session_id={self.session_id!r}, key={self.key!r}, "
             f"ttl={self.ttl!r}, max_messages={self.max_messages!r}, window={self.window!r})"
         )
+
+
+def _how_to_retry(idempotency_key: str | None) -> str:
+    window = f"within {_core.WINDOW_SECONDS} s"
+    if idempotency_key is not None:
+        return f"calling again with the same idempotency_key {window} stores it at most once"
+    return (
+        f"it had no idempotency_key, so calling again stores it again if it was applied: check "
+        f"the session first, or pass an idempotency_key ({window}, a retry is then recognised)"
+    )
 
 
 def _is_cluster(*clients: object) -> bool:

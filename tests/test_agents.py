@@ -723,7 +723,7 @@ def test_key_prefix_and_store_options_reach_the_store(url: str) -> None:
         "FCALL",
     ]
     with redis.Redis.from_url(url) as client:
-        assert client.keys("*") == [b"chat:s"]
+        assert client.keys("chat:*") == [b"chat:s"]  # and its batch ids, under their prefix
         assert client.llen("chat:s") == 4
 
 
@@ -814,3 +814,73 @@ async def test_two_round_trips_per_invocation_asyncio(url: str) -> None:
     finally:
         await client.aclose()
     assert len(await MessageStore("s", url=url).aget_messages()) == 12
+
+
+# --- exactly-once appends ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_asyncio", [False, True], ids=["sync", "asyncio"])
+def test_cut_appends_of_agent_runs_are_stored_once(
+    url: str, client: redis.Redis, use_asyncio: bool
+) -> None:
+    """A fault proxy loses the reply of most of the middleware's appends after the server applied
+    them: redis-py sends each again, and each run's messages are stored once."""
+    from faultproxy import FaultProxy
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    port = client.connection_pool.connection_kwargs["port"]
+    MessageStore("other", redis_client=client).add_messages([hi()])  # the library is loaded
+    with FaultProxy(port, lambda batch, attempt: attempt == 1) as proxy:
+        sync_app = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 3))
+        async_app = redis.asyncio.Redis(port=proxy.port, retry=AsyncRetry(NoBackoff(), 3))
+        middleware = RedisHistoryMiddleware(redis_client=sync_app, async_redis_client=async_app)
+        agent = create_agent(RecordingModel(), middleware=[middleware])
+
+        async def runs() -> None:
+            for i in range(30):
+                await agent.ainvoke({"messages": [HumanMessage(f"q{i}")]}, config())
+            await async_app.aclose()
+
+        if use_asyncio:
+            asyncio.run(runs())
+        else:
+            for i in range(30):
+                agent.invoke({"messages": [HumanMessage(f"q{i}")]}, config())
+        sync_app.close()
+    assert proxy.cuts == 30
+    questions = [c for c in contents(stored(url, "s")) if str(c).startswith("q")]
+    assert questions == [f"q{i}" for i in range(30)]
+    assert len(stored(url, "s")) == 60  # each question and its answer, once
+
+
+def test_a_run_retried_after_its_append_raised_stores_once(url: str, client: redis.Redis) -> None:
+    """The append applied, its reply lost, and no retry left: the run raises, saying the batch
+    may have been applied. Resumed from its checkpoint, the run appends the same messages under
+    the same idempotency key: stored once."""
+    from faultproxy import FaultProxy
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from pyhistory import HistoryError
+
+    port = client.connection_pool.connection_kwargs["port"]
+    MessageStore("other", redis_client=client).add_messages([hi()])  # the library is loaded
+    requests = iter(range(1_000_000))
+    with FaultProxy(port, lambda batch, attempt: next(requests) < 2) as proxy:  # the first two
+        app = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 1))
+        agent = create_agent(
+            RecordingModel(),
+            middleware=[RedisHistoryMiddleware(redis_client=app)],
+            checkpointer=InMemorySaver(),
+        )
+        run = config("s", "thread_id")
+        with pytest.raises(HistoryError, match="may have been applied") as caught:
+            agent.invoke({"messages": [hi()]}, run)
+        assert caught.value.may_have_been_applied
+        assert proxy.cuts == 2
+        assert contents(stored(url, "s")) == ["Hi! I'm bob", "Hi Bob! How can I help?"]
+        agent.invoke(None, run)  # resumed: the append is sent again, and answered
+        app.close()
+    assert contents(stored(url, "s")) == ["Hi! I'm bob", "Hi Bob! How can I help?"]

@@ -100,7 +100,7 @@ def test_sessions_spread_over_all_primaries(
     sizes = []
     for node in cluster.primaries():
         with node.client() as c:
-            sizes.append(c.dbsize())
+            sizes.append(len(c.keys("message_store:*")))
     assert sum(sizes) == 60 and all(size > 0 for size in sizes), sizes
 
 
@@ -147,7 +147,8 @@ def test_other_fcalls_still_route_by_their_own_keys(
 ) -> None:
     pyhistory.load_functions(cluster_client)
     for key in ("a", "b", "{tag}x"):
-        cluster_client.execute_command("FCALL", _core.APPEND, 1, key, 0, 0, "v")
+        ids, batch = _core.batches_key(key), _core.new_batch_id()
+        cluster_client.execute_command("FCALL", _core.APPEND, 2, key, ids, 0, 0, batch, "v")
         assert cluster_client.execute_command("FCALL_RO", _core.LENGTH, 1, key) == 1
 
 
@@ -193,10 +194,14 @@ def test_read_from_replicas_needs_somewhere_to_read() -> None:
 def test_durable_write_follows_ask_during_a_slot_migration(
     cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
 ) -> None:
+    """An append names two keys (the session and its batch ids): a migrating slot serves it
+    where both are, the source before they move, the target after (ASK), as any multi-key
+    command; where only one of them is, the server answers TRYAGAIN until they are together."""
     history = RedisChatMessageHistory(
         "migrating", redis_client=cluster_client, wait_for_replicas=1, wait_timeout_ms=2000
     )
     pyhistory.load_functions(cluster_client)
+    history.add_user_message("before the move")
     slot = cluster_client.keyslot(history.key)
     source = cluster_client.get_node_from_key(history.key)
     target = next(p for p in cluster_client.get_primaries() if p.name != source.name)
@@ -210,12 +215,19 @@ def test_durable_write_follows_ask_during_a_slot_migration(
         "CLUSTER SETSLOT", slot, "MIGRATING", ids[target.name], target_nodes=source
     )
     try:
-        history.add_user_message("during the move")  # the source answers ASK: key not there
+        history.add_user_message("on the source")  # both keys still there
+        ids = _core.batches_key(history.key)
+        cluster_client.execute_command(
+            "MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", history.key, ids,
+            target_nodes=source,
+        )  # fmt: skip
+        history.add_user_message("on the target")  # the source answers ASK: keys not there
         with target.redis_connection.pipeline(transaction=False) as pipe:
             pipe.execute_command("ASKING")
             pipe.lrange(history.key, 0, -1)
             assert pipe.execute()[1] == [
-                json.dumps(message_to_dict(HumanMessage("during the move"))).encode()
+                json.dumps(message_to_dict(HumanMessage(text))).encode()
+                for text in ("on the target", "on the source", "before the move")
             ]
     finally:
         for node in (source, target):

@@ -4,6 +4,8 @@ cluster primary killed mid-load; and the durability option (WAIT in the same rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import threading
 import time
 from collections import Counter
@@ -81,6 +83,58 @@ def test_function_flush_during_load_fails_nothing(url: str, client: redis.Redis)
             client.function_flush()
         load.wait_for_progress(12)  # two turns per thread: some began after the flush
     assert load.failures == []
+
+
+def test_function_delete_every_20_ms_under_load_fails_nothing(
+    url: str, client: redis.Redis
+) -> None:
+    """The library deleted every 20 ms while 32 asyncio tasks and 4 threads append and read: each
+    call loads it again for as long as it keeps being lost (HEAL_WINDOW), not once."""
+    stop = threading.Event()
+    deletes = 0
+
+    def deleter() -> None:
+        nonlocal deletes
+        while not stop.is_set():
+            with contextlib.suppress(redis.ResponseError):  # not loaded at that moment
+                client.function_delete(pyhistory.LIBRARY)
+                deletes += 1
+            time.sleep(0.02)
+
+    async def tasks() -> tuple[int, list[BaseException]]:
+        done, failures = 0, []
+
+        async def user(n: int) -> None:
+            nonlocal done
+            i = 0
+            while not stop.is_set():
+                i += 1
+                history = RedisChatMessageHistory(f"del-a{n}", url=url, ttl=60, window=4)
+                try:
+                    await history.aadd_messages(turn(i))
+                    await history.aget_messages()
+                    await history.atouch()
+                    done += 1
+                except Exception as error:
+                    failures.append(error)
+
+        await asyncio.gather(*(user(n) for n in range(32)))
+        return done, failures
+
+    result: list[tuple[int, list[BaseException]]] = []
+    with Load(lambda n: RedisChatMessageHistory(f"del-{n}", url=url, ttl=60, window=4), 4) as load:
+        runner = threading.Thread(target=lambda: result.append(asyncio.run(tasks())))
+        chaos = threading.Thread(target=deleter)
+        runner.start()
+        chaos.start()
+        time.sleep(4)
+        stop.set()
+        runner.join(60)
+        chaos.join(10)
+    done, failures = result[0]
+    assert deletes > 50
+    assert load.failures == [] and failures == []
+    assert load.ok > 20 and done > 50
 
 
 def test_server_restart_during_load_fails_nothing(local_server: testing.LocalServer) -> None:
@@ -236,7 +290,7 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
     successes: list[tuple[float, str]] = []
     lock = threading.Lock()
     stop = threading.Event()
-    sessions = [f"failover-{i}" for i in range(24)]
+    sessions = [f"failover-{durable}-{i}" for i in range(24)]  # apart from the other run's
 
     def writer(mine: list[str]) -> None:
         i = 0
@@ -305,15 +359,21 @@ def test_primary_killed_during_load(doomed_cluster: testing.LocalCluster, durabl
 
     doomed_cluster.wait_healthy(timeout=PROGRESS_TIMEOUT)
     fresh = doomed_cluster.client()
-    lost = []
+    lost, twice = [], []
     for session, texts in acknowledged.items():
         stored = [m.content for m in RedisChatMessageHistory(session, redis_client=fresh).messages]
         lost += [t for t in texts if t not in stored]
-    print(f"failover ({'durable' if durable else 'no wait'}): {len(lost)} acknowledged lost")
+        twice += [t for t, n in Counter(stored).items() if n > 1]
+    print(
+        f"failover ({'durable' if durable else 'no wait'}): {len(lost)} acknowledged lost, "
+        f"{len(twice)} stored twice"
+    )
     if durable:
         assert not lost, f"acknowledged but lost: {lost[:5]}"
+    assert not twice, f"stored twice (exactly-once appends): {twice[:5]}"
     for _, error in errors:
         assert isinstance(error, (redis.exceptions.RedisError, pyhistory.HistoryError)), error
+        assert getattr(error, "may_have_been_applied", False), error
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -348,3 +408,49 @@ async def test_async_reads_from_a_replica_url(replicated: tuple[str, testing.Loc
         r.config_resetstat()
         assert [m.content for m in await history.aget_messages()] == ["question 2", "answer 2"]
         assert int(r.info("commandstats")["cmdstat_lrange"]["calls"]) == 1
+
+
+# --- reads that stand where the library cannot be loaded ---------------------------------------
+
+
+def lc_session(client: redis.Redis, key: str) -> None:
+    """A session langchain_community wrote (no library loaded anywhere)."""
+    from langchain_core.messages import message_to_dict
+
+    entries = [json.dumps(message_to_dict(m)) for m in turn(1)]
+    client.lpush(key, *entries)
+
+
+def test_a_replica_url_with_a_ttl_reads_where_no_node_has_the_library(
+    replicated: tuple[str, testing.LocalServer], client: redis.Redis
+) -> None:
+    _, replica = replicated
+    lc_session(client, "message_store:lc")
+    client.execute_command("WAIT", 1, 2000)
+    history = RedisChatMessageHistory("lc", url=replica.url, ttl=60)  # the replica as the url
+    assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+    assert [m.content for m in asyncio.run(history.aget_messages())] == [
+        "question 1",
+        "answer 1",
+    ]
+    with pytest.raises(pyhistory.ReadOnlyServerError):
+        history.touch()  # a write: a replica refuses it
+
+
+def test_reads_stand_after_function_flush_at_maxmemory(
+    local_server: testing.LocalServer, client: redis.Redis
+) -> None:
+    lc_session(client, "message_store:oom")
+    client.function_flush()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)  # every write refused: OOM
+    try:
+        history = RedisChatMessageHistory("oom", url=local_server.url, ttl=60)
+        assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+        got = asyncio.run(history.aget_messages())
+        assert [m.content for m in got] == ["question 1", "answer 1"]
+        with pytest.raises(pyhistory.OutOfMemoryError):
+            history.add_messages(turn(2))
+    finally:
+        client.config_set("maxmemory", 0)
+    assert client.llen("message_store:oom") == 2

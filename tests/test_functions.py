@@ -6,6 +6,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ LUA = ROOT / "lua" / "pyhistory.lua"
 RELEASED = {
     "pyhistory_v1": "854c3036afb9a4f0",
     "pyhistory_v2": "c44ca81acb7ceba5",
+    "pyhistory_v3": "9dba9a98be1b3cc6",
 }
 
 
@@ -41,6 +43,17 @@ def loaded(client: redis.Redis) -> redis.Redis:
 
 def fcall(client: redis.Redis, name: str, key: str, *args: object) -> object:
     return client.execute_command("FCALL", f"{_core.LIBRARY}_{name}", 1, key, *args)
+
+
+def append(
+    client: redis.Redis, key: str, max_messages: int, ttl: int, *entries: str, batch: bytes = b""
+) -> object:
+    """FCALL append with its batch ids' key; a new batch id unless ``batch`` names one."""
+    ids = _core.batches_key(key)
+    batch = batch or _core.new_batch_id()
+    return client.execute_command(
+        "FCALL", _core.APPEND, 2, key, ids, max_messages, ttl, batch, *entries
+    )
 
 
 def test_library_version_is_pinned_to_its_code() -> None:
@@ -88,34 +101,34 @@ def test_every_error_code_in_the_lua_maps_to_one_exception() -> None:
 
 
 def test_append_pushes_in_order_trims_and_returns_the_length(loaded: redis.Redis) -> None:
-    assert fcall(loaded, "append", "s", 0, 0, "a", "b") == 2
-    assert fcall(loaded, "append", "s", 3, 0, "c", "d") == 3
+    assert append(loaded, "s", 0, 0, "a", "b") == 2
+    assert append(loaded, "s", 3, 0, "c", "d") == 3
     assert loaded.lrange("s", 0, -1) == [b"d", b"c", b"b"]
     assert loaded.ttl("s") == -1
 
 
 def test_append_larger_than_the_bound_keeps_the_newest(loaded: redis.Redis) -> None:
-    assert fcall(loaded, "append", "s", 2, 0, *"abcde") == 2
+    assert append(loaded, "s", 2, 0, *"abcde") == 2
     assert loaded.lrange("s", 0, -1) == [b"e", b"d"]
 
 
 def test_append_sets_and_refreshes_the_ttl(loaded: redis.Redis) -> None:
-    fcall(loaded, "append", "s", 0, 100, "a")
+    append(loaded, "s", 0, 100, "a")
     assert_ttl(loaded, "s", 100)
     loaded.expire("s", 5)
-    fcall(loaded, "append", "s", 0, 100, "b")
+    append(loaded, "s", 0, 100, "b")
     assert_ttl(loaded, "s", 100)
 
 
 def test_append_without_ttl_leaves_an_existing_ttl(loaded: redis.Redis) -> None:
-    fcall(loaded, "append", "s", 0, 50, "a")
-    fcall(loaded, "append", "s", 0, 0, "b")
+    append(loaded, "s", 0, 50, "a")
+    append(loaded, "s", 0, 0, "b")
     assert 0 < loaded.ttl("s") <= 50
 
 
 def test_append_of_a_whole_batch_beyond_lua_stack_limits(loaded: redis.Redis) -> None:
     entries = [str(i) for i in range(_core.MAX_BATCH)]
-    assert fcall(loaded, "append", "s", 0, 0, *entries) == _core.MAX_BATCH
+    assert append(loaded, "s", 0, 0, *entries) == _core.MAX_BATCH
     assert loaded.lindex("s", 0) == entries[-1].encode()
     assert loaded.lindex("s", -1) == b"0"
 
@@ -124,7 +137,7 @@ def test_append_of_a_whole_batch_beyond_lua_stack_limits(loaded: redis.Redis) ->
 
 
 def test_window_returns_the_newest_and_slides_the_ttl(loaded: redis.Redis) -> None:
-    fcall(loaded, "append", "s", 0, 0, *"abcd")
+    append(loaded, "s", 0, 0, *"abcd")
     assert fcall(loaded, "window", "s", 2, 0) == [b"d", b"c"]
     assert fcall(loaded, "window", "s", 0, 0) == [b"d", b"c", b"b", b"a"]
     assert loaded.ttl("s") == -1
@@ -138,7 +151,7 @@ def test_window_of_a_missing_session_creates_nothing(loaded: redis.Redis) -> Non
 
 
 def test_window_ro_runs_under_fcall_ro_and_window_does_not(loaded: redis.Redis) -> None:
-    fcall(loaded, "append", "s", 0, 0, "a", "b")
+    append(loaded, "s", 0, 0, "a", "b")
     assert loaded.execute_command("FCALL_RO", _core.WINDOW_RO, 1, "s", 1) == [b"b"]
     assert loaded.execute_command("FCALL_RO", _core.LENGTH, 1, "s") == 2
     with pytest.raises(ResponseError, match="write flag"):
@@ -148,7 +161,7 @@ def test_window_ro_runs_under_fcall_ro_and_window_does_not(loaded: redis.Redis) 
 def test_touch_and_length(loaded: redis.Redis) -> None:
     assert fcall(loaded, "touch", "s", 30) == 0
     assert fcall(loaded, "length", "s") == 0
-    fcall(loaded, "append", "s", 0, 0, "a", "b", "c")
+    append(loaded, "s", 0, 0, "a", "b", "c")
     assert fcall(loaded, "touch", "s", 30) == 1
     assert_ttl(loaded, "s", 30)
     assert fcall(loaded, "length", "s") == 3
@@ -156,22 +169,27 @@ def test_touch_and_length(loaded: redis.Redis) -> None:
 
 # --- errors: each code, and nothing changed ---------------------------------------------------
 
+IDS = ["s", _core.batches_key("s")]
+BATCH = b"0123456789ab"
 BAD_CALLS = [
     # (function, numkeys/keys, args, code)
-    ("append", ["s"], [], "BADARGS"),
-    ("append", ["s"], [0, 0], "BADARGS"),
-    ("append", ["s", "t"], [0, 0, "x"], "BADARGS"),
-    ("append", [], [0, 0, "x"], "BADARGS"),
-    ("append", ["s"], ["ten", 0, "x"], "BADSIZE"),
-    ("append", ["s"], [-1, 0, "x"], "BADSIZE"),
-    ("append", ["s"], [1.5, 0, "x"], "BADSIZE"),
-    ("append", ["s"], [2**31, 0, "x"], "BADSIZE"),
-    ("append", ["s"], [10**30, 0, "x"], "BADSIZE"),
-    ("append", ["s"], [0, "soon", "x"], "BADTTL"),
-    ("append", ["s"], [0, -5, "x"], "BADTTL"),
-    ("append", ["s"], [0, "nan", "x"], "BADTTL"),
-    ("append", ["s"], [0, "inf", "x"], "BADTTL"),
-    ("append", ["s"], [0, 0, *["x"] * (10_001)], "TOOMANY"),
+    ("append", IDS, [], "BADARGS"),
+    ("append", IDS, [0, 0, BATCH], "BADARGS"),
+    ("append", ["s"], [0, 0, BATCH, "x"], "BADARGS"),
+    ("append", ["s", "t", "u"], [0, 0, BATCH, "x"], "BADARGS"),
+    ("append", [], [0, 0, BATCH, "x"], "BADARGS"),
+    ("append", IDS, [0, 0, "short", "x"], "BADARGS"),
+    ("append", IDS, [0, 0, BATCH + b"c", "x"], "BADARGS"),
+    ("append", IDS, ["ten", 0, BATCH, "x"], "BADSIZE"),
+    ("append", IDS, [-1, 0, BATCH, "x"], "BADSIZE"),
+    ("append", IDS, [1.5, 0, BATCH, "x"], "BADSIZE"),
+    ("append", IDS, [2**31, 0, BATCH, "x"], "BADSIZE"),
+    ("append", IDS, [10**30, 0, BATCH, "x"], "BADSIZE"),
+    ("append", IDS, [0, "soon", BATCH, "x"], "BADTTL"),
+    ("append", IDS, [0, -5, BATCH, "x"], "BADTTL"),
+    ("append", IDS, [0, "nan", BATCH, "x"], "BADTTL"),
+    ("append", IDS, [0, "inf", BATCH, "x"], "BADTTL"),
+    ("append", IDS, [0, 0, BATCH, *["x"] * (10_001)], "TOOMANY"),
     ("window", ["s"], [5], "BADARGS"),
     ("window", ["s"], [5, 0, 0], "BADARGS"),
     ("window", ["s"], ["all", 0], "BADSIZE"),
@@ -189,7 +207,7 @@ BAD_CALLS = [
 def test_bad_arguments_get_their_code_and_change_nothing(
     loaded: redis.Redis, name: str, keys: list[str], args: list[object], code: str
 ) -> None:
-    fcall(loaded, "append", "s", 0, 40, "kept")
+    append(loaded, "s", 0, 40, "kept")
     before = (loaded.lrange("s", 0, -1), loaded.ttl("s"), loaded.dbsize())
     command = "FCALL_RO" if name in ("window_ro", "length") else "FCALL"
     with pytest.raises(ResponseError) as caught:
@@ -203,10 +221,11 @@ def test_bad_arguments_get_their_code_and_change_nothing(
 @pytest.mark.parametrize("name", ["append", "window", "window_ro", "length"])
 def test_wrong_key_type_is_wrongtype_and_changes_nothing(loaded: redis.Redis, name: str) -> None:
     loaded.set("s", "a string", ex=100)
-    args = {"append": [0, 10, "x"], "window": [0, 10], "window_ro": [0], "length": []}[name]
+    keys = IDS if name == "append" else ["s"]
+    args = {"append": [0, 10, BATCH, "x"], "window": [0, 10], "window_ro": [0], "length": []}
     command = "FCALL_RO" if name in ("window_ro", "length") else "FCALL"
     with pytest.raises(ResponseError, match=r"^WRONGTYPE") as caught:
-        loaded.execute_command(command, f"{_core.LIBRARY}_{name}", 1, "s", *args)
+        loaded.execute_command(command, f"{_core.LIBRARY}_{name}", len(keys), *keys, *args[name])
     assert type(translate(caught.value)) is pyhistory.WrongTypeError
     assert loaded.get("s") == b"a string"
     assert_ttl(loaded, "s", 100)
@@ -264,7 +283,7 @@ def test_other_libraries_and_versions_are_left_alone(client: redis.Redis) -> Non
     names = sorted(lib[1] for lib in client.function_list())
     assert names == [b"pyhistory_v0", _core.LIBRARY.encode()]
     # both versions answer, on the same data
-    assert fcall(client, "append", "s", 0, 0, "a") == 1
+    assert append(client, "s", 0, 0, "a") == 1
     assert client.execute_command("FCALL", "pyhistory_v0_window", 1, "s", 0, 0) == [b"a"]
 
 
@@ -284,3 +303,19 @@ def test_wheel_ships_the_lua_file_byte_for_byte(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("pyhistory/lua/pyhistory.lua") == LUA.read_bytes()
         assert "pyhistory/py.typed" in archive.namelist()
+
+
+def test_a_library_lost_again_and_again_is_a_typed_error_within_the_window(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function the server never keeps (here one the library does not define): the call
+    loads the library again for HEAL_WINDOW seconds, then raises FunctionsNotLoadedError."""
+    from pyhistory import functions
+    from pyhistory._library import Call
+
+    monkeypatch.setattr(functions, "HEAL_WINDOW", 0.3)
+    lost = Call("FCALL", (f"{_core.LIBRARY}_lost", 1, "s"), "s", _core.HISTORY)
+    started = time.monotonic()
+    with pytest.raises(errors.FunctionsNotLoadedError, match="again after each of"):
+        run(client, lost)
+    assert 0.3 <= time.monotonic() - started < 2

@@ -104,7 +104,8 @@ def test_clear_deletes_only_this_session(url: str, client: redis.Redis) -> None:
 def test_key_prefix(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=url, key_prefix="tenant-7:chat:")
     history.add_user_message("x")
-    assert client.keys() == [b"tenant-7:chat:s"]
+    # the session, and its batch ids (docs/exactly-once.md)
+    assert sorted(client.keys()) == [b"pyhistory:batches:{tenant-7:chat:s}", b"tenant-7:chat:s"]
 
 
 def test_messages_cannot_be_assigned(url: str) -> None:
@@ -422,3 +423,45 @@ async def test_reads_and_touch_work_when_the_server_is_out_of_memory(
     finally:
         client.config_set("maxmemory", "0")
     assert await history.alength() == 2
+
+
+def test_integers_beyond_64_bits_are_read_exactly(url: str) -> None:
+    """As langchain_community reads them (json): orjson alone would give floats."""
+    big = {"a": 2**70, "b": -(2**63) - 1, "c": [1, 2**64, {"d": 10**30}], "e": 2**64 - 1}
+    history = RedisChatMessageHistory("big", url=url)
+    history.add_messages([AIMessage("n", additional_kwargs=big, response_metadata={"id": 2**65})])
+    (message,) = history.messages
+    assert message.additional_kwargs == big
+    assert message.response_metadata == {"id": 2**65}
+    assert type(message.additional_kwargs["a"]) is int
+    assert type(message.additional_kwargs["c"][2]["d"]) is int  # type: ignore[index]
+    text = "call me at 12345678901234567890, please"  # digits in a string: read the same
+    history.add_messages([HumanMessage(text)])
+    assert history.messages[-1].content == text
+
+
+def test_a_message_nested_too_deep_is_a_serialization_error(url: str) -> None:
+    nested: dict[str, object] = {}
+    inner = nested
+    for _ in range(10_000):
+        inner["a"] = inner = {}
+    history = RedisChatMessageHistory("deep", url=url)
+    with pytest.raises(pyhistory.SerializationError, match="recursion"):
+        history.add_messages([HumanMessage("x", additional_kwargs=nested)])
+    assert len(history) == 0
+
+
+def test_an_asyncio_client_of_a_closed_loop_is_a_typed_error_that_says_what_to_do(
+    server: Any, url: str
+) -> None:
+    client = redis.asyncio.Redis.from_url(url)
+    history = RedisChatMessageHistory("loop", async_redis_client=client, ttl=60)
+    asyncio.run(history.aadd_messages([HumanMessage("first loop")]))  # that loop is now closed
+
+    async def again() -> None:
+        await history.aadd_messages([HumanMessage("x")])
+
+    with pytest.raises(pyhistory.WrongEventLoopError, match="inside the loop that uses it") as e:
+        asyncio.run(again())
+    assert isinstance(e.value, RuntimeError)
+    assert e.value.may_have_been_applied  # its request may have left before the reply was lost

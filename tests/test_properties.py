@@ -3,8 +3,8 @@
 1. A stateful machine drives random sequences of operations on RedisChatMessageHistory (random
    max_messages, window, ttl, refresh_ttl_on_read per instance) next to a pure-Python model of
    the semantics, and compares, after every step, the stored bytes, the TTL and what was read.
-2. For any ARGV, ``FCALL pyhistory_v2_append`` either has exactly its documented effect or fails
-   with its documented code word and leaves the key (value and expiry) unchanged.
+2. For any ARGV, ``FCALL pyhistory_v3_append`` either has exactly its documented effect or fails
+   with its documented code word and leaves both keys (value and expiry) unchanged.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from langchain_core.messages import (
 )
 
 from pyhistory import HistoryError, RedisChatMessageHistory, load_functions
-from pyhistory._core import APPEND, MAX_BATCH, MAX_INT
+from pyhistory._core import APPEND, BATCH_ID_LEN, MAX_BATCH, MAX_INT, batches_key
 
 # Hypothesis keeps caches under its "home" (./.hypothesis by default): keep the repo clean.
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
@@ -301,14 +301,17 @@ NUMBERS = st.one_of(
     st.text(max_size=5),
 )
 ENTRIES = st.lists(st.binary(max_size=6) | st.text(max_size=6), max_size=12)
+BATCH_IDS = st.binary(min_size=BATCH_ID_LEN, max_size=BATCH_ID_LEN) | st.binary(max_size=10)
 ARGV = st.one_of(
-    st.tuples(NUMBERS, NUMBERS, ENTRIES).map(lambda t: [t[0], t[1], *t[2]]),
-    st.lists(NUMBERS | st.binary(max_size=4), max_size=4),
+    st.tuples(NUMBERS, NUMBERS, BATCH_IDS, ENTRIES).map(lambda t: [t[0], t[1], t[2], *t[3]]),
+    st.lists(NUMBERS | st.binary(max_size=4), max_size=5),
 )
 INITIAL = st.sampled_from(["absent", "list", "list with ttl", "string"])
 
 KEY = "raw:session"
-OTHER = "raw:other"  # the second key when the call passes two
+IDS = batches_key(KEY)  # the second key: the session's batch ids
+OTHER = "raw:other"  # a third key when the call passes three
+ID = b"\x00\r\n{}batch\xff\n"  # a batch id of the right length, of awkward bytes
 
 
 def as_bytes(value: str | bytes) -> bytes:
@@ -322,7 +325,7 @@ def snapshot(client: redis.Redis, key: str) -> tuple[Any, int]:
 
 def outcomes(numkeys: int, argv: list[Any], initial: str) -> tuple[list[str], bool]:
     """The error codes the call may answer with, and whether it must fail."""
-    if numkeys != 1 or len(argv) < 3:
+    if numkeys != 2 or len(argv) < 4:
         return ["BADARGS"], True
     allowed: list[str] = []
     for code, arg in (("BADSIZE", argv[0]), ("BADTTL", argv[1])):
@@ -338,7 +341,9 @@ def outcomes(numkeys: int, argv: list[Any], initial: str) -> tuple[list[str], bo
             return allowed, True
         if kind == "lenient":
             allowed.append(code)
-    if len(argv) - 2 > MAX_BATCH:
+    if len(as_bytes(argv[2])) != BATCH_ID_LEN:
+        return [*allowed, "BADARGS"], True
+    if len(argv) - 3 > MAX_BATCH:
         return [*allowed, "TOOMANY"], True
     if initial == "string":
         return [*allowed, "WRONGTYPE"], True
@@ -346,18 +351,19 @@ def outcomes(numkeys: int, argv: list[Any], initial: str) -> tuple[list[str], bo
 
 
 @settings(max_examples=150, **COMMON)
-@given(numkeys=st.sampled_from([1, 1, 1, 0, 2]), argv=ARGV, initial=INITIAL)
-@example(numkeys=1, argv=["5\x00junk", "0", "a"], initial="list")  # a count is not a number
-@example(numkeys=1, argv=["0", "60\x00", "a"], initial="absent")  # nor is this TTL
-@example(numkeys=1, argv=["3", "60", *["e"] * (MAX_BATCH + 1)], initial="list")
-@example(numkeys=1, argv=["3", "60", *["e"] * MAX_BATCH], initial="list with ttl")
-@example(numkeys=1, argv=[str(MAX_INT), str(MAX_INT), "e"], initial="absent")
-@example(numkeys=1, argv=["0", "0", "e"], initial="string")
+@given(numkeys=st.sampled_from([2, 2, 2, 0, 1, 3]), argv=ARGV, initial=INITIAL)
+@example(numkeys=2, argv=["5\x00junk", "0", ID, "a"], initial="list")  # a count is not a number
+@example(numkeys=2, argv=["0", "60\x00", ID, "a"], initial="absent")  # nor is this TTL
+@example(numkeys=2, argv=["3", "60", ID, *["e"] * (MAX_BATCH + 1)], initial="list")
+@example(numkeys=2, argv=["3", "60", ID, *["e"] * MAX_BATCH], initial="list with ttl")
+@example(numkeys=2, argv=[str(MAX_INT), str(MAX_INT), ID, "e"], initial="absent")
+@example(numkeys=2, argv=["0", "0", ID, "e"], initial="string")
+@example(numkeys=2, argv=["0", "0", ID[:-1], "e"], initial="list")  # a short batch id
 def test_raw_append_has_its_effect_or_fails_cleanly(
     client: redis.Redis, numkeys: int, argv: list[Any], initial: str
 ) -> None:
     load_functions(client)
-    client.delete(KEY, OTHER)
+    client.delete(KEY, IDS, OTHER)
     if initial == "string":
         client.set(KEY, "not a list")
     elif initial != "absent":
@@ -367,7 +373,7 @@ def test_raw_append_has_its_effect_or_fails_cleanly(
     client.rpush(OTHER, b"other")
     before = client.lrange(KEY, 0, -1) if initial != "string" else None
     key_before, other_before = snapshot(client, KEY), snapshot(client, OTHER)
-    keys = [KEY, OTHER][:numkeys]
+    keys = [KEY, IDS, OTHER][:numkeys]
 
     allowed, must_fail = outcomes(numkeys, argv, initial)
     try:
@@ -377,6 +383,7 @@ def test_raw_append_has_its_effect_or_fails_cleanly(
         assert code in allowed, f"unexpected error {error!r}; allowed: {allowed}"
         assert snapshot(client, KEY) == key_before, "a failed append changed the key"
         assert snapshot(client, OTHER) == other_before
+        assert client.exists(IDS) == 0, "a failed append remembered its batch id"
         return
 
     assert not must_fail, f"accepted, but must fail with one of {allowed}: reply {reply!r}"
@@ -384,7 +391,7 @@ def test_raw_append_has_its_effect_or_fails_cleanly(
     max_messages = classify(as_bytes(argv[0]).decode())[1]
     ttl = classify(as_bytes(argv[1]).decode())[1]
     assert max_messages is not None and ttl is not None
-    expected = [as_bytes(entry) for entry in reversed(argv[2:])] + before
+    expected = [as_bytes(entry) for entry in reversed(argv[3:])] + before
     if max_messages:
         expected = expected[:max_messages]
     assert reply == len(expected)
@@ -396,3 +403,7 @@ def test_raw_append_has_its_effect_or_fails_cleanly(
     else:
         assert snapshot(client, KEY)[1] == key_before[1], "ttl 0 must leave the expiry alone"
     assert snapshot(client, OTHER) == other_before
+    assert client.get(IDS) == as_bytes(argv[2])
+    # sent again: nothing more is applied
+    assert client.execute_command("FCALL", APPEND, numkeys, *keys, *argv) == len(expected)
+    assert client.lrange(KEY, 0, -1) == expected

@@ -7,10 +7,12 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 from langchain_core.messages import AIMessage, HumanMessage
 
 import pyhistory
@@ -21,26 +23,40 @@ LUA = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
 
 def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
-    assert called == {"lpush", "ltrim", "expire", "lrange", "llen", "type"}
+    history_keys = {"lpush", "ltrim", "expire", "lrange", "llen", "type"}
+    assert called == history_keys | {"getex", "append", "set"}  # and the batch ids' key
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
-    assert allowed == called | {"fcall", "del", "wait", "lrange", "llen"}
-    assert "~message_store:*" in pyhistory.acl_rule().split()
+    cluster_client = {"cluster|slots", "command", "readonly", "asking"}
+    assert allowed == called | {"fcall", "del", "wait", "lrange", "llen"} | cluster_client
+    keys = [w for w in pyhistory.acl_rule().split() if w.startswith("~")]
+    assert keys == [
+        "~message_store:*",  # the sessions
+        "~pyhistory:batches:message_store:*",  # their batch ids (key with a hash tag)
+        "~pyhistory:batches:{message_store:*",  # (key wrapped as a hash tag)
+        "~pyhistory:batches:{*}message_store:*",  # (a tag for the key's slot)
+    ]
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
+    assert "~pyhistory:batches:{tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
 
 
 def test_one_acl_derivation_serves_both_libraries() -> None:
     """Both public acl_rule()s are Library.acl_rule on their own library: one place escapes the
     prefix and lists the commands, so the two rules cannot drift apart."""
     from pyhistory import checkpoint
-    from pyhistory._library import Library
+    from pyhistory._library import Library, acl_glob
     from pyhistory.checkpoint import _calls
 
     library = Library("demo_v1", "redis.call('LPUSH', k) redis.call('get', k) redis.call('LPUSH')")
-    assert library.acl_rule("a*?[]\\b:", ("fcall", "get")) == (
-        "resetkeys ~a\\*\\?\\[\\]\\\\b:* resetchannels -@all +fcall +get +lpush"
+    assert library.acl_rule("a*?[]\\b:", ("fcall", "get"), ("other:*",)) == (
+        "resetkeys ~a\\*\\?\\[\\]\\\\b:* ~other:* resetchannels -@all +fcall +get +lpush "
+        "+cluster|slots +command +readonly +asking"
     )
     for prefix in ("message_store:", "tenant*7:", "x[1]\\"):
-        assert pyhistory.acl_rule(prefix) == _core.HISTORY.acl_rule(prefix, _core.CLIENT_COMMANDS)
+        glob, batches = acl_glob(prefix), acl_glob(_core.BATCHES_PREFIX)
+        other = (f"{batches}{glob}*", f"{batches}{{{glob}*", f"{batches}{{*}}{glob}*")
+        assert pyhistory.acl_rule(prefix) == _core.HISTORY.acl_rule(
+            prefix, _core.CLIENT_COMMANDS, other
+        )
         assert checkpoint.acl_rule(prefix) == _calls.LIBRARY.acl_rule(
             prefix, _calls.CLIENT_COMMANDS
         )
@@ -98,7 +114,9 @@ def test_runtime_user_gets_noperm_elsewhere(app_url: str, client: redis.Redis) -
             ("KEYS", "*"),
             ("SCAN", 0),
             ("FUNCTION", "FLUSH"),
-            ("GET", "message_store:x"),
+            ("HGETALL", "message_store:x"),
+            ("GETEX", "other:x"),  # GETEX, APPEND, SET: only on the sessions and their ids
+            ("SET", "other:x", "1"),
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 app.execute_command(*command)
@@ -183,8 +201,33 @@ def test_plain_tcp_to_the_tls_port_fails(tls_server: testing.LocalServer) -> Non
 
 
 def test_the_docs_show_the_exact_rule() -> None:
-    page = (LUA.parent.parent / "docs" / "operations" / "security.md").read_text()
-    assert f"ACL SETUSER app on >secret {pyhistory.acl_rule()}\n" in page
+    for page in ("operations/security.md", "exactly-once.md"):
+        text = (LUA.parent.parent / "docs" / page).read_text()
+        assert f"ACL SETUSER app on >secret {pyhistory.acl_rule()}\n" in text, page
+
+
+@pytest.mark.parametrize("session", ["plain", "{tagged}", "a}b", "{}x}", "é}ü{"])
+def test_runtime_user_appends_to_any_session_id(
+    app_url: str, client: redis.Redis, session: str
+) -> None:
+    """The batch ids' key of every form of session key is within the rule's key patterns."""
+    pyhistory.load_functions(client)
+    history = RedisChatMessageHistory(session, url=app_url, ttl=60)
+    history.add_messages([HumanMessage("q"), AIMessage("a")])
+    assert [m.content for m in history.messages] == ["q", "a"]
+    assert client.exists(_core.batches_key(history.key)) == 1
+    history.clear()
+    assert client.dbsize() == 0
+
+
+def test_runtime_user_cannot_touch_another_prefixs_batch_ids(
+    app_url: str, client: redis.Redis
+) -> None:
+    pyhistory.load_functions(client)
+    with redis.Redis.from_url(app_url) as app:
+        for key in ("other:s", "{other:s}", "{1}other:a}b"):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                app.delete(f"{_core.BATCHES_PREFIX}{key}")
 
 
 def test_a_refused_wait_is_a_typed_error(url: str, client: redis.Redis) -> None:
@@ -196,3 +239,43 @@ def test_a_refused_wait_is_a_typed_error(url: str, client: redis.Redis) -> None:
     history = RedisChatMessageHistory("s", url=no_wait, wait_for_replicas=1, wait_timeout_ms=10)
     with pytest.raises(pyhistory.PermissionDeniedError):
         history.add_messages([HumanMessage("x")])
+
+
+# --- least privilege on a Redis Cluster -------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_runtime_user_on_a_cluster(cluster: testing.LocalCluster, cluster_client: Any) -> None:
+    """The cluster client of a user with exactly acl_rule(): it learns the slots and the command
+    table, appends, reads (from replicas too), waits for replicas, and clears."""
+    pyhistory.load_functions(cluster_client)
+    every_node = redis.cluster.RedisCluster.ALL_NODES
+    rule = pyhistory.acl_rule().split()
+    cluster_client.execute_command(
+        "ACL", "SETUSER", "app", "reset", "on", ">app-secret", *rule, target_nodes=every_node
+    )
+    host, port = cluster.startup_nodes[0]
+    url = f"redis://app:app-secret@{host}:{port}/0"
+    try:
+        for options in ({}, {"read_from_replicas": True}, {"wait_for_replicas": 1}):
+            for session in ("plain", "{tagged}", "a}b"):
+                history = RedisChatMessageHistory(
+                    session, url=url, cluster=True, ttl=60, max_messages=3, **options
+                )
+                history.add_messages([HumanMessage("q1"), AIMessage("a1"), HumanMessage("q2")])
+                if not options:
+                    assert [m.content for m in history.messages] == ["q1", "a1", "q2"]
+                    assert len(history) == 3
+                    assert history.touch() is True
+                history.clear()
+                assert cluster_client.exists(history.key, _core.batches_key(history.key)) == 0
+
+        async def main() -> None:
+            history = RedisChatMessageHistory("async", url=url, cluster=True, ttl=60)
+            await history.aadd_messages([HumanMessage("q"), AIMessage("a")])
+            assert [m.content for m in await history.aget_messages()] == ["q", "a"]
+            await history.aclear()
+
+        asyncio.run(main())
+    finally:
+        cluster_client.execute_command("ACL", "DELUSER", "app", target_nodes=every_node)

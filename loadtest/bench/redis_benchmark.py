@@ -13,6 +13,8 @@ from langchain_core.messages import (
     AIMessage,
 )
 
+from pyhistory._core import BATCH_ID_LEN, batches_key
+
 from .common import (
     REDIS_BENCHMARK,
     Settings,
@@ -60,12 +62,21 @@ def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[
         entries.extend(encode(m) for m in make_pair(rng))
     del pair
     bounded = "bench:rb:bounded"
+
+    def append_call(key: str, max_messages: str, ttl: str, entry: str) -> tuple[str, ...]:
+        # -r: redis-benchmark writes a new random 12-digit number for each __rand_int__, a new
+        # batch id for each call (exactly-once appends: a repeated id is not applied)
+        assert BATCH_ID_LEN == 12  # the digits redis-benchmark writes for __rand_int__
+        ids = batches_key(key)
+        return ("-r", "1000000000000", "FCALL", f"{lib}_append", "2", key, ids, max_messages, ttl,
+                "__rand_int__", entry)  # fmt: skip
+
     window_key = "bench:rb:window"
     long_key_ = "bench:rb:long"
     pairs = [
         Pair(
             "append vs LPUSH",
-            ("FCALL", f"{lib}_append", "1", "bench:rb:append", "0", "0", payload),
+            append_call("bench:rb:append", "0", "0", payload),
             ("LPUSH", "bench:rb:append", payload),
             "bench:rb:append",
             0,
@@ -74,7 +85,7 @@ def server_side(target: Target, settings: Settings, admin: redis.Redis) -> dict[
         ),
         Pair(
             "append max 1000 ttl 3600 vs LPUSH",
-            ("FCALL", f"{lib}_append", "1", bounded, "1000", "3600", payload),
+            append_call(bounded, "1000", "3600", payload),
             ("LPUSH", bounded, payload),
             bounded,
             1000,

@@ -18,6 +18,7 @@ so other load on the machine moves it far less than it moves throughput.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +28,22 @@ from typing import Any
 import hiredis
 import redis
 
+from pyhistory._core import BATCH_ID_LEN, REMEMBERED, batches_key
+
 from .common import TTL, WINDOW, Settings, log, median
 from .messages import encode, make_pair
 
 MAX_MESSAGES = 40  # sessions start here, so every append of 2 trims 2
 KEYS_PER_CONNECTION = 32
 TEMPLATE = "bench:cost:template"
+# Each connection's flights are made anew this many times, so an append's batch id comes back to
+# its key only after more appends than the library remembers ids (REMEMBERED): never a replay.
+ROUNDS = REMEMBERED + 1
+
+
+def batch_id() -> str:
+    """A batch id of the library's length: hex digits of random bits."""
+    return os.urandom(BATCH_ID_LEN // 2).hex()
 
 
 Command = tuple[str, ...]
@@ -72,7 +83,10 @@ def forms(lib: str, entries: Sequence[str], small: Sequence[str]) -> list[Form]:
         return [("LRANGE", k, "0", last)]
 
     def append_fcall(items: Sequence[str]) -> Step:
-        return lambda k: [fcall("append", k, bound, ttl, *items)]
+        # a new batch id in every flight (exactly-once appends: a repeated id is not applied)
+        return lambda k: [
+            ("FCALL", f"{lib}_append", "2", k, batches_key(k), bound, ttl, batch_id(), *items)
+        ]
 
     def append_multi(items: Sequence[str]) -> Step:
         return lambda k: [
@@ -172,15 +186,17 @@ class Flight:
 
 
 def _flights(form: Form, keys: Sequence[str], depth: int) -> list[list[Flight]]:
-    """For one connection: per batch of `depth` keys, one flight per step of the form."""
+    """For one connection: per batch of `depth` keys, one flight per step of the form; the whole
+    made ROUNDS times (each append step makes a new batch id)."""
     batches = []
-    for start in range(0, len(keys), depth):
-        batch = keys[start : start + depth]
-        flights = []
-        for step in form.steps:
-            commands = [c for key in batch for c in step(key)]
-            flights.append(Flight(_resp(commands), len(commands)))
-        batches.append(flights)
+    for _ in range(ROUNDS):
+        for start in range(0, len(keys), depth):
+            batch = keys[start : start + depth]
+            flights = []
+            for step in form.steps:
+                commands = [c for key in batch for c in step(key)]
+                flights.append(Flight(_resp(commands), len(commands)))
+            batches.append(flights)
     return batches
 
 

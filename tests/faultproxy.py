@@ -1,0 +1,176 @@
+"""A TCP proxy on loopback that loses replies: it passes every request to the server, lets the
+server apply it, and for the appends it picks, cuts the client's connection when the reply comes
+back instead of passing the reply on. The client sees what a network blip, a failover or a read
+timeout shows it: a write whose outcome it cannot know.
+
+    with FaultProxy(target_port=6379, cut=lambda batch_id, attempt: attempt == 1) as proxy:
+        client = redis.Redis(port=proxy.port)
+        ...
+        proxy.cuts  # replies of applied appends that never reached the client
+
+``cut(batch_id, attempt)`` decides for each append request (FCALL of the history's append, found
+by its function name) from its batch id and how many times the proxy has seen that batch id
+(1 for the first attempt, 2 for its first retry, ...). The proxy runs its own event loop in a
+background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from types import TracebackType
+
+import hiredis
+
+from pyhistory import _core
+
+Decide = Callable[[bytes, int], bool]
+
+_APPEND = _core.APPEND.encode()
+
+
+def batch_ids(request: bytes) -> list[bytes]:
+    """The batch id of every append in a chunk of RESP requests (FCALL append 2 key ids max ttl
+    id ...): the sixth bulk string after the function's name (ids are binary: read by length)."""
+    found = []
+    at = request.find(_APPEND)
+    while at >= 0:
+        end = at + len(_APPEND) + 2  # past the name's CRLF
+        try:
+            for _ in range(6):  # numkeys, key, ids, max_messages, ttl, batch id
+                header_end = request.index(b"\r\n", end)
+                size = int(request[end + 1 : header_end])  # "$<size>"
+                value = request[header_end + 2 : header_end + 2 + size]
+                end = header_end + 2 + size + 2
+            if len(value) == size:
+                found.append(value)
+        except ValueError:  # the request continues in the next chunk: not counted
+            pass
+        at = request.find(_APPEND, at + 1)
+    return found
+
+
+class FaultProxy:
+    """Loopback TCP proxy to ``target_port`` that cuts connections after chosen appends."""
+
+    def __init__(self, target_port: int, cut: Decide, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.decide = cut
+        self.port = 0
+        self.cuts = 0  # appends whose reply was withheld (the server applied the doomed one)
+        self.seen: Counter[bytes] = Counter()  # batch id -> attempts that reached the proxy
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        doomed = asyncio.Event()  # the next reply on this connection is not passed on
+
+        # Requests passed on (whether each is an append), and replies passed back: an append
+        # whose reply is lost when the connection is cut is counted as cut (a flight may carry
+        # several appends: an asyncio client writes commands issued together in one flight).
+        requests, replies = hiredis.Reader(), hiredis.Reader()
+        appends: list[bool] = []
+        answered = 0
+
+        async def upstream() -> None:
+            while data := await reader.read(1 << 16):
+                requests.feed(data)
+                while (request := requests.gets()) is not False:
+                    appends.append(len(request) > 1 and request[1] == _APPEND)
+                for batch in batch_ids(data):
+                    with self._lock:
+                        self.seen[batch] += 1
+                        attempt = self.seen[batch]
+                    if self.decide(batch, attempt):
+                        doomed.set()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            nonlocal answered
+            while data := await up_reader.read(1 << 16):
+                if doomed.is_set():  # the server applied it and answered: lose the answer
+                    with self._lock:
+                        self.cuts += sum(appends[answered:])
+                    return
+                replies.feed(data)
+                while replies.gets() is not False:
+                    answered += 1
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                with contextlib.suppress(Exception):
+                    w.transport.abort()
+
+    def start(self) -> FaultProxy:
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+            self._server = loop.run_until_complete(asyncio.start_server(self._handle, sock=sock))
+            ready.set()
+            loop.run_forever()
+            for w in list(self._writers):
+                w.transport.abort()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name="fault-proxy", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        loop, server = self._loop, self._server
+        if loop is None or server is None:
+            return
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
