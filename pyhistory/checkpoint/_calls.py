@@ -11,7 +11,9 @@ import json
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, cast
+from uuid import UUID
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -46,14 +48,28 @@ COPY = LIBRARY.function("copy")
 EXPORT = LIBRARY.function("export")
 IMPORT = LIBRARY.function("import")
 DELTA = LIBRARY.function("delta")
+CLAIM = LIBRARY.function("claim")
+DELETE_RUN = LIBRARY.function("delete_run")
+MAX_TRIM = LIBRARY.constant("MAX_TRIM")
 
 # Checkpoints one list call returns at most: each carries its channel values, so a page of a long
 # thread's history stays a few MB at worst.
 LIST_PAGE = 32
 
-# Commands the saver sends itself besides FCALL: DEL for delete_thread and prune("delete"), WAIT
-# for wait_for_replicas.
-CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait")
+# Commands the saver sends itself besides FCALL: HSET for the values a put writes beside its
+# call (in MULTI/EXEC), SADD, EXPIRE and SMEMBERS for the index of runs, DEL for delete_thread,
+# prune("delete") and delete_for_runs, WAIT for wait_for_replicas.
+CLIENT_COMMANDS: tuple[str, ...] = (
+    "fcall",
+    "hset",
+    "multi",
+    "exec",
+    "sadd",
+    "expire",
+    "smembers",
+    "del",
+    "wait",
+)
 
 
 def acl_rule(key_prefix: str = "checkpoint:") -> str:
@@ -83,6 +99,17 @@ def check_keep_last(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
         raise InvalidSizeError(f"keep_last must be None or an int in [1, {MAX_INT}], got {value!r}")
     return value
+
+
+def check_max_age(value: object) -> float | None:
+    """None, or a positive number of seconds (int, float or timedelta)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"max_age must be None or a positive number, got {value!r}")
+    return float(value)
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -126,6 +153,29 @@ def keys(key_prefix: str, thread_id: str) -> tuple[str, str]:
     """The thread's data hash and index sorted set."""
     base = key_prefix + hash_tag(thread_id)
     return base + ":data", base + ":index"
+
+
+def run_key(key_prefix: str, run_id: str) -> str:
+    """The SET of the threads a run wrote checkpoints to (for delete_for_runs): its own hash tag,
+    "{r:" + the escaped run id + "}", so it never shares a slot by accident with a thread."""
+    escaped = run_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return key_prefix + "{r:" + escaped + "}:threads"
+
+
+def age_cut(max_age: float | None, now_ns: int) -> str:
+    """The smallest uuid6 checkpoint id made ``max_age`` seconds before ``now_ns``: LangGraph's
+    ids are uuid6, whose text sorts by the time they were made, so every checkpoint older than
+    that sorts below it. "" without a max_age."""
+    if max_age is None:
+        return ""
+    ticks = (now_ns - int(max_age * 1e9)) // 100 + 0x01B21DD213814000
+    value = ((ticks >> 12) & 0xFFFFFFFFFFFF) << 80 | (ticks & 0x0FFF) << 64
+    return str(UUID(int=value, version=6))
+
+
+def blob_name(ns: str, channel: str, version: str) -> str:
+    """The data hash's field of a channel's value at a version (see the library's layout)."""
+    return f"b\0{ns}\0{channel}\0{version}"
 
 
 def version_of(version: object) -> str:
@@ -246,13 +296,15 @@ def put(
     serde: SerializerProtocol,
     thread_keys: tuple[str, str],
     ttl: int,
-    keep_last: int,
+    retention: tuple[int, str],
+    epoch: str,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
-) -> tuple[Call, RunnableConfig]:
-    """The put call, and the config it returns."""
+) -> tuple[Call, RunnableConfig, str]:
+    """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
+    returns, and the run id it indexes ("" for none). ``retention``: (keep_last, age cut)."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -260,45 +312,54 @@ def put(
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
     meta = get_serializable_checkpoint_metadata(config, metadata)
+    run = meta.get("run_id")
+    run_id = run_id_of(run) if run else ""
     versions: list[str] = []
     for channel, version in checkpoint["channel_versions"].items():
         versions += (_name("a channel", channel, may_be_empty=False), version_of(version))
-    blobs: list[Any] = []
+    blobs: list[str] = []
+    fields: list[Any] = []
     for channel, version in new_versions.items():
         if channel in values:
-            blobs += (
-                _name("a channel", channel, may_be_empty=False),
-                version_of(version),
-                typed(serde, values[channel]),
-            )
+            name = _name("a channel", channel, may_be_empty=False)
+            text = version_of(version)
+            blobs += (name, text)
+            fields += (blob_name(ns, name, text), typed(serde, values[channel]))
     # DeltaChannels this checkpoint stores no value of: rebuilt from its ancestors' writes.
     counters = meta.get("counters_since_delta_snapshot") or {}
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
+    keep_last, cut = retention
     args = (
         ttl,
         keep_last,
+        cut,
+        epoch,
         ns,
         checkpoint_id,
         parent,
+        run_id,
         typed(serde, stored),
         typed(serde, meta),
         len(versions) // 2,
         *versions,
-        len(blobs) // 3,
+        len(blobs) // 2,
         *blobs,
         len(filters) // 2,
         *filters,
         len(deltas),
         *deltas,
     )
-    return _fcall(PUT, thread_keys, *args), config_for(thread_id, ns, checkpoint_id)
+    before = (("HSET", thread_keys[0], *fields),) if fields else ()
+    call = Call("FCALL", (PUT, 2, *thread_keys, *args), thread_keys[0], LIBRARY, before)
+    return call, config_for(thread_id, ns, checkpoint_id), run_id
 
 
 def put_writes(
     serde: SerializerProtocol,
     thread_keys: tuple[str, str],
     ttl: int,
+    epoch: str,
     config: RunnableConfig,
     writes: Sequence[tuple[str, Any]],
     task_id: str,
@@ -317,7 +378,7 @@ def put_writes(
         return None
     task = _name("task_id", task_id)
     path = _name("task_path", task_path)
-    return _fcall(PUT_WRITES, thread_keys, ttl, ns, checkpoint_id, task, path, *flat)
+    return _fcall(PUT_WRITES, thread_keys, ttl, epoch, ns, checkpoint_id, task, path, *flat)
 
 
 def get(thread_keys: tuple[str, str], config: RunnableConfig, refresh_ttl: int) -> Call:
@@ -365,12 +426,52 @@ def import_(thread_keys: tuple[str, str], ttl: int, exported: Sequence[Any]) -> 
     return _fcall(IMPORT, thread_keys, ttl, len(fields) // 2, *fields, *members)
 
 
+def register_run(key_prefix: str, run_id: str, thread_id: str, ttl: int) -> tuple[Any, ...]:
+    """The plain commands that add a thread to a run's SET of threads (with the saver's TTL):
+    queued into the put's own transaction, or, on a cluster (another slot), sent alone."""
+    key = run_key(key_prefix, run_id)
+    commands: tuple[tuple[Any, ...], ...] = (("SADD", key, thread_id),)
+    if ttl:
+        commands += (("EXPIRE", key, ttl),)
+    return commands
+
+
+def alone(commands: tuple[tuple[Any, ...], ...]) -> Call:
+    """Plain commands on one key as one call: a MULTI/EXEC when there are several."""
+    *before, last = commands
+    return Call(last[0], tuple(last[1:]), last[1], None, tuple(before))
+
+
+def run_of_key(key_prefix: str, key: str) -> str:
+    escaped = key[len(key_prefix) + 3 : -len("}:threads")]
+    return escaped.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+
+
+def claim(thread_keys: tuple[str, str], ttl: int) -> Call:
+    return _fcall(CLAIM, thread_keys, ttl)
+
+
+def delete_run(thread_keys: tuple[str, str], run_id: str) -> Call:
+    return _fcall(DELETE_RUN, thread_keys, _name("run_id", run_id, may_be_empty=False))
+
+
 def delta(thread_keys: tuple[str, str], config: RunnableConfig, channels: Sequence[str]) -> Call:
     names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
     return _fcall(DELTA, thread_keys, namespace_of(config), checkpoint_of(config), *names)
 
 
 # --- replies ----------------------------------------------------------------------------------
+
+
+def run_id_of(value: object) -> str:
+    """A run id as stored: LangGraph's are UUIDs (or their str)."""
+    if value is None or isinstance(value, bool):
+        raise InvalidCheckpointIdError(f"a run id must be a str, got {value!r}")
+    return _name("run_id", value if isinstance(value, str) else str(value), may_be_empty=False)
+
+
+def text(value: bytes | str) -> str:
+    return _text(value)
 
 
 def _text(value: bytes | str) -> str:
