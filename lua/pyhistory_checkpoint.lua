@@ -578,8 +578,13 @@ local function put(keys, args)
   end
 
   local name = checkpoint_name(ns, id)
+  local fresh = {}
+  for i = 1, #blobs, 2 do
+    fresh[blob_field(ns, blobs[i], blobs[i + 1])] = true
+  end
+  count_references(keys[1], ns, versions, 1, fresh)
   local old = record(keys[1], ns, id)
-  if old then -- stored again (a retried put, a copy): its old entries go first
+  if old then -- stored again (a retried put, a copy): its old entries go (after the new counts)
     local gone = {}
     if old[6] == 1 then
       count_references(keys[1], ns, old[2], -1, nil)
@@ -594,11 +599,6 @@ local function put(keys, args)
       redis.call('ZREM', keys[2], unpack(gone))
     end
   end
-  local fresh = {}
-  for i = 1, #blobs, 2 do
-    fresh[blob_field(ns, blobs[i], blobs[i + 1])] = true
-  end
-  count_references(keys[1], ns, versions, 1, fresh)
   redis.call('HSET', keys[1],
     name, cmsgpack.pack({parent, versions, filters, holders, floor, 1, run}),
     document_field('k', ns, id), args[9],

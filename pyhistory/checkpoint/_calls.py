@@ -170,7 +170,8 @@ def age_cut(max_age: float | None, now_ns: int) -> str:
         return ""
     ticks = (now_ns - int(max_age * 1e9)) // 100 + 0x01B21DD213814000
     value = ((ticks >> 12) & 0xFFFFFFFFFFFF) << 80 | (ticks & 0x0FFF) << 64
-    return str(UUID(int=value, version=6))
+    value |= 6 << 76 | 0x8000 << 48  # version 6, RFC 4122 variant; clock_seq and node 0
+    return str(UUID(int=value))
 
 
 def blob_name(ns: str, channel: str, version: str) -> str:
