@@ -109,14 +109,17 @@ end
 
 -- Byte-wise "a sorts before b" (Lua's own < follows the server's collation locale).
 local function precedes(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then
-      return x < y
+  if a == b then
+    return false
+  end
+  -- Both strings' bytes in two calls (a call per byte costs more than the rest of the walk).
+  local x, y = {string.byte(a, 1, -1)}, {string.byte(b, 1, -1)}
+  for i = 1, math.min(#x, #y) do
+    if x[i] ~= y[i] then
+      return x[i] < y[i]
     end
   end
-  return #a < #b
+  return #x < #y
 end
 
 -- The index holds a sorted set (or nothing), checked before the first write. The data hash needs
@@ -185,7 +188,7 @@ end
 -- Index members beside the checkpoints' and the writes': a checkpoint whose DeltaChannels are
 -- rebuilt from an older one (its floor), a checkpoint of a run, a pinned checkpoint.
 local function floor_name(ns, floor, id)
-  return 'f' .. NUL .. ns .. NUL .. floor .. NUL .. id
+  return 'f' .. NUL .. ns .. NUL .. id .. NUL .. floor
 end
 
 local function run_name(run, ns, id)
@@ -238,15 +241,20 @@ end
 
 -- What get and list return for one checkpoint:
 -- {ns, id, parent, checkpoint, metadata, {channel, value, ...}, {write, ...}}
-local function entry(data, index, ns, id, rec)
+local function entry(data, index, ns, id, rec, known)
   local channels = rec[2]
   local fields, names = {document_field('k', ns, id), document_field('m', ns, id)}, {}
+  local blobs = {}
   for i = 1, #channels, 2 do
-    fields[#fields + 1] = blob_field(ns, channels[i], channels[i + 1])
-    names[#names + 1] = channels[i]
+    if known and known[channels[i]] == channels[i + 1] then
+      blobs[#blobs + 1] = channels[i] -- the caller holds this value: "" stands for it
+      blobs[#blobs + 1] = ''
+    else
+      fields[#fields + 1] = blob_field(ns, channels[i], channels[i + 1])
+      names[#names + 1] = channels[i]
+    end
   end
   local values = hmget(data, fields)
-  local blobs = {}
   for i = 1, #names do
     local value = values[i + 2]
     if value then
@@ -373,41 +381,35 @@ end
 -- lowered to every pinned checkpoint (pending writes that no child has applied: an interrupt
 -- waiting for its resume, a task's writes before the next checkpoint) and to the floor of every
 -- checkpoint that stays (the oldest ancestor its DeltaChannels are rebuilt from), until no
--- checkpoint at or above it needs anything below it. Reads at most SCAN_BUDGET pins and floors;
--- beyond that it cuts at the lowest floor it read (it keeps more, never less).
+-- checkpoint at or above it needs anything below it. One pass over the floors, newest first: a
+-- floor lowers the cut only while its checkpoint is at or above it. Reads at most SCAN_BUDGET
+-- pins and SCAN_BUDGET floors; a namespace with more keeps more (the cut stays where it is).
 local function safe_cut(index, ns, cut, pinned)
   local pins = {}
   if pinned then
     pins = redis.call('ZRANGEBYLEX', index, '[' .. pinned_name(ns, ''),
       '(' .. pinned_name(ns, TOP), 'LIMIT', 0, SCAN_BUDGET)
   end
+  local skip = #pinned_name(ns, '')
   for _, member in ipairs(pins) do
-    local id = string.sub(member, #pinned_name(ns, '') + 1)
+    local id = string.sub(member, skip + 1)
     if precedes(id, cut) then
       cut = id
     end
   end
   local prefix = floor_name(ns, '', '')
-  prefix = string.sub(prefix, 1, #prefix - 1)
-  local floors = redis.call('ZRANGEBYLEX', index, '[' .. prefix, '(' .. prefix .. TOP,
+  prefix = string.sub(prefix, 1, #prefix - 1) -- f<0>ns<0>
+  local floors = redis.call('ZREVRANGEBYLEX', index, '(' .. prefix .. TOP, '[' .. prefix,
     'LIMIT', 0, SCAN_BUDGET)
-  local pairs_ = {}
   for _, member in ipairs(floors) do
     local rest = string.sub(member, #prefix + 1)
     local sep = string.find(rest, NUL, 1, true)
-    pairs_[#pairs_ + 1] = {string.sub(rest, 1, sep - 1), string.sub(rest, sep + 1)}
-  end
-  if #floors == SCAN_BUDGET and precedes(pairs_[1][1], cut) then
-    return pairs_[1][1]
-  end
-  local lowered = true
-  while lowered do
-    lowered = false
-    for _, pair in ipairs(pairs_) do
-      if not precedes(pair[2], cut) and precedes(pair[1], cut) then
-        cut = pair[1]
-        lowered = true
-      end
+    if precedes(string.sub(rest, 1, sep - 1), cut) then
+      break -- this checkpoint and every older one go: their floors do not matter
+    end
+    local floor = string.sub(rest, sep + 1)
+    if precedes(floor, cut) then
+      cut = floor
     end
   end
   return cut
@@ -522,10 +524,7 @@ local function put(keys, args)
   local keep = whole(args[2])
   if not keep then return not_whole('BADSIZE', 'keep_last', args[2]) end
   local age_cut, epoch, ns, id, parent, run = args[3], args[4], args[5], args[6], args[7], args[8]
-  local err = bad_name('age cut', age_cut, true) or bad_name('epoch', epoch, true)
-    or bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
-    or bad_name('parent checkpoint_id', parent, true) or bad_name('run_id', run, true)
-    or bad_typed('checkpoint', args[9]) or bad_typed('metadata', args[10])
+  local err = bad_typed('checkpoint', args[9]) or bad_typed('metadata', args[10])
   if err then return err end
   local versions, blobs, filters, deltas, at
   versions, at, err = section(args, 11, 2, 'versions')
@@ -539,21 +538,39 @@ local function put(keys, args)
   if at <= #args then
     return bad('BADARGS', (#args - at + 1) .. ' arguments after the last section')
   end
-  for i = 1, #versions do
-    err = bad_name(i % 2 == 1 and 'channel' or 'version', versions[i])
-    if err then return err end
-  end
-  for i = 1, #blobs do
-    err = bad_name(i % 2 == 1 and 'channel' or 'version', blobs[i])
-    if err then return err end
+  -- Every name at once: one search over them all (a search per name costs more than the rest
+  -- of a put); only a put that fails it is checked name by name, for the message.
+  local names, empty = {age_cut, epoch, ns, id, parent, run}, #id == 0
+  for _, list in ipairs({versions, blobs, deltas}) do
+    for i = 1, #list do
+      names[#names + 1] = list[i]
+      empty = empty or #list[i] == 0
+    end
   end
   for i = 1, #filters, 2 do
-    err = bad_name('metadata key', filters[i], true)
-    if err then return err end
+    names[#names + 1] = filters[i]
   end
-  for i = 1, #deltas do
-    err = bad_name('channel', deltas[i])
+  if empty or string.find(table.concat(names), '[%z\255]') then
+    err = bad_name('age cut', age_cut, true) or bad_name('epoch', epoch, true)
+      or bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
+      or bad_name('parent checkpoint_id', parent, true) or bad_name('run_id', run, true)
     if err then return err end
+    for i = 1, #versions do
+      err = bad_name(i % 2 == 1 and 'channel' or 'version', versions[i])
+      if err then return err end
+    end
+    for i = 1, #blobs do
+      err = bad_name(i % 2 == 1 and 'channel' or 'version', blobs[i])
+      if err then return err end
+    end
+    for i = 1, #filters, 2 do
+      err = bad_name('metadata key', filters[i], true)
+      if err then return err end
+    end
+    for i = 1, #deltas do
+      err = bad_name('channel', deltas[i])
+      if err then return err end
+    end
   end
   err = wrong_types(keys) or fenced(keys[1], epoch)
   if err then return err end
@@ -774,7 +791,7 @@ local function latest(index, ns)
   return id
 end
 
-local function read(keys, ns, id)
+local function read(keys, ns, id, known)
   if id == '' then
     id = latest(keys[2], ns)
     if not id then
@@ -785,7 +802,20 @@ local function read(keys, ns, id)
   if not rec then
     return nil
   end
-  return entry(keys[1], keys[2], ns, id, rec)
+  return entry(keys[1], keys[2], ns, id, rec, known)
+end
+
+-- The (channel, version) pairs from args[from] on whose values the caller holds: a map
+-- channel -> version, or nil and an error reply.
+local function known_values(args, from)
+  if (#args - from + 1) % 2 ~= 0 then
+    return nil, bad('BADARGS', 'known values come in pairs: channel version')
+  end
+  local known = {}
+  for i = from, #args, 2 do
+    known[args[i]] = args[i + 1]
+  end
+  return known, nil
 end
 
 --[[
@@ -794,20 +824,26 @@ pending writes; refreshes the thread's TTL (sliding expiry). Flagged allow-oom.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl: when > 0 and the checkpoint exists, EXPIRE both keys after this many seconds
   ARGV[2]   namespace               ARGV[3]  checkpoint id, or "" for the newest
+  ARGV[4..] pairs channel version: values the caller holds already (a version names one value):
+            they are not sent again, which keeps a resumed thread's values out of Lua
   reply     nil when there is no such checkpoint, else
             {ns, id, parent id or "", checkpoint, metadata, {channel, value, ...}, {write, ...}}
-            values typed; each write is task<0>path<0>channel<0>typed value, in replay order
+            values typed, or "" for a value the caller said it holds; each write is
+            task<0>path<0>channel<0>typed value, in replay order
   errors    BADARGS, BADTTL, BADID
 ]]
 local function get(keys, args)
-  if #keys ~= 2 or #args ~= 3 then
-    return bad('BADARGS', 'expected 2 keys and 3 arguments: ttl ns id')
+  if #keys ~= 2 or #args < 3 then
+    return bad('BADARGS', 'expected 2 keys and 3 + 2n arguments: ttl ns id (channel version)...')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
   local err = bad_name('checkpoint_ns', args[2], true) or bad_name('checkpoint_id', args[3], true)
   if err then return err end
-  local found = read(keys, args[2], args[3])
+  local known
+  known, err = known_values(args, 4)
+  if err then return err end
+  local found = read(keys, args[2], args[3], known)
   if found then
     expire(keys, ttl)
   end
@@ -818,16 +854,20 @@ end
 get_ro: get without the TTL refresh; flagged no-writes, so FCALL_RO may run it on a replica.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
+  ARGV[3..] pairs channel version, as for get
   reply     as get
   errors    BADARGS, BADID
 ]]
 local function get_ro(keys, args)
-  if #keys ~= 2 or #args ~= 2 then
-    return bad('BADARGS', 'expected 2 keys and 2 arguments: ns id')
+  if #keys ~= 2 or #args < 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 + 2n arguments: ns id (channel version)...')
   end
   local err = bad_name('checkpoint_ns', args[1], true) or bad_name('checkpoint_id', args[2], true)
   if err then return err end
-  return read(keys, args[1], args[2])
+  local known
+  known, err = known_values(args, 3)
+  if err then return err end
+  return read(keys, args[1], args[2], known)
 end
 
 --[[
@@ -1050,21 +1090,30 @@ along the checkpoint's ancestors, and the nearest ancestor's stored value (the s
 parent chain once for all channels. Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
-  ARGV[3..] channel names
+  ARGV[3]   n, then n channel names
+  then      pairs channel version: values the caller holds (as for get)
   reply     one item per channel, in ARGV order: {seed, write, write, ...} where seed is the
-            typed value or "" when the walk reached the root without one, and the writes (as get
-            returns them) run oldest first. The checkpoint's own pending writes are not included.
+            typed value, "=" for a value the caller said it holds, or "" when the walk reached
+            the root without one, and the writes (as get returns them) run oldest first. The
+            checkpoint's own pending writes are not included.
   errors    BADARGS, BADID
 ]]
 local function delta(keys, args)
-  if #keys ~= 2 or #args < 2 then
-    return bad('BADARGS', 'expected 2 keys and at least 2 arguments: ns id channel...')
+  if #keys ~= 2 or #args < 3 then
+    return bad('BADARGS', 'expected 2 keys and at least 3 arguments: ns id n channel... ' ..
+      '(channel version)...')
   end
   local ns, id = args[1], args[2]
   local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id, true)
   if err then return err end
+  local names, at
+  names, at, err = section(args, 3, 1, 'channels')
+  if err then return err end
+  local known
+  known, err = known_values(args, at)
+  if err then return err end
   local remaining, left = {}, 0
-  for i = 3, #args do
+  for i = 4, 3 + #names do
     err = bad_name('channel', args[i])
     if err then return err end
     if not remaining[args[i]] then
@@ -1087,7 +1136,9 @@ local function delta(keys, args)
     local found = {}
     for channel in pairs(remaining) do
       local version = versions[channel]
-      if version then
+      if version and known[channel] == version then
+        found[channel] = '='
+      elseif version then
         local value = redis.call('HGET', keys[1], blob_field(ns, channel, version))
         if value and string.sub(value, 1, 6) ~= 'empty' .. NUL then
           found[channel] = value
@@ -1115,7 +1166,7 @@ local function delta(keys, args)
     cursor = rec[1]
   end
   local reply = {}
-  for i = 3, #args do
+  for i = 4, 3 + #names do
     local channel = args[i]
     local item = {seeds[channel] or ''}
     for a = #collected, 1, -1 do

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -177,6 +179,12 @@ def age_cut(max_age: float | None, now_ns: int) -> str:
 def blob_name(ns: str, channel: str, version: str) -> str:
     """The data hash's field of a channel's value at a version (see the library's layout)."""
     return f"b\0{ns}\0{channel}\0{version}"
+
+
+def channel_version_of(blob: str) -> tuple[str, str]:
+    """(channel, version) from a blob_name."""
+    _, _, channel, version = blob.split("\0")
+    return channel, version
 
 
 def version_of(version: object) -> str:
@@ -382,11 +390,64 @@ def put_writes(
     return _fcall(PUT_WRITES, thread_keys, ttl, epoch, ns, checkpoint_id, task, path, *flat)
 
 
-def get(thread_keys: tuple[str, str], config: RunnableConfig, refresh_ttl: int) -> Call:
+def get(
+    thread_keys: tuple[str, str],
+    config: RunnableConfig,
+    refresh_ttl: int,
+    known: Mapping[str, tuple[str, bytes]] | None = None,
+) -> Call:
+    """The get call; ``known``: channel -> (version, typed value) this process holds, which the
+    server then does not send again."""
     ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
+    pairs = [item for channel, (version, _) in (known or {}).items() for item in (channel, version)]
     if refresh_ttl:
-        return _fcall(GET, thread_keys, refresh_ttl, ns, checkpoint_id)
-    return _fcall(GET_RO, thread_keys, ns, checkpoint_id)
+        return _fcall(GET, thread_keys, refresh_ttl, ns, checkpoint_id, *pairs)
+    return _fcall(GET_RO, thread_keys, ns, checkpoint_id, *pairs)
+
+
+class ValueCache:
+    """The typed values (the serializer's bytes) of the newest version of each channel this
+    process wrote or read, per thread and namespace, so that a get need not bring them back
+    across the wire and through Lua. Versions name values, so a held value is never stale: the
+    server sends every value whose version differs. Bounded by ``max_bytes`` (least recently
+    used threads go first); values are decoded anew on each read, so what a read returns
+    belongs to the caller. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._threads: OrderedDict[tuple[str, str], dict[str, tuple[str, bytes]]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def known(self, thread_id: str, ns: str) -> dict[str, tuple[str, bytes]]:
+        """A snapshot: channel -> (version, typed value)."""
+        if not self.max_bytes:
+            return {}
+        with self._lock:
+            held = self._threads.get((thread_id, ns))
+            if held is None:
+                return {}
+            self._threads.move_to_end((thread_id, ns))
+            return dict(held)
+
+    def hold(self, thread_id: str, ns: str, values: Iterable[tuple[str, str, bytes]]) -> None:
+        """Remember (channel, version, typed value) triples, replacing older versions."""
+        if not self.max_bytes:
+            return
+        with self._lock:
+            held = self._threads.setdefault((thread_id, ns), {})
+            self._threads.move_to_end((thread_id, ns))
+            for channel, version, value in values:
+                if len(value) > self.max_bytes // 8:
+                    continue  # one huge value would push every other thread out
+                old = held.get(channel)
+                if old is not None:
+                    self._bytes -= len(old[1])
+                held[channel] = (version, value)
+                self._bytes += len(value)
+            while self._bytes > self.max_bytes and self._threads:
+                _, dropped = self._threads.popitem(last=False)
+                self._bytes -= sum(len(v) for _, v in dropped.values())
 
 
 def list_page(
@@ -456,9 +517,21 @@ def delete_run(thread_keys: tuple[str, str], run_id: str) -> Call:
     return _fcall(DELETE_RUN, thread_keys, _name("run_id", run_id, may_be_empty=False))
 
 
-def delta(thread_keys: tuple[str, str], config: RunnableConfig, channels: Sequence[str]) -> Call:
+def delta(
+    thread_keys: tuple[str, str],
+    config: RunnableConfig,
+    channels: Sequence[str],
+    known: Mapping[str, tuple[str, bytes]] | None = None,
+) -> Call:
     names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
-    return _fcall(DELTA, thread_keys, namespace_of(config), checkpoint_of(config), *names)
+    pairs = [
+        item
+        for channel, (version, value) in (known or {}).items()
+        if channel in names and not value.startswith(b"empty\0")
+        for item in (channel, version)
+    ]
+    ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
+    return _fcall(DELTA, thread_keys, ns, checkpoint_id, len(names), *names, *pairs)
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -489,17 +562,32 @@ def _write(serde: SerializerProtocol, stored: bytes | str) -> PendingWrite:
 
 
 def checkpoint_tuple(
-    serde: SerializerProtocol, thread_id: str, entry: Sequence[Any]
+    serde: SerializerProtocol,
+    thread_id: str,
+    entry: Sequence[Any],
+    known: Mapping[str, tuple[str, bytes]] | None = None,
+    cache: ValueCache | None = None,
 ) -> CheckpointTuple:
-    """One entry of a get or list reply."""
+    """One entry of a get or list reply; a value the reply leaves empty is the one ``known``
+    holds; the values it carries go into ``cache``."""
     ns, checkpoint_id, parent, stored, meta, blobs, writes = entry
     ns, checkpoint_id, parent = _text(ns), _text(checkpoint_id), _text(parent)
+    document = untyped(serde, _bytes(stored))
     values: dict[str, Any] = {}
+    fetched: list[tuple[str, str, bytes]] = []
     for i in range(0, len(blobs), 2):
-        raw = _bytes(blobs[i + 1])
+        channel, raw = _text(blobs[i]), _bytes(blobs[i + 1])
+        if not raw and known is not None:
+            raw = known[channel][1]
+        elif cache is not None:
+            version = document.get("channel_versions", {}).get(channel)
+            if version is not None:
+                fetched.append((channel, version_of(version), raw))
         if not raw.startswith(b"empty\0"):
-            values[_text(blobs[i])] = untyped(serde, raw)
-    checkpoint = cast(Checkpoint, {**untyped(serde, _bytes(stored)), "channel_values": values})
+            values[channel] = untyped(serde, raw)
+    if cache is not None and fetched:
+        cache.hold(thread_id, ns, fetched)
+    checkpoint = cast(Checkpoint, {**document, "channel_values": values})
     return CheckpointTuple(
         config=config_for(thread_id, ns, checkpoint_id),
         checkpoint=checkpoint,
@@ -518,13 +606,19 @@ def list_reply(
 
 
 def delta_reply(
-    serde: SerializerProtocol, channels: Sequence[str], reply: Sequence[Any]
+    serde: SerializerProtocol,
+    channels: Sequence[str],
+    reply: Sequence[Any],
+    known: Mapping[str, tuple[str, bytes]] | None = None,
 ) -> dict[str, DeltaChannelHistory]:
     result: dict[str, DeltaChannelHistory] = {}
     for channel, item in zip(channels, reply, strict=True):
         history: DeltaChannelHistory = {"writes": [_write(serde, w) for w in item[1:]]}
-        if item[0]:
-            history["seed"] = untyped(serde, _bytes(item[0]))
+        seed = _bytes(item[0])
+        if seed == b"=" and known is not None:
+            history["seed"] = untyped(serde, known[channel][1])
+        elif seed:
+            history["seed"] = untyped(serde, seed)
         result[channel] = history
     return result
 

@@ -84,6 +84,10 @@ class RedisSaver(BaseCheckpointSaver[str]):
         max_age: seconds (or ``timedelta``): each ``put`` also removes the checkpoints of its
             namespace made longer ago than this (by their uuid6 ids and this process's clock),
             with the same exceptions, and never the newest. None: no age limit.
+        value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
+            of the newest versions it wrote or read, per thread and namespace (least recently
+            used threads go first), so that ``get_tuple`` of a thread this process just wrote
+            brings back only what changed. Values are decoded anew on every read. 0: off.
         redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``). Without
             ``async_redis_client`` the asyncio methods run it in a worker thread.
         async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
@@ -103,6 +107,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         refresh_ttl_on_read: bool = True,
         keep_last: int | None = None,
         max_age: float | timedelta | None = None,
+        value_cache_bytes: int = 32 * 1024 * 1024,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
         cluster: bool = False,
@@ -117,6 +122,11 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self._keep_last = _calls.check_keep_last(keep_last)
         self._max_age = _calls.check_max_age(max_age)
+        if isinstance(value_cache_bytes, bool) or not isinstance(value_cache_bytes, int):
+            raise InvalidArgumentError(
+                f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
+            )
+        self._values = _calls.ValueCache(max(0, value_cache_bytes))
         # Write fencing: the epoch this saver claimed, per thread (claim_write_ownership).
         self._epochs: dict[str, int] = {}
         # (run id, thread id) pairs this saver put into the index of runs: registered once.
@@ -216,24 +226,29 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- get_tuple -----------------------------------------------------------------------------
 
-    def _get_call(self, config: RunnableConfig) -> tuple[str, Call]:
+    def _get_call(self, config: RunnableConfig) -> tuple[str, Call, dict[str, tuple[str, bytes]]]:
         thread_id = _calls.thread_of(config)
         refresh = self._ttl if self.refresh_ttl_on_read else 0
-        return thread_id, _calls.get(self.keys(thread_id), config, refresh)
+        known = self._values.known(thread_id, _calls.namespace_of(config))
+        return thread_id, _calls.get(self.keys(thread_id), config, refresh, known), known
 
-    def _tuple(self, thread_id: str, reply: Any) -> CheckpointTuple | None:
-        return None if reply is None else _calls.checkpoint_tuple(self.serde, thread_id, reply)
+    def _tuple(
+        self, thread_id: str, reply: Any, known: dict[str, tuple[str, bytes]]
+    ) -> CheckpointTuple | None:
+        if reply is None:
+            return None
+        return _calls.checkpoint_tuple(self.serde, thread_id, reply, known, self._values)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
         its channel values and pending writes, in one round trip; None when there is none."""
-        thread_id, call = self._get_call(config)
+        thread_id, call, known = self._get_call(config)
         # Sent as a read even when it refreshes the TTL: a TTL is not worth a WAIT.
-        return self._tuple(thread_id, self._read(call))
+        return self._tuple(thread_id, self._read(call), known)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread_id, call = self._get_call(config)
-        return self._tuple(thread_id, await self._aread(call))
+        thread_id, call, known = self._get_call(config)
+        return self._tuple(thread_id, await self._aread(call), known)
 
     # --- list ----------------------------------------------------------------------------------
 
@@ -332,6 +347,21 @@ class RedisSaver(BaseCheckpointSaver[str]):
             return call, stored, _calls.alone(register), pair
         return replace(call, before=(*call.before, *register)), stored, None, pair
 
+    def _hold(self, stored: RunnableConfig, call: Call) -> None:
+        """Keep the values a put wrote (its HSET's fields) for the next get of the thread."""
+        if not call.before or call.before[0][0] != "HSET":
+            return
+        configurable = stored["configurable"]
+        fields = call.before[0][2:]
+        self._values.hold(
+            configurable["thread_id"],
+            configurable["checkpoint_ns"],
+            (
+                (*_calls.channel_version_of(fields[i]), fields[i + 1])
+                for i in range(0, len(fields), 2)
+            ),
+        )
+
     def _registered(self, pair: tuple[str, str]) -> None:
         """Remember that this put's run is in the index of runs."""
         if pair[0]:
@@ -367,6 +397,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             self._write(register)
         self._write(call)
         self._registered(pair)
+        self._hold(stored, call)
         return stored
 
     async def aput(
@@ -381,6 +412,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             await self._awrite(register)
         await self._awrite(call)
         self._registered(pair)
+        self._hold(stored, call)
         return stored
 
     def _writes_call(
@@ -568,28 +600,30 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     def _delta_call(
         self, config: RunnableConfig, channels: Sequence[str]
-    ) -> tuple[Sequence[str], Call]:
+    ) -> tuple[Sequence[str], Call, dict[str, tuple[str, bytes]]]:
         names = _calls.unique(channels)
-        thread_keys = self.keys(_calls.thread_of(config))
-        return names, _calls.delta(thread_keys, config, names)
+        thread_id = _calls.thread_of(config)
+        known = self._values.known(thread_id, _calls.namespace_of(config))
+        return names, _calls.delta(self.keys(thread_id), config, names, known), known
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
-        ancestors and the nearest stored value, walked on the server in one call."""
+        ancestors and the nearest stored value, walked on the server in one call (a stored value
+        this saver holds already is not sent again)."""
         if not channels:
             return {}
-        names, call = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, self._read(call))
+        names, call, known = self._delta_call(config, channels)
+        return _calls.delta_reply(self.serde, names, self._read(call), known)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         if not channels:
             return {}
-        names, call = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, await self._aread(call))
+        names, call, known = self._delta_call(config, channels)
+        return _calls.delta_reply(self.serde, names, await self._aread(call), known)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return _calls.next_version(current)
