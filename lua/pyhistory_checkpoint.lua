@@ -50,7 +50,7 @@ Errors: every argument is checked before the first write. A violation is an erro
              or holds a NUL or 0xFF byte; a write index that is not a canonical integer
   BADVALUE   a typed value without the NUL byte after its type name
   WRONGTYPE  a key of the thread holds another Redis type (refused before anything is written)
-  STALEOWNER  a write to a claimed thread without its current owner epoch (see claim)
+  STALEOWNER  a write carrying an owner epoch that is no longer the thread's (see claim)
 ]]
 
 local MAX_INT = 2147483647 -- largest count or TTL accepted
@@ -469,17 +469,17 @@ local function section(args, at, width, name)
   return items, at + count * width + 1, nil
 end
 
--- Write fencing: nil when `epoch` may write to the thread, else the STALEOWNER error reply. A
--- thread nobody claimed takes writes without an epoch; a claimed one only with its current
--- epoch (a claim, a delete or an expiry ends every earlier epoch).
+-- Write fencing (opt-in): nil when `epoch` may write to the thread, else the STALEOWNER error
+-- reply. A writer that carries an epoch writes only while it is the thread's current one (a
+-- claim, a delete or an expiry ends every earlier epoch). A writer that carries none takes no
+-- part in fencing and is not checked.
 local function fenced(data, epoch)
-  local owner = redis.call('HGET', data, OWNER)
-  if owner == (epoch ~= '' and epoch or false) then
+  if epoch == '' then
     return nil
   end
-  if epoch == '' then
-    return bad('STALEOWNER', 'the thread is claimed (epoch ' .. owner .. '): a write must ' ..
-      'carry the current epoch')
+  local owner = redis.call('HGET', data, OWNER)
+  if owner == epoch then
+    return nil
   end
   return bad('STALEOWNER', 'epoch ' .. shown(epoch) .. ' no longer owns the thread (' ..
     (owner and ('epoch ' .. owner .. ' does') or 'it was deleted or expired') .. ')')
@@ -717,8 +717,8 @@ end
 
 --[[
 claim: take write ownership of a thread (write fencing, opt-in): a new epoch, one above the last
-(1 for a thread never claimed). From then on every put and put_writes must carry this epoch;
-one carrying an earlier epoch, or none, is refused with STALEOWNER and writes nothing.
+(1 for a thread never claimed). From then on a put or put_writes carrying an earlier epoch is
+refused with STALEOWNER and writes nothing. Writers that carry no epoch are not fenced.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl, as for put
   reply     integer: the new epoch

@@ -53,13 +53,15 @@ DELTA = LIBRARY.function("delta")
 CLAIM = LIBRARY.function("claim")
 DELETE_RUN = LIBRARY.function("delete_run")
 MAX_TRIM = LIBRARY.constant("MAX_TRIM")
+IDX_OFFSET = LIBRARY.constant("IDX_OFFSET")
 
 # Checkpoints one list call returns at most: each carries its channel values, so a page of a long
 # thread's history stays a few MB at worst.
 LIST_PAGE = 32
 
 # Commands the saver sends itself besides FCALL: HSET for the values a put writes beside its
-# call (in MULTI/EXEC), SADD, EXPIRE and SMEMBERS for the index of runs, DEL for delete_thread,
+# call (in MULTI/EXEC), HSET, HSETNX, ZADD and EXPIRE for an unfenced put_writes, SADD, EXPIRE
+# and SMEMBERS for the index of runs, DEL for delete_thread,
 # prune("delete") and delete_for_runs, WAIT for wait_for_replicas.
 CLIENT_COMMANDS: tuple[str, ...] = (
     "fcall",
@@ -387,7 +389,42 @@ def put_writes(
         return None
     task = _name("task_id", task_id)
     path = _name("task_path", task_path)
-    return _fcall(PUT_WRITES, thread_keys, ttl, epoch, ns, checkpoint_id, task, path, *flat)
+    if epoch:  # fenced: the epoch is checked inside the call, atomically with the writes
+        return _fcall(PUT_WRITES, thread_keys, ttl, epoch, ns, checkpoint_id, task, path, *flat)
+    return plain_writes(thread_keys, ttl, ns, checkpoint_id, task, path, flat)
+
+
+def plain_writes(
+    thread_keys: tuple[str, str],
+    ttl: int,
+    ns: str,
+    checkpoint_id: str,
+    task: str,
+    path: str,
+    flat: Sequence[Any],
+) -> Call:
+    """An unfenced put_writes as plain commands in one MULTI/EXEC, doing what the library's
+    put_writes does (same fields, members and values; see its header), without a function call:
+    HSETNX keeps a write already stored for (task, idx >= 0), so a retried call stores nothing
+    twice; HSET replaces a special write (idx < 0); ZADD indexes each (again: a no-op) and pins
+    the checkpoint; EXPIRE sets the TTL. A task id fixes its path, so a write is never indexed
+    under two paths. The names were checked here; the values are typed."""
+    data, index = thread_keys
+    commands: list[tuple[Any, ...]] = []
+    members: list[Any] = [0, f"p\0{ns}\0{checkpoint_id}"]
+    prefix = f"w\0{ns}\0{checkpoint_id}\0"
+    for i in range(0, len(flat), 3):
+        idx, channel, value = flat[i : i + 3]
+        digits = f"{idx + IDX_OFFSET:010d}"
+        field = f"{prefix}{task}\0{digits}"
+        stored = b"\0".join((task.encode(), path.encode(), channel.encode(), value))
+        commands.append(("HSET" if idx < 0 else "HSETNX", data, field, stored))
+        members += (0, f"{prefix}{path}\0{task}\0{digits}")
+    commands.append(("ZADD", index, *members))
+    if ttl:
+        commands += (("EXPIRE", data, ttl), ("EXPIRE", index, ttl))
+    *before, last = commands
+    return Call(last[0], tuple(last[1:]), data, None, tuple(before))
 
 
 def get(
