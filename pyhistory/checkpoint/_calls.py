@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
 
+import ormsgpack
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -313,9 +314,12 @@ def put(
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
-) -> tuple[Call, RunnableConfig, str]:
+    parent_holders: Mapping[str, str] | None = None,
+) -> tuple[Call, RunnableConfig, str, dict[str, str] | None]:
     """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
-    returns, and the run id it indexes ("" for none). ``retention``: (keep_last, age cut)."""
+    returns, the run id it indexes ("" for none), and, for a put made of plain commands, where
+    its DeltaChannels are rebuilt from (for its children's puts). ``retention``: (keep_last,
+    age cut); ``parent_holders``: the parent's, when this saver knows them."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -341,6 +345,26 @@ def put(
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
     keep_last, cut = retention
+    config_out = config_for(thread_id, ns, checkpoint_id)
+    if not epoch and not keep_last and not cut and (not deltas or parent_holders is not None):
+        holders: dict[str, str] = {}
+        for channel in deltas:
+            holder = (parent_holders or {}).get(channel, parent) if parent else checkpoint_id
+            holders[channel] = holder or checkpoint_id
+        call = plain_put(
+            thread_keys,
+            ttl,
+            ns,
+            checkpoint_id,
+            parent,
+            run_id,
+            (typed(serde, stored), typed(serde, meta)),
+            versions,
+            fields,
+            filters,
+            holders,
+        )
+        return call, config_out, run_id, holders
     args = (
         ttl,
         keep_last,
@@ -363,7 +387,66 @@ def put(
     )
     before = (("HSET", thread_keys[0], *fields),) if fields else ()
     call = Call("FCALL", (PUT, 2, *thread_keys, *args), thread_keys[0], LIBRARY, before)
-    return call, config_for(thread_id, ns, checkpoint_id), run_id
+    return call, config_out, run_id, None
+
+
+def plain_put(
+    thread_keys: tuple[str, str],
+    ttl: int,
+    ns: str,
+    checkpoint_id: str,
+    parent: str,
+    run_id: str,
+    documents: tuple[bytes, bytes],
+    versions: Sequence[str],
+    blobs: Sequence[Any],
+    filters: Sequence[str],
+    holders: Mapping[str, str],
+) -> Call:
+    """A put that needs no check on the server (no owner epoch, no retention, and every
+    DeltaChannel's holder known from the parent this saver wrote) as plain commands in one
+    MULTI/EXEC, writing what the library's put writes (see its header and the layout): the
+    values, the record (msgpack, as the library packs it), the checkpoint and its metadata in
+    one HSET; one HINCRBY per channel version for the reference counts; the index entries; the
+    parent's pin removed; the TTL. The names were checked here. A retried call counts its
+    values twice: they then outlive their last checkpoint until the thread goes (never the
+    other way round)."""
+    data, index = thread_keys
+    floor = checkpoint_id
+    for holder in holders.values():
+        if holder.encode() < floor.encode():
+            floor = holder
+    flat_holders = [item for pair in holders.items() for item in pair]
+    record = ormsgpack.packb(
+        [parent, list(versions), list(filters), flat_holders, floor, 1, run_id]
+    )
+    commands: list[tuple[Any, ...]] = [
+        (
+            "HSET",
+            data,
+            *blobs,
+            f"c\0{ns}\0{checkpoint_id}",
+            record,
+            f"k\0{ns}\0{checkpoint_id}",
+            documents[0],
+            f"m\0{ns}\0{checkpoint_id}",
+            documents[1],
+        )
+    ]
+    for i in range(0, len(versions), 2):
+        commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
+    members: list[Any] = [0, f"c\0{ns}\0{checkpoint_id}"]
+    if floor != checkpoint_id:
+        members += (0, f"f\0{ns}\0{checkpoint_id}\0{floor}")
+    if run_id:
+        members += (0, f"r\0{run_id}\0{ns}\0{checkpoint_id}")
+    commands.append(("ZADD", index, *members))
+    if parent:
+        commands.append(("ZREM", index, f"p\0{ns}\0{parent}"))
+    if ttl:
+        commands += (("EXPIRE", data, ttl), ("EXPIRE", index, ttl))
+    *before, last = commands
+    return Call(last[0], tuple(last[1:]), data, None, tuple(before))
 
 
 def put_writes(

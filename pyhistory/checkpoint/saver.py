@@ -129,6 +129,9 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._values = _calls.ValueCache(max(0, value_cache_bytes))
         # Write fencing: the epoch this saver claimed, per thread (claim_write_ownership).
         self._epochs: dict[str, int] = {}
+        # Where the DeltaChannels of the checkpoints this saver wrote with plain commands are
+        # rebuilt from, by (thread, namespace, id): a child's put needs its parent's.
+        self._holders: OrderedDict[tuple[str, str, str], dict[str, str]] = OrderedDict()
         # (run id, thread id) pairs this saver put into the index of runs: registered once.
         self._runs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.cluster = cluster
@@ -328,7 +331,8 @@ class RedisSaver(BaseCheckpointSaver[str]):
         thread_id = _calls.thread_of(config)
         thread_keys = self.keys(thread_id)
         retention = (self._keep_last, _calls.age_cut(self._max_age, time.time_ns()))
-        call, stored, run_id = _calls.put(
+        ns, parent = _calls.namespace_of(config), _calls.checkpoint_of(config)
+        call, stored, run_id, holders = _calls.put(
             self.serde,
             thread_keys,
             self._ttl,
@@ -338,7 +342,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
             checkpoint,
             metadata,
             new_versions,
+            self._holders.get((thread_id, ns, parent)) if parent else {},
         )
+        if holders is not None:
+            self._holders[(thread_id, ns, stored["configurable"]["checkpoint_id"])] = holders
+            while len(self._holders) > _RUNS_REMEMBERED:
+                self._holders.popitem(last=False)
         pair = (run_id, thread_id)
         if not run_id or pair in self._runs:
             return call, stored, None, pair
@@ -359,6 +368,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             (
                 (*_calls.channel_version_of(fields[i]), fields[i + 1])
                 for i in range(0, len(fields), 2)
+                if fields[i].startswith("b\0")
             ),
         )
 
