@@ -642,6 +642,47 @@ local function put(keys, args)
 end
 
 --[[
+retain: index and count a checkpoint the caller wrote with plain commands in the same MULTI/EXEC
+(before this call: its record, documents and values, its other index entries), then apply
+retention in its namespace as put does. The checkpoint's own index entry is added here, with
+NX: its values' reference counts go up only when it is new, so a transaction sent again (a
+reply lost, the library loaded again) counts nothing twice.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   keep_last, as for put       ARGV[2]  age cut, as for put
+  ARGV[3]   namespace                   ARGV[4]  checkpoint id
+  ARGV[5..] pairs channel version: every channel version of the checkpoint
+  reply     integer: how many checkpoints retention removed
+  errors    BADARGS, BADSIZE, BADID, WRONGTYPE
+]]
+local function retain(keys, args)
+  if #keys ~= 2 or #args < 4 or #args % 2 ~= 0 then
+    return bad('BADARGS', 'expected 2 keys and 4 + 2n arguments: keep_last age_cut ns id ' ..
+      '(channel version)...')
+  end
+  local keep = whole(args[1])
+  if not keep then return not_whole('BADSIZE', 'keep_last', args[1]) end
+  local ns, id = args[3], args[4]
+  local err = bad_name('age cut', args[2], true) or bad_name('checkpoint_ns', ns, true)
+    or bad_name('checkpoint_id', id) or wrong_types(keys)
+  if err then return err end
+  local versions = {}
+  for i = 5, #args do
+    versions[#versions + 1] = args[i]
+  end
+  if redis.call('ZADD', keys[2], 'NX', 0, checkpoint_name(ns, id)) == 1 then
+    local fresh = {}
+    for i = 1, #versions, 2 do
+      fresh[blob_field(ns, versions[i], versions[i + 1])] = true
+    end
+    count_references(keys[1], ns, versions, 1, fresh)
+  end
+  if keep == 0 and args[2] == '' then
+    return 0
+  end
+  return trim(keys[1], keys[2], ns, keep, args[2], false)
+end
+
+--[[
 put_writes: store a task's pending writes against a checkpoint; pin it; set the TTL.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl, as for put        ARGV[2]  owner epoch, or "", as for put
@@ -1200,5 +1241,6 @@ redis.register_function{function_name = 'pyhistory_checkpoint_v2_import', callba
 redis.register_function{
   function_name = 'pyhistory_checkpoint_v2_delta', callback = delta, flags = {'no-writes'}}
 redis.register_function{function_name = 'pyhistory_checkpoint_v2_claim', callback = claim}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_retain', callback = retain}
 redis.register_function{
   function_name = 'pyhistory_checkpoint_v2_delete_run', callback = delete_run}

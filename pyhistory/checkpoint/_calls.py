@@ -52,6 +52,7 @@ EXPORT = LIBRARY.function("export")
 IMPORT = LIBRARY.function("import")
 DELTA = LIBRARY.function("delta")
 CLAIM = LIBRARY.function("claim")
+RETAIN = LIBRARY.function("retain")
 DELETE_RUN = LIBRARY.function("delete_run")
 MAX_TRIM = LIBRARY.constant("MAX_TRIM")
 IDX_OFFSET = LIBRARY.constant("IDX_OFFSET")
@@ -346,7 +347,7 @@ def put(
     filters = filter_index(meta)
     keep_last, cut = retention
     config_out = config_for(thread_id, ns, checkpoint_id)
-    if not epoch and not keep_last and not cut and (not deltas or parent_holders is not None):
+    if not epoch and (not deltas or parent_holders is not None):
         holders: dict[str, str] = {}
         for channel in deltas:
             holder = (parent_holders or {}).get(channel, parent) if parent else checkpoint_id
@@ -363,7 +364,12 @@ def put(
             fields,
             filters,
             holders,
+            counted=not (keep_last or cut),
         )
+        if keep_last or cut:  # indexed, counted and retained after the plain writes
+            retain = (RETAIN, 2, *thread_keys, keep_last, cut, ns, checkpoint_id, *versions)
+            commands = (*call.before, (call.command, *call.args))
+            call = Call("FCALL", retain, call.key, LIBRARY, commands)
         return call, config_out, run_id, holders
     args = (
         ttl,
@@ -402,15 +408,19 @@ def plain_put(
     blobs: Sequence[Any],
     filters: Sequence[str],
     holders: Mapping[str, str],
+    counted: bool = True,
 ) -> Call:
-    """A put that needs no check on the server (no owner epoch, no retention, and every
-    DeltaChannel's holder known from the parent this saver wrote) as plain commands in one
+    """A put that needs no check on the server (no owner epoch, and every DeltaChannel's holder
+    known from the parent this saver wrote) as plain commands in one
     MULTI/EXEC, writing what the library's put writes (see its header and the layout): the
     values, the record (msgpack, as the library packs it), the checkpoint and its metadata in
     one HSET; one HINCRBY per channel version for the reference counts; the index entries; the
-    parent's pin removed; the TTL. The names were checked here. A retried call counts its
-    values twice: they then outlive their last checkpoint until the thread goes (never the
-    other way round)."""
+    parent's pin removed; the TTL. With retention (``counted`` False) the checkpoint's index
+    entry and its counts are left to the library's retain, called after these in the same
+    transaction, which adds them once however often the transaction is sent. Without, the
+    names were checked here, and a call sent twice (redis-py resending a transaction after a
+    connection broke) counts its values twice: they then outlive their last checkpoint until
+    the thread goes (never the other way round)."""
     data, index = thread_keys
     floor = checkpoint_id
     for holder in holders.values():
@@ -433,14 +443,17 @@ def plain_put(
             documents[1],
         )
     ]
-    for i in range(0, len(versions), 2):
-        commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
-    members: list[Any] = [0, f"c\0{ns}\0{checkpoint_id}"]
+    members: list[Any] = []
+    if counted:  # else the library's retain indexes and counts it, once
+        for i in range(0, len(versions), 2):
+            commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
+        members += (0, f"c\0{ns}\0{checkpoint_id}")
     if floor != checkpoint_id:
         members += (0, f"f\0{ns}\0{checkpoint_id}\0{floor}")
     if run_id:
         members += (0, f"r\0{run_id}\0{ns}\0{checkpoint_id}")
-    commands.append(("ZADD", index, *members))
+    if members:
+        commands.append(("ZADD", index, *members))
     if parent:
         commands.append(("ZREM", index, f"p\0{ns}\0{parent}"))
     if ttl:
