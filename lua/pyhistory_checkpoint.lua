@@ -381,9 +381,9 @@ end
 -- lowered to every pinned checkpoint (pending writes that no child has applied: an interrupt
 -- waiting for its resume, a task's writes before the next checkpoint) and to the floor of every
 -- checkpoint that stays (the oldest ancestor its DeltaChannels are rebuilt from), until no
--- checkpoint at or above it needs anything below it. One pass over the floors, newest first: a
--- floor lowers the cut only while its checkpoint is at or above it. Reads at most SCAN_BUDGET
--- pins and SCAN_BUDGET floors; a namespace with more keeps more (the cut stays where it is).
+-- checkpoint at or above it needs anything below it. Reads at most SCAN_BUDGET pins and
+-- SCAN_BUDGET floors per round (a round per distinct lowering: one or two in practice); with
+-- more floors above the cut than that it returns "" (nothing is removed).
 local function safe_cut(index, ns, cut, pinned)
   local pins = {}
   if pinned then
@@ -399,18 +399,31 @@ local function safe_cut(index, ns, cut, pinned)
   end
   local prefix = floor_name(ns, '', '')
   prefix = string.sub(prefix, 1, #prefix - 1) -- f<0>ns<0>
-  local floors = redis.call('ZREVRANGEBYLEX', index, '(' .. prefix .. TOP, '[' .. prefix,
-    'LIMIT', 0, SCAN_BUDGET)
-  for _, member in ipairs(floors) do
-    local rest = string.sub(member, #prefix + 1)
-    local sep = string.find(rest, NUL, 1, true)
-    if precedes(string.sub(rest, 1, sep - 1), cut) then
-      break -- this checkpoint and every older one go: their floors do not matter
+  -- The floors of the checkpoints at or above the cut (the server compares the ids); the
+  -- lowest of them lowers the cut, which may bring older checkpoints (and floors) in: again.
+  local high = '(' .. prefix .. TOP
+  for _ = 1, SCAN_BUDGET do
+    local floors = redis.call('ZRANGEBYLEX', index, '[' .. prefix .. cut, high,
+      'LIMIT', 0, SCAN_BUDGET)
+    if #floors == SCAN_BUDGET then
+      return '' -- more floors than one call reads: keep everything this time
     end
-    local floor = string.sub(rest, sep + 1)
-    if precedes(floor, cut) then
-      cut = floor
+    local lowest, seen = cut, nil
+    for _, member in ipairs(floors) do
+      local rest = string.sub(member, #prefix + 1)
+      local floor = string.sub(rest, string.find(rest, NUL, 1, true) + 1)
+      if floor ~= seen then -- a DeltaChannel's checkpoints share a few floors: compare each once
+        seen = floor
+        if precedes(floor, lowest) then
+          lowest = floor
+        end
+      end
     end
+    if lowest == cut then
+      break
+    end
+    high = '(' .. prefix .. cut
+    cut = lowest
   end
   return cut
 end
