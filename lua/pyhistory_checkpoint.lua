@@ -10,11 +10,17 @@ hash tag (made from an encoding of the thread id), so Redis Cluster keeps them o
     m<0><ns><0><id>                  its metadata, typed
     b<0><ns><0><channel><0><version> a channel's value at that version: a typed value
     w<0><ns><0><id><0><task><0><idx> a pending write: task<0>path<0>channel<0>typed value
+    n<0><ns><0><channel><0><version> how many (v2) records name that value; it goes at 0
+    o                                the owner epoch of a claimed thread (write fencing)
   KEYS[2]  index  ZSET, all scores 0, ordered by member (lexicographically):
     c<0><ns><0><id>                  one per checkpoint: a namespace's checkpoints in id order
     w<0><ns><0><id><0><path><0><task><0><idx>
                                      one per pending write: a checkpoint's writes in the order
                                      (task path, task id, idx) that LangGraph replays them in
+    f<0><ns><0><id><0><floor>        a checkpoint whose floor (below) is not its own id
+    r<0><run><0><ns><0><id>          a checkpoint of a run (delete_run)
+    p<0><ns><0><id>                  a pinned checkpoint: pending writes no child has applied yet
+                                     (put_writes adds it, the put of a child removes it)
   <0> is a NUL byte; <ns> the checkpoint namespace, <id> the checkpoint id (ids grow with time, so
   their byte order is their age order), <idx> the write's index as 10 decimal digits after adding
   2^31 (so that the special negative indexes sort first). A typed value is the serializer's type
@@ -33,13 +39,30 @@ larger part, are fields of their own), a msgpack array of:
   oldest ancestor its value is rebuilt from
   [5] the floor: the oldest id in [4], or the checkpoint's own id. Retention never removes a
   checkpoint at or above a kept one's floor.
+  [6] 1: the values it names are counted in the n fields (v1 records stop at [5]; their values
+  are never counted, so retention leaves them for the thread's TTL, delete or prune)
+  [7] the run id, or ""
+
+Values beside the calls. Large values never cross into Lua (turning an argument or a value read
+into a Lua string costs several times the plain command that stores it). A put's values (b
+fields) are written by a plain HSET in the same MULTI/EXEC as the put call, before it. Writing a
+b field that exists writes the same bytes again (a version names one value). When the call is
+rejected, the transaction still applies the HSET: its fields are orphans no record names, so no
+read returns them, and they go with the thread (TTL, delete_thread). Callers that need no check
+on the server (no owner epoch) may write everything a put or put_writes writes with plain
+commands in one MULTI/EXEC instead, with the same fields, members and values; with retention
+they end the transaction with retain, which indexes and counts the checkpoint once.
 
 Expiry: with a TTL, every write sets it on both keys together, so no key of a thread outlives the
-other; reads may refresh it too (get). Retention (keep_last) trims a namespace inside put.
+other; reads may refresh it too (get). Retention (keep_last, age) trims a namespace inside put or
+retain, never cutting a pinned checkpoint or what a kept checkpoint's DeltaChannels need.
 
-Versioning: the library and every function carry the contract version (v1). Any change to this
-file ships under a new version (pyhistory_checkpoint_v2, ...), so two releases loaded on one
-server never replace each other's code.
+Versioning: the library and every function carry the contract version (v2). Any change to this
+file ships under a new version (pyhistory_checkpoint_v3, ...), so two releases loaded on one
+server never replace each other's code. v2 reads and writes v1's layout (its fields and members
+are a superset): v1 and v2 processes can share threads during a rollout, except that v1 writers
+neither count values nor remove pins, so run retention (keep_last, max_age) only once every
+writer of a thread is v2.
 
 Errors: every argument is checked before the first write. A violation is an error reply
 "CODE message" with one of these code words:

@@ -246,3 +246,36 @@ def test_delta_channel_snapshots_survive(url: str) -> None:
     assert run_turns(graph, "t", 5) == expected
     fresh = build_graph(RedisSaver(url))
     assert fresh.get_state(config("t", ns=None)).values == expected
+
+
+# --- the values a saver holds ------------------------------------------------------------------
+
+
+def test_held_values_are_never_stale_and_belong_to_the_caller(url: str) -> None:
+    """A saver keeps the newest value of each channel it wrote (so a get need not bring it
+    back); another saver's newer write is still read, and mutating a read value changes no
+    later read."""
+    first, second = RedisSaver(url), RedisSaver(url)
+    head = put(first, "t", 1, values={"a": ["x"], "b": {"k": 1}})
+    got = first.get_tuple(config("t"))
+    assert got is not None
+    got.checkpoint["channel_values"]["a"].append("mutated")
+    got.checkpoint["channel_values"]["b"]["k"] = 2
+    again = first.get_tuple(config("t"))
+    assert again is not None and again.checkpoint["channel_values"] == {"a": ["x"], "b": {"k": 1}}
+    put(second, "t", 2, parent=head, values={"a": ["y"]}, versions={"b": 1})
+    latest = first.get_tuple(config("t"))
+    assert latest is not None
+    assert latest.checkpoint["channel_values"] == {"a": ["y"], "b": {"k": 1}}
+
+
+def test_the_value_cache_is_bounded(url: str) -> None:
+    saver = RedisSaver(url, value_cache_bytes=64 * 1024)
+    for n in range(20):
+        put(saver, f"t{n}", 1, values={"a": "x" * 4000})
+    assert saver._values._bytes <= 64 * 1024
+    got = saver.get_tuple(config("t0"))  # dropped from the cache: read whole from the server
+    assert got is not None and got.checkpoint["channel_values"] == {"a": "x" * 4000}
+    off = RedisSaver(url, value_cache_bytes=0)
+    put(off, "u", 1, values={"a": 1})
+    assert off._values._bytes == 0 and off._values.known("u", "") == {}

@@ -61,17 +61,22 @@ IDX_OFFSET = LIBRARY.constant("IDX_OFFSET")
 # thread's history stays a few MB at worst.
 LIST_PAGE = 32
 
-# Commands the saver sends itself besides FCALL: HSET for the values a put writes beside its
-# call (in MULTI/EXEC), HSET, HSETNX, ZADD and EXPIRE for an unfenced put_writes, SADD, EXPIRE
-# and SMEMBERS for the index of runs, DEL for delete_thread,
-# prune("delete") and delete_for_runs, WAIT for wait_for_replicas.
+# Commands the saver sends itself besides FCALL, in MULTI/EXEC: HSET, HINCRBY, ZADD, ZREM and
+# EXPIRE for a put (its values always; the rest when it needs no check on the server), HSET,
+# HSETNX, ZADD and EXPIRE for an unfenced put_writes, SADD and EXPIRE for the index of runs;
+# SMEMBERS and DEL for delete_for_runs, DEL for delete_thread and prune("delete"), WAIT for
+# wait_for_replicas.
 CLIENT_COMMANDS: tuple[str, ...] = (
     "fcall",
-    "hset",
     "multi",
     "exec",
-    "sadd",
+    "hset",
+    "hsetnx",
+    "hincrby",
+    "zadd",
+    "zrem",
     "expire",
+    "sadd",
     "smembers",
     "del",
     "wait",
