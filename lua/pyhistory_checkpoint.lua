@@ -21,6 +21,8 @@ hash tag (made from an encoding of the thread id), so Redis Cluster keeps them o
     r<0><run><0><ns><0><id>          a checkpoint of a run (delete_run)
     p<0><ns><0><id>                  a pinned checkpoint: pending writes no child has applied yet
                                      (put_writes adds it, the put of a child removes it)
+    a<0><ns><0><id>                  a checkpoint that has a child (put adds it): a pin of it
+                                     that writes arriving after the child's put added is stale
   <0> is a NUL byte; <ns> the checkpoint namespace, <id> the checkpoint id (ids grow with time, so
   their byte order is their age order), <idx> the write's index as 10 decimal digits after adding
   2^31 (so that the special negative indexes sort first). A typed value is the serializer's type
@@ -222,6 +224,11 @@ local function pinned_name(ns, id)
   return 'p' .. NUL .. ns .. NUL .. id
 end
 
+-- A checkpoint that has a child: its pending writes are applied (a pin of it is stale).
+local function parent_name(ns, id)
+  return 'a' .. NUL .. ns .. NUL .. id
+end
+
 -- "c<0>ns<0>id" -> ns, id
 local function split_checkpoint(member)
   local sep = string.find(member, NUL, 3, true)
@@ -388,6 +395,7 @@ local function remove(data, index, ns, victims, kept)
     fields[#fields + 1] = document_field('m', ns, id)
     members[#members + 1] = member
     members[#members + 1] = pinned_name(ns, id)
+    members[#members + 1] = parent_name(ns, id)
     local write_members, write_fields = pending_writes(index, ns, id)
     for i = 1, #write_members do
       members[#members + 1] = write_members[i]
@@ -416,7 +424,10 @@ local function safe_cut(index, ns, cut, pinned)
   local skip = #pinned_name(ns, '')
   for _, member in ipairs(pins) do
     local id = string.sub(member, skip + 1)
-    if precedes(id, cut) then
+    if redis.call('ZSCORE', index, parent_name(ns, id)) then
+      -- a child was put before these writes arrived (LangGraph sends them concurrently)
+      redis.call('ZREM', index, member)
+    elseif precedes(id, cut) then
       cut = id
     end
   end
@@ -668,6 +679,7 @@ local function put(keys, args)
   redis.call('ZADD', keys[2], unpack(members))
   if parent ~= '' then -- the parent's pending writes are applied in this checkpoint
     redis.call('ZREM', keys[2], pinned_name(ns, parent))
+    redis.call('ZADD', keys[2], 0, parent_name(ns, parent))
   end
   local removed = 0
   if keep > 0 or age_cut ~= '' then
@@ -1066,7 +1078,7 @@ end
 -- The kinds of index member (see the layout): what import accepts.
 local MEMBER_KINDS = {
   ['c' .. NUL] = true, ['w' .. NUL] = true, ['f' .. NUL] = true, ['r' .. NUL] = true,
-  ['p' .. NUL] = true}
+  ['p' .. NUL] = true, ['a' .. NUL] = true}
 
 local function merge(data, index, fields, members, ttl)
   local kept = {}

@@ -5,7 +5,9 @@ survive the round trip byte for byte."""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -279,3 +281,30 @@ def test_the_value_cache_is_bounded(url: str) -> None:
     off = RedisSaver(url, value_cache_bytes=0)
     put(off, "u", 1, values={"a": 1})
     assert off._values._bytes == 0 and off._values.known("u", "") == {}
+
+
+def test_writes_that_arrive_after_the_child_do_not_pin(url: str) -> None:
+    """LangGraph may send a checkpoint's writes after its child's put: that checkpoint's writes
+    are applied already, and retention still removes it."""
+    saver = RedisSaver(url, keep_last=2)
+    first = put(saver, "t", 1, values={"a": 1})
+    second = put(saver, "t", 2, parent=first, values={"a": 2})
+    saver.put_writes(config("t", "", first), [("a", "late")], "task")
+    third = put(saver, "t", 3, parent=second, values={"a": 3})
+    put(saver, "t", 4, parent=third, values={"a": 4})
+    assert [t.metadata["step"] for t in saver.list(config("t"))] == [4, 3]
+
+
+def test_the_agent_stays_within_keep_last(url: str) -> None:
+    from langchain_core.messages import HumanMessage
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadtest" / "checkpoint"))
+    from app import build_agent
+
+    saver = RedisSaver(url, keep_last=3)
+    agent = build_agent(saver)
+    cfg = config("t", ns=None)
+    for i in range(6):
+        agent.invoke({"messages": [HumanMessage(f"weather city{i}" if i % 2 else f"hi {i}")]}, cfg)
+    assert len(list(saver.list(config("t")))) == 3
+    assert len(agent.get_state(cfg).values["messages"]) == 3 * 2 + 3 * 4  # nothing lost

@@ -457,10 +457,11 @@ def plain_put(
         members += (0, f"f\0{ns}\0{checkpoint_id}\0{floor}")
     if run_id:
         members += (0, f"r\0{run_id}\0{ns}\0{checkpoint_id}")
+    if parent:  # its pending writes are applied here: unpinned, and marked as having a child
+        members += (0, f"a\0{ns}\0{parent}")
+        commands.append(("ZREM", index, f"p\0{ns}\0{parent}"))
     if members:
         commands.append(("ZADD", index, *members))
-    if parent:
-        commands.append(("ZREM", index, f"p\0{ns}\0{parent}"))
     if ttl:
         commands += (("EXPIRE", data, ttl), ("EXPIRE", index, ttl))
     *before, last = commands
