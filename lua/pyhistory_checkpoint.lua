@@ -415,7 +415,7 @@ end
 -- checkpoint at or above it needs anything below it. Reads at most SCAN_BUDGET pins and
 -- SCAN_BUDGET floors per round (a round per distinct lowering: one or two in practice); with
 -- more floors above the cut than that it returns "" (nothing is removed).
-local function safe_cut(index, ns, cut, pinned)
+local function safe_cut(data, index, ns, cut, pinned)
   local pins = {}
   if pinned then
     pins = redis.call('ZRANGEBYLEX', index, '[' .. pinned_name(ns, ''),
@@ -424,8 +424,10 @@ local function safe_cut(index, ns, cut, pinned)
   local skip = #pinned_name(ns, '')
   for _, member in ipairs(pins) do
     local id = string.sub(member, skip + 1)
-    if redis.call('ZSCORE', index, parent_name(ns, id)) then
-      -- a child was put before these writes arrived (LangGraph sends them concurrently)
+    if redis.call('ZSCORE', index, parent_name(ns, id))
+        or redis.call('HEXISTS', data, checkpoint_name(ns, id)) == 0 then
+      -- a child was put before these writes arrived (LangGraph sends them concurrently), or
+      -- they came for a checkpoint that is gone: nothing waits on them
       redis.call('ZREM', index, member)
     elseif precedes(id, cut) then
       cut = id
@@ -487,7 +489,7 @@ local function trim(data, index, ns, keep, age_cut, by_kept)
   if not cut then
     return 0
   end
-  cut = safe_cut(index, ns, cut, not by_kept)
+  cut = safe_cut(data, index, ns, cut, not by_kept)
   local victims = redis.call(
     'ZRANGEBYLEX', index, low, '(' .. checkpoint_name(ns, cut), 'LIMIT', 0, MAX_TRIM)
   if #victims == 0 then

@@ -308,3 +308,16 @@ def test_the_agent_stays_within_keep_last(url: str) -> None:
         agent.invoke({"messages": [HumanMessage(f"weather city{i}" if i % 2 else f"hi {i}")]}, cfg)
     assert len(list(saver.list(config("t")))) == 3
     assert len(agent.get_state(cfg).values["messages"]) == 3 * 2 + 3 * 4  # nothing lost
+
+
+def test_writes_for_a_removed_checkpoint_do_not_stop_retention(url: str) -> None:
+    saver = RedisSaver(url, keep_last=2)
+    parent = None
+    ids = []
+    for n in range(1, 4):
+        parent = put(saver, "t", n, parent=parent, values={"a": n})
+        ids.append(parent)
+    saver.put_writes(config("t", "", ids[0]), [("a", "late")], "task")  # ids[0] is gone
+    for n in range(4, 7):
+        parent = put(saver, "t", n, parent=parent, values={"a": n})
+    assert [t.metadata["step"] for t in saver.list(config("t"))] == [6, 5]
