@@ -84,6 +84,7 @@ local MAX_ITEMS = 100000 -- most channels, blobs, filters or writes one call may
 local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua's stack limit
 local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
 local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
+local PRUNE_NAMESPACES = 100 -- most namespaces one prune call examines (a cursor goes on)
 
 local NUL = '\0'
 local OWNER = 'o' -- the data hash's field holding the owner epoch (see claim)
@@ -1047,20 +1048,28 @@ prune: keep only the newest checkpoint of each namespace of a thread (and what i
 are rebuilt from), with their pending writes and the values they reference.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl, as for put (applied when anything is left)
-  reply     integer: how many checkpoints were removed. At most MAX_TRIM per namespace go in one
-            call; call again while the reply is positive to finish a very long thread.
+  ARGV[2]   cursor: "" for the first call, else what the previous call replied
+  reply     {removed, cursor}: how many checkpoints this call removed, and "" when the thread is
+            done, else the cursor to call again with. One call stops after PRUNE_NAMESPACES
+            namespaces or once it removed MAX_TRIM checkpoints (a namespace with more is
+            continued by the next call): at most PRUNE_NAMESPACES namespaces examined, each
+            reading at most SCAN_BUDGET kept records and removing at most MAX_TRIM.
   errors    BADARGS, BADTTL, WRONGTYPE
 ]]
 local function prune(keys, args)
-  if #keys ~= 2 or #args ~= 1 then
-    return bad('BADARGS', 'expected 2 keys and 1 argument: ttl')
+  if #keys ~= 2 or #args ~= 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 arguments: ttl cursor')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local cursor = args[2]
+  if cursor ~= '' and (string.sub(cursor, 1, 1) ~= 'n' or string.find(cursor, '[%z\255]')) then
+    return bad('BADARGS', 'not a cursor of prune: ' .. shown(cursor))
+  end
   local err = wrong_types(keys)
   if err then return err end
-  local removed = 0
-  local after = '[c' .. NUL
+  local removed, examined = 0, 0
+  local after = cursor == '' and '[c' .. NUL or '[' .. checkpoint_name(string.sub(cursor, 2), '')
   while true do
     -- the next namespace: the first checkpoint member above the previous namespace's range
     local first = redis.call(
@@ -1069,11 +1078,20 @@ local function prune(keys, args)
       break
     end
     local ns = split_checkpoint(first)
-    removed = removed + trim(keys[1], keys[2], ns, 1, '', true)
+    if removed >= MAX_TRIM or examined >= PRUNE_NAMESPACES then
+      expire(keys, ttl)
+      return {removed, 'n' .. ns}
+    end
+    local n = trim(keys[1], keys[2], ns, 1, '', true)
+    removed, examined = removed + n, examined + 1
+    if n >= MAX_TRIM then -- more in this namespace
+      expire(keys, ttl)
+      return {removed, 'n' .. ns}
+    end
     after = '[' .. checkpoint_name(ns, TOP)
   end
   expire(keys, ttl)
-  return removed
+  return {removed, ''}
 end
 
 -- Merge every field and member of one thread's keys into another's.

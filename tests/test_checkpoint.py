@@ -168,7 +168,7 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
-    "pyhistory_checkpoint_v2": "456b500b5101d89c",
+    "pyhistory_checkpoint_v2": "0ffe2ae0eabb6f86",
 }
 
 

@@ -321,3 +321,25 @@ def test_writes_for_a_removed_checkpoint_do_not_stop_retention(url: str) -> None
     for n in range(4, 7):
         parent = put(saver, "t", n, parent=parent, values={"a": n})
     assert [t.metadata["step"] for t in saver.list(config("t"))] == [6, 5]
+
+
+# --- bounded work per call ---------------------------------------------------------------------
+
+
+def test_prune_goes_on_with_a_cursor_past_its_namespace_budget(
+    url: str, client: redis.Redis
+) -> None:
+    """One prune call examines at most PRUNE_NAMESPACES namespaces; the saver calls again with
+    the cursor it got until the thread is done."""
+    budget = _calls.LIBRARY.constant("PRUNE_NAMESPACES")
+    saver = RedisSaver(url)
+    for n in range(budget + 20):
+        first = put(saver, "t", 1, ns=f"ns{n:03}", values={"a": 1})
+        put(saver, "t", 2, ns=f"ns{n:03}", parent=first, values={"a": 2})
+    saver.setup()  # plain puts never loaded it
+    client.config_resetstat()
+    saver.prune(["t"])
+    calls = int(client.info("commandstats")["cmdstat_fcall"]["calls"])
+    assert calls == 2
+    left = list(saver.list(config("t", ns=None)))
+    assert len(left) == budget + 20 and {t.metadata["step"] for t in left} == {2}

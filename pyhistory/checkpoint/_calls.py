@@ -610,8 +610,8 @@ def delete(thread_keys: tuple[str, str]) -> Call:
     return Call("DEL", thread_keys, thread_keys[0])
 
 
-def prune(thread_keys: tuple[str, str], ttl: int) -> Call:
-    return _fcall(PRUNE, thread_keys, ttl)
+def prune(thread_keys: tuple[str, str], ttl: int, cursor: str = "") -> Call:
+    return _fcall(PRUNE, thread_keys, ttl, cursor)
 
 
 def copy(source: tuple[str, str], target: tuple[str, str], ttl: int) -> Call:

@@ -542,33 +542,43 @@ class RedisSaver(BaseCheckpointSaver[str]):
         """The epoch this saver holds for a thread, or None."""
         return self._epochs.get(_calls.thread_id_of(thread_id))
 
-    def _prune_calls(self, thread_ids: Sequence[str], strategy: str) -> tuple[Call, ...]:
+    def _prune_keys(self, thread_ids: Sequence[str], strategy: str) -> Sequence[tuple[str, str]]:
         if strategy not in _PRUNE_STRATEGIES:
             raise InvalidArgumentError(
                 f"strategy must be one of {_PRUNE_STRATEGIES}, got {strategy!r}"
             )
         if isinstance(thread_ids, str):
             raise InvalidArgumentError("thread_ids must be a sequence of thread ids, not a str")
-        make = _calls.delete if strategy == "delete" else self._prune_call
-        return tuple(make(self.keys(thread_id)) for thread_id in thread_ids)
-
-    def _prune_call(self, thread_keys: tuple[str, str]) -> Call:
-        return _calls.prune(thread_keys, self._ttl)
+        return [self.keys(thread_id) for thread_id in thread_ids]
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``"keep_latest"``: keep the newest checkpoint of each namespace of each thread (and
         the ones its DeltaChannels are rebuilt from); ``"delete"``: delete the threads. One call
-        per thread (threads live on different nodes of a cluster)."""
-        for call in self._prune_calls(thread_ids, strategy):
-            # A call trims at most MAX_TRIM checkpoints per namespace: a longer one goes on
-            # (a DEL replies at most 2).
-            while self._write(call) >= _MAX_TRIM:
-                pass
+        per thread (threads live on different nodes of a cluster); a thread with more than 100
+        namespaces or 1,000 checkpoints to remove takes a call per such share (bounded work per
+        call, with a cursor)."""
+        for thread_keys in self._prune_keys(thread_ids, strategy):
+            if strategy == "delete":
+                self._write(_calls.delete(thread_keys))
+                continue
+            cursor = ""
+            while True:
+                _, cursor = self._write(_calls.prune(thread_keys, self._ttl, cursor))
+                if not cursor:
+                    break
+                cursor = _calls.text(cursor)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        for call in self._prune_calls(thread_ids, strategy):
-            while await self._awrite(call) >= _MAX_TRIM:
-                pass
+        for thread_keys in self._prune_keys(thread_ids, strategy):
+            if strategy == "delete":
+                await self._awrite(_calls.delete(thread_keys))
+                continue
+            cursor = ""
+            while True:
+                _, cursor = await self._awrite(_calls.prune(thread_keys, self._ttl, cursor))
+                if not cursor:
+                    break
+                cursor = _calls.text(cursor)
 
     def _copy_plan(
         self, client: object, source_thread_id: str, target_thread_id: str
