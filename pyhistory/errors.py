@@ -49,9 +49,8 @@ class InvalidValueError(InvalidArgumentError):
 
 
 class StaleOwnerError(HistoryError):
-    """A checkpoint write carried an owner epoch that no longer owns the thread (another worker
-    claimed it since, or it was deleted or expired), or none for a claimed thread (STALEOWNER).
-    Nothing was written."""
+    """A checkpoint write carried an owner epoch that no longer owns the thread: another worker
+    claimed it since, or it was deleted or expired (STALEOWNER). Nothing was written."""
 
 
 class SerializationError(HistoryError, TypeError):
