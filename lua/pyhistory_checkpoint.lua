@@ -1,4 +1,4 @@
-#!lua name=pyhistory_checkpoint_v1
+#!lua name=pyhistory_checkpoint_v2
 --[[
 pyhistory_checkpoint: LangGraph checkpoints in Redis, two keys per thread, one call per operation.
 
@@ -10,11 +10,19 @@ hash tag (made from an encoding of the thread id), so Redis Cluster keeps them o
     m<0><ns><0><id>                  its metadata, typed
     b<0><ns><0><channel><0><version> a channel's value at that version: a typed value
     w<0><ns><0><id><0><task><0><idx> a pending write: task<0>path<0>channel<0>typed value
+    n<0><ns><0><channel><0><version> how many (v2) records name that value; it goes at 0
+    o                                the owner epoch of a claimed thread (write fencing)
   KEYS[2]  index  ZSET, all scores 0, ordered by member (lexicographically):
     c<0><ns><0><id>                  one per checkpoint: a namespace's checkpoints in id order
     w<0><ns><0><id><0><path><0><task><0><idx>
                                      one per pending write: a checkpoint's writes in the order
                                      (task path, task id, idx) that LangGraph replays them in
+    f<0><ns><0><id><0><floor>        a checkpoint whose floor (below) is not its own id
+    r<0><run><0><ns><0><id>          a checkpoint of a run (delete_run)
+    p<0><ns><0><id>                  a pinned checkpoint: pending writes no child has applied yet
+                                     (put_writes adds it, the put of a child removes it)
+    a<0><ns><0><id>                  a checkpoint that has a child (put adds it): a pin of it
+                                     that writes arriving after the child's put added is stale
   <0> is a NUL byte; <ns> the checkpoint namespace, <id> the checkpoint id (ids grow with time, so
   their byte order is their age order), <idx> the write's index as 10 decimal digits after adding
   2^31 (so that the special negative indexes sort first). A typed value is the serializer's type
@@ -33,13 +41,30 @@ larger part, are fields of their own), a msgpack array of:
   oldest ancestor its value is rebuilt from
   [5] the floor: the oldest id in [4], or the checkpoint's own id. Retention never removes a
   checkpoint at or above a kept one's floor.
+  [6] 1: the values it names are counted in the n fields (v1 records stop at [5]; their values
+  are never counted, so retention leaves them for the thread's TTL, delete or prune)
+  [7] the run id, or ""
+
+Values beside the calls. Large values never cross into Lua (turning an argument or a value read
+into a Lua string costs several times the plain command that stores it). A put's values (b
+fields) are written by a plain HSET in the same MULTI/EXEC as the put call, before it. Writing a
+b field that exists writes the same bytes again (a version names one value). When the call is
+rejected, the transaction still applies the HSET: its fields are orphans no record names, so no
+read returns them, and they go with the thread (TTL, delete_thread). Callers that need no check
+on the server (no owner epoch) may write everything a put or put_writes writes with plain
+commands in one MULTI/EXEC instead, with the same fields, members and values; with retention
+they end the transaction with retain, which indexes and counts the checkpoint once.
 
 Expiry: with a TTL, every write sets it on both keys together, so no key of a thread outlives the
-other; reads may refresh it too (get). Retention (keep_last) trims a namespace inside put.
+other; reads may refresh it too (get). Retention (keep_last, age) trims a namespace inside put or
+retain, never cutting a pinned checkpoint or what a kept checkpoint's DeltaChannels need.
 
-Versioning: the library and every function carry the contract version (v1). Any change to this
-file ships under a new version (pyhistory_checkpoint_v2, ...), so two releases loaded on one
-server never replace each other's code.
+Versioning: the library and every function carry the contract version (v2). Any change to this
+file ships under a new version (pyhistory_checkpoint_v3, ...), so two releases loaded on one
+server never replace each other's code. v2 reads and writes v1's layout (its fields and members
+are a superset): v1 and v2 processes can share threads during a rollout, except that v1 writers
+neither count values nor remove pins, so run retention (keep_last, max_age) only once every
+writer of a thread is v2.
 
 Errors: every argument is checked before the first write. A violation is an error reply
 "CODE message" with one of these code words:
@@ -50,6 +75,7 @@ Errors: every argument is checked before the first write. A violation is an erro
              or holds a NUL or 0xFF byte; a write index that is not a canonical integer
   BADVALUE   a typed value without the NUL byte after its type name
   WRONGTYPE  a key of the thread holds another Redis type (refused before anything is written)
+  STALEOWNER  a write carrying an owner epoch that is no longer the thread's (see claim)
 ]]
 
 local MAX_INT = 2147483647 -- largest count or TTL accepted
@@ -58,8 +84,10 @@ local MAX_ITEMS = 100000 -- most channels, blobs, filters or writes one call may
 local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua's stack limit
 local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
 local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
+local PRUNE_NAMESPACES = 100 -- most namespaces one prune call examines (a cursor goes on)
 
 local NUL = '\0'
+local OWNER = 'o' -- the data hash's field holding the owner epoch (see claim)
 local TOP = '\255' -- above every byte a name may hold: closes a range of the index
 
 -- An error reply "CODE message", returned (not raised) so the client gets it as written.
@@ -107,14 +135,17 @@ end
 
 -- Byte-wise "a sorts before b" (Lua's own < follows the server's collation locale).
 local function precedes(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then
-      return x < y
+  if a == b then
+    return false
+  end
+  -- Both strings' bytes in two calls (a call per byte costs more than the rest of the walk).
+  local x, y = {string.byte(a, 1, -1)}, {string.byte(b, 1, -1)}
+  for i = 1, math.min(#x, #y) do
+    if x[i] ~= y[i] then
+      return x[i] < y[i]
     end
   end
-  return #a < #b
+  return #x < #y
 end
 
 -- The index holds a sorted set (or nothing), checked before the first write. The data hash needs
@@ -175,6 +206,30 @@ local function writes_prefix(ns, id)
   return 'w' .. NUL .. ns .. NUL .. id .. NUL
 end
 
+-- A blob's reference count: how many stored (v2) records name it.
+local function counter_field(ns, channel, version)
+  return 'n' .. NUL .. ns .. NUL .. channel .. NUL .. version
+end
+
+-- Index members beside the checkpoints' and the writes': a checkpoint whose DeltaChannels are
+-- rebuilt from an older one (its floor), a checkpoint of a run, a pinned checkpoint.
+local function floor_name(ns, floor, id)
+  return 'f' .. NUL .. ns .. NUL .. id .. NUL .. floor
+end
+
+local function run_name(run, ns, id)
+  return 'r' .. NUL .. run .. NUL .. ns .. NUL .. id
+end
+
+local function pinned_name(ns, id)
+  return 'p' .. NUL .. ns .. NUL .. id
+end
+
+-- A checkpoint that has a child: its pending writes are applied (a pin of it is stale).
+local function parent_name(ns, id)
+  return 'a' .. NUL .. ns .. NUL .. id
+end
+
 -- "c<0>ns<0>id" -> ns, id
 local function split_checkpoint(member)
   local sep = string.find(member, NUL, 3, true)
@@ -217,15 +272,20 @@ end
 
 -- What get and list return for one checkpoint:
 -- {ns, id, parent, checkpoint, metadata, {channel, value, ...}, {write, ...}}
-local function entry(data, index, ns, id, rec)
+local function entry(data, index, ns, id, rec, known)
   local channels = rec[2]
   local fields, names = {document_field('k', ns, id), document_field('m', ns, id)}, {}
+  local blobs = {}
   for i = 1, #channels, 2 do
-    fields[#fields + 1] = blob_field(ns, channels[i], channels[i + 1])
-    names[#names + 1] = channels[i]
+    if known and known[channels[i]] == channels[i + 1] then
+      blobs[#blobs + 1] = channels[i] -- the caller holds this value: "" stands for it
+      blobs[#blobs + 1] = ''
+    else
+      fields[#fields + 1] = blob_field(ns, channels[i], channels[i + 1])
+      names[#names + 1] = channels[i]
+    end
   end
   local values = hmget(data, fields)
-  local blobs = {}
   for i = 1, #names do
     local value = values[i + 2]
     if value then
@@ -253,15 +313,59 @@ local function records(data, members)
   return found
 end
 
--- Remove checkpoints (index members "c<0>ns<0>id") with their pending writes, and the blobs only
--- they referenced. `kept` are the records of the checkpoints that stay in the namespace.
+-- Add `delta` (1 or -1) to the reference counts of the blobs a record's versions name, and
+-- delete every blob (with its count) whose count drops to 0. `fresh` holds the blob fields the
+-- calling put wrote itself: their count starts from 0. A blob with no count (written by v1 of
+-- this library) is never counted, so never deleted here.
+local function count_references(data, ns, versions, delta, fresh)
+  if #versions == 0 then
+    return
+  end
+  local blobs, counters = {}, {}
+  for i = 1, #versions, 2 do
+    blobs[#blobs + 1] = blob_field(ns, versions[i], versions[i + 1])
+    counters[#counters + 1] = counter_field(ns, versions[i], versions[i + 1])
+  end
+  local counts = hmget(data, counters)
+  local set, drop = {}, {}
+  for i, counter in ipairs(counters) do
+    local n = counts[i] and tonumber(counts[i])
+    if not n and fresh and fresh[blobs[i]] then
+      n = 0
+    end
+    if n then
+      n = n + delta
+      if n > 0 then
+        set[#set + 1] = counter
+        set[#set + 1] = n
+      else
+        drop[#drop + 1] = counter
+        drop[#drop + 1] = blobs[i]
+      end
+    end
+  end
+  if #set > 0 then
+    chunked(function(...) return redis.call('HSET', data, ...) end, set, 2)
+  end
+  if #drop > 0 then
+    chunked(function(...) return redis.call('HDEL', data, ...) end, drop)
+  end
+end
+
+-- Remove checkpoints (index members "c<0>ns<0>id") with their pending writes, their index
+-- entries, and the blobs no stored record names any more. A v2 record's blobs go by their
+-- reference counts; a v1 record's (uncounted) blobs go when none of `kept` (the records that
+-- stay, given by prune) names them, and stay when `kept` is nil.
 local function remove(data, index, ns, victims, kept)
-  local referenced = {}
-  for _, rec in ipairs(kept) do
-    if rec then
-      local channels = rec[2]
-      for i = 1, #channels, 2 do
-        referenced[blob_field(ns, channels[i], channels[i + 1])] = true
+  local referenced = nil
+  if kept then
+    referenced = {}
+    for _, rec in ipairs(kept) do
+      if rec then
+        local channels = rec[2]
+        for i = 1, #channels, 2 do
+          referenced[blob_field(ns, channels[i], channels[i + 1])] = true
+        end
       end
     end
   end
@@ -269,7 +373,9 @@ local function remove(data, index, ns, victims, kept)
   for v, rec in ipairs(records(data, victims)) do
     local member = victims[v]
     local _, id = split_checkpoint(member)
-    if rec then
+    if rec and rec[6] == 1 then
+      count_references(data, ns, rec[2], -1, nil)
+    elseif rec and referenced then
       local channels = rec[2]
       for i = 1, #channels, 2 do
         local field = blob_field(ns, channels[i], channels[i + 1])
@@ -279,10 +385,18 @@ local function remove(data, index, ns, victims, kept)
         end
       end
     end
+    if rec and rec[5] ~= id then
+      members[#members + 1] = floor_name(ns, rec[5], id)
+    end
+    if rec and rec[7] and rec[7] ~= '' then
+      members[#members + 1] = run_name(rec[7], ns, id)
+    end
     fields[#fields + 1] = member
     fields[#fields + 1] = document_field('k', ns, id)
     fields[#fields + 1] = document_field('m', ns, id)
     members[#members + 1] = member
+    members[#members + 1] = pinned_name(ns, id)
+    members[#members + 1] = parent_name(ns, id)
     local write_members, write_fields = pending_writes(index, ns, id)
     for i = 1, #write_members do
       members[#members + 1] = write_members[i]
@@ -295,33 +409,97 @@ local function remove(data, index, ns, victims, kept)
   end
 end
 
--- Keep the newest `keep` checkpoints of a namespace, and every checkpoint at or above the floor
--- of a kept one (what its DeltaChannels are rebuilt from). Returns how many were removed.
-local function trim(data, index, ns, keep)
-  local low, high = '[' .. checkpoint_name(ns, ''), '(' .. checkpoint_name(ns, TOP)
-  if redis.call('ZLEXCOUNT', index, low, high) <= keep then
-    return 0
+-- The lowest id retention may cut below in a namespace, given the cut the policy asks for:
+-- lowered to every pinned checkpoint (pending writes that no child has applied: an interrupt
+-- waiting for its resume, a task's writes before the next checkpoint) and to the floor of every
+-- checkpoint that stays (the oldest ancestor its DeltaChannels are rebuilt from), until no
+-- checkpoint at or above it needs anything below it. Reads at most SCAN_BUDGET pins and
+-- SCAN_BUDGET floors per round (a round per distinct lowering: one or two in practice); with
+-- more floors above the cut than that it returns "" (nothing is removed).
+local function safe_cut(data, index, ns, cut, pinned)
+  local pins = {}
+  if pinned then
+    pins = redis.call('ZRANGEBYLEX', index, '[' .. pinned_name(ns, ''),
+      '(' .. pinned_name(ns, TOP), 'LIMIT', 0, SCAN_BUDGET)
   end
-  local newest = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', 0, keep)
-  local kept = records(data, newest)
-  local _, oldest = split_checkpoint(newest[#newest])
-  local cut = oldest
-  for _, rec in ipairs(kept) do
-    if rec and precedes(rec[5], cut) then
-      cut = rec[5]
+  local skip = #pinned_name(ns, '')
+  for _, member in ipairs(pins) do
+    local id = string.sub(member, skip + 1)
+    if redis.call('ZSCORE', index, parent_name(ns, id))
+        or redis.call('HEXISTS', data, checkpoint_name(ns, id)) == 0 then
+      -- a child was put before these writes arrived (LangGraph sends them concurrently), or
+      -- they came for a checkpoint that is gone: nothing waits on them
+      redis.call('ZREM', index, member)
+    elseif precedes(id, cut) then
+      cut = id
     end
   end
+  local prefix = floor_name(ns, '', '')
+  prefix = string.sub(prefix, 1, #prefix - 1) -- f<0>ns<0>
+  -- The floors of the checkpoints at or above the cut (the server compares the ids); the
+  -- lowest of them lowers the cut, which may bring older checkpoints (and floors) in: again.
+  local high = '(' .. prefix .. TOP
+  for _ = 1, SCAN_BUDGET do
+    local floors = redis.call('ZRANGEBYLEX', index, '[' .. prefix .. cut, high,
+      'LIMIT', 0, SCAN_BUDGET)
+    if #floors == SCAN_BUDGET then
+      return '' -- more floors than one call reads: keep everything this time
+    end
+    local lowest, seen = cut, nil
+    for _, member in ipairs(floors) do
+      local rest = string.sub(member, #prefix + 1)
+      local floor = string.sub(rest, string.find(rest, NUL, 1, true) + 1)
+      if floor ~= seen then -- a DeltaChannel's checkpoints share a few floors: compare each once
+        seen = floor
+        if precedes(floor, lowest) then
+          lowest = floor
+        end
+      end
+    end
+    if lowest == cut then
+      break
+    end
+    high = '(' .. prefix .. cut
+    cut = lowest
+  end
+  return cut
+end
+
+-- Retention in one namespace: remove the checkpoints below the cut that keep_last (the newest
+-- `keep`, 0 = no limit) and max_age (`age_cut`: the id of the oldest checkpoint young enough,
+-- "" = no limit; the newest checkpoint always stays) ask for, made safe by safe_cut; at most
+-- MAX_TRIM per call. Reads no kept record. Returns how many were removed.
+local function trim(data, index, ns, keep, age_cut, by_kept)
+  local low, high = '[' .. checkpoint_name(ns, ''), '(' .. checkpoint_name(ns, TOP)
+  local cut = nil
+  if keep > 0 and redis.call('ZLEXCOUNT', index, low, high) > keep then
+    local kth = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, 1)[1]
+    local _, id = split_checkpoint(kth)
+    cut = id
+  end
+  if age_cut ~= '' then
+    local newest = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', 0, 1)[1]
+    if newest then
+      local _, id = split_checkpoint(newest)
+      local by_age = precedes(age_cut, id) and age_cut or id
+      if not cut or precedes(cut, by_age) then
+        cut = by_age
+      end
+    end
+  end
+  if not cut then
+    return 0
+  end
+  cut = safe_cut(data, index, ns, cut, not by_kept)
   local victims = redis.call(
     'ZRANGEBYLEX', index, low, '(' .. checkpoint_name(ns, cut), 'LIMIT', 0, MAX_TRIM)
   if #victims == 0 then
     return 0
   end
-  if cut ~= oldest then -- kept too: the older checkpoints the newest ones are rebuilt from
-    local also = redis.call('ZRANGEBYLEX', index, '[' .. checkpoint_name(ns, cut),
-      '(' .. checkpoint_name(ns, oldest))
-    for _, rec in ipairs(records(data, also)) do
-      kept[#kept + 1] = rec
-    end
+  local kept = nil
+  if by_kept then -- prune: v1 records' blobs go by what the kept records name
+    kept = records(data, redis.call('ZRANGEBYLEX', index, '[' .. checkpoint_name(ns, cut), high,
+      'LIMIT', 0, SCAN_BUDGET))
   end
   remove(data, index, ns, victims, kept)
   return #victims
@@ -341,43 +519,67 @@ local function section(args, at, width, name)
   return items, at + count * width + 1, nil
 end
 
+-- Write fencing (opt-in): nil when `epoch` may write to the thread, else the STALEOWNER error
+-- reply. A writer that carries an epoch writes only while it is the thread's current one (a
+-- claim, a delete or an expiry ends every earlier epoch). A writer that carries none takes no
+-- part in fencing and is not checked.
+local function fenced(data, epoch)
+  if epoch == '' then
+    return nil
+  end
+  local owner = redis.call('HGET', data, OWNER)
+  if owner == epoch then
+    return nil
+  end
+  return bad('STALEOWNER', 'epoch ' .. shown(epoch) .. ' no longer owns the thread (' ..
+    (owner and ('epoch ' .. owner .. ' does') or 'it was deleted or expired') .. ')')
+end
+
 --[[
-put: store a checkpoint, the channel values it changed, its index entry; trim; set the TTL.
+put: record a checkpoint whose channel values were written beside this call; index it; trim; set
+the TTL.
+  The values (blob fields b<0>ns<0>channel<0>version, see the layout) never cross into Lua: the
+  caller writes them with a plain HSET queued in the same MULTI/EXEC, before this call. A version
+  names one value, so writing a blob field that exists writes the same bytes again. When this
+  call is rejected the transaction still applies that HSET: its blob fields are orphans that no
+  record names, so no read ever returns them; they go with the thread (its TTL, delete_thread).
+  Every other change happens here, after every check, or not at all.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl: EXPIRE both keys after this many seconds; 0 = leave the TTL as it is
-  ARGV[2]   keep_last: keep the newest N checkpoints of the namespace (and what their
-            DeltaChannels need); 0 = keep all
-  ARGV[3]   namespace (may be empty)       ARGV[4]  checkpoint id (not empty)
-  ARGV[5]   parent checkpoint id, or ""
-  ARGV[6]   the checkpoint, typed, without its channel values
-  ARGV[7]   its metadata, typed
+  ARGV[2]   keep_last: keep the newest N checkpoints of the namespace; 0 = keep all
+  ARGV[3]   age cut: remove the checkpoints of the namespace with an id below this one (the
+            caller's id for "max_age ago"; ids grow with time); "" = no age limit
+  ARGV[4]   owner epoch, or "" (see fenced above and claim)
+  ARGV[5]   namespace (may be empty)       ARGV[6]  checkpoint id (not empty)
+  ARGV[7]   parent checkpoint id, or ""    ARGV[8]  run id, or "" (indexed for delete_run)
+  ARGV[9]   the checkpoint, typed, without its channel values
+  ARGV[10]  its metadata, typed
   then four sections, each a count followed by that many groups:
-    versions  channel version        every channel version of the checkpoint
-    blobs     channel version value  the changed channels' values, typed (a channel whose new
-                                     version holds no value sends none)
-    filters   key json               the metadata filter index (see the layout)
-    deltas    channel                the DeltaChannels this checkpoint stores no value of
+    versions  channel version   every channel version of the checkpoint
+    blobs     channel version   the values this transaction wrote (names only)
+    filters   key json          the metadata filter index (see the layout)
+    deltas    channel           the DeltaChannels this checkpoint stores no value of
+  Retention (keep_last, age) never removes a pinned checkpoint or what a kept one's DeltaChannels
+  are rebuilt from (see safe_cut); the newest checkpoint always stays.
   reply     integer: how many old checkpoints retention removed
-  errors    BADARGS, BADSIZE, BADTTL, BADID, BADVALUE, WRONGTYPE
+  errors    BADARGS, BADSIZE, BADTTL, BADID, BADVALUE, WRONGTYPE, STALEOWNER
 ]]
 local function put(keys, args)
-  if #keys ~= 2 or #args < 11 then
-    return bad('BADARGS', 'expected 2 keys and at least 11 arguments: ttl keep_last ns id ' ..
-      'parent checkpoint metadata versions... blobs... filters... deltas...')
+  if #keys ~= 2 or #args < 14 then
+    return bad('BADARGS', 'expected 2 keys and at least 14 arguments: ttl keep_last age_cut ' ..
+      'epoch ns id parent run checkpoint metadata versions... blobs... filters... deltas...')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
   local keep = whole(args[2])
   if not keep then return not_whole('BADSIZE', 'keep_last', args[2]) end
-  local ns, id, parent = args[3], args[4], args[5]
-  local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
-    or bad_name('parent checkpoint_id', parent, true)
-    or bad_typed('checkpoint', args[6]) or bad_typed('metadata', args[7])
+  local age_cut, epoch, ns, id, parent, run = args[3], args[4], args[5], args[6], args[7], args[8]
+  local err = bad_typed('checkpoint', args[9]) or bad_typed('metadata', args[10])
   if err then return err end
   local versions, blobs, filters, deltas, at
-  versions, at, err = section(args, 8, 2, 'versions')
+  versions, at, err = section(args, 11, 2, 'versions')
   if err then return err end
-  blobs, at, err = section(args, at, 3, 'blobs')
+  blobs, at, err = section(args, at, 2, 'blobs')
   if err then return err end
   filters, at, err = section(args, at, 2, 'filters')
   if err then return err end
@@ -386,24 +588,41 @@ local function put(keys, args)
   if at <= #args then
     return bad('BADARGS', (#args - at + 1) .. ' arguments after the last section')
   end
-  for i = 1, #versions do
-    err = bad_name(i % 2 == 1 and 'channel' or 'version', versions[i])
-    if err then return err end
-  end
-  for i = 1, #blobs, 3 do
-    err = bad_name('channel', blobs[i]) or bad_name('version', blobs[i + 1])
-      or bad_typed('value of ' .. blobs[i], blobs[i + 2])
-    if err then return err end
+  -- Every name at once: one search over them all (a search per name costs more than the rest
+  -- of a put); only a put that fails it is checked name by name, for the message.
+  local names, empty = {age_cut, epoch, ns, id, parent, run}, #id == 0
+  for _, list in ipairs({versions, blobs, deltas}) do
+    for i = 1, #list do
+      names[#names + 1] = list[i]
+      empty = empty or #list[i] == 0
+    end
   end
   for i = 1, #filters, 2 do
-    err = bad_name('metadata key', filters[i], true)
-    if err then return err end
+    names[#names + 1] = filters[i]
   end
-  for i = 1, #deltas do
-    err = bad_name('channel', deltas[i])
+  if empty or string.find(table.concat(names), '[%z\255]') then
+    err = bad_name('age cut', age_cut, true) or bad_name('epoch', epoch, true)
+      or bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
+      or bad_name('parent checkpoint_id', parent, true) or bad_name('run_id', run, true)
     if err then return err end
+    for i = 1, #versions do
+      err = bad_name(i % 2 == 1 and 'channel' or 'version', versions[i])
+      if err then return err end
+    end
+    for i = 1, #blobs do
+      err = bad_name(i % 2 == 1 and 'channel' or 'version', blobs[i])
+      if err then return err end
+    end
+    for i = 1, #filters, 2 do
+      err = bad_name('metadata key', filters[i], true)
+      if err then return err end
+    end
+    for i = 1, #deltas do
+      err = bad_name('channel', deltas[i])
+      if err then return err end
+    end
   end
-  err = wrong_types(keys)
+  err = wrong_types(keys) or fenced(keys[1], epoch)
   if err then return err end
 
   -- Where each DeltaChannel without a stored value is rebuilt from: the parent's holder for it,
@@ -426,49 +645,122 @@ local function put(keys, args)
   end
 
   local name = checkpoint_name(ns, id)
-  local fields = {
-    name, cmsgpack.pack({parent, versions, filters, holders, floor}),
-    document_field('k', ns, id), args[6],
-    document_field('m', ns, id), args[7]}
-  for i = 1, #blobs, 3 do
-    fields[#fields + 1] = blob_field(ns, blobs[i], blobs[i + 1])
-    fields[#fields + 1] = blobs[i + 2]
+  local fresh = {}
+  for i = 1, #blobs, 2 do
+    fresh[blob_field(ns, blobs[i], blobs[i + 1])] = true
   end
-  chunked(function(...) return redis.call('HSET', keys[1], ...) end, fields, 2)
-  redis.call('ZADD', keys[2], 0, name)
+  count_references(keys[1], ns, versions, 1, fresh)
+  local old = record(keys[1], ns, id)
+  if old then -- stored again (a retried put, a copy): its old entries go (after the new counts)
+    local gone = {}
+    if old[6] == 1 then
+      count_references(keys[1], ns, old[2], -1, nil)
+    end
+    if old[5] ~= id then
+      gone[#gone + 1] = floor_name(ns, old[5], id)
+    end
+    if old[7] and old[7] ~= '' then
+      gone[#gone + 1] = run_name(old[7], ns, id)
+    end
+    if #gone > 0 then
+      redis.call('ZREM', keys[2], unpack(gone))
+    end
+  end
+  redis.call('HSET', keys[1],
+    name, cmsgpack.pack({parent, versions, filters, holders, floor, 1, run}),
+    document_field('k', ns, id), args[9],
+    document_field('m', ns, id), args[10])
+  local members = {0, name}
+  if floor ~= id then
+    members[#members + 1] = 0
+    members[#members + 1] = floor_name(ns, floor, id)
+  end
+  if run ~= '' then
+    members[#members + 1] = 0
+    members[#members + 1] = run_name(run, ns, id)
+  end
+  redis.call('ZADD', keys[2], unpack(members))
+  if parent ~= '' then -- the parent's pending writes are applied in this checkpoint
+    redis.call('ZREM', keys[2], pinned_name(ns, parent))
+    redis.call('ZADD', keys[2], 0, parent_name(ns, parent))
+  end
   local removed = 0
-  if keep > 0 then
-    removed = trim(keys[1], keys[2], ns, keep)
+  if keep > 0 or age_cut ~= '' then
+    removed = trim(keys[1], keys[2], ns, keep, age_cut, false)
   end
   expire(keys, ttl)
   return removed
 end
 
 --[[
-put_writes: store a task's pending writes against a checkpoint; set the TTL.
+retain: index and count a checkpoint the caller wrote with plain commands in the same MULTI/EXEC
+(before this call: its record, documents and values, its other index entries), then apply
+retention in its namespace as put does. The checkpoint's own index entry is added here, with
+NX: its values' reference counts go up only when it is new, so a transaction sent again (a
+reply lost, the library loaded again) counts nothing twice.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
-  ARGV[1]   ttl, as for put        ARGV[2]  namespace      ARGV[3]  checkpoint id
-  ARGV[4]   task id                ARGV[5]  task path (may be empty)
-  ARGV[6..] triples: idx channel value (typed). idx is the write's position in the task's list,
+  ARGV[1]   keep_last, as for put       ARGV[2]  age cut, as for put
+  ARGV[3]   namespace                   ARGV[4]  checkpoint id
+  ARGV[5..] pairs channel version: every channel version of the checkpoint
+  reply     integer: how many checkpoints retention removed
+  errors    BADARGS, BADSIZE, BADID, WRONGTYPE
+]]
+local function retain(keys, args)
+  if #keys ~= 2 or #args < 4 or #args % 2 ~= 0 then
+    return bad('BADARGS', 'expected 2 keys and 4 + 2n arguments: keep_last age_cut ns id ' ..
+      '(channel version)...')
+  end
+  local keep = whole(args[1])
+  if not keep then return not_whole('BADSIZE', 'keep_last', args[1]) end
+  local ns, id = args[3], args[4]
+  local err = bad_name('age cut', args[2], true) or bad_name('checkpoint_ns', ns, true)
+    or bad_name('checkpoint_id', id) or wrong_types(keys)
+  if err then return err end
+  local versions = {}
+  for i = 5, #args do
+    versions[#versions + 1] = args[i]
+  end
+  if redis.call('ZADD', keys[2], 'NX', 0, checkpoint_name(ns, id)) == 1 then
+    local fresh = {}
+    for i = 1, #versions, 2 do
+      fresh[blob_field(ns, versions[i], versions[i + 1])] = true
+    end
+    count_references(keys[1], ns, versions, 1, fresh)
+  end
+  if keep == 0 and args[2] == '' then
+    return 0
+  end
+  return trim(keys[1], keys[2], ns, keep, args[2], false)
+end
+
+--[[
+put_writes: store a task's pending writes against a checkpoint; pin it; set the TTL.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   ttl, as for put        ARGV[2]  owner epoch, or "", as for put
+  ARGV[3]   namespace              ARGV[4]  checkpoint id
+  ARGV[5]   task id                ARGV[6]  task path (may be empty)
+  ARGV[7..] triples: idx channel value (typed). idx is the write's position in the task's list,
             or a negative number for a special channel (LangGraph's WRITES_IDX_MAP)
-  A write whose (task id, idx >= 0) is already stored is left as it was (a retried task stores
-  nothing twice); a special write (idx < 0) replaces the stored one.
+  A write whose (task id, idx >= 0) is already stored is left as it was (a retried call stores
+  nothing twice); a special write (idx < 0) replaces the stored one. The checkpoint is pinned
+  (retention keeps it) until a put names it as its parent: its writes are not applied yet.
   reply     integer: how many writes were stored
-  errors    BADARGS, BADTTL, BADID, BADVALUE, WRONGTYPE
+  errors    BADARGS, BADTTL, BADID, BADVALUE, WRONGTYPE, STALEOWNER
 ]]
 local function put_writes(keys, args)
-  if #keys ~= 2 or #args < 5 or (#args - 5) % 3 ~= 0 or (#args - 5) / 3 > MAX_ITEMS then
-    return bad('BADARGS', 'expected 2 keys and 5 + 3n arguments: ttl ns id task path ' ..
+  if #keys ~= 2 or #args < 6 or (#args - 6) % 3 ~= 0 or (#args - 6) / 3 > MAX_ITEMS then
+    return bad('BADARGS', 'expected 2 keys and 6 + 3n arguments: ttl epoch ns id task path ' ..
       '(idx channel value)...')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
-  local ns, id, task, path = args[2], args[3], args[4], args[5]
-  local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id)
-    or bad_name('task_id', task, true) or bad_name('task_path', path, true)
+  local epoch, ns, id, task, path = args[2], args[3], args[4], args[5], args[6]
+  local err = bad_name('epoch', epoch, true) or bad_name('checkpoint_ns', ns, true)
+    or bad_name('checkpoint_id', id) or bad_name('task_id', task, true)
+    or bad_name('task_path', path, true)
   if err then return err end
   local indexes = {}
-  for i = 6, #args, 3 do
+  for i = 7, #args, 3 do
     local idx = args[i]
     local n = tonumber(idx)
     if not (idx == '0' or string.find(idx, '^%-?[1-9]%d*$')) or #idx > 11
@@ -480,13 +772,13 @@ local function put_writes(keys, args)
     if err then return err end
     indexes[#indexes + 1] = string.format('%010d', n + IDX_OFFSET)
   end
-  err = wrong_types(keys)
+  err = wrong_types(keys) or fenced(keys[1], epoch)
   if err then return err end
 
   local prefix = writes_prefix(ns, id)
-  local scored = {}
+  local scored = {0, pinned_name(ns, id)}
   for w, i in ipairs(indexes) do
-    local at = 3 + 3 * w
+    local at = 4 + 3 * w
     local field = prefix .. task .. NUL .. i
     local value = task .. NUL .. path .. NUL .. args[at + 1] .. NUL .. args[at + 2]
     local new
@@ -509,13 +801,76 @@ local function put_writes(keys, args)
       scored[#scored + 1] = prefix .. path .. NUL .. task .. NUL .. i
     end
   end
-  if #scored > 0 then
-    chunked(function(...) return redis.call('ZADD', keys[2], ...) end, scored, 2)
-  end
-  local stored = #scored / 2
+  chunked(function(...) return redis.call('ZADD', keys[2], ...) end, scored, 2)
+  local stored = #scored / 2 - 1
   expire(keys, ttl)
   return stored
 end
+
+--[[
+claim: take write ownership of a thread (write fencing, opt-in): a new epoch, one above the last
+(1 for a thread never claimed). From then on a put or put_writes carrying an earlier epoch is
+refused with STALEOWNER and writes nothing. Writers that carry no epoch are not fenced.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   ttl, as for put
+  reply     integer: the new epoch
+  errors    BADARGS, BADTTL, WRONGTYPE
+]]
+local function claim(keys, args)
+  if #keys ~= 2 or #args ~= 1 then
+    return bad('BADARGS', 'expected 2 keys and 1 argument: ttl')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local err = wrong_types(keys)
+  if err then return err end
+  local epoch = redis.call('HINCRBY', keys[1], OWNER, 1)
+  expire(keys, ttl)
+  return epoch
+end
+
+--[[
+delete_run: remove the checkpoints a run wrote to this thread (every namespace), with their
+pending writes and the blobs no remaining record names.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   run id
+  reply     integer: how many checkpoints were removed; at most MAX_TRIM go in one call, so
+            call again while the reply is MAX_TRIM
+  errors    BADARGS, BADID, WRONGTYPE
+]]
+local function delete_run(keys, args)
+  if #keys ~= 2 or #args ~= 1 then
+    return bad('BADARGS', 'expected 2 keys and 1 argument: run_id')
+  end
+  local run = args[1]
+  local err = bad_name('run_id', run) or wrong_types(keys)
+  if err then return err end
+  local prefix = run_name(run, '', '')
+  prefix = string.sub(prefix, 1, #prefix - 1) -- r<0>run<0>
+  local members = redis.call('ZRANGEBYLEX', keys[2], '[' .. prefix, '(' .. prefix .. TOP,
+    'LIMIT', 0, MAX_TRIM)
+  local by_ns, order = {}, {}
+  for _, member in ipairs(members) do
+    local rest = string.sub(member, #prefix + 1)
+    local sep = string.find(rest, NUL, 1, true)
+    local ns = string.sub(rest, 1, sep - 1)
+    if not by_ns[ns] then
+      by_ns[ns] = {}
+      order[#order + 1] = ns
+    end
+    local victims = by_ns[ns]
+    victims[#victims + 1] = checkpoint_name(ns, string.sub(rest, sep + 1))
+  end
+  for _, ns in ipairs(order) do
+    remove(keys[1], keys[2], ns, by_ns[ns], nil)
+  end
+  -- members whose checkpoint was gone already
+  if #members > 0 then
+    chunked(function(...) return redis.call('ZREM', keys[2], ...) end, members)
+  end
+  return #members
+end
+
 
 -- The newest checkpoint id of a namespace, or nil.
 local function latest(index, ns)
@@ -528,7 +883,7 @@ local function latest(index, ns)
   return id
 end
 
-local function read(keys, ns, id)
+local function read(keys, ns, id, known)
   if id == '' then
     id = latest(keys[2], ns)
     if not id then
@@ -539,7 +894,20 @@ local function read(keys, ns, id)
   if not rec then
     return nil
   end
-  return entry(keys[1], keys[2], ns, id, rec)
+  return entry(keys[1], keys[2], ns, id, rec, known)
+end
+
+-- The (channel, version) pairs from args[from] on whose values the caller holds: a map
+-- channel -> version, or nil and an error reply.
+local function known_values(args, from)
+  if (#args - from + 1) % 2 ~= 0 then
+    return nil, bad('BADARGS', 'known values come in pairs: channel version')
+  end
+  local known = {}
+  for i = from, #args, 2 do
+    known[args[i]] = args[i + 1]
+  end
+  return known, nil
 end
 
 --[[
@@ -548,20 +916,26 @@ pending writes; refreshes the thread's TTL (sliding expiry). Flagged allow-oom.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl: when > 0 and the checkpoint exists, EXPIRE both keys after this many seconds
   ARGV[2]   namespace               ARGV[3]  checkpoint id, or "" for the newest
+  ARGV[4..] pairs channel version: values the caller holds already (a version names one value):
+            they are not sent again, which keeps a resumed thread's values out of Lua
   reply     nil when there is no such checkpoint, else
             {ns, id, parent id or "", checkpoint, metadata, {channel, value, ...}, {write, ...}}
-            values typed; each write is task<0>path<0>channel<0>typed value, in replay order
+            values typed, or "" for a value the caller said it holds; each write is
+            task<0>path<0>channel<0>typed value, in replay order
   errors    BADARGS, BADTTL, BADID
 ]]
 local function get(keys, args)
-  if #keys ~= 2 or #args ~= 3 then
-    return bad('BADARGS', 'expected 2 keys and 3 arguments: ttl ns id')
+  if #keys ~= 2 or #args < 3 then
+    return bad('BADARGS', 'expected 2 keys and 3 + 2n arguments: ttl ns id (channel version)...')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
   local err = bad_name('checkpoint_ns', args[2], true) or bad_name('checkpoint_id', args[3], true)
   if err then return err end
-  local found = read(keys, args[2], args[3])
+  local known
+  known, err = known_values(args, 4)
+  if err then return err end
+  local found = read(keys, args[2], args[3], known)
   if found then
     expire(keys, ttl)
   end
@@ -572,16 +946,20 @@ end
 get_ro: get without the TTL refresh; flagged no-writes, so FCALL_RO may run it on a replica.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
+  ARGV[3..] pairs channel version, as for get
   reply     as get
   errors    BADARGS, BADID
 ]]
 local function get_ro(keys, args)
-  if #keys ~= 2 or #args ~= 2 then
-    return bad('BADARGS', 'expected 2 keys and 2 arguments: ns id')
+  if #keys ~= 2 or #args < 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 + 2n arguments: ns id (channel version)...')
   end
   local err = bad_name('checkpoint_ns', args[1], true) or bad_name('checkpoint_id', args[2], true)
   if err then return err end
-  return read(keys, args[1], args[2])
+  local known
+  known, err = known_values(args, 3)
+  if err then return err end
+  return read(keys, args[1], args[2], known)
 end
 
 --[[
@@ -670,20 +1048,28 @@ prune: keep only the newest checkpoint of each namespace of a thread (and what i
 are rebuilt from), with their pending writes and the values they reference.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   ttl, as for put (applied when anything is left)
-  reply     integer: how many checkpoints were removed. At most MAX_TRIM per namespace go in one
-            call; call again while the reply is positive to finish a very long thread.
+  ARGV[2]   cursor: "" for the first call, else what the previous call replied
+  reply     {removed, cursor}: how many checkpoints this call removed, and "" when the thread is
+            done, else the cursor to call again with. One call stops after PRUNE_NAMESPACES
+            namespaces or once it removed MAX_TRIM checkpoints (a namespace with more is
+            continued by the next call): at most PRUNE_NAMESPACES namespaces examined, each
+            reading at most SCAN_BUDGET kept records and removing at most MAX_TRIM.
   errors    BADARGS, BADTTL, WRONGTYPE
 ]]
 local function prune(keys, args)
-  if #keys ~= 2 or #args ~= 1 then
-    return bad('BADARGS', 'expected 2 keys and 1 argument: ttl')
+  if #keys ~= 2 or #args ~= 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 arguments: ttl cursor')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local cursor = args[2]
+  if cursor ~= '' and (string.sub(cursor, 1, 1) ~= 'n' or string.find(cursor, '[%z\255]')) then
+    return bad('BADARGS', 'not a cursor of prune: ' .. shown(cursor))
+  end
   local err = wrong_types(keys)
   if err then return err end
-  local removed = 0
-  local after = '[c' .. NUL
+  local removed, examined = 0, 0
+  local after = cursor == '' and '[c' .. NUL or '[' .. checkpoint_name(string.sub(cursor, 2), '')
   while true do
     -- the next namespace: the first checkpoint member above the previous namespace's range
     local first = redis.call(
@@ -692,15 +1078,37 @@ local function prune(keys, args)
       break
     end
     local ns = split_checkpoint(first)
-    removed = removed + trim(keys[1], keys[2], ns, 1)
+    if removed >= MAX_TRIM or examined >= PRUNE_NAMESPACES then
+      expire(keys, ttl)
+      return {removed, 'n' .. ns}
+    end
+    local n = trim(keys[1], keys[2], ns, 1, '', true)
+    removed, examined = removed + n, examined + 1
+    if n >= MAX_TRIM then -- more in this namespace
+      expire(keys, ttl)
+      return {removed, 'n' .. ns}
+    end
     after = '[' .. checkpoint_name(ns, TOP)
   end
   expire(keys, ttl)
-  return removed
+  return {removed, ''}
 end
 
 -- Merge every field and member of one thread's keys into another's.
+-- The kinds of index member (see the layout): what import accepts.
+local MEMBER_KINDS = {
+  ['c' .. NUL] = true, ['w' .. NUL] = true, ['f' .. NUL] = true, ['r' .. NUL] = true,
+  ['p' .. NUL] = true, ['a' .. NUL] = true}
+
 local function merge(data, index, fields, members, ttl)
+  local kept = {}
+  for i = 1, #fields, 2 do -- the owner epoch is the source's own, not the target's
+    if fields[i] ~= OWNER then
+      kept[#kept + 1] = fields[i]
+      kept[#kept + 1] = fields[i + 1]
+    end
+  end
+  fields = kept
   if #fields > 0 then
     chunked(function(...) return redis.call('HSET', data, ...) end, fields, 2)
   end
@@ -774,7 +1182,7 @@ local function import(keys, args)
   local members = {}
   for i = at, #args do
     local kind = string.sub(args[i], 1, 2)
-    if kind ~= 'c' .. NUL and kind ~= 'w' .. NUL then
+    if not MEMBER_KINDS[kind] then
       return bad('BADARGS', 'not an index member: ' .. shown(args[i]))
     end
     members[#members + 1] = args[i]
@@ -791,21 +1199,30 @@ along the checkpoint's ancestors, and the nearest ancestor's stored value (the s
 parent chain once for all channels. Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
-  ARGV[3..] channel names
+  ARGV[3]   n, then n channel names
+  then      pairs channel version: values the caller holds (as for get)
   reply     one item per channel, in ARGV order: {seed, write, write, ...} where seed is the
-            typed value or "" when the walk reached the root without one, and the writes (as get
-            returns them) run oldest first. The checkpoint's own pending writes are not included.
+            typed value, "=" for a value the caller said it holds, or "" when the walk reached
+            the root without one, and the writes (as get returns them) run oldest first. The
+            checkpoint's own pending writes are not included.
   errors    BADARGS, BADID
 ]]
 local function delta(keys, args)
-  if #keys ~= 2 or #args < 2 then
-    return bad('BADARGS', 'expected 2 keys and at least 2 arguments: ns id channel...')
+  if #keys ~= 2 or #args < 3 then
+    return bad('BADARGS', 'expected 2 keys and at least 3 arguments: ns id n channel... ' ..
+      '(channel version)...')
   end
   local ns, id = args[1], args[2]
   local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id, true)
   if err then return err end
+  local names, at
+  names, at, err = section(args, 3, 1, 'channels')
+  if err then return err end
+  local known
+  known, err = known_values(args, at)
+  if err then return err end
   local remaining, left = {}, 0
-  for i = 3, #args do
+  for i = 4, 3 + #names do
     err = bad_name('channel', args[i])
     if err then return err end
     if not remaining[args[i]] then
@@ -828,7 +1245,9 @@ local function delta(keys, args)
     local found = {}
     for channel in pairs(remaining) do
       local version = versions[channel]
-      if version then
+      if version and known[channel] == version then
+        found[channel] = '='
+      elseif version then
         local value = redis.call('HGET', keys[1], blob_field(ns, channel, version))
         if value and string.sub(value, 1, 6) ~= 'empty' .. NUL then
           found[channel] = value
@@ -856,7 +1275,7 @@ local function delta(keys, args)
     cursor = rec[1]
   end
   local reply = {}
-  for i = 3, #args do
+  for i = 4, 3 + #names do
     local channel = args[i]
     local item = {seeds[channel] or ''}
     for a = #collected, 1, -1 do
@@ -872,20 +1291,24 @@ local function delta(keys, args)
 end
 
 -- The library's whole surface. Names carry the contract version; see the header.
-redis.register_function{function_name = 'pyhistory_checkpoint_v1_put', callback = put}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_put', callback = put}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v1_put_writes', callback = put_writes}
+  function_name = 'pyhistory_checkpoint_v2_put_writes', callback = put_writes}
 -- get writes only a TTL: allow-oom lets a graph resume while the server is out of memory.
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v1_get', callback = get, flags = {'allow-oom'}}
+  function_name = 'pyhistory_checkpoint_v2_get', callback = get, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v1_get_ro', callback = get_ro, flags = {'no-writes'}}
+  function_name = 'pyhistory_checkpoint_v2_get_ro', callback = get_ro, flags = {'no-writes'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v1_list', callback = list, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v1_prune', callback = prune}
-redis.register_function{function_name = 'pyhistory_checkpoint_v1_copy', callback = copy}
+  function_name = 'pyhistory_checkpoint_v2_list', callback = list, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_prune', callback = prune}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_copy', callback = copy}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v1_export', callback = export, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v1_import', callback = import}
+  function_name = 'pyhistory_checkpoint_v2_export', callback = export, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_import', callback = import}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v1_delta', callback = delta, flags = {'no-writes'}}
+  function_name = 'pyhistory_checkpoint_v2_delta', callback = delta, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_claim', callback = claim}
+redis.register_function{function_name = 'pyhistory_checkpoint_v2_retain', callback = retain}
+redis.register_function{
+  function_name = 'pyhistory_checkpoint_v2_delete_run', callback = delete_run}

@@ -85,9 +85,13 @@ class Library:
 @dataclass(frozen=True)
 class Call:
     """One command to send: its name, its arguments, the key it touches (for cluster routing),
-    and the library whose function it calls, which is loaded again if the server lost it."""
+    the library whose function it calls, which is loaded again if the server lost it, and the
+    plain commands, if any, that go with it in one MULTI/EXEC."""
 
     command: str
     args: tuple[Any, ...]
     key: str
     library: Library | None = None
+    # Plain commands sent ahead of the call in one MULTI/EXEC (on the call's slot): large values
+    # written beside a function that only checks and indexes them. Empty: the call alone.
+    before: tuple[tuple[Any, ...], ...] = ()

@@ -53,6 +53,11 @@ class InvalidValueError(InvalidArgumentError):
     """A typed value sent to the checkpoint library without its type name (BADVALUE)."""
 
 
+class StaleOwnerError(HistoryError):
+    """A checkpoint write carried an owner epoch that no longer owns the thread: another worker
+    claimed it since, or it was deleted or expired (STALEOWNER). Nothing was written."""
+
+
 class SerializationError(HistoryError, TypeError):
     """A message cannot be encoded as JSON (for example a datetime or bytes inside it)."""
 
@@ -148,6 +153,7 @@ SERVER_ERRORS: dict[str, type[HistoryError]] = {
     # lua/pyhistory_checkpoint.lua
     "BADID": InvalidCheckpointIdError,
     "BADVALUE": InvalidValueError,
+    "STALEOWNER": StaleOwnerError,
 }
 
 # redis-py's classes -> ours, the most specific first.

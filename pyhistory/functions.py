@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import redis
@@ -186,7 +186,7 @@ def run(client: SyncClient, call: Call) -> Any:
     healing = _Healing(call)
     while True:
         try:
-            return client.execute_command(call.command, *call.args)
+            return _send(client, call)
         except Exception as error:
             library, pause = healing.next(error)
         if pause:
@@ -225,11 +225,44 @@ async def _arefresh(client: AsyncClient, call: Call) -> Any:
     return None
 
 
-def _asend(client: AsyncClient, call: Call) -> Awaitable[Any]:
-    if lean(client):
-        assert isinstance(client, redis.asyncio.Redis)
-        return coalescer(client).send((call.command, *call.args))
-    return client.execute_command(call.command, *call.args)
+def _transaction_reply(replies: list[Any]) -> Any:
+    """The reply of a transaction's last command (the call), raising the first error in it."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies[-1]
+
+
+def _send(client: SyncClient, call: Call) -> Any:
+    """One call, or, with ``call.before``, the plain commands and the call in one MULTI/EXEC."""
+    if not call.before:
+        return client.execute_command(call.command, *call.args)
+    pipe = client.pipeline(transaction=True)
+    for command in call.before:
+        pipe.execute_command(*command)
+    pipe.execute_command(call.command, *call.args)
+    return _transaction_reply(pipe.execute(raise_on_error=False))
+
+
+async def _asend(client: AsyncClient, call: Call) -> Any:
+    """The asyncio twin of :func:`_send`. A lone call on a plain client with a pool shares its
+    flight with the commands other tasks issue at the same moment (pyhistory._coalesce). On an
+    asyncio cluster client the commands go in one non-transactional pipeline to the slot's node
+    instead of MULTI/EXEC (redis.asyncio's cluster transactions run each command in a thread of
+    its own, blocking the event loop): they still run in order on that node in one flight, so a
+    reader that only reaches the values through what the call indexes sees the same as with
+    MULTI/EXEC."""
+    if not call.before:
+        if lean(client):
+            assert isinstance(client, redis.asyncio.Redis)
+            return await coalescer(client).send((call.command, *call.args))
+        return await client.execute_command(call.command, *call.args)
+    on_cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
+    pipe: Any = client.pipeline(transaction=not on_cluster)
+    for command in call.before:
+        pipe.execute_command(*command)
+    pipe.execute_command(call.command, *call.args)
+    return _transaction_reply(await pipe.execute(raise_on_error=False))
 
 
 # --- two calls in one flight ------------------------------------------------------------------
@@ -330,8 +363,25 @@ def _queue_with_wait(
     """Queue the call and its WAIT on a (sync or asyncio) non-transactional pipeline."""
     if asking:  # the slot is migrating to this node: it serves the key only after ASKING
         pipe.execute_command("ASKING")
+    if call.before:  # written out: WAIT must follow the EXEC, outside the transaction
+        pipe.execute_command("MULTI")
+        for command in call.before:
+            pipe.execute_command(*command)
     pipe.execute_command(call.command, *call.args)
+    if call.before:
+        pipe.execute_command("EXEC")
     pipe.execute_command("WAIT", replicas, timeout_ms)
+
+
+def _call_and_wait(call: Call, replies: list[Any]) -> list[Any]:
+    """[the call's reply, WAIT's reply] from what _queue_with_wait queued (without ASKING)."""
+    if not call.before:
+        return replies
+    executed = replies[-2]
+    if isinstance(executed, list):
+        errors = [r for r in executed if isinstance(r, BaseException)]
+        executed = errors[0] if errors else executed[-1]
+    return [executed, replies[-1]]
 
 
 def _send_with_wait(
@@ -340,7 +390,7 @@ def _send_with_wait(
     pipe = node.pipeline(transaction=False)
     _queue_with_wait(pipe, call, replicas, timeout_ms, asking)
     replies: list[Any] = pipe.execute(raise_on_error=False)
-    return replies[1:] if asking else replies
+    return _call_and_wait(call, replies[1:] if asking else replies)
 
 
 async def _asend_with_wait(
@@ -349,7 +399,7 @@ async def _asend_with_wait(
     pipe = client.pipeline(transaction=False)
     _queue_with_wait(pipe, call, replicas, timeout_ms)
     replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return replies
+    return _call_and_wait(call, replies)
 
 
 def run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) -> Any:

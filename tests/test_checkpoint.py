@@ -24,7 +24,7 @@ from langgraph.types import Command, interrupt
 from redis.crc import key_slot
 
 from pyhistory import errors, testing
-from pyhistory._library import Call
+from pyhistory._library import CLUSTER_CLIENT_COMMANDS, Call
 from pyhistory.checkpoint import LIBRARY, RedisSaver, _calls, acl_rule, load_checkpoint_functions
 from pyhistory.functions import run
 
@@ -140,8 +140,8 @@ def test_any_thread_id_round_trips(url: str, client: redis.Redis, thread_id: str
 def test_the_functions_the_server_lists_are_the_ones_python_calls(
     url: str, client: redis.Redis
 ) -> None:
-    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v1"
-    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v1"]
+    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v2"
+    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v2"]
     listed = {f[1].decode() for f in library[library.index(b"functions") + 1]}
     called = {
         getattr(_calls, name)
@@ -156,15 +156,21 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
             "EXPORT",
             "IMPORT",
             "DELTA",
+            "CLAIM",
+            "DELETE_RUN",
+            "RETAIN",
         )
     }
     assert listed == called == set(LIBRARY.functions)
 
 
 # Every released version of the checkpoint library and the sha256 of its code. A change to
-# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v2, ...): two releases
+# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v3, ...): two releases
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
-RELEASED = {"pyhistory_checkpoint_v1": "fd1e5be6d52daa93"}
+RELEASED = {
+    "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
+    "pyhistory_checkpoint_v2": "0ffe2ae0eabb6f86",
+}
 
 
 def test_library_version_is_pinned_to_its_code() -> None:
@@ -237,13 +243,17 @@ def test_each_operation_is_one_call(url: str, client: redis.Redis) -> None:
     saver.prune(["u"])
     saver.delete_thread("u")
     sent = commands(client)
-    assert sent.pop("fcall") == 7
+    # an unfenced put_writes, and a put without retention, fencing or an unknown parent, are
+    # plain commands in one MULTI/EXEC, no function call
+    assert sent.pop("fcall") == 5
     assert sent.pop("del") == 1
+    # the put's values go in a plain HSET in the same MULTI/EXEC as its call: one flight
+    assert sent.pop("multi") == sent.pop("exec") == 2
     assert sent.pop("config|resetstat", 1) == 1
     assert not {
         c
         for c in sent
-        if not c.startswith(("hget", "hset", "hmget", "z", "type", "expire", "hdel", "hgetall"))
+        if not c.startswith(("hget", "hset", "hmget", "hincrby", "z", "type", "expire", "hdel"))
     }
 
 
@@ -485,18 +495,25 @@ def raw(url: str, function: str, *args: Any) -> Any:
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (("x", 0, "", "id", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidTTLError),
-        ((0, -1, "", "id", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidSizeError),
-        ((0, 0, "", "", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidCheckpointIdError),
-        ((0, 0, "", "id", "", "no type", "m\0", 0, 0, 0, 0), errors.InvalidValueError),
+        (("x", 0, "", "", "", "id", "", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidTTLError),
+        ((0, -1, "", "", "", "id", "", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidSizeError),
+        ((0, 0, "", "", "", "", "", "", "m\0", "m\0", 0, 0, 0, 0), errors.InvalidCheckpointIdError),
+        ((0, 0, "", "", "", "id", "", "", "no type", "m\0", 0, 0, 0, 0), errors.InvalidValueError),
+        ((0, 0, "", "", "", "id", "", "", "m\0", "no type", 0, 0, 0, 0), errors.InvalidValueError),
         (
-            (0, 0, "", "id", "", "m\0", "m\0", 1, "a", "1", 1, "a", "1", "\0", 0, 0),
-            errors.InvalidValueError,
+            (0, 0, "", "", "", "id", "", "", "m\0", "m\0", 2, "a", "1", 0, 0, 0),
+            errors.InvalidArgumentError,
         ),
-        ((0, 0, "", "id", "", "m\0", "m\0", 2, "a", "1", 0, 0, 0), errors.InvalidArgumentError),
-        ((0, 0, "", "id", "", "m\0", "m\0", 0, 0, 0, 0, "extra"), errors.InvalidArgumentError),
         (
-            (0, 0, "", "id", "", "m\0", "m\0", 1, b"a\xff", "1", 0, 0, 0),
+            (0, 0, "", "", "", "id", "", "", "m\0", "m\0", 0, 0, 0, 0, "extra"),
+            errors.InvalidArgumentError,
+        ),
+        (
+            (0, 0, "", "", "", "id", "", "", "m\0", "m\0", 1, b"a\xff", "1", 0, 0, 0),
+            errors.InvalidCheckpointIdError,
+        ),
+        (
+            (0, 0, "", "", "", "id", "", "r\0n", "m\0", "m\0", 0, 0, 0, 0),
             errors.InvalidCheckpointIdError,
         ),
     ],
@@ -512,7 +529,7 @@ def test_the_library_refuses_bad_puts_and_stores_nothing(
 @pytest.mark.parametrize("idx", ["01", "-0", "1.5", "", "x", "99999999999"])
 def test_the_library_refuses_bad_write_indexes(url: str, client: redis.Redis, idx: str) -> None:
     with pytest.raises(errors.InvalidCheckpointIdError):
-        raw(url, "put_writes", 0, "", "id", "task", "", 0, "a", "j\0", idx, "b", "j\0")
+        raw(url, "put_writes", 0, "", "", "id", "task", "", 0, "a", "j\0", idx, "b", "j\0")
     assert client.dbsize() == 0
 
 
@@ -530,6 +547,7 @@ def test_a_wrong_type_key_is_refused_before_any_write(
         client.delete(thread_keys[1])
         client.set(thread_keys[1], "not ours")
     before = {key: client.dump(key) for key in thread_keys}
+    fields_before = client.hgetall(thread_keys[0]) if which == 1 else {}
     with pytest.raises(errors.WrongTypeError):
         put(saver, "t", 2, parent=first, values={"a": 2})
     with pytest.raises(errors.WrongTypeError):
@@ -537,7 +555,18 @@ def test_a_wrong_type_key_is_refused_before_any_write(
     if which == 1:
         with pytest.raises(errors.WrongTypeError):
             saver.prune(["t"])
-    assert {key: client.dump(key) for key in thread_keys} == before
+    # The key of the wrong type is untouched, and every read of the thread fails while it
+    # stays so. The other key may hold what the refused calls wrote with plain commands beside
+    # them (in one MULTI/EXEC, which applies every command that can be applied): no read sees
+    # them, and delete_thread removes them with the rest.
+    assert client.dump(thread_keys[which]) == before[thread_keys[which]]
+    with pytest.raises(errors.WrongTypeError):
+        saver.get_tuple(config("t"))
+    if which == 1:
+        after = client.hgetall(thread_keys[0])
+        assert {f: after[f] for f in fields_before if f[:1] != b"n"} == {
+            f: v for f, v in fields_before.items() if f[:1] != b"n"
+        }
 
 
 # --- self-healing, least privilege, durability ------------------------------------------------
@@ -566,7 +595,7 @@ async def test_a_flushed_library_is_loaded_again_asyncio(url: str, client: redis
 def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*'(\w+)'", LUA.read_text())}
     allowed = set(re.findall(r"\+(\S+)", acl_rule()))
-    assert allowed == called | {"fcall", "del", "wait"}
+    assert allowed == called | set(_calls.CLIENT_COMMANDS) | set(CLUSTER_CLIENT_COMMANDS)
     assert "~checkpoint:*" in acl_rule().split()
     assert "~a\\*b:*" in acl_rule("a*b:").split()
 
@@ -601,7 +630,9 @@ def test_an_acl_user_with_the_rule_runs_every_operation(app_url: str, client: re
 
 def test_an_acl_user_cannot_load_the_library(app_url: str) -> None:
     with pytest.raises(errors.FunctionsNotLoadedError):
-        put(RedisSaver(app_url), "t", 1)
+        RedisSaver(app_url).get_tuple(config("t"))
+    with pytest.raises(errors.FunctionsNotLoadedError):
+        put(RedisSaver(app_url, keep_last=3), "t", 1)  # retention is a function call
 
 
 @pytest.fixture

@@ -18,9 +18,17 @@ from langgraph.checkpoint.conformance.report import CapabilityReport
 from pyhistory import testing
 from pyhistory.checkpoint import RedisSaver
 
-# What the saver implements; delete_for_runs would need an index of runs across threads, which
-# on a cluster is one key every write goes through (see docs/checkpoint).
-IMPLEMENTED = {"put", "put_writes", "get_tuple", "list", "delete_thread", "copy_thread", "prune"}
+# Every capability LangGraph defines, base and extended.
+IMPLEMENTED = {
+    "put",
+    "put_writes",
+    "get_tuple",
+    "list",
+    "delete_thread",
+    "copy_thread",
+    "prune",
+    "delete_for_runs",
+}
 
 
 class SyncDrivenSaver(RedisSaver):
@@ -59,6 +67,9 @@ class SyncDrivenSaver(RedisSaver):
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)

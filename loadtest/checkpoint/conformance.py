@@ -113,10 +113,11 @@ def write(out: Path, reports: list[tuple[str, str, CapabilityReport]]) -> None:
         "Base capabilities: " + ", ".join(CAPABILITIES[: len(BASE_CAPABILITIES)]) + ". "
         "Extended: " + ", ".join(CAPABILITIES[len(BASE_CAPABILITIES) :]) + ".",
         "",
-        "`delete_for_runs` is not implemented: it deletes by run id across all threads, which "
-        "needs an index of runs over every thread, one key that every write would go through "
-        "(and, on a cluster, a second call on another node per write). The saver keeps no key "
-        "outside its threads.",
+        "`delete_for_runs` finds a run's threads in the run's own SET (`<key_prefix>{r:<run "
+        "id>}:threads`, filled once per run and thread by the run's first put: inside the "
+        "put's MULTI/EXEC on a single server, one SADD on the run's node before it on a "
+        "cluster) and each thread's checkpoints of the run in the thread's index: no call "
+        "spans two slots (see docs/checkpoint/NOTES.md).",
     ]
     (out / "conformance.md").write_text("\n".join(lines) + "\n")
     for server, methods, report in reports:

@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, cast
+from uuid import UUID
 
+import ormsgpack
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -46,14 +51,36 @@ COPY = LIBRARY.function("copy")
 EXPORT = LIBRARY.function("export")
 IMPORT = LIBRARY.function("import")
 DELTA = LIBRARY.function("delta")
+CLAIM = LIBRARY.function("claim")
+RETAIN = LIBRARY.function("retain")
+DELETE_RUN = LIBRARY.function("delete_run")
+MAX_TRIM = LIBRARY.constant("MAX_TRIM")
+IDX_OFFSET = LIBRARY.constant("IDX_OFFSET")
 
 # Checkpoints one list call returns at most: each carries its channel values, so a page of a long
 # thread's history stays a few MB at worst.
 LIST_PAGE = 32
 
-# Commands the saver sends itself besides FCALL: DEL for delete_thread and prune("delete"), WAIT
-# for wait_for_replicas.
-CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait")
+# Commands the saver sends itself besides FCALL, in MULTI/EXEC: HSET, HINCRBY, ZADD, ZREM and
+# EXPIRE for a put (its values always; the rest when it needs no check on the server), HSET,
+# HSETNX, ZADD and EXPIRE for an unfenced put_writes, SADD and EXPIRE for the index of runs;
+# SMEMBERS and DEL for delete_for_runs, DEL for delete_thread and prune("delete"), WAIT for
+# wait_for_replicas.
+CLIENT_COMMANDS: tuple[str, ...] = (
+    "fcall",
+    "multi",
+    "exec",
+    "hset",
+    "hsetnx",
+    "hincrby",
+    "zadd",
+    "zrem",
+    "expire",
+    "sadd",
+    "smembers",
+    "del",
+    "wait",
+)
 
 
 def acl_rule(key_prefix: str = "checkpoint:") -> str:
@@ -80,6 +107,17 @@ def check_keep_last(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
         raise InvalidSizeError(f"keep_last must be None or an int in [1, {MAX_INT}], got {value!r}")
     return value
+
+
+def check_max_age(value: object) -> float | None:
+    """None, or a positive number of seconds (int, float or timedelta)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"max_age must be None or a positive number, got {value!r}")
+    return float(value)
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -123,6 +161,36 @@ def keys(key_prefix: str, thread_id: str) -> tuple[str, str]:
     """The thread's data hash and index sorted set."""
     base = key_prefix + hash_tag(thread_id)
     return base + ":data", base + ":index"
+
+
+def run_key(key_prefix: str, run_id: str) -> str:
+    """The SET of the threads a run wrote checkpoints to (for delete_for_runs): its own hash tag,
+    "{r:" + the escaped run id + "}", so it never shares a slot by accident with a thread."""
+    escaped = run_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return key_prefix + "{r:" + escaped + "}:threads"
+
+
+def age_cut(max_age: float | None, now_ns: int) -> str:
+    """The smallest uuid6 checkpoint id made ``max_age`` seconds before ``now_ns``: LangGraph's
+    ids are uuid6, whose text sorts by the time they were made, so every checkpoint older than
+    that sorts below it. "" without a max_age."""
+    if max_age is None:
+        return ""
+    ticks = (now_ns - int(max_age * 1e9)) // 100 + 0x01B21DD213814000
+    value = ((ticks >> 12) & 0xFFFFFFFFFFFF) << 80 | (ticks & 0x0FFF) << 64
+    value |= 6 << 76 | 0x8000 << 48  # version 6, RFC 4122 variant; clock_seq and node 0
+    return str(UUID(int=value))
+
+
+def blob_name(ns: str, channel: str, version: str) -> str:
+    """The data hash's field of a channel's value at a version (see the library's layout)."""
+    return f"b\0{ns}\0{channel}\0{version}"
+
+
+def channel_version_of(blob: str) -> tuple[str, str]:
+    """(channel, version) from a blob_name."""
+    _, _, channel, version = blob.split("\0")
+    return channel, version
 
 
 def version_of(version: object) -> str:
@@ -243,13 +311,18 @@ def put(
     serde: SerializerProtocol,
     thread_keys: tuple[str, str],
     ttl: int,
-    keep_last: int,
+    retention: tuple[int, str],
+    epoch: str,
     config: RunnableConfig,
     checkpoint: Checkpoint,
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
-) -> tuple[Call, RunnableConfig]:
-    """The put call, and the config it returns."""
+    parent_holders: Mapping[str, str] | None = None,
+) -> tuple[Call, RunnableConfig, str, dict[str, str] | None]:
+    """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
+    returns, the run id it indexes ("" for none), and, for a put made of plain commands, where
+    its DeltaChannels are rebuilt from (for its children's puts). ``retention``: (keep_last,
+    age cut); ``parent_holders``: the parent's, when this saver knows them."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -257,45 +330,146 @@ def put(
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
     meta = get_serializable_checkpoint_metadata(config, metadata)
+    run = meta.get("run_id")
+    run_id = run_id_of(run) if run else ""
     versions: list[str] = []
     for channel, version in checkpoint["channel_versions"].items():
         versions += (_name("a channel", channel, may_be_empty=False), version_of(version))
-    blobs: list[Any] = []
+    blobs: list[str] = []
+    fields: list[Any] = []
     for channel, version in new_versions.items():
         if channel in values:
-            blobs += (
-                _name("a channel", channel, may_be_empty=False),
-                version_of(version),
-                typed(serde, values[channel]),
-            )
+            name = _name("a channel", channel, may_be_empty=False)
+            text = version_of(version)
+            blobs += (name, text)
+            fields += (blob_name(ns, name, text), typed(serde, values[channel]))
     # DeltaChannels this checkpoint stores no value of: rebuilt from its ancestors' writes.
     counters = meta.get("counters_since_delta_snapshot") or {}
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
+    keep_last, cut = retention
+    config_out = config_for(thread_id, ns, checkpoint_id)
+    if not epoch and (not deltas or parent_holders is not None):
+        holders: dict[str, str] = {}
+        for channel in deltas:
+            holder = (parent_holders or {}).get(channel, parent) if parent else checkpoint_id
+            holders[channel] = holder or checkpoint_id
+        call = plain_put(
+            thread_keys,
+            ttl,
+            ns,
+            checkpoint_id,
+            parent,
+            run_id,
+            (typed(serde, stored), typed(serde, meta)),
+            versions,
+            fields,
+            filters,
+            holders,
+            counted=not (keep_last or cut),
+        )
+        if keep_last or cut:  # indexed, counted and retained after the plain writes
+            retain = (RETAIN, 2, *thread_keys, keep_last, cut, ns, checkpoint_id, *versions)
+            commands = (*call.before, (call.command, *call.args))
+            call = Call("FCALL", retain, call.key, LIBRARY, commands)
+        return call, config_out, run_id, holders
     args = (
         ttl,
         keep_last,
+        cut,
+        epoch,
         ns,
         checkpoint_id,
         parent,
+        run_id,
         typed(serde, stored),
         typed(serde, meta),
         len(versions) // 2,
         *versions,
-        len(blobs) // 3,
+        len(blobs) // 2,
         *blobs,
         len(filters) // 2,
         *filters,
         len(deltas),
         *deltas,
     )
-    return _fcall(PUT, thread_keys, *args), config_for(thread_id, ns, checkpoint_id)
+    before = (("HSET", thread_keys[0], *fields),) if fields else ()
+    call = Call("FCALL", (PUT, 2, *thread_keys, *args), thread_keys[0], LIBRARY, before)
+    return call, config_out, run_id, None
+
+
+def plain_put(
+    thread_keys: tuple[str, str],
+    ttl: int,
+    ns: str,
+    checkpoint_id: str,
+    parent: str,
+    run_id: str,
+    documents: tuple[bytes, bytes],
+    versions: Sequence[str],
+    blobs: Sequence[Any],
+    filters: Sequence[str],
+    holders: Mapping[str, str],
+    counted: bool = True,
+) -> Call:
+    """A put that needs no check on the server (no owner epoch, and every DeltaChannel's holder
+    known from the parent this saver wrote) as plain commands in one
+    MULTI/EXEC, writing what the library's put writes (see its header and the layout): the
+    values, the record (msgpack, as the library packs it), the checkpoint and its metadata in
+    one HSET; one HINCRBY per channel version for the reference counts; the index entries; the
+    parent's pin removed; the TTL. With retention (``counted`` False) the checkpoint's index
+    entry and its counts are left to the library's retain, called after these in the same
+    transaction, which adds them once however often the transaction is sent. Without, the
+    names were checked here, and a call sent twice (redis-py resending a transaction after a
+    connection broke) counts its values twice: they then outlive their last checkpoint until
+    the thread goes (never the other way round)."""
+    data, index = thread_keys
+    floor = checkpoint_id
+    for holder in holders.values():
+        if holder.encode() < floor.encode():
+            floor = holder
+    flat_holders = [item for pair in holders.items() for item in pair]
+    record = ormsgpack.packb(
+        [parent, list(versions), list(filters), flat_holders, floor, 1, run_id]
+    )
+    commands: list[tuple[Any, ...]] = [
+        (
+            "HSET",
+            data,
+            *blobs,
+            f"c\0{ns}\0{checkpoint_id}",
+            record,
+            f"k\0{ns}\0{checkpoint_id}",
+            documents[0],
+            f"m\0{ns}\0{checkpoint_id}",
+            documents[1],
+        )
+    ]
+    members: list[Any] = []
+    if counted:  # else the library's retain indexes and counts it, once
+        for i in range(0, len(versions), 2):
+            commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
+        members += (0, f"c\0{ns}\0{checkpoint_id}")
+    if floor != checkpoint_id:
+        members += (0, f"f\0{ns}\0{checkpoint_id}\0{floor}")
+    if run_id:
+        members += (0, f"r\0{run_id}\0{ns}\0{checkpoint_id}")
+    if parent:  # its pending writes are applied here: unpinned, and marked as having a child
+        members += (0, f"a\0{ns}\0{parent}")
+        commands.append(("ZREM", index, f"p\0{ns}\0{parent}"))
+    if members:
+        commands.append(("ZADD", index, *members))
+    if ttl:
+        commands += (("EXPIRE", data, ttl), ("EXPIRE", index, ttl))
+    *before, last = commands
+    return Call(last[0], tuple(last[1:]), data, None, tuple(before))
 
 
 def put_writes(
     serde: SerializerProtocol,
     thread_keys: tuple[str, str],
     ttl: int,
+    epoch: str,
     config: RunnableConfig,
     writes: Sequence[tuple[str, Any]],
     task_id: str,
@@ -314,14 +488,102 @@ def put_writes(
         return None
     task = _name("task_id", task_id)
     path = _name("task_path", task_path)
-    return _fcall(PUT_WRITES, thread_keys, ttl, ns, checkpoint_id, task, path, *flat)
+    if epoch:  # fenced: the epoch is checked inside the call, atomically with the writes
+        return _fcall(PUT_WRITES, thread_keys, ttl, epoch, ns, checkpoint_id, task, path, *flat)
+    return plain_writes(thread_keys, ttl, ns, checkpoint_id, task, path, flat)
 
 
-def get(thread_keys: tuple[str, str], config: RunnableConfig, refresh_ttl: int) -> Call:
+def plain_writes(
+    thread_keys: tuple[str, str],
+    ttl: int,
+    ns: str,
+    checkpoint_id: str,
+    task: str,
+    path: str,
+    flat: Sequence[Any],
+) -> Call:
+    """An unfenced put_writes as plain commands in one MULTI/EXEC, doing what the library's
+    put_writes does (same fields, members and values; see its header), without a function call:
+    HSETNX keeps a write already stored for (task, idx >= 0), so a retried call stores nothing
+    twice; HSET replaces a special write (idx < 0); ZADD indexes each (again: a no-op) and pins
+    the checkpoint; EXPIRE sets the TTL. A task id fixes its path, so a write is never indexed
+    under two paths. The names were checked here; the values are typed."""
+    data, index = thread_keys
+    commands: list[tuple[Any, ...]] = []
+    members: list[Any] = [0, f"p\0{ns}\0{checkpoint_id}"]
+    prefix = f"w\0{ns}\0{checkpoint_id}\0"
+    for i in range(0, len(flat), 3):
+        idx, channel, value = flat[i : i + 3]
+        digits = f"{idx + IDX_OFFSET:010d}"
+        field = f"{prefix}{task}\0{digits}"
+        stored = b"\0".join((task.encode(), path.encode(), channel.encode(), value))
+        commands.append(("HSET" if idx < 0 else "HSETNX", data, field, stored))
+        members += (0, f"{prefix}{path}\0{task}\0{digits}")
+    commands.append(("ZADD", index, *members))
+    if ttl:
+        commands += (("EXPIRE", data, ttl), ("EXPIRE", index, ttl))
+    *before, last = commands
+    return Call(last[0], tuple(last[1:]), data, None, tuple(before))
+
+
+def get(
+    thread_keys: tuple[str, str],
+    config: RunnableConfig,
+    refresh_ttl: int,
+    known: Mapping[str, tuple[str, bytes]] | None = None,
+) -> Call:
+    """The get call; ``known``: channel -> (version, typed value) this process holds, which the
+    server then does not send again."""
     ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
+    pairs = [item for channel, (version, _) in (known or {}).items() for item in (channel, version)]
     if refresh_ttl:
-        return _fcall(GET, thread_keys, refresh_ttl, ns, checkpoint_id)
-    return _fcall(GET_RO, thread_keys, ns, checkpoint_id)
+        return _fcall(GET, thread_keys, refresh_ttl, ns, checkpoint_id, *pairs)
+    return _fcall(GET_RO, thread_keys, ns, checkpoint_id, *pairs)
+
+
+class ValueCache:
+    """The typed values (the serializer's bytes) of the newest version of each channel this
+    process wrote or read, per thread and namespace, so that a get need not bring them back
+    across the wire and through Lua. Versions name values, so a held value is never stale: the
+    server sends every value whose version differs. Bounded by ``max_bytes`` (least recently
+    used threads go first); values are decoded anew on each read, so what a read returns
+    belongs to the caller. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._threads: OrderedDict[tuple[str, str], dict[str, tuple[str, bytes]]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def known(self, thread_id: str, ns: str) -> dict[str, tuple[str, bytes]]:
+        """A snapshot: channel -> (version, typed value)."""
+        if not self.max_bytes:
+            return {}
+        with self._lock:
+            held = self._threads.get((thread_id, ns))
+            if held is None:
+                return {}
+            self._threads.move_to_end((thread_id, ns))
+            return dict(held)
+
+    def hold(self, thread_id: str, ns: str, values: Iterable[tuple[str, str, bytes]]) -> None:
+        """Remember (channel, version, typed value) triples, replacing older versions."""
+        if not self.max_bytes:
+            return
+        with self._lock:
+            held = self._threads.setdefault((thread_id, ns), {})
+            self._threads.move_to_end((thread_id, ns))
+            for channel, version, value in values:
+                if len(value) > self.max_bytes // 8:
+                    continue  # one huge value would push every other thread out
+                old = held.get(channel)
+                if old is not None:
+                    self._bytes -= len(old[1])
+                held[channel] = (version, value)
+                self._bytes += len(value)
+            while self._bytes > self.max_bytes and self._threads:
+                _, dropped = self._threads.popitem(last=False)
+                self._bytes -= sum(len(v) for _, v in dropped.values())
 
 
 def list_page(
@@ -345,8 +607,8 @@ def delete(thread_keys: tuple[str, str]) -> Call:
     return Call("DEL", thread_keys, thread_keys[0])
 
 
-def prune(thread_keys: tuple[str, str], ttl: int) -> Call:
-    return _fcall(PRUNE, thread_keys, ttl)
+def prune(thread_keys: tuple[str, str], ttl: int, cursor: str = "") -> Call:
+    return _fcall(PRUNE, thread_keys, ttl, cursor)
 
 
 def copy(source: tuple[str, str], target: tuple[str, str], ttl: int) -> Call:
@@ -362,12 +624,64 @@ def import_(thread_keys: tuple[str, str], ttl: int, exported: Sequence[Any]) -> 
     return _fcall(IMPORT, thread_keys, ttl, len(fields) // 2, *fields, *members)
 
 
-def delta(thread_keys: tuple[str, str], config: RunnableConfig, channels: Sequence[str]) -> Call:
+def register_run(key_prefix: str, run_id: str, thread_id: str, ttl: int) -> tuple[Any, ...]:
+    """The plain commands that add a thread to a run's SET of threads (with the saver's TTL):
+    queued into the put's own transaction, or, on a cluster (another slot), sent alone."""
+    key = run_key(key_prefix, run_id)
+    commands: tuple[tuple[Any, ...], ...] = (("SADD", key, thread_id),)
+    if ttl:
+        commands += (("EXPIRE", key, ttl),)
+    return commands
+
+
+def alone(commands: tuple[tuple[Any, ...], ...]) -> Call:
+    """Plain commands on one key as one call: a MULTI/EXEC when there are several."""
+    *before, last = commands
+    return Call(last[0], tuple(last[1:]), last[1], None, tuple(before))
+
+
+def run_of_key(key_prefix: str, key: str) -> str:
+    escaped = key[len(key_prefix) + 3 : -len("}:threads")]
+    return escaped.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+
+
+def claim(thread_keys: tuple[str, str], ttl: int) -> Call:
+    return _fcall(CLAIM, thread_keys, ttl)
+
+
+def delete_run(thread_keys: tuple[str, str], run_id: str) -> Call:
+    return _fcall(DELETE_RUN, thread_keys, _name("run_id", run_id, may_be_empty=False))
+
+
+def delta(
+    thread_keys: tuple[str, str],
+    config: RunnableConfig,
+    channels: Sequence[str],
+    known: Mapping[str, tuple[str, bytes]] | None = None,
+) -> Call:
     names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
-    return _fcall(DELTA, thread_keys, namespace_of(config), checkpoint_of(config), *names)
+    pairs = [
+        item
+        for channel, (version, value) in (known or {}).items()
+        if channel in names and not value.startswith(b"empty\0")
+        for item in (channel, version)
+    ]
+    ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
+    return _fcall(DELTA, thread_keys, ns, checkpoint_id, len(names), *names, *pairs)
 
 
 # --- replies ----------------------------------------------------------------------------------
+
+
+def run_id_of(value: object) -> str:
+    """A run id as stored: LangGraph's are UUIDs (or their str)."""
+    if value is None or isinstance(value, bool):
+        raise InvalidCheckpointIdError(f"a run id must be a str, got {value!r}")
+    return _name("run_id", value if isinstance(value, str) else str(value), may_be_empty=False)
+
+
+def text(value: bytes | str) -> str:
+    return _text(value)
 
 
 def _text(value: bytes | str) -> str:
@@ -384,17 +698,32 @@ def _write(serde: SerializerProtocol, stored: bytes | str) -> PendingWrite:
 
 
 def checkpoint_tuple(
-    serde: SerializerProtocol, thread_id: str, entry: Sequence[Any]
+    serde: SerializerProtocol,
+    thread_id: str,
+    entry: Sequence[Any],
+    known: Mapping[str, tuple[str, bytes]] | None = None,
+    cache: ValueCache | None = None,
 ) -> CheckpointTuple:
-    """One entry of a get or list reply."""
+    """One entry of a get or list reply; a value the reply leaves empty is the one ``known``
+    holds; the values it carries go into ``cache``."""
     ns, checkpoint_id, parent, stored, meta, blobs, writes = entry
     ns, checkpoint_id, parent = _text(ns), _text(checkpoint_id), _text(parent)
+    document = untyped(serde, _bytes(stored))
     values: dict[str, Any] = {}
+    fetched: list[tuple[str, str, bytes]] = []
     for i in range(0, len(blobs), 2):
-        raw = _bytes(blobs[i + 1])
+        channel, raw = _text(blobs[i]), _bytes(blobs[i + 1])
+        if not raw and known is not None:
+            raw = known[channel][1]
+        elif cache is not None:
+            version = document.get("channel_versions", {}).get(channel)
+            if version is not None:
+                fetched.append((channel, version_of(version), raw))
         if not raw.startswith(b"empty\0"):
-            values[_text(blobs[i])] = untyped(serde, raw)
-    checkpoint = cast(Checkpoint, {**untyped(serde, _bytes(stored)), "channel_values": values})
+            values[channel] = untyped(serde, raw)
+    if cache is not None and fetched:
+        cache.hold(thread_id, ns, fetched)
+    checkpoint = cast(Checkpoint, {**document, "channel_values": values})
     return CheckpointTuple(
         config=config_for(thread_id, ns, checkpoint_id),
         checkpoint=checkpoint,
@@ -413,13 +742,19 @@ def list_reply(
 
 
 def delta_reply(
-    serde: SerializerProtocol, channels: Sequence[str], reply: Sequence[Any]
+    serde: SerializerProtocol,
+    channels: Sequence[str],
+    reply: Sequence[Any],
+    known: Mapping[str, tuple[str, bytes]] | None = None,
 ) -> dict[str, DeltaChannelHistory]:
     result: dict[str, DeltaChannelHistory] = {}
     for channel, item in zip(channels, reply, strict=True):
         history: DeltaChannelHistory = {"writes": [_write(serde, w) for w in item[1:]]}
-        if item[0]:
-            history["seed"] = untyped(serde, _bytes(item[0]))
+        seed = _bytes(item[0])
+        if seed == b"=" and known is not None:
+            history["seed"] = untyped(serde, known[channel][1])
+        elif seed:
+            history["seed"] = untyped(serde, seed)
         result[channel] = history
     return result
 

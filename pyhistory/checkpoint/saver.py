@@ -8,7 +8,10 @@ for what each call does on the server.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -38,7 +41,6 @@ from pyhistory.functions import (
     arun,
     arun_write,
     load_library,
-    prepare,
     run,
     run_write,
 )
@@ -48,7 +50,7 @@ _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 def load_checkpoint_functions(client: SyncClient) -> str:
     """Load (or replace with identical code) the saver's library; on a cluster, on every primary.
-    Returns its name, e.g. ``"pyhistory_checkpoint_v1"``. The saver also loads it lazily."""
+    Returns its name, e.g. ``"pyhistory_checkpoint_v2"``. The saver also loads it lazily."""
     return load_library(client, _calls.LIBRARY)
 
 
@@ -75,8 +77,16 @@ class RedisSaver(BaseCheckpointSaver[str]):
         refresh_ttl_on_read: whether ``get_tuple`` also refreshes the TTL (default True).
         keep_last: keep only the newest N checkpoints per thread and namespace, trimmed inside
             each ``put`` (older ones go with their pending writes and the values only they used),
-            except those a kept checkpoint's ``DeltaChannel`` values are rebuilt from. None: keep
-            all (what LangGraph's time travel needs).
+            except those a kept checkpoint's ``DeltaChannel`` values are rebuilt from and those
+            with pending writes no child checkpoint has applied yet (an interrupt waiting for
+            its resume). None: keep all (what LangGraph's time travel needs).
+        max_age: seconds (or ``timedelta``): each ``put`` also removes the checkpoints of its
+            namespace made longer ago than this (by their uuid6 ids and this process's clock),
+            with the same exceptions, and never the newest. None: no age limit.
+        value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
+            of the newest versions it wrote or read, per thread and namespace (least recently
+            used threads go first), so that ``get_tuple`` of a thread this process just wrote
+            brings back only what changed. Values are decoded anew on every read. 0: off.
         redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``). Without
             ``async_redis_client`` the asyncio methods run it in a worker thread.
         async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
@@ -95,6 +105,8 @@ class RedisSaver(BaseCheckpointSaver[str]):
         ttl: int | timedelta | None = None,
         refresh_ttl_on_read: bool = True,
         keep_last: int | None = None,
+        max_age: float | timedelta | None = None,
+        value_cache_bytes: int = 32 * 1024 * 1024,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
         cluster: bool = False,
@@ -108,6 +120,19 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._ttl = _core.check_ttl(ttl)
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self._keep_last = _calls.check_keep_last(keep_last)
+        self._max_age = _calls.check_max_age(max_age)
+        if isinstance(value_cache_bytes, bool) or not isinstance(value_cache_bytes, int):
+            raise InvalidArgumentError(
+                f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
+            )
+        self._values = _calls.ValueCache(max(0, value_cache_bytes))
+        # Write fencing: the epoch this saver claimed, per thread (claim_write_ownership).
+        self._epochs: dict[str, int] = {}
+        # Where the DeltaChannels of the checkpoints this saver wrote with plain commands are
+        # rebuilt from, by (thread, namespace, id): a child's put needs its parent's.
+        self._holders: OrderedDict[tuple[str, str, str], dict[str, str]] = OrderedDict()
+        # (run id, thread id) pairs this saver put into the index of runs: registered once.
+        self._runs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.cluster = cluster
         self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
             wait_for_replicas, wait_timeout_ms
@@ -121,8 +146,6 @@ class RedisSaver(BaseCheckpointSaver[str]):
                 "wait_for_replicas on a cluster needs a sync RedisCluster as redis_client (the "
                 "a* methods then run durable writes in a thread)"
             )
-        for client in (redis_client, async_redis_client):
-            prepare(client)
         self._redis_client = redis_client
         self._async_redis_client = async_redis_client
 
@@ -203,24 +226,29 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- get_tuple -----------------------------------------------------------------------------
 
-    def _get_call(self, config: RunnableConfig) -> tuple[str, Call]:
+    def _get_call(self, config: RunnableConfig) -> tuple[str, Call, dict[str, tuple[str, bytes]]]:
         thread_id = _calls.thread_of(config)
         refresh = self._ttl if self.refresh_ttl_on_read else 0
-        return thread_id, _calls.get(self.keys(thread_id), config, refresh)
+        known = self._values.known(thread_id, _calls.namespace_of(config))
+        return thread_id, _calls.get(self.keys(thread_id), config, refresh, known), known
 
-    def _tuple(self, thread_id: str, reply: Any) -> CheckpointTuple | None:
-        return None if reply is None else _calls.checkpoint_tuple(self.serde, thread_id, reply)
+    def _tuple(
+        self, thread_id: str, reply: Any, known: dict[str, tuple[str, bytes]]
+    ) -> CheckpointTuple | None:
+        if reply is None:
+            return None
+        return _calls.checkpoint_tuple(self.serde, thread_id, reply, known, self._values)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
         its channel values and pending writes, in one round trip; None when there is none."""
-        thread_id, call = self._get_call(config)
+        thread_id, call, known = self._get_call(config)
         # Sent as a read even when it refreshes the TTL: a TTL is not worth a WAIT.
-        return self._tuple(thread_id, self._read(call))
+        return self._tuple(thread_id, self._read(call), known)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread_id, call = self._get_call(config)
-        return self._tuple(thread_id, await self._aread(call))
+        thread_id, call, known = self._get_call(config)
+        return self._tuple(thread_id, await self._aread(call), known)
 
     # --- list ----------------------------------------------------------------------------------
 
@@ -294,18 +322,69 @@ class RedisSaver(BaseCheckpointSaver[str]):
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
-    ) -> tuple[Call, RunnableConfig]:
-        thread_keys = self.keys(_calls.thread_of(config))
-        return _calls.put(
+    ) -> tuple[Call, RunnableConfig, Call | None, tuple[str, str]]:
+        """The put, the config it returns, on a cluster the run's registration to send before it
+        (elsewhere it rides in the put's own transaction), and (run id, thread id)."""
+        thread_id = _calls.thread_of(config)
+        thread_keys = self.keys(thread_id)
+        retention = (self._keep_last, _calls.age_cut(self._max_age, time.time_ns()))
+        ns, parent = _calls.namespace_of(config), _calls.checkpoint_of(config)
+        call, stored, run_id, holders = _calls.put(
             self.serde,
             thread_keys,
             self._ttl,
-            self._keep_last,
+            retention,
+            self._epoch(thread_id),
             config,
             checkpoint,
             metadata,
             new_versions,
+            self._holders.get((thread_id, ns, parent)) if parent else {},
         )
+        if holders is not None:
+            self._holders[(thread_id, ns, stored["configurable"]["checkpoint_id"])] = holders
+            while len(self._holders) > _RUNS_REMEMBERED:
+                self._holders.popitem(last=False)
+        pair = (run_id, thread_id)
+        if not run_id or pair in self._runs:
+            return call, stored, None, pair
+        register = _calls.register_run(self.key_prefix, run_id, thread_id, self._ttl)
+        if self._on_cluster():
+            return call, stored, _calls.alone(register), pair
+        return replace(call, before=(*call.before, *register)), stored, None, pair
+
+    def _hold(self, stored: RunnableConfig, call: Call) -> None:
+        """Keep the values a put wrote (its HSET's fields) for the next get of the thread."""
+        if not call.before or call.before[0][0] != "HSET":
+            return
+        configurable = stored["configurable"]
+        fields = call.before[0][2:]
+        self._values.hold(
+            configurable["thread_id"],
+            configurable["checkpoint_ns"],
+            (
+                (*_calls.channel_version_of(fields[i]), fields[i + 1])
+                for i in range(0, len(fields), 2)
+                if fields[i].startswith("b\0")
+            ),
+        )
+
+    def _registered(self, pair: tuple[str, str]) -> None:
+        """Remember that this put's run is in the index of runs."""
+        if pair[0]:
+            self._runs[pair] = None
+            while len(self._runs) > _RUNS_REMEMBERED:
+                self._runs.popitem(last=False)
+
+    def _on_cluster(self) -> bool:
+        client: object = self._async_redis_client or self._redis_client
+        if client is None:
+            return self.cluster
+        return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
+
+    def _epoch(self, thread_id: str) -> str:
+        epoch = self._epochs.get(thread_id)
+        return "" if epoch is None else str(epoch)
 
     def put(
         self,
@@ -314,10 +393,18 @@ class RedisSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        """Store a checkpoint, the values of the channels it changed and its index entry, trim
-        the namespace to ``keep_last`` and set the TTL: one atomic call."""
-        call, stored = self._put_call(config, checkpoint, metadata, new_versions)
+        """Store a checkpoint, the values of the channels it changed and its index entry, apply
+        retention (``keep_last``, ``max_age``) and set the TTL: one MULTI/EXEC, the values in a
+        plain HSET and one function call that checks, indexes, retains and expires. With a
+        claimed epoch (:meth:`claim_write_ownership`) a superseded one raises
+        ``StaleOwnerError`` and nothing is stored. On a cluster the first checkpoint of a run
+        in a thread also registers the run (one SADD on the run's node) for delete_for_runs."""
+        call, stored, register, pair = self._put_call(config, checkpoint, metadata, new_versions)
+        if register is not None:
+            self._write(register)
         self._write(call)
+        self._registered(pair)
+        self._hold(stored, call)
         return stored
 
     async def aput(
@@ -327,8 +414,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        call, stored = self._put_call(config, checkpoint, metadata, new_versions)
+        call, stored, register, pair = self._put_call(config, checkpoint, metadata, new_versions)
+        if register is not None:
+            await self._awrite(register)
         await self._awrite(call)
+        self._registered(pair)
+        self._hold(stored, call)
         return stored
 
     def _writes_call(
@@ -338,9 +429,16 @@ class RedisSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str,
     ) -> Call | None:
-        thread_keys = self.keys(_calls.thread_of(config))
+        thread_id = _calls.thread_of(config)
         return _calls.put_writes(
-            self.serde, thread_keys, self._ttl, config, writes, task_id, task_path
+            self.serde,
+            self.keys(thread_id),
+            self._ttl,
+            self._epoch(thread_id),
+            config,
+            writes,
+            task_id,
+            task_path,
         )
 
     def put_writes(
@@ -351,8 +449,9 @@ class RedisSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Store a task's writes against the checkpoint ``config`` names, in one atomic call: a
-        write already stored for (task_id, index) stays as it is, special ones (errors,
-        interrupts, ...) replace theirs."""
+        write already stored for (task_id, index) stays as it is (so a retried call whose first
+        attempt was applied stores nothing twice), special ones (errors, interrupts, ...)
+        replace theirs. Fenced as :meth:`put` is."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
             self._write(call)
@@ -377,33 +476,106 @@ class RedisSaver(BaseCheckpointSaver[str]):
     async def adelete_thread(self, thread_id: str) -> None:
         await self._awrite(_calls.delete(self.keys(thread_id)))
 
-    def _prune_calls(self, thread_ids: Sequence[str], strategy: str) -> tuple[Call, ...]:
+    def _run_ids(self, run_ids: Sequence[str]) -> Sequence[str]:
+        if isinstance(run_ids, str):
+            raise InvalidArgumentError("run_ids must be a sequence of run ids, not a str")
+        return [_calls.run_id_of(run_id) for run_id in dict.fromkeys(run_ids)]
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete every checkpoint the given runs wrote (all threads, all namespaces), with its
+        pending writes and the values no remaining checkpoint names.
+
+        Each put of a run registers its thread once in the run's SET of threads (a key of its
+        own, with the saver's TTL, counted from the run's first checkpoint in the thread). Per
+        run this is one SMEMBERS, one call per thread the run wrote to (on that thread's node,
+        removing at most MAX_TRIM checkpoints per call, repeated while there are more), and one
+        DEL: no call spans two slots. As LangGraph warns, deleting the run that holds a
+        DeltaChannel's snapshot or writes breaks the rebuild of later checkpoints."""
+        for run_id in self._run_ids(run_ids):
+            key = _calls.run_key(self.key_prefix, run_id)
+            for thread in self._read(Call("SMEMBERS", (key,), key)):
+                call = _calls.delete_run(self.keys(_calls.text(thread)), run_id)
+                while self._write(call) >= _MAX_TRIM:
+                    pass
+            self._write(Call("DEL", (key,), key))
+            self._runs = OrderedDict((pair, None) for pair in self._runs if pair[0] != run_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        for run_id in self._run_ids(run_ids):
+            key = _calls.run_key(self.key_prefix, run_id)
+            for thread in await self._aread(Call("SMEMBERS", (key,), key)):
+                call = _calls.delete_run(self.keys(_calls.text(thread)), run_id)
+                while await self._awrite(call) >= _MAX_TRIM:
+                    pass
+            await self._awrite(Call("DEL", (key,), key))
+            self._runs = OrderedDict((pair, None) for pair in self._runs if pair[0] != run_id)
+
+    # --- write fencing -------------------------------------------------------------------------
+
+    def claim_write_ownership(self, thread_id: str) -> int:
+        """Take write ownership of a thread (opt-in write fencing): a new epoch, one above the
+        last, which this saver's puts and put_writes on the thread carry from now on. Every
+        other writer's (an earlier epoch, or none) is refused atomically inside its call with
+        ``StaleOwnerError`` and writes nothing. Call it when a worker starts (or resumes) a
+        thread; the epoch ends when another worker claims the thread, or when it is deleted or
+        expires. One call; returns the epoch."""
+        thread = _calls.thread_id_of(thread_id)
+        epoch = int(self._write(_calls.claim(self.keys(thread), self._ttl)))
+        self._epochs[thread] = epoch
+        return epoch
+
+    async def aclaim_write_ownership(self, thread_id: str) -> int:
+        thread = _calls.thread_id_of(thread_id)
+        epoch = int(await self._awrite(_calls.claim(self.keys(thread), self._ttl)))
+        self._epochs[thread] = epoch
+        return epoch
+
+    def release_write_ownership(self, thread_id: str) -> None:
+        """Stop carrying an epoch for the thread (no round trip). The thread stays claimed:
+        this saver's next writes to it are refused until it claims it again."""
+        self._epochs.pop(_calls.thread_id_of(thread_id), None)
+
+    def write_epoch(self, thread_id: str) -> int | None:
+        """The epoch this saver holds for a thread, or None."""
+        return self._epochs.get(_calls.thread_id_of(thread_id))
+
+    def _prune_keys(self, thread_ids: Sequence[str], strategy: str) -> Sequence[tuple[str, str]]:
         if strategy not in _PRUNE_STRATEGIES:
             raise InvalidArgumentError(
                 f"strategy must be one of {_PRUNE_STRATEGIES}, got {strategy!r}"
             )
         if isinstance(thread_ids, str):
             raise InvalidArgumentError("thread_ids must be a sequence of thread ids, not a str")
-        make = _calls.delete if strategy == "delete" else self._prune_call
-        return tuple(make(self.keys(thread_id)) for thread_id in thread_ids)
-
-    def _prune_call(self, thread_keys: tuple[str, str]) -> Call:
-        return _calls.prune(thread_keys, self._ttl)
+        return [self.keys(thread_id) for thread_id in thread_ids]
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``"keep_latest"``: keep the newest checkpoint of each namespace of each thread (and
         the ones its DeltaChannels are rebuilt from); ``"delete"``: delete the threads. One call
-        per thread (threads live on different nodes of a cluster)."""
-        for call in self._prune_calls(thread_ids, strategy):
-            # A call trims at most MAX_TRIM checkpoints per namespace: a longer one goes on
-            # (a DEL replies at most 2).
-            while self._write(call) >= _MAX_TRIM:
-                pass
+        per thread (threads live on different nodes of a cluster); a thread with more than 100
+        namespaces or 1,000 checkpoints to remove takes a call per such share (bounded work per
+        call, with a cursor)."""
+        for thread_keys in self._prune_keys(thread_ids, strategy):
+            if strategy == "delete":
+                self._write(_calls.delete(thread_keys))
+                continue
+            cursor = ""
+            while True:
+                _, cursor = self._write(_calls.prune(thread_keys, self._ttl, cursor))
+                if not cursor:
+                    break
+                cursor = _calls.text(cursor)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        for call in self._prune_calls(thread_ids, strategy):
-            while await self._awrite(call) >= _MAX_TRIM:
-                pass
+        for thread_keys in self._prune_keys(thread_ids, strategy):
+            if strategy == "delete":
+                await self._awrite(_calls.delete(thread_keys))
+                continue
+            cursor = ""
+            while True:
+                _, cursor = await self._awrite(_calls.prune(thread_keys, self._ttl, cursor))
+                if not cursor:
+                    break
+                cursor = _calls.text(cursor)
 
     def _copy_plan(
         self, client: object, source_thread_id: str, target_thread_id: str
@@ -445,31 +617,35 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     def _delta_call(
         self, config: RunnableConfig, channels: Sequence[str]
-    ) -> tuple[Sequence[str], Call]:
+    ) -> tuple[Sequence[str], Call, dict[str, tuple[str, bytes]]]:
         names = _calls.unique(channels)
-        thread_keys = self.keys(_calls.thread_of(config))
-        return names, _calls.delta(thread_keys, config, names)
+        thread_id = _calls.thread_of(config)
+        known = self._values.known(thread_id, _calls.namespace_of(config))
+        return names, _calls.delta(self.keys(thread_id), config, names, known), known
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
-        ancestors and the nearest stored value, walked on the server in one call."""
+        ancestors and the nearest stored value, walked on the server in one call (a stored value
+        this saver holds already is not sent again)."""
         if not channels:
             return {}
-        names, call = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, self._read(call))
+        names, call, known = self._delta_call(config, channels)
+        return _calls.delta_reply(self.serde, names, self._read(call), known)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         if not channels:
             return {}
-        names, call = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, await self._aread(call))
+        names, call, known = self._delta_call(config, channels)
+        return _calls.delta_reply(self.serde, names, await self._aread(call), known)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return _calls.next_version(current)
 
 
-_MAX_TRIM = _calls.LIBRARY.constant("MAX_TRIM")
+_MAX_TRIM = _calls.MAX_TRIM
+# How many (run, thread) registrations a saver remembers, so that it sends each once.
+_RUNS_REMEMBERED = 4096
