@@ -216,3 +216,23 @@ def test_clients_of_a_loop_closed_without_shutdown_let_go_when_evicted(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)  # the sockets' descriptors
             gc.collect()
+
+
+def test_a_child_forked_while_an_error_class_is_made_can_make_one() -> None:
+    """The lock that guards the error classes made at run time, held by another thread at the
+    fork (held here by the test itself), is not held in the child."""
+    from pyhistory import errors
+
+    class NeverSeenBefore(redis.exceptions.ConnectionError):
+        """A redis-py-like class no test translated yet: translating it makes a class."""
+
+    with errors._MADE_LOCK:
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                made = errors.translate(NeverSeenBefore("refused"))
+                code = 0 if isinstance(made, pyhistory.ServerConnectionError) else 2
+            finally:
+                os._exit(code)
+    assert wait_for_exit(pid, 60) == 0
