@@ -279,3 +279,26 @@ def test_runtime_user_on_a_cluster(cluster: testing.LocalCluster, cluster_client
         asyncio.run(main())
     finally:
         cluster_client.execute_command("ACL", "DELUSER", "app", target_nodes=every_node)
+
+
+@pytest.mark.cluster
+def test_the_savers_runtime_user_on_a_cluster(
+    cluster: testing.LocalCluster, cluster_client: Any
+) -> None:
+    """The LangGraph saver's acl_rule() is enough for its cluster client too."""
+    checkpoint = pytest.importorskip("pyhistory.checkpoint")
+    checkpoint.load_checkpoint_functions(cluster_client)
+    every_node = redis.cluster.RedisCluster.ALL_NODES
+    rule = checkpoint.acl_rule().split()
+    cluster_client.execute_command(
+        "ACL", "SETUSER", "saver", "reset", "on", ">pw", *rule, target_nodes=every_node
+    )
+    host, port = cluster.startup_nodes[0]
+    try:
+        saver = checkpoint.RedisSaver(f"redis://saver:pw@{host}:{port}/0", cluster=True, ttl=60)
+        config: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        assert saver.get_tuple(config) is None
+        assert list(saver.list(config)) == []
+        saver.delete_thread("t")
+    finally:
+        cluster_client.execute_command("ACL", "DELUSER", "saver", target_nodes=every_node)

@@ -260,7 +260,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _sent_by_library(data: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]] | None:
     """Commands per turn the client itself sends: the library's (counted in the round-trip
     scenario) and the server-cost form's. What the functions run inside (LPUSH, LTRIM, EXPIRE,
-    TYPE) is left out: how often depends on the session's state, not on the client."""
+    TYPE, and the batch ids' GETEX, APPEND, SET) is left out: how often depends on the session's
+    state, not on the client."""
     rts = [r for r in data.get("round_trips", []) if r["contender"] == "pyhistory"]
     cost = data.get("server_cost")
     if not rts or not cost:
@@ -276,7 +277,7 @@ def _sent_by_library(data: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     )
     if row is None:
         return None
-    inner = ("lpush", "ltrim", "expire", "type")
+    inner = ("lpush", "ltrim", "expire", "type", "getex", "append", "set")  # set: one append in 64
     form = {
         n: round(v["calls_per_op"], 2)
         for n, v in row["commands"].items()
