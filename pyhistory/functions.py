@@ -172,7 +172,7 @@ async def arun(client: AsyncClient, call: Call) -> Any:
 def _asend(client: AsyncClient, call: Call) -> Awaitable[Any]:
     if lean(client):
         assert isinstance(client, redis.asyncio.Redis)
-        return coalescer(client).send((call.command, *call.args))
+        return coalescer(client).call((call.command, *call.args))
     return client.execute_command(call.command, *call.args)
 
 
