@@ -106,13 +106,11 @@ import gc
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import sys
 import time
 import uuid
-from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -130,6 +128,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contenders
+import harness
 
 T = TypeVar("T")
 log = logging.getLogger("loadtest")
@@ -507,38 +506,8 @@ def _delete_sessions(url: str) -> None:
 
 # --------------------------------------------------------------------------- exact latencies
 
-_latencies: dict[str, array[float]] = {}
-_failures: dict[str, int] = {}
-
-
-@events.request.add_listener
-def _record(name: str, response_time: float, exception: BaseException | None, **_: Any) -> None:
-    _latencies.setdefault(name, array("d")).append(response_time)
-    if exception is not None:
-        _failures[name] = _failures.get(name, 0) + 1
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q) - 1))]
-
-
-def latency_summary() -> dict[str, dict[str, float]]:
-    """Exact latencies (ms) per operation, as recorded in this process since the test started."""
-    out: dict[str, dict[str, float]] = {}
-    for name, values in sorted(_latencies.items()):
-        ordered = sorted(values)
-        out[name] = {
-            "count": len(ordered),
-            "failures": _failures.get(name, 0),
-            "mean_ms": sum(ordered) / len(ordered),
-            **{
-                f"p{label}_ms": _percentile(ordered, q)
-                for label, q in (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.9", 0.999))
-            },
-            "max_ms": ordered[-1],
-        }
-    return out
+_requests = harness.RequestLog()
+_requests.install(events)
 
 
 # --------------------------------------------------------------------------- events
@@ -548,8 +517,7 @@ def latency_summary() -> dict[str, dict[str, float]]:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     with _lock:  # a new test (web UI) reads its settings again
         _shared.pop("settings", None)
-        _latencies.clear()
-        _failures.clear()
+        _requests.clear()
     # Full garbage collections stall every user at once. Move what exists now (modules, locust,
     # langchain) out of their reach, so they scan what the test allocates, not the harness.
     gc.collect()
@@ -586,13 +554,13 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
     if loop is not None:
         loop.stop()
     path = getattr(environment.parsed_options, "latency_file", "") or ""
-    if path and _latencies:
+    if path and len(_requests):
         if isinstance(environment.runner, WorkerRunner):
             root, ext = os.path.splitext(path)
             path = f"{root}.{os.getpid()}{ext}"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(latency_summary(), fh, indent=2)
+            json.dump(_requests.summary(), fh, indent=2)
 
 
 # --------------------------------------------------------------------------- the user

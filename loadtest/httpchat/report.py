@@ -3,62 +3,40 @@ from the exact per-request record the locustfile writes and locust's own CSV."""
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import platform
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+
 FLOOR = "memory"
 OURS = "pyhistory"
+HAND = "pipeline"
 THEIRS = "langchain"
 P99_BUDGET_MS = 2.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank]
+ENDPOINTS = ("chat", "chat (stream)")
 
 
 def _stats(values: list[float], seconds: float | None = None) -> dict[str, float]:
-    out = {
-        "count": len(values),
-        "p50_ms": percentile(values, 50),
-        "p90_ms": percentile(values, 90),
-        "p99_ms": percentile(values, 99),
-        "max_ms": max(values) if values else float("nan"),
-        "mean_ms": statistics.fmean(values) if values else float("nan"),
-    }
-    if seconds:
-        out["per_s"] = len(values) / seconds
-    return out
+    return harness.latency_stats(values, seconds)
 
 
 def _locust_aggregated(folder: Path) -> dict[str, int]:
-    path = folder / "locust_stats.csv"
-    if not path.exists():
+    row = harness.locust_stats(folder).get("Aggregated")
+    if row is None:
         return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["Name"] == "Aggregated":
-                return {
-                    "requests": int(row["Request Count"]),
-                    "failures": int(row["Failure Count"]),
-                }
-    return {}
+    return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"])}
 
 
 def summarise_run(
     name: str, backend: str, fault: str, folder: Path, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    record = json.loads((folder / "requests.json").read_text(encoding="utf-8"))
+    record = harness.load_requests(folder / "requests.json")
     requests = record["requests"]  # [end, name, ms, ok, error]
     marks = record["marks"]
     start = float(marks.get("start", meta.get("started", 0.0)))
@@ -162,7 +140,7 @@ def summarise(
                     )
                     for k in ("p50_ms", "p99_ms", "mean_ms")
                 }
-                for part in ("read", "append", "first_token")
+                for part in ("read", "append", "first_token", "stream_read", "stream_append")
                 if any(part in r["server_timing"] for r in runs)
             },
         }
@@ -201,7 +179,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             not b["failures"],
         )
     if OURS in backends and FLOOR in backends:
-        for endpoint in ("chat", "chat (stream)"):
+        for endpoint in ENDPOINTS:
             ours = backends[OURS]["by_name"].get(endpoint)
             floor = backends[FLOOR]["by_name"].get(endpoint)
             if not ours or not floor:
@@ -216,21 +194,25 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 extra <= P99_BUDGET_MS,
                 _p99_note(backends[OURS], extra),
             )
-    if OURS in backends and "pipeline" in backends:
-        for endpoint in ("chat", "chat (stream)"):
+    if all(name in backends for name in (OURS, HAND, FLOOR)):
+        for endpoint in ENDPOINTS:
             ours = backends[OURS]["by_name"].get(endpoint)
-            hand = backends["pipeline"]["by_name"].get(endpoint)
-            if ours and hand:
-                add(
-                    f"pyhistory p99 over the hand-written pipeline's, {endpoint}",
-                    "reported",
-                    f"{ours['p99_ms'] - hand['p99_ms']:+.2f} ms ({ours['p99_ms']:.2f} vs "
-                    f"{hand['p99_ms']:.2f} ms)",
-                    None,
-                    "both pay the same round trips to Redis",
-                )
+            hand = backends[HAND]["by_name"].get(endpoint)
+            floor = backends[FLOOR]["by_name"].get(endpoint)
+            if not (ours and hand and floor):
+                continue
+            over_ours = ours["p99_ms"] - floor["p99_ms"]
+            over_hand = hand["p99_ms"] - floor["p99_ms"]
+            add(
+                f"pyhistory p99 over the floor <= the hand-written pipeline's, {endpoint}",
+                "<= the pipeline's",
+                f"{over_ours:+.2f} vs {over_hand:+.2f} ms ({ours['p99_ms']:.2f} vs "
+                f"{hand['p99_ms']:.2f} ms; floor {floor['p99_ms']:.2f} ms)",
+                over_ours <= over_hand,
+                "the same service, Redis and load, one after the other",
+            )
     if OURS in backends and THEIRS in backends:
-        for endpoint in ("chat", "chat (stream)"):
+        for endpoint in ENDPOINTS:
             ours = backends[OURS]["by_name"].get(endpoint)
             theirs = backends[THEIRS]["by_name"].get(endpoint)
             if ours and theirs:
@@ -386,7 +368,7 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for name, b in backends.items():
         cells = []
-        for endpoint in ("chat", "chat (stream)"):
+        for endpoint in ENDPOINTS:
             e = b["by_name"].get(endpoint)
             if not e:
                 cells.append("-")
@@ -436,18 +418,13 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Files",
         "",
-        "Per run, in its folder: locust's `report.html`, `locust_stats.csv`, "
-        "`locust_stats_history.csv`, `locust_failures.csv`; `requests.json.gz` (every "
-        "request, exact); `run.json` (this summary's figures for the run); `uvicorn.log`, "
-        "`locust.log`.",
+        "Here: this summary, `summary.json` (every figure above, and every run's figures and "
+        "per-second timeline), the plots `latency.png` (backends) and `faults.png` (the fault "
+        "runs over time). Each run's locust CSV and output, uvicorn's log and the exact "
+        "per-request record stay on the machine that ran it (`--raw`, by default "
+        "`loadtest/results/http-<time>/`).",
         "",
     ]
-    for run in data["runs"]:
-        lines.append(
-            f"- {run['name']}: [report.html]({run['folder']}/report.html), "
-            f"[locust_stats.csv]({run['folder']}/locust_stats.csv)"
-        )
-    lines += ["", "Plots: `latency.png` (backends), `faults.png` (the fault runs over time).", ""]
     return "\n".join(lines)
 
 
