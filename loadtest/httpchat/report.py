@@ -428,6 +428,18 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _grouped_bars(ax: Any, series: list[tuple[str, str, list[float]]], digits: int) -> None:
+    """One group of bars per x (0, 1, ...), one bar per series (label, colour, values), each
+    annotated with its value."""
+    width = 0.8 / len(series)
+    for i, (label, colour, values) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(values))]
+        bars = ax.bar(xs, values, width, color=colour, label=label)
+        for bar, value in zip(bars, values, strict=True):
+            x, height = bar.get_x() + bar.get_width() / 2, bar.get_height()
+            ax.annotate(f"{value:.{digits}f}", (x, height), ha="center", va="bottom", fontsize=7)
+
+
 def plots(data: dict[str, Any], out: Path) -> list[str]:
     try:
         import matplotlib
@@ -443,25 +455,18 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
     if backends:
         names = list(backends)
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.5))
+        colours = ["#9ecae1", "#1f77b4", "#fdae6b", "#e6550d"]
         series = [
-            ("chat", "p50_ms", "#9ecae1", None),
-            ("chat", "p99_ms", "#1f77b4", None),
-            ("chat (stream)", "p50_ms", "#fdae6b", None),
-            ("chat (stream)", "p99_ms", "#e6550d", None),
+            (
+                f"{endpoint} {key[:3]}",
+                colour,
+                [b["by_name"].get(endpoint, {}).get(key, 0.0) for b in backends.values()],
+            )
+            for (endpoint, key), colour in zip(
+                [(e, k) for e in ENDPOINTS for k in ("p50_ms", "p99_ms")], colours, strict=True
+            )
         ]
-        width = 0.8 / len(series)
-        for i, (endpoint, key, colour, _) in enumerate(series):
-            values = [backends[n]["by_name"].get(endpoint, {}).get(key, 0.0) for n in names]
-            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
-            bars = ax.bar(xs, values, width, color=colour, label=f"{endpoint} {key[:3]}")
-            for bar, value in zip(bars, values, strict=True):
-                ax.annotate(
-                    f"{value:.1f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        _grouped_bars(ax, series, 1)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(
             [f"{n}\n{backends[n]['failures']} failed / {backends[n]['requests']}" for n in names]
@@ -470,20 +475,20 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
         ax.set_title(f"Chat turn response time (the model's {model_ms:g} ms included)", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-        parts = [("read", "p50_ms"), ("read", "p99_ms"), ("append", "p50_ms"), ("append", "p99_ms")]
         colours = ["#a1d99b", "#31a354", "#bcbddc", "#756bb1"]
-        for i, ((part, key), colour) in enumerate(zip(parts, colours, strict=True)):
-            values = [backends[n]["server_timing"].get(part, {}).get(key, 0.0) for n in names]
-            xs = [x + (i - 1.5) * 0.2 for x in range(len(names))]
-            bars = ax2.bar(xs, values, 0.2, color=colour, label=f"history {part} {key[:3]}")
-            for bar, value in zip(bars, values, strict=True):
-                ax2.annotate(
-                    f"{value:.2f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        series = [
+            (
+                f"history {part} {key[:3]}",
+                colour,
+                [b["server_timing"].get(part, {}).get(key, 0.0) for b in backends.values()],
+            )
+            for (part, key), colour in zip(
+                [(p, k) for p in ("read", "append") for k in ("p50_ms", "p99_ms")],
+                colours,
+                strict=True,
+            )
+        ]
+        _grouped_bars(ax2, series, 2)
         ax2.set_xticks(range(len(names)))
         ax2.set_xticklabels(names)
         ax2.set_yscale("symlog", linthresh=1.0)
