@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import random
 import re
 import signal
 import statistics
@@ -22,6 +23,7 @@ import threading
 import time
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,28 @@ def parse_seconds(text: str) -> int:
         raise ValueError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class Range:
+    """A duration in seconds, fixed or uniformly random between two bounds."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, text: object) -> Range:
+        parts = str(text).strip().split("-")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2) or min(values) < 0 or values[0] > values[-1]:
+            raise ValueError(f"expected seconds like 0, 1.5 or 0.5-2, not {text!r}")
+        return cls(values[0], values[-1])
+
+    def sample(self) -> float:
+        return self.low if self.low == self.high else random.uniform(self.low, self.high)
 
 
 # --- exact latencies ---------------------------------------------------------------------------

@@ -189,28 +189,6 @@ def _flag(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class Range:
-    """A duration in seconds, fixed or uniformly random between two bounds."""
-
-    low: float
-    high: float
-
-    @classmethod
-    def parse(cls, text: object) -> Range:
-        parts = str(text).strip().split("-")
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            values = []
-        if len(values) not in (1, 2) or min(values) < 0 or values[0] > values[-1]:
-            raise ValueError(f"expected seconds like 0, 1.5 or 0.5-2, not {text!r}")
-        return cls(values[0], values[-1])
-
-    def sample(self) -> float:
-        return self.low if self.low == self.high else random.uniform(self.low, self.high)
-
-
-@dataclass(frozen=True)
 class Settings:
     url: str
     contender: str
@@ -220,8 +198,8 @@ class Settings:
     max_messages: int | None
     sessions_per_user: int
     session_pick: str
-    think_time: Range
-    turn_wait: Range
+    think_time: harness.Range
+    turn_wait: harness.Range
     message_chars: int
     prefill: int
 
@@ -241,8 +219,8 @@ class Settings:
             max_messages=int(getattr(opts, "max_messages", 0)) or None,
             sessions_per_user=int(getattr(opts, "sessions_per_user", 10)),
             session_pick=str(getattr(opts, "session_pick", "random")),
-            think_time=Range.parse(getattr(opts, "think_time", "0")),
-            turn_wait=Range.parse(getattr(opts, "turn_wait", "0")),
+            think_time=harness.Range.parse(getattr(opts, "think_time", "0")),
+            turn_wait=harness.Range.parse(getattr(opts, "turn_wait", "0")),
             message_chars=int(getattr(opts, "message_chars", 200)),
             prefill=int(getattr(opts, "prefill", 0)),
         )

@@ -47,12 +47,7 @@ _WORDS = (
 WORDS = _WORDS.split()
 
 
-def _range(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
-    return float(low), float(high or low)
-
-
-THINK = _range(os.environ.get("LOADTEST_HTTP_THINK", "1-3"))
+THINK = harness.Range.parse(os.environ.get("LOADTEST_HTTP_THINK", "1-3"))
 STREAM_SHARE = float(os.environ.get("LOADTEST_HTTP_STREAM_SHARE", "0.3"))
 TIMEOUT = float(os.environ.get("LOADTEST_HTTP_TIMEOUT", "30"))
 RECORD = os.environ.get("LOADTEST_HTTP_RECORD")
@@ -87,7 +82,7 @@ def _server_timing(header: str) -> dict[str, float]:
 
 class ChatUser(HttpUser):
     def wait_time(self) -> float:
-        return random.uniform(*THINK)
+        return THINK.sample()
 
     def on_start(self) -> None:
         self.number = next(_users)

@@ -122,6 +122,7 @@ def summarise(
             "requests": sum(r["requests"] for r in runs),
             "failures": sum(r["failures"] for r in runs),
             "per_s": med([r["all"].get("per_s", float("nan")) for r in runs]),
+            "loadavg_end": med([r["loadavg_end"][0] for r in runs if r.get("loadavg_end")]),
             "machine_cpu_busy": med(
                 [r["machine_cpu_busy"] for r in runs if r.get("machine_cpu_busy") is not None]
             ),
@@ -360,11 +361,13 @@ def markdown(data: dict[str, Any]) -> str:
         "Response time in ms, p50 / p99 (p99 over the floor in brackets); `chat (stream)` is "
         "timed to the stream's last event. History: the service's own time in the history "
         "calls (Server-Timing), read and append, p50 / p99 ms. Machine CPU busy: both cores, "
-        "over the run, whatever ran on them (Redis, the workers, locust, other work).",
+        "over the run, whatever ran on them (Redis, the workers, locust, other work); load "
+        "average: the machine's, over the last minute, at the end of the run (medians over the "
+        "rounds).",
         "",
         "| backend | requests | failed | req/s | chat | chat (stream) | first token | "
-        "history read | history append | machine CPU busy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "history read | history append | machine CPU busy | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in backends.items():
         cells = []
@@ -386,7 +389,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {b['requests']} | {b['failures']} | {_f(b['per_s'], 1)} | "
             + " | ".join(cells)
-            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % |"
+            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % | "
+            + f"{_f(b.get('loadavg_end', float('nan')))} |"
         )
     faults = [r for r in data["runs"] if r.get("fault_report")]
     if faults:

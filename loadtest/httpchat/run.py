@@ -353,8 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.render:
-        data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        data["targets"] = report.targets(data)
+        old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        data = report.summarise(
+            old["runs"],
+            settings=old["settings"],
+            redis_label=old["redis"],
+            started=old["started"],
+            elapsed_s=old["elapsed_s"],
+        )
+        data["machine"] = old["machine"]
         return write_summary(data, out, plots=not args.no_plots)
     runs: list[Run] = []
     for round_ in range(args.rounds):
