@@ -30,28 +30,11 @@ The contenders (``loadtest/contenders.py``): ``pyhistory`` (the product), ``lc-p
 session), ``pipeline`` (a hand-written redis-py MULTI/EXEC pipeline). One contender object per
 process serves all its users, as one backend process would.
 
-Options (``--name`` on the command line, or the environment variable in brackets):
-
-- Redis URL: ``--host`` (or ``LOCUST_HOST``), else ``REDIS_URL``
-- ``--contender`` [``LOADTEST_CONTENDER``]: one of ``contenders.NAMES`` (default ``pyhistory``)
-- ``--mode`` [``LOADTEST_MODE``]: ``sync`` (default) or ``async`` (see below)
-- ``--window`` [``LOADTEST_WINDOW``]: messages a fetch returns at most (default 20)
-- ``--ttl`` [``LOADTEST_TTL``]: session TTL in seconds, 0 for none (default 3600)
-- ``--max-messages`` [``LOADTEST_MAX_MESSAGES``]: messages kept per session, 0 for unbounded
-- ``--sessions-per-user`` [``LOADTEST_SESSIONS_PER_USER``]: sessions each user owns (default 10)
-- ``--session-pick`` [``LOADTEST_SESSION_PICK``]: ``random`` (default) or ``round-robin``
-- ``--think-time`` [``LOADTEST_THINK_TIME``]: model latency in seconds between ``add_user`` and
-  ``add_ai``: ``0`` (default), ``1.5``, or a uniform range ``0.5-2``
-- ``--turn-wait`` [``LOADTEST_TURN_WAIT``]: wait between two turns of a user, same format
-  (default 0)
-- ``--message-chars`` [``LOADTEST_MESSAGE_CHARS``]: length of each message's content (default 200)
-- ``--prefill`` [``LOADTEST_PREFILL``]: messages written to each session when its user starts
-  (one batch per session), so reads start from a full window (default 0)
-- ``--no-cleanup`` [``LOADTEST_NO_CLEANUP=true``]: keep this run's sessions; by default they are
-  deleted when the test stops (they match ``message_store:<run token>:*``)
-- ``--latency-file`` [``LOADTEST_LATENCY_FILE``]: write exact per-operation latencies (p50, p90,
-  p99, p99.9, in microseconds resolution) as JSON at exit. Locust's own percentiles are rounded
-  to whole milliseconds, too coarse for operations that take a fraction of one.
+Options: ``_OPTIONS`` below (each ``--name`` on the command line, or ``LOADTEST_<NAME>`` in the
+environment), and ``--no-cleanup`` (keep this run's sessions, ``message_store:<run token>:*``,
+which are otherwise deleted when the test stops) and ``--latency-file`` (exact per-operation
+latencies, p50 to p99.9, as JSON at exit: locust's own are whole milliseconds, too coarse for
+operations that take a fraction of one). The Redis URL: ``--host``, else ``REDIS_URL``.
 
 Run it with ``loadtest/run.py`` (headless, throwaway server, CSV + HTML), or directly::
 
@@ -106,13 +89,11 @@ import gc
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import sys
 import time
 import uuid
-from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -130,6 +111,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contenders
+import harness
 
 T = TypeVar("T")
 log = logging.getLogger("loadtest")
@@ -155,76 +137,34 @@ ASYNC_CONTENDERS = ("pyhistory", "pipeline")
 # --------------------------------------------------------------------------- options
 
 
+# name, default, choices (or None), help; each also from the environment, LOADTEST_<NAME>.
+_OPTIONS: tuple[tuple[str, Any, list[str] | None, str], ...] = (
+    ("contender", "pyhistory", list(contenders.NAMES), "implementation under test"),
+    ("mode", "sync", ["sync", "async"], "sync clients in greenlets, or asyncio on one loop thread"),
+    ("window", 20, None, "messages per fetch"),
+    ("ttl", 3600, None, "session TTL, s; 0: none"),
+    ("max-messages", 0, None, "messages kept per session; 0: unbounded"),
+    ("sessions-per-user", 10, None, "sessions each user owns"),
+    ("session-pick", "random", ["random", "round-robin"], "how a user picks its next session"),
+    ("think-time", "0", None, "model latency in s between add_user and add_ai: 0, 1.5 or 0.5-2"),
+    ("turn-wait", "0", None, "wait in s between two turns of a user: 0, 1.5 or 0.5-2"),
+    ("message-chars", 200, None, "characters of content per message"),
+    ("prefill", 0, None, "messages written to each session (one batch) before its first turn"),
+)
+
+
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     # Straight on locust's parser: an argument group would not take include_in_web_ui.
-    parser.add_argument(
-        "--contender",
-        choices=list(contenders.NAMES),
-        default="pyhistory",
-        env_var="LOADTEST_CONTENDER",
-        help="implementation under test (default pyhistory)",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=["sync", "async"],
-        default="sync",
-        env_var="LOADTEST_MODE",
-        help="sync clients in greenlets, or asyncio clients on one loop thread (default sync)",
-    )
-    parser.add_argument(
-        "--window", type=int, default=20, env_var="LOADTEST_WINDOW", help="messages per fetch"
-    )
-    parser.add_argument(
-        "--ttl", type=int, default=3600, env_var="LOADTEST_TTL", help="session TTL, s; 0: none"
-    )
-    parser.add_argument(
-        "--max-messages",
-        type=int,
-        default=0,
-        env_var="LOADTEST_MAX_MESSAGES",
-        help="messages kept per session; 0: unbounded",
-    )
-    parser.add_argument(
-        "--sessions-per-user",
-        type=int,
-        default=10,
-        env_var="LOADTEST_SESSIONS_PER_USER",
-        help="sessions each user owns (default 10)",
-    )
-    parser.add_argument(
-        "--session-pick",
-        choices=["random", "round-robin"],
-        default="random",
-        env_var="LOADTEST_SESSION_PICK",
-        help="how a user picks its next session",
-    )
-    parser.add_argument(
-        "--think-time",
-        default="0",
-        env_var="LOADTEST_THINK_TIME",
-        help="simulated model latency in s between add_user and add_ai: 0, 1.5 or 0.5-2",
-    )
-    parser.add_argument(
-        "--turn-wait",
-        default="0",
-        env_var="LOADTEST_TURN_WAIT",
-        help="wait in s between two turns of a user: 0, 1.5 or 0.5-2",
-    )
-    parser.add_argument(
-        "--message-chars",
-        type=int,
-        default=200,
-        env_var="LOADTEST_MESSAGE_CHARS",
-        help="characters of content per message (default 200)",
-    )
-    parser.add_argument(
-        "--prefill",
-        type=int,
-        default=0,
-        env_var="LOADTEST_PREFILL",
-        help="messages written to each session before its first turn (default 0)",
-    )
+    for name, default, choices, text in _OPTIONS:
+        parser.add_argument(
+            f"--{name}",
+            type=type(default),
+            default=default,
+            choices=choices,
+            env_var=f"LOADTEST_{name.upper().replace('-', '_')}",
+            help=f"{text} (default {default})",
+        )
     parser.add_argument(
         "--no-cleanup",
         action="store_true",
@@ -249,28 +189,6 @@ def _flag(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class Range:
-    """A duration in seconds, fixed or uniformly random between two bounds."""
-
-    low: float
-    high: float
-
-    @classmethod
-    def parse(cls, text: object) -> Range:
-        parts = str(text).strip().split("-")
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            values = []
-        if len(values) not in (1, 2) or min(values) < 0 or values[0] > values[-1]:
-            raise ValueError(f"expected seconds like 0, 1.5 or 0.5-2, not {text!r}")
-        return cls(values[0], values[-1])
-
-    def sample(self) -> float:
-        return self.low if self.low == self.high else random.uniform(self.low, self.high)
-
-
-@dataclass(frozen=True)
 class Settings:
     url: str
     contender: str
@@ -280,8 +198,8 @@ class Settings:
     max_messages: int | None
     sessions_per_user: int
     session_pick: str
-    think_time: Range
-    turn_wait: Range
+    think_time: harness.Range
+    turn_wait: harness.Range
     message_chars: int
     prefill: int
 
@@ -301,8 +219,8 @@ class Settings:
             max_messages=int(getattr(opts, "max_messages", 0)) or None,
             sessions_per_user=int(getattr(opts, "sessions_per_user", 10)),
             session_pick=str(getattr(opts, "session_pick", "random")),
-            think_time=Range.parse(getattr(opts, "think_time", "0")),
-            turn_wait=Range.parse(getattr(opts, "turn_wait", "0")),
+            think_time=harness.Range.parse(getattr(opts, "think_time", "0")),
+            turn_wait=harness.Range.parse(getattr(opts, "turn_wait", "0")),
             message_chars=int(getattr(opts, "message_chars", 200)),
             prefill=int(getattr(opts, "prefill", 0)),
         )
@@ -507,38 +425,8 @@ def _delete_sessions(url: str) -> None:
 
 # --------------------------------------------------------------------------- exact latencies
 
-_latencies: dict[str, array[float]] = {}
-_failures: dict[str, int] = {}
-
-
-@events.request.add_listener
-def _record(name: str, response_time: float, exception: BaseException | None, **_: Any) -> None:
-    _latencies.setdefault(name, array("d")).append(response_time)
-    if exception is not None:
-        _failures[name] = _failures.get(name, 0) + 1
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q) - 1))]
-
-
-def latency_summary() -> dict[str, dict[str, float]]:
-    """Exact latencies (ms) per operation, as recorded in this process since the test started."""
-    out: dict[str, dict[str, float]] = {}
-    for name, values in sorted(_latencies.items()):
-        ordered = sorted(values)
-        out[name] = {
-            "count": len(ordered),
-            "failures": _failures.get(name, 0),
-            "mean_ms": sum(ordered) / len(ordered),
-            **{
-                f"p{label}_ms": _percentile(ordered, q)
-                for label, q in (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.9", 0.999))
-            },
-            "max_ms": ordered[-1],
-        }
-    return out
+_requests = harness.RequestLog()
+_requests.install(events)
 
 
 # --------------------------------------------------------------------------- events
@@ -548,8 +436,7 @@ def latency_summary() -> dict[str, dict[str, float]]:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     with _lock:  # a new test (web UI) reads its settings again
         _shared.pop("settings", None)
-        _latencies.clear()
-        _failures.clear()
+        _requests.clear()
     # Full garbage collections stall every user at once. Move what exists now (modules, locust,
     # langchain) out of their reach, so they scan what the test allocates, not the harness.
     gc.collect()
@@ -586,13 +473,13 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
     if loop is not None:
         loop.stop()
     path = getattr(environment.parsed_options, "latency_file", "") or ""
-    if path and _latencies:
+    if path and len(_requests):
         if isinstance(environment.runner, WorkerRunner):
             root, ext = os.path.splitext(path)
             path = f"{root}.{os.getpid()}{ext}"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(latency_summary(), fh, indent=2)
+            json.dump(_requests.summary(), fh, indent=2)
 
 
 # --------------------------------------------------------------------------- the user

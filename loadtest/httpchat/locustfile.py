@@ -23,146 +23,52 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import requests
 from locust import HttpUser, events, task
 from locust.exception import CatchResponseError
 
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "you",
-    "that",
-    "it",
-    "for",
-    "on",
-    "with",
-    "as",
-    "are",
-    "this",
-    "be",
-    "at",
-    "or",
-    "have",
-    "from",
-    "an",
-    "by",
-    "not",
-    "but",
-    "what",
-    "all",
-    "were",
-    "when",
-    "we",
-    "there",
-    "can",
-    "your",
-    "which",
-    "their",
-    "said",
-    "if",
-    "will",
-    "each",
-    "about",
-    "how",
-    "up",
-    "out",
-    "them",
-    "then",
-    "she",
-    "many",
-    "some",
-    "so",
-    "these",
-    "would",
-    "other",
-    "into",
-    "has",
-    "more",
-    "her",
-    "two",
-    "like",
-    "him",
-    "see",
-    "time",
-    "could",
-    "no",
-    "make",
-    "than",
-    "first",
-    "been",
-    "its",
-    "who",
-    "now",
-    "people",
-    "my",
-    "made",
-    "over",
-    "did",
-    "down",
-    "only",
-    "way",
-    "find",
-    "use",
-    "may",
-    "water",
-    "long",
-    "little",
-    "redis",
-    "session",
-    "history",
-    "window",
-    "message",
-    "model",
-    "prompt",
-    "token",
-    "latency",
-    "answer",
-    "question",
-    "deploy",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+
+_WORDS = (
+    "the of and to in is you that it for on with as are this be at or have from an by not "
+    "but what all were when we there can your which their said if will each about how up "
+    "out them then she many some so these would other into has more her two like him see "
+    "time could no make than first been its who now people my made over did down only way "
+    "find use may water long little redis session history window message model prompt token "
+    "latency answer question deploy"
+)
+WORDS = _WORDS.split()
 
 
-def _range(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
-    return float(low), float(high or low)
-
-
-THINK = _range(os.environ.get("LOADTEST_HTTP_THINK", "1-3"))
+THINK = harness.Range.parse(os.environ.get("LOADTEST_HTTP_THINK", "1-3"))
 STREAM_SHARE = float(os.environ.get("LOADTEST_HTTP_STREAM_SHARE", "0.3"))
 TIMEOUT = float(os.environ.get("LOADTEST_HTTP_TIMEOUT", "30"))
 RECORD = os.environ.get("LOADTEST_HTTP_RECORD")
 RUN = uuid.uuid4().hex[:8]
 
-_requests: list[tuple[float, str, float, bool, str]] = []  # end, name, ms, ok, error
-_server: dict[str, list[float]] = {"read": [], "append": [], "first_token": []}
-_marks: dict[str, float] = {"start": time.time()}
+_requests = harness.RequestLog()
+_requests.install(events)
+_server: dict[str, list[float]] = {
+    "read": [],
+    "append": [],
+    "first_token": [],
+    "stream_read": [],
+    "stream_append": [],
+}
 _users = iter(range(1 << 30))
-
-
-@events.request.add_listener
-def _on_request(name: str, response_time: float, exception: BaseException | None, **_: Any) -> None:
-    error = "" if exception is None else f"{type(exception).__name__}: {exception}"[:300]
-    _requests.append((time.time(), name, float(response_time), exception is None, error))
-
-
-@events.spawning_complete.add_listener
-def _on_spawned(user_count: int, **_: Any) -> None:
-    _marks["spawned"] = time.time()
 
 
 @events.quitting.add_listener
 def _on_quit(**_: Any) -> None:
     if RECORD:
-        with open(RECORD, "w", encoding="utf-8") as fh:
-            json.dump({"marks": _marks, "requests": _requests, "server_timing": _server}, fh)
+        _requests.dump(RECORD, server_timing=_server)
 
 
 def _server_timing(header: str) -> dict[str, float]:
@@ -176,7 +82,7 @@ def _server_timing(header: str) -> dict[str, float]:
 
 class ChatUser(HttpUser):
     def wait_time(self) -> float:
-        return random.uniform(*THINK)
+        return THINK.sample()
 
     def on_start(self) -> None:
         self.number = next(_users)
@@ -262,8 +168,9 @@ class ChatUser(HttpUser):
                         f"the stream ended with {event or 'no'} event: {last[:300]}"
                     )
                 timing = json.loads(last)
-                _server["read"].append(float(timing["read"]))
-                _server["append"].append(float(timing["append"]))
+                for part in ("read", "append"):
+                    _server[part].append(float(timing[part]))
+                    _server[f"stream_{part}"].append(float(timing[part]))
                 if first_token is not None:
                     _server["first_token"].append(first_token * 1000)
         except Exception as exc:

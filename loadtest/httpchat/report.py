@@ -3,62 +3,40 @@ from the exact per-request record the locustfile writes and locust's own CSV."""
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import platform
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+
 FLOOR = "memory"
 OURS = "pyhistory"
+HAND = "pipeline"
 THEIRS = "langchain"
 P99_BUDGET_MS = 2.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank]
+ENDPOINTS = ("chat", "chat (stream)")
 
 
 def _stats(values: list[float], seconds: float | None = None) -> dict[str, float]:
-    out = {
-        "count": len(values),
-        "p50_ms": percentile(values, 50),
-        "p90_ms": percentile(values, 90),
-        "p99_ms": percentile(values, 99),
-        "max_ms": max(values) if values else float("nan"),
-        "mean_ms": statistics.fmean(values) if values else float("nan"),
-    }
-    if seconds:
-        out["per_s"] = len(values) / seconds
-    return out
+    return harness.latency_stats(values, seconds)
 
 
 def _locust_aggregated(folder: Path) -> dict[str, int]:
-    path = folder / "locust_stats.csv"
-    if not path.exists():
+    row = harness.locust_stats(folder).get("Aggregated")
+    if row is None:
         return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["Name"] == "Aggregated":
-                return {
-                    "requests": int(row["Request Count"]),
-                    "failures": int(row["Failure Count"]),
-                }
-    return {}
+    return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"])}
 
 
 def summarise_run(
     name: str, backend: str, fault: str, folder: Path, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    record = json.loads((folder / "requests.json").read_text(encoding="utf-8"))
+    record = harness.load_requests(folder / "requests.json")
     requests = record["requests"]  # [end, name, ms, ok, error]
     marks = record["marks"]
     start = float(marks.get("start", meta.get("started", 0.0)))
@@ -144,6 +122,7 @@ def summarise(
             "requests": sum(r["requests"] for r in runs),
             "failures": sum(r["failures"] for r in runs),
             "per_s": med([r["all"].get("per_s", float("nan")) for r in runs]),
+            "loadavg_end": med([r["loadavg_end"][0] for r in runs if r.get("loadavg_end")]),
             "machine_cpu_busy": med(
                 [r["machine_cpu_busy"] for r in runs if r.get("machine_cpu_busy") is not None]
             ),
@@ -162,7 +141,7 @@ def summarise(
                     )
                     for k in ("p50_ms", "p99_ms", "mean_ms")
                 }
-                for part in ("read", "append", "first_token")
+                for part in ("read", "append", "first_token", "stream_read", "stream_append")
                 if any(part in r["server_timing"] for r in runs)
             },
         }
@@ -201,7 +180,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             not b["failures"],
         )
     if OURS in backends and FLOOR in backends:
-        for endpoint in ("chat", "chat (stream)"):
+        for endpoint in ENDPOINTS:
             ours = backends[OURS]["by_name"].get(endpoint)
             floor = backends[FLOOR]["by_name"].get(endpoint)
             if not ours or not floor:
@@ -216,21 +195,25 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 extra <= P99_BUDGET_MS,
                 _p99_note(backends[OURS], extra),
             )
-    if OURS in backends and "pipeline" in backends:
-        for endpoint in ("chat", "chat (stream)"):
+    if all(name in backends for name in (OURS, HAND, FLOOR)):
+        for endpoint in ENDPOINTS:
             ours = backends[OURS]["by_name"].get(endpoint)
-            hand = backends["pipeline"]["by_name"].get(endpoint)
-            if ours and hand:
-                add(
-                    f"pyhistory p99 over the hand-written pipeline's, {endpoint}",
-                    "reported",
-                    f"{ours['p99_ms'] - hand['p99_ms']:+.2f} ms ({ours['p99_ms']:.2f} vs "
-                    f"{hand['p99_ms']:.2f} ms)",
-                    None,
-                    "both pay the same round trips to Redis",
-                )
+            hand = backends[HAND]["by_name"].get(endpoint)
+            floor = backends[FLOOR]["by_name"].get(endpoint)
+            if not (ours and hand and floor):
+                continue
+            over_ours = ours["p99_ms"] - floor["p99_ms"]
+            over_hand = hand["p99_ms"] - floor["p99_ms"]
+            add(
+                f"pyhistory p99 over the floor <= the hand-written pipeline's, {endpoint}",
+                "<= the pipeline's",
+                f"{over_ours:+.2f} vs {over_hand:+.2f} ms ({ours['p99_ms']:.2f} vs "
+                f"{hand['p99_ms']:.2f} ms; floor {floor['p99_ms']:.2f} ms)",
+                over_ours <= over_hand,
+                "the same service, Redis and load, one after the other",
+            )
     if OURS in backends and THEIRS in backends:
-        for endpoint in ("chat", "chat (stream)"):
+        for endpoint in ENDPOINTS:
             ours = backends[OURS]["by_name"].get(endpoint)
             theirs = backends[THEIRS]["by_name"].get(endpoint)
             if ours and theirs:
@@ -378,15 +361,17 @@ def markdown(data: dict[str, Any]) -> str:
         "Response time in ms, p50 / p99 (p99 over the floor in brackets); `chat (stream)` is "
         "timed to the stream's last event. History: the service's own time in the history "
         "calls (Server-Timing), read and append, p50 / p99 ms. Machine CPU busy: both cores, "
-        "over the run, whatever ran on them (Redis, the workers, locust, other work).",
+        "over the run, whatever ran on them (Redis, the workers, locust, other work); load "
+        "average: the machine's, over the last minute, at the end of the run (medians over the "
+        "rounds).",
         "",
         "| backend | requests | failed | req/s | chat | chat (stream) | first token | "
-        "history read | history append | machine CPU busy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "history read | history append | machine CPU busy | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in backends.items():
         cells = []
-        for endpoint in ("chat", "chat (stream)"):
+        for endpoint in ENDPOINTS:
             e = b["by_name"].get(endpoint)
             if not e:
                 cells.append("-")
@@ -404,7 +389,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {b['requests']} | {b['failures']} | {_f(b['per_s'], 1)} | "
             + " | ".join(cells)
-            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % |"
+            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % | "
+            + f"{_f(b.get('loadavg_end', float('nan')))} |"
         )
     faults = [r for r in data["runs"] if r.get("fault_report")]
     if faults:
@@ -436,19 +422,26 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Files",
         "",
-        "Per run, in its folder: locust's `report.html`, `locust_stats.csv`, "
-        "`locust_stats_history.csv`, `locust_failures.csv`; `requests.json.gz` (every "
-        "request, exact); `run.json` (this summary's figures for the run); `uvicorn.log`, "
-        "`locust.log`.",
+        "Here: this summary, `summary.json` (every figure above, and every run's figures and "
+        "per-second timeline), the plots `latency.png` (backends) and `faults.png` (the fault "
+        "runs over time). Each run's locust CSV and output, uvicorn's log and the exact "
+        "per-request record stay on the machine that ran it (`--raw`, by default "
+        "`loadtest/results/http-<time>/`).",
         "",
     ]
-    for run in data["runs"]:
-        lines.append(
-            f"- {run['name']}: [report.html]({run['folder']}/report.html), "
-            f"[locust_stats.csv]({run['folder']}/locust_stats.csv)"
-        )
-    lines += ["", "Plots: `latency.png` (backends), `faults.png` (the fault runs over time).", ""]
     return "\n".join(lines)
+
+
+def _grouped_bars(ax: Any, series: list[tuple[str, str, list[float]]], digits: int) -> None:
+    """One group of bars per x (0, 1, ...), one bar per series (label, colour, values), each
+    annotated with its value."""
+    width = 0.8 / len(series)
+    for i, (label, colour, values) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(values))]
+        bars = ax.bar(xs, values, width, color=colour, label=label)
+        for bar, value in zip(bars, values, strict=True):
+            x, height = bar.get_x() + bar.get_width() / 2, bar.get_height()
+            ax.annotate(f"{value:.{digits}f}", (x, height), ha="center", va="bottom", fontsize=7)
 
 
 def plots(data: dict[str, Any], out: Path) -> list[str]:
@@ -466,25 +459,18 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
     if backends:
         names = list(backends)
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.5))
+        colours = ["#9ecae1", "#1f77b4", "#fdae6b", "#e6550d"]
         series = [
-            ("chat", "p50_ms", "#9ecae1", None),
-            ("chat", "p99_ms", "#1f77b4", None),
-            ("chat (stream)", "p50_ms", "#fdae6b", None),
-            ("chat (stream)", "p99_ms", "#e6550d", None),
+            (
+                f"{endpoint} {key[:3]}",
+                colour,
+                [b["by_name"].get(endpoint, {}).get(key, 0.0) for b in backends.values()],
+            )
+            for (endpoint, key), colour in zip(
+                [(e, k) for e in ENDPOINTS for k in ("p50_ms", "p99_ms")], colours, strict=True
+            )
         ]
-        width = 0.8 / len(series)
-        for i, (endpoint, key, colour, _) in enumerate(series):
-            values = [backends[n]["by_name"].get(endpoint, {}).get(key, 0.0) for n in names]
-            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
-            bars = ax.bar(xs, values, width, color=colour, label=f"{endpoint} {key[:3]}")
-            for bar, value in zip(bars, values, strict=True):
-                ax.annotate(
-                    f"{value:.1f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        _grouped_bars(ax, series, 1)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(
             [f"{n}\n{backends[n]['failures']} failed / {backends[n]['requests']}" for n in names]
@@ -493,20 +479,20 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
         ax.set_title(f"Chat turn response time (the model's {model_ms:g} ms included)", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-        parts = [("read", "p50_ms"), ("read", "p99_ms"), ("append", "p50_ms"), ("append", "p99_ms")]
         colours = ["#a1d99b", "#31a354", "#bcbddc", "#756bb1"]
-        for i, ((part, key), colour) in enumerate(zip(parts, colours, strict=True)):
-            values = [backends[n]["server_timing"].get(part, {}).get(key, 0.0) for n in names]
-            xs = [x + (i - 1.5) * 0.2 for x in range(len(names))]
-            bars = ax2.bar(xs, values, 0.2, color=colour, label=f"history {part} {key[:3]}")
-            for bar, value in zip(bars, values, strict=True):
-                ax2.annotate(
-                    f"{value:.2f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        series = [
+            (
+                f"history {part} {key[:3]}",
+                colour,
+                [b["server_timing"].get(part, {}).get(key, 0.0) for b in backends.values()],
+            )
+            for (part, key), colour in zip(
+                [(p, k) for p in ("read", "append") for k in ("p50_ms", "p99_ms")],
+                colours,
+                strict=True,
+            )
+        ]
+        _grouped_bars(ax2, series, 2)
         ax2.set_xticks(range(len(names)))
         ax2.set_xticklabels(names)
         ax2.set_yscale("symlog", linthresh=1.0)

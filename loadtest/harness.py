@@ -1,0 +1,314 @@
+"""What the two locust scenarios share: ``loadtest/locustfile.py`` (chat turns against the history
+classes, ``make loadtest``) and ``loadtest/httpchat/locustfile.py`` (people chatting with the HTTP
+service, ``make loadtest-http``).
+
+For the runners: the Redis server under test, one headless locust run, locust's CSV, exact latency
+statistics, the machine's CPU. This module does not import locust (that would monkey-patch the
+runner with gevent); :class:`RequestLog`, for the locustfiles, is handed locust's events.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyhistory import testing
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def parse_seconds(text: str) -> int:
+    """Locust's time strings: ``90``, ``30s``, ``5m``, ``1h30m``, ``1m30s``."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    match = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+    if not match or not any(match.groups()):
+        raise ValueError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class Range:
+    """A duration in seconds, fixed or uniformly random between two bounds."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, text: object) -> Range:
+        parts = str(text).strip().split("-")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2) or min(values) < 0 or values[0] > values[-1]:
+            raise ValueError(f"expected seconds like 0, 1.5 or 0.5-2, not {text!r}")
+        return cls(values[0], values[-1])
+
+    def sample(self) -> float:
+        return self.low if self.low == self.high else random.uniform(self.low, self.high)
+
+
+# --- exact latencies ---------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile (``q`` in percent) of ``values``; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def latency_stats(values: Sequence[float], seconds: float | None = None) -> dict[str, float]:
+    """Count, mean, p50, p90, p99, p99.9 and max of response times in ms (and per s, given the
+    seconds they were made in)."""
+    ordered = sorted(values)
+    out: dict[str, float] = {
+        "count": len(ordered),
+        "mean_ms": statistics.fmean(ordered) if ordered else float("nan"),
+        **{f"p{q:g}_ms": percentile(ordered, q) for q in (50, 90, 99, 99.9)},
+        "max_ms": ordered[-1] if ordered else float("nan"),
+    }
+    if seconds:
+        out["per_s"] = len(ordered) / seconds
+    return out
+
+
+class RequestLog:
+    """Every request of one locust process: its end (epoch s), name, exact response time (ms)
+    and error, if any. Locust's own percentiles are whole milliseconds, too coarse for a call
+    that takes a fraction of one; and a timeline needs each request's time.
+
+    Columns in arrays, so a long run at thousands of requests per second stays small.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {"start": time.time()}
+        self._names: dict[str, int] = {}
+        self._name = array("H")
+        self._end = array("d")
+        self._ms = array("d")
+        self._errors: dict[int, str] = {}  # request index -> error
+
+    def __len__(self) -> int:
+        return len(self._ms)
+
+    def install(self, events: Any) -> None:
+        """Listen to locust's request and spawning events."""
+        events.request.add_listener(self._on_request)
+        events.spawning_complete.add_listener(self._on_spawned)
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def _on_request(
+        self, name: str, response_time: float, exception: BaseException | None, **_: Any
+    ) -> None:
+        if exception is not None:
+            self._errors[len(self._ms)] = f"{type(exception).__name__}: {exception}"[:300]
+        self._name.append(self._names.setdefault(name, len(self._names)))
+        self._end.append(time.time())
+        self._ms.append(float(response_time))
+
+    def _on_spawned(self, **_: Any) -> None:
+        self.marks["spawned"] = time.time()
+
+    def requests(self) -> list[tuple[float, str, float, bool, str]]:
+        """(end, name, ms, ok, error) of every request, in the order they ended."""
+        names = list(self._names)
+        return [
+            (end, names[n], ms, i not in self._errors, self._errors.get(i, ""))
+            for i, (n, end, ms) in enumerate(zip(self._name, self._end, self._ms, strict=True))
+        ]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Exact latencies (ms) and failures per name, over the whole run."""
+        out = {}
+        for name, code in sorted(self._names.items()):
+            picked = [i for i, n in enumerate(self._name) if n == code]
+            out[name] = {
+                **latency_stats([self._ms[i] for i in picked]),
+                "failures": sum(1 for i in picked if i in self._errors),
+            }
+        return out
+
+    def dump(self, path: str | os.PathLike[str], **extra: Any) -> None:
+        """Every request, and ``extra``, as JSON: what :func:`load_requests` reads."""
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"marks": self.marks, "requests": self.requests(), **extra}, fh)
+
+
+def load_requests(path: Path) -> dict[str, Any]:
+    """What :meth:`RequestLog.dump` wrote."""
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+# --- the Redis server under test ---------------------------------------------------------------
+
+
+class RedisUnderTest:
+    """A throwaway server (``pyhistory.testing``; faults can hit it) or ``REDIS_URL``."""
+
+    def __init__(self, kind: str = "auto") -> None:
+        import redis
+
+        self.server: testing.LocalServer | None = None
+        self.url = os.environ.get("REDIS_URL", "")
+        if not self.url:
+            self.server = testing.start_server(kind)
+            self.url = self.server.url
+        with redis.Redis.from_url(self.url) as client:
+            info = client.info("server")
+        version = info.get("valkey_version") or info["redis_version"]
+        self.label = f"{info.get('server_name', 'redis')} {version}"
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as client:
+            client.flushall()
+
+    def restart(self) -> None:
+        assert self.server is not None
+        self.server.restart()
+
+    def pause(self, seconds: float) -> None:
+        """SIGSTOP, then SIGCONT after ``seconds``."""
+        assert self.server is not None and self.server.pid is not None
+        os.kill(self.server.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.server.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+# --- one headless locust run -------------------------------------------------------------------
+
+
+def run_locust(
+    locustfile: Path,
+    *,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    seconds: int,
+    folder: Path,
+    options: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    html: bool = False,
+    echo: bool = False,
+) -> int | None:
+    """``locust -f locustfile --headless`` until it ends; its CSV files (``locust_*.csv``) and
+    output (``locust.log``) into ``folder``, and with ``html`` its report (``report.html``).
+    Returns its exit code (1 when a request failed: ``--exit-code-on-error 1``), None when it
+    did not finish within two minutes after the run time (it is killed)."""
+    command = [
+        *(sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--only-summary"),
+        *("--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", f"{seconds}s"),
+        *("--host", host, "--csv", str(folder / "locust"), "--exit-code-on-error", "1"),
+        *(("--html", str(folder / "report.html")) if html else ()),
+        *options,
+    ]
+    (folder / "command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
+    environment = dict(os.environ if env is None else env)
+    environment.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    with (folder / "locust.log").open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment,
+        )
+
+        def copy() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                out.write(line)
+                if echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+        copier = threading.Thread(target=copy, daemon=True)
+        copier.start()
+        try:
+            code: int | None = process.wait(seconds + 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = None
+        copier.join(10)
+    return code
+
+
+def locust_stats(folder: Path) -> dict[str, dict[str, str]]:
+    """Rows of locust's ``locust_stats.csv`` by name ("Aggregated" included); {} if missing."""
+    path = folder / "locust_stats.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["Name"]: row for row in csv.DictReader(fh)}
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat ((0, 0) where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The share of the machine's CPU time that was busy between two :func:`cpu_ticks`."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Indented JSON, with every list of plain values on one line (timelines stay short)."""
+    inline: dict[str, str] = {}
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if any(isinstance(v, (dict, list, tuple)) for v in value):
+                return [mark(v) for v in value]
+            key = f"\0{len(inline)}\0"
+            inline[json.dumps(key)] = json.dumps(value)
+            return key
+        return value
+
+    text = json.dumps(mark(data), indent=1)
+    text = re.sub(r'"\\u0000\d+\\u0000"', lambda m: inline[m[0]], text)
+    path.write_text(text + "\n", encoding="utf-8")
