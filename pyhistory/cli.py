@@ -949,7 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
     default_url = os.environ.get("REDIS_URL") or DEFAULT_URL
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Manage the pyhistory Redis Functions library and inspect chat sessions.",
+        description="Manage the pyhistory Redis Functions libraries; inspect chat sessions and "
+        "LangGraph threads.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # The connection options work before or after the subcommand; the subcommands' copies

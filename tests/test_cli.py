@@ -513,6 +513,28 @@ def test_thread_a_wrong_type_key(cli: Run, url: str, client: redis.Redis) -> Non
     assert "checkpoint:{t:t-3}:index holds a string" in err
 
 
+def test_thread_and_show_without_memory_permission(cli: Run, url: str, client: redis.Redis) -> None:
+    """A user whose ACL refuses MEMORY sees the bytes as unknown and the rest as usual."""
+    write_thread(saver(url=url), "t-4", steps=2, writes=1)
+    RedisChatMessageHistory("s-6", url=url).add_user_message("hi")
+    cmd(client, "ACL", "SETUSER", "cli-ro", "on", ">pw", "~*", "+@all", "-memory")
+    try:
+        ro_url = url.replace("redis://", "redis://cli-ro:pw@", 1)
+        code, out, err = cli("--url", ro_url, "thread", "t-4")
+        assert code == 0, err
+        assert "memory       unknown (MEMORY USAGE refused)" in out
+        assert "checkpoints  2" in out
+        data = json.loads(cli("--url", ro_url, "thread", "t-4", "--json")[1])
+        assert data["memory_bytes"] is None
+        assert [k["memory_bytes"] for k in data["keys"]] == [None, None]
+        code, out, err = cli("--url", ro_url, "show", "s-6")
+        assert code == 0, err
+        assert "memory  unknown (MEMORY USAGE refused)" in out
+        assert "  1  human  hi" in out
+    finally:
+        cmd(client, "ACL", "DELUSER", "cli-ro")
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -734,6 +756,31 @@ def test_cluster_thread_routes_by_key(
     data = json.loads(cli("--url", cluster_url, "show", "u", "--json")[1])
     assert data["memory_bytes"] > 0
     assert data["batches_exists"] is True
+
+
+@pytest.mark.sentinel
+def test_sentinel_thread_and_show(cli: Run, sentinel_set: testing.LocalSentinelSet) -> None:
+    """Through a redis+sentinel:// URL: the primary the sentinels name."""
+    sentinel_set.wait_ready()
+    url = sentinel_set.url
+    thread = f"t-sentinel-{time.time_ns()}"
+    written = saver(url=url, ttl=300)
+    newest = write_thread(written, thread, steps=2, writes=1)[-1]
+    history = RedisChatMessageHistory(thread, url=url, ttl=300)
+    history.add_user_message("hi")
+    try:
+        code, out, err = cli("--url", url, "thread", thread, "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert (data["checkpoints"], data["writes"]) == (2, 1)
+        assert data["namespaces"][0]["newest"] == newest
+        code, out, err = cli("--url", url, "show", thread)
+        assert code == 0, err
+        assert "length  1" in out
+        assert "  1  human  hi" in out
+    finally:
+        written.delete_thread(thread)
+        history.clear()
 
 
 def test_load_checkpoint_loads_the_checkpointer_library_too(
