@@ -1,11 +1,12 @@
 """The ``pyhistory`` command: deploy the Functions library, check which versions servers hold,
-remove old ones, and inspect a session.
+remove old ones, and inspect a session or a LangGraph thread.
 
     pyhistory [--url URL] [--cluster] load [--checkpoint]
     pyhistory [--url URL] [--cluster] status [--json] [--checkpoint]
     pyhistory [--url URL] [--cluster] versions [--json]
     pyhistory [--url URL] [--cluster] remove LIBRARY [--yes] [--force]
     pyhistory [--url URL] [--cluster] show SESSION_ID [--key-prefix P] [--limit N] [--raw] [--json]
+    pyhistory [--url URL] [--cluster] thread THREAD_ID [--key-prefix P] [--namespaces N] [--json]
 
 ``load`` is the deploy-time step for applications whose runtime ACL user may not run FUNCTION
 LOAD. ``status`` reports both of this package's libraries (the history's and the LangGraph
@@ -51,6 +52,7 @@ PREFIX = "pyhistory_"  # every library this package has shipped or will ship sta
 # Client defaults; query parameters in the URL override them (redis-py's from_url semantics).
 CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
 REPLICA_WAIT_MS = 2000  # how long `load` waits for replicas to acknowledge the new library
+NAMESPACES = 20  # checkpoint namespaces `thread` shows by default
 PREVIEW = 100  # characters of a message's content `show` prints on its one line
 
 # The libraries this package ships: the history's, and LangGraph's checkpointer's (--checkpoint).
@@ -644,6 +646,9 @@ def cmd_show(target: Target, args: argparse.Namespace) -> int:
         raise WrongTypeError(f"{key} holds a {kind}, not a list: it is not a chat history")
     ttl = int(_cmd(client, "TTL", key))
     length = int(_cmd(client, "LLEN", key)) if kind == "list" else 0
+    memory = _memory(client, key, args.samples) if kind == "list" else None
+    batches = _core.batches_key(key)  # the exactly-once companion: the ids of recent appends
+    batches_ttl = int(_cmd(client, "TTL", batches))
     entries: list[str] = []
     messages: list[BaseMessage] = []
     if kind == "list" and args.raw:
@@ -667,6 +672,10 @@ def cmd_show(target: Target, args: argparse.Namespace) -> int:
             "exists": kind != "none",
             "length": length,
             "ttl": ttl_value,
+            "memory_bytes": memory,
+            "batches_key": batches,
+            "batches_exists": batches_ttl != -2,
+            "batches_ttl": batches_ttl if batches_ttl >= 0 else None,
         }
         if args.raw:
             data["entries"] = entries
@@ -678,6 +687,12 @@ def cmd_show(target: Target, args: argparse.Namespace) -> int:
     print(f"type    {kind}")
     print(f"length  {length}")
     print(f"ttl     {ttl_text}")
+    if kind == "list":
+        print(f"memory  {_bytes_text(memory)}")
+    # the exactly-once companion key: recent batch ids (absent before the first append, or once
+    # its own TTL has run out: it never holds messages)
+    companion = "missing" if batches_ttl == -2 else f"exists, {_ttl_text(batches_ttl)}"
+    print(f"batches {batches}  {companion}")
     if kind == "none":
         print("(no such session)")
         return 0
@@ -727,6 +742,159 @@ def _describe(message: BaseMessage) -> str:
     return " ".join(parts)
 
 
+def _memory(client: SyncClient, key: str, samples: int | None) -> int | None:
+    """MEMORY USAGE of a key in bytes (Redis estimates an aggregate's from ``samples`` of its
+    elements, 5 by default; 0 counts every one), or None when the server refuses MEMORY (an
+    ACL without it) or the key is gone."""
+    extra = () if samples is None else ("SAMPLES", samples)
+    try:
+        reply = _cmd(client, "MEMORY", "USAGE", key, *extra)
+    except ResponseError:  # NOPERM, or a server without MEMORY
+        return None
+    return None if reply is None else int(reply)
+
+
+def _bytes_text(value: int | None) -> str:
+    return "unknown (MEMORY USAGE refused)" if value is None else f"{value} B"
+
+
+def _ttl_text(ttl: int) -> str:
+    """A TTL reply in seconds, as `show` prints it: -1 has none, -2 is a missing key."""
+    return f"ttl {ttl} s" if ttl >= 0 else ("no ttl" if ttl == -1 else "missing")
+
+
+def _lex(prefix: bytes) -> tuple[bytes, bytes]:
+    """The lexicographic range (ZLEXCOUNT/ZRANGE BYLEX) of the index members starting with
+    ``prefix``: the names between the checkpointer's NUL separators hold no 0xFF byte."""
+    return b"[" + prefix, b"(" + prefix + b"\xff"
+
+
+def _thread_namespaces(
+    client: SyncClient, index: str, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """Per checkpoint namespace, in byte order: its checkpoints, the newest one's id and pending
+    writes, the writes stored and the checkpoints pinned; at most ``limit`` namespaces (and
+    whether there are more). Each namespace costs a few O(log N) commands on the index: the
+    next one is found by skipping past the current one's range, not by reading its members."""
+    found: list[dict[str, Any]] = []
+    start, stop = _lex(b"c\0")
+    while True:
+        first = _cmd(client, "ZRANGE", index, start, stop, "BYLEX", "LIMIT", 0, 1)
+        if not first:
+            return found, False
+        if len(found) == limit:
+            return found, True
+        ns = bytes(first[0]).split(b"\0")[1]
+        prefix = b"c\0" + ns + b"\0"
+        low, high = _lex(prefix)
+        newest = _cmd(client, "ZRANGE", index, high, low, "BYLEX", "REV", "LIMIT", 0, 1)
+        newest_id = bytes(newest[0])[len(prefix) :] if newest else b""
+        found.append(
+            {
+                "namespace": _text(ns),
+                "checkpoints": int(_cmd(client, "ZLEXCOUNT", index, low, high)),
+                "newest": _text(newest_id) if newest else None,
+                "newest_writes": (
+                    int(_cmd(client, "ZLEXCOUNT", index, *_lex(b"w\0%s\0%s\0" % (ns, newest_id))))
+                    if newest
+                    else 0
+                ),
+                "writes": int(_cmd(client, "ZLEXCOUNT", index, *_lex(b"w\0" + ns + b"\0"))),
+                "pinned": int(_cmd(client, "ZLEXCOUNT", index, *_lex(b"p\0" + ns + b"\0"))),
+            }
+        )
+        start = high  # "(c<0>ns<0><ff>": past every checkpoint of this namespace
+
+
+def cmd_thread(target: Target, args: argparse.Namespace) -> int:
+    try:  # the saver's own naming; needs langgraph (the checkpoint extra)
+        from pyhistory.checkpoint import _calls
+    except ImportError as error:
+        raise CliError(
+            f"`{PROG} thread` needs the checkpoint extra: pip install 'pyhistory[checkpoint]' "
+            f"({_one_line(error)})"
+        ) from error
+    thread_id = _calls.thread_id_of(args.thread_id)
+    data_key, index_key = _calls.keys(_calls.check_key_prefix(args.key_prefix), thread_id)
+    client = target.client
+    keys: list[dict[str, Any]] = []
+    for key, expected, size in ((data_key, "hash", "HLEN"), (index_key, "zset", "ZCARD")):
+        kind = _text(_cmd(client, "TYPE", key))
+        if kind not in (expected, "none"):
+            raise WrongTypeError(
+                f"{key} holds a {kind}, not a {expected}: it is not a checkpointer thread's key"
+            )
+        exists = kind != "none"
+        ttl = int(_cmd(client, "TTL", key))
+        keys.append(
+            {
+                "key": key,
+                "type": kind,
+                "length": int(_cmd(client, size, key)) if exists else 0,
+                "memory_bytes": _memory(client, key, args.samples) if exists else 0,
+                "ttl": ttl if ttl >= 0 else None,
+                "_ttl": ttl,
+            }
+        )
+    exists = any(held["type"] != "none" for held in keys)
+    namespaces, more = _thread_namespaces(client, index_key, args.namespaces)
+    epoch = _cmd(client, "HGET", data_key, "o") if keys[0]["type"] == "hash" else None
+    memories = [held["memory_bytes"] for held in keys]
+    data: dict[str, Any] = {
+        "thread_id": thread_id,
+        "exists": exists,
+        "keys": [{k: v for k, v in held.items() if k != "_ttl"} for held in keys],
+        "memory_bytes": None if None in memories else sum(memories),
+        "checkpoints": int(_cmd(client, "ZLEXCOUNT", index_key, *_lex(b"c\0"))),
+        "writes": int(_cmd(client, "ZLEXCOUNT", index_key, *_lex(b"w\0"))),
+        "pinned": int(_cmd(client, "ZLEXCOUNT", index_key, *_lex(b"p\0"))),
+        "owner_epoch": None if epoch is None else _text(epoch),
+        "namespaces": namespaces,
+        "namespaces_truncated": more,
+    }
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"thread       {thread_id}")
+    for name, held in zip(("data", "index"), keys, strict=True):
+        if held["type"] == "none":
+            print(f"{name:<12} {held['key']}  missing")
+            continue
+        what = "fields" if held["type"] == "hash" else "members"
+        print(
+            f"{name:<12} {held['key']}  {held['type']}, {held['length']} {what}, "
+            f"{_bytes_text(held['memory_bytes'])}, {_ttl_text(held['_ttl'])}"
+        )
+    if not exists:
+        print("(no such thread)")
+        return 0
+    print(f"memory       {_bytes_text(data['memory_bytes'])}")
+    print(f"checkpoints  {data['checkpoints']}")
+    print(
+        f"writes       {data['writes']} stored; {data['pinned']} checkpoint(s) with writes "
+        "no child has applied yet"
+    )
+    print(f"owner epoch  {data['owner_epoch'] or 'none (not fenced)'}")
+    if not namespaces:
+        return 0
+    shown = f"first {len(namespaces)}, more not shown" if more else f"{len(namespaces)}"
+    print(f"namespaces ({shown}):")
+    rows = [
+        [
+            json.dumps(ns["namespace"], ensure_ascii=False),
+            str(ns["checkpoints"]),
+            ns["newest"] or "",
+            str(ns["newest_writes"]),
+            str(ns["writes"]),
+            str(ns["pinned"]),
+        ]
+        for ns in namespaces
+    ]
+    header = ["  NAMESPACE", "CHECKPOINTS", "NEWEST", "PENDING", "WRITES", "PINNED"]
+    _print_table(header, [["  " + row[0], *row[1:]] for row in rows])
+    return 0
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -752,6 +920,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _count_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= _core.MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {_core.MAX_INT}]")
+    return number
+
+
+SAMPLES_HELP = (
+    "elements MEMORY USAGE samples to estimate a key's size (default: the server's, 5; "
+    "0: every element, exact but O(N))"
+)
+
+
 def _library_arg(value: str) -> str:
     if not value.startswith(PREFIX) or value == PREFIX:
         raise argparse.ArgumentTypeError(f"only pyhistory libraries ({PREFIX}...) can be removed")
@@ -765,7 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
     default_url = os.environ.get("REDIS_URL") or DEFAULT_URL
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Manage the pyhistory Redis Functions library and inspect chat sessions.",
+        description="Manage the pyhistory Redis Functions libraries; inspect chat sessions and "
+        "LangGraph threads.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # The connection options work before or after the subcommand; the subcommands' copies
@@ -833,6 +1018,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--raw", action="store_true", help="the stored entries, not decoded")
     show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--samples", type=_count_arg, default=None, help=SAMPLES_HELP)
+    thread = add(
+        "thread",
+        cmd_thread,
+        "print a LangGraph thread (pyhistory.checkpoint): its keys, their size and TTL, its "
+        "checkpoints and pending writes per namespace (read-only, no keyspace scan)",
+    )
+    thread.add_argument("thread_id")
+    thread.add_argument(
+        "--key-prefix", default="checkpoint:", help="the saver's key_prefix (default: checkpoint:)"
+    )
+    thread.add_argument(
+        "--namespaces",
+        type=_positive_int,
+        default=NAMESPACES,
+        help=f"show at most N checkpoint namespaces (default: {NAMESPACES})",
+    )
+    thread.add_argument("--json", action="store_true", help="print JSON")
+    thread.add_argument("--samples", type=_count_arg, default=None, help=SAMPLES_HELP)
     return parser
 
 

@@ -244,8 +244,14 @@ def test_show_prints_the_session_and_leaves_its_ttl(
     lines = out.splitlines()
     assert lines[:3] == ["key     message_store:s-1", "type    list", "length  5"]
     assert re.fullmatch(r"ttl     (999|1000) s", lines[3])
-    assert lines[4] == "messages (all 5, oldest first):"
-    body = lines[5:]
+    assert re.fullmatch(r"memory  \d+ B", lines[4])
+    assert int(lines[4].split()[1]) > sum(map(len, stored(client, "message_store:s-1")))
+    # the exactly-once companion key, with the TTL the history gave it
+    assert re.fullmatch(
+        r"batches pyhistory:batches:\{message_store:s-1\}  exists, ttl \d+ s", lines[5]
+    )
+    assert lines[6] == "messages (all 5, oldest first):"
+    body = lines[7:]
     assert len(body) == 5
     assert body[0] == "  1  system You are terse."
     assert body[1] == "  2  human  weather in Paris?\\nand in Rome?"
@@ -263,6 +269,7 @@ def test_show_keeps_a_session_without_ttl_persistent(
     code, out, _ = cli("--url", url, "show", "s-2")
     assert code == 0
     assert "ttl     none" in out
+    assert "batches pyhistory:batches:{message_store:s-2}  exists" in out
     assert client.ttl("message_store:s-2") == -1
 
 
@@ -299,7 +306,13 @@ def test_show_json(cli: Run, url: str, client: redis.Redis, session: str) -> Non
     assert data["exists"] is True
     assert data["length"] == 5
     assert 990 <= data["ttl"] <= 1000
+    assert data["memory_bytes"] > 0
+    assert data["batches_key"] == _core.batches_key("message_store:s-1")
+    assert data["batches_exists"] is True
     assert data["messages"] == [message_to_dict(m) for m in CONVERSATION]
+    # --samples 0: MEMORY USAGE counts every element
+    data = json.loads(cli("--url", url, "show", session, "--json", "--samples", "0")[1])
+    assert data["memory_bytes"] > 0
 
     code, out, _ = cli("--url", url, "show", session, "--json", "--raw", "--limit", "3")
     assert code == 0
@@ -320,6 +333,10 @@ def test_show_a_missing_session(cli: Run, url: str) -> None:
         "exists": False,
         "length": 0,
         "ttl": None,
+        "memory_bytes": None,
+        "batches_key": "pyhistory:batches:{message_store:nobody}",
+        "batches_exists": False,
+        "batches_ttl": None,
         "messages": [],
     }
 
@@ -349,9 +366,185 @@ def test_show_a_corrupt_entry(cli: Run, url: str, client: redis.Redis) -> None:
 # --- errors and the command line --------------------------------------------------------------
 
 
+# --- thread -----------------------------------------------------------------------------------
+
+
+def saver(**kwargs: Any) -> Any:
+    """The real LangGraph saver (the checkpoint extra; skipped without it)."""
+    checkpoint = pytest.importorskip("pyhistory.checkpoint")
+    return checkpoint.RedisSaver(**kwargs)
+
+
+def write_thread(
+    saver: Any, thread_id: str, ns: str = "", steps: int = 3, writes: int = 2
+) -> list[str]:
+    """``steps`` checkpoints, each child of the previous, then ``writes`` pending writes on the
+    newest (an interrupted step): the ids, oldest first."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
+    ids = []
+    for step in range(1, steps + 1):
+        checkpoint = {
+            **empty_checkpoint(),
+            "channel_values": {"messages": ["é" * 100] * step},
+            "channel_versions": {"messages": step},
+        }
+        config = saver.put(config, checkpoint, {"step": step}, {"messages": step})
+        ids.append(checkpoint["id"])
+    if writes:
+        saver.put_writes(config, [(f"ch{i}", i) for i in range(writes)], task_id="task-1")
+    return ids
+
+
+def test_thread_counts_checkpoints_writes_bytes_and_ttl(
+    cli: Run, url: str, client: redis.Redis
+) -> None:
+    from pyhistory.checkpoint import _calls
+
+    thread = "t-{1}%"  # braces and % in the id: the hash tag encodes them
+    written = saver(url=url, key_prefix="app:ckpt:", ttl=600)
+    root = write_thread(written, thread)
+    sub = write_thread(written, thread, ns="child:1", steps=2, writes=0)
+    data_key, index_key = _calls.keys("app:ckpt:", thread)
+    for key in (data_key, index_key):
+        client.expire(key, 1000)  # so a refresh (to 600 s, or to 1000 s) would be seen
+    time.sleep(0.01)
+    before = client.pttl(data_key)
+    assert before < 1_000_000
+
+    code, out, err = cli("--url", url, "thread", thread, "--key-prefix", "app:ckpt:", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["thread_id"] == thread
+    assert data["exists"] is True
+    assert [(k["key"], k["type"]) for k in data["keys"]] == [
+        (data_key, "hash"),
+        (index_key, "zset"),
+    ]
+    assert data["keys"][0]["length"] == client.hlen(data_key)
+    assert data["keys"][1]["length"] == client.zcard(index_key)
+    assert all(990 <= k["ttl"] <= 1000 for k in data["keys"])
+    assert all(k["memory_bytes"] > 0 for k in data["keys"])
+    assert data["memory_bytes"] == sum(k["memory_bytes"] for k in data["keys"])
+    assert data["memory_bytes"] > 600  # the values alone: 6 x 100 two-byte characters
+    assert (data["checkpoints"], data["writes"], data["pinned"]) == (5, 2, 1)
+    assert data["owner_epoch"] is None
+    assert data["namespaces"] == [
+        {
+            "namespace": "",
+            "checkpoints": 3,
+            "newest": root[-1],
+            "newest_writes": 2,
+            "writes": 2,
+            "pinned": 1,
+        },
+        {
+            "namespace": "child:1",
+            "checkpoints": 2,
+            "newest": sub[-1],
+            "newest_writes": 0,
+            "writes": 0,
+            "pinned": 0,
+        },
+    ]
+    assert data["namespaces_truncated"] is False
+    assert client.pttl(data_key) <= before  # read-only: the TTL is left alone
+
+    code, out, _ = cli("--url", url, "thread", thread, "--key-prefix", "app:ckpt:")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"thread       {thread}"
+    assert re.fullmatch(
+        rf"data         {re.escape(data_key)}  hash, \d+ fields, \d+ B, ttl (999|1000) s", lines[1]
+    )
+    assert re.fullmatch(
+        rf"index        {re.escape(index_key)}  zset, \d+ members, \d+ B, ttl (999|1000) s",
+        lines[2],
+    )
+    assert re.fullmatch(r"memory       \d+ B", lines[3])
+    assert lines[4] == "checkpoints  5"
+    assert lines[5].startswith("writes       2 stored; 1 checkpoint(s) with writes")
+    assert lines[6] == "owner epoch  none (not fenced)"
+    assert lines[7] == "namespaces (2):"
+    header = ["NAMESPACE", "CHECKPOINTS", "NEWEST", "PENDING", "WRITES", "PINNED"]
+    assert lines[8].split() == header
+    assert lines[9].split() == ['""', "3", root[-1], "2", "2", "1"]
+    assert lines[10].split() == ['"child:1"', "2", sub[-1], "0", "0", "0"]
+
+    code, out, _ = cli(
+        "--url", url, "thread", thread, "--key-prefix", "app:ckpt:", "--namespaces", "1"
+    )
+    assert code == 0
+    assert "namespaces (first 1, more not shown):" in out
+    assert "child:1" not in out
+
+    # the default key prefix is the saver's: the thread is not under it
+    code, out, _ = cli("--url", url, "thread", thread)
+    assert code == 0
+    assert "(no such thread)" in out
+
+
+def test_thread_fenced_and_missing(cli: Run, url: str, client: redis.Redis) -> None:
+    written = saver(url=url)
+    write_thread(written, "t-2", steps=1, writes=0)
+    epoch = written.claim_write_ownership("t-2")
+    data = json.loads(cli("--url", url, "thread", "t-2", "--json")[1])
+    assert data["owner_epoch"] == str(epoch)
+    assert [k["ttl"] for k in data["keys"]] == [None, None]
+
+    code, out, _ = cli("--url", url, "thread", "nobody")
+    assert code == 0
+    assert "data         checkpoint:{t:nobody}:data  missing" in out
+    assert "(no such thread)" in out
+    data = json.loads(cli("--url", url, "thread", "nobody", "--json")[1])
+    assert data["exists"] is False
+    assert (data["checkpoints"], data["namespaces"]) == (0, [])
+    assert all(k["type"] == "none" and k["ttl"] is None for k in data["keys"])
+
+
+def test_thread_a_wrong_type_key(cli: Run, url: str, client: redis.Redis) -> None:
+    client.set("checkpoint:{t:t-3}:index", "not a zset")
+    code, out, err = cli("--url", url, "thread", "t-3")
+    assert code == 1
+    assert out == ""
+    assert_one_line(err)
+    assert "WrongTypeError" in err
+    assert "checkpoint:{t:t-3}:index holds a string" in err
+
+
+def test_thread_and_show_without_memory_permission(cli: Run, url: str, client: redis.Redis) -> None:
+    """A user whose ACL refuses MEMORY sees the bytes as unknown and the rest as usual."""
+    write_thread(saver(url=url), "t-4", steps=2, writes=1)
+    RedisChatMessageHistory("s-6", url=url).add_user_message("hi")
+    cmd(client, "ACL", "SETUSER", "cli-ro", "on", ">pw", "~*", "+@all", "-memory")
+    try:
+        ro_url = url.replace("redis://", "redis://cli-ro:pw@", 1)
+        code, out, err = cli("--url", ro_url, "thread", "t-4")
+        assert code == 0, err
+        assert "memory       unknown (MEMORY USAGE refused)" in out
+        assert "checkpoints  2" in out
+        data = json.loads(cli("--url", ro_url, "thread", "t-4", "--json")[1])
+        assert data["memory_bytes"] is None
+        assert [k["memory_bytes"] for k in data["keys"]] == [None, None]
+        code, out, err = cli("--url", ro_url, "show", "s-6")
+        assert code == 0, err
+        assert "memory  unknown (MEMORY USAGE refused)" in out
+        assert "  1  human  hi" in out
+    finally:
+        cmd(client, "ACL", "DELUSER", "cli-ro")
+
+
 @pytest.mark.parametrize(
     "command",
-    [["load"], ["status"], ["versions"], ["remove", OLD, "--yes"], ["show", "s"]],
+    [
+        ["load"],
+        ["status"],
+        ["versions"],
+        ["remove", OLD, "--yes"],
+        ["show", "s"],
+        ["thread", "t"],
+    ],
     ids=lambda c: c[0],
 )
 def test_connection_refused_is_one_line(cli: Run, command: list[str]) -> None:
@@ -374,6 +567,9 @@ def test_connection_refused_is_one_line(cli: Run, command: list[str]) -> None:
         ["show"],
         ["show", "s", "--limit", "0"],
         ["show", "s", "--limit", "x"],
+        ["thread"],
+        ["thread", "t", "--namespaces", "0"],
+        ["thread", "t", "--samples", "-1"],
         ["remove", "mylib", "--yes"],
         ["--url", "http://localhost:6379", "status"],
     ],
@@ -539,6 +735,52 @@ def test_cluster_show_routes_by_key(
         assert code == 0, err
         assert f"  1  human  hi {n}" in out
         assert f"  2  ai     hello {n}" in out
+
+
+@pytest.mark.cluster
+def test_cluster_thread_routes_by_key(
+    cli: Run, cluster: testing.LocalCluster, cluster_url: str
+) -> None:
+    threads = [f"thread-{n}" for n in range(6)]  # in different slots, so on different primaries
+    written = saver(url=cluster_url, ttl=300)
+    newest = [write_thread(written, thread, steps=2, writes=1)[-1] for thread in threads]
+    for thread, last in zip(threads, newest, strict=True):
+        code, out, err = cli("--url", cluster_url, "thread", thread, "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert (data["checkpoints"], data["writes"], data["pinned"]) == (2, 1, 1)
+        assert data["namespaces"][0]["newest"] == last
+        assert all(k["memory_bytes"] > 0 and 290 <= k["ttl"] <= 300 for k in data["keys"])
+    with cluster.client() as c:
+        RedisChatMessageHistory("u", redis_client=c, ttl=500).add_messages([HumanMessage("hi")])
+    data = json.loads(cli("--url", cluster_url, "show", "u", "--json")[1])
+    assert data["memory_bytes"] > 0
+    assert data["batches_exists"] is True
+
+
+@pytest.mark.sentinel
+def test_sentinel_thread_and_show(cli: Run, sentinel_set: testing.LocalSentinelSet) -> None:
+    """Through a redis+sentinel:// URL: the primary the sentinels name."""
+    sentinel_set.wait_ready()
+    url = sentinel_set.url
+    thread = f"t-sentinel-{time.time_ns()}"
+    written = saver(url=url, ttl=300)
+    newest = write_thread(written, thread, steps=2, writes=1)[-1]
+    history = RedisChatMessageHistory(thread, url=url, ttl=300)
+    history.add_user_message("hi")
+    try:
+        code, out, err = cli("--url", url, "thread", thread, "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert (data["checkpoints"], data["writes"]) == (2, 1)
+        assert data["namespaces"][0]["newest"] == newest
+        code, out, err = cli("--url", url, "show", thread)
+        assert code == 0, err
+        assert "length  1" in out
+        assert "  1  human  hi" in out
+    finally:
+        written.delete_thread(thread)
+        history.clear()
 
 
 def test_load_checkpoint_loads_the_checkpointer_library_too(
