@@ -304,6 +304,20 @@ class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.Blockin
     """The pool of the primary Sentinel names, capped as the other URL forms' pools are: a call
     that finds every connection busy waits for one."""
 
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        # redis-py's Sentinel asks its pool to drop idle connections when the primary changed
+        # (inuse_connections=False); the blocking pool of older redis-py (6.0) takes no argument
+        # and drops them all, which a changed primary calls for anyway.
+        if _BLOCKING_DISCONNECT_TAKES_FLAG:
+            super().disconnect(inuse_connections=inuse_connections)
+        else:
+            super().disconnect()
+
+
+_BLOCKING_DISCONNECT_TAKES_FLAG = (
+    "inuse_connections" in inspect.signature(redis.BlockingConnectionPool.disconnect).parameters
+)
+
 
 class _AsyncBlockingSentinelPool(
     redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool

@@ -101,12 +101,14 @@ def test_smoke_run_async_with_prefill(redis_server: testing.LocalServer, tmp_pat
 
 def test_failed_requests_fail_the_run(tmp_path: Path) -> None:
     # A server whose ACL refuses FCALL: every operation fails, and the run must say so.
+    # 10 s: on a busy machine locust may take seconds to start its users; a shorter run can end
+    # before any request was made.
     server = testing.start_server()
     try:
         with server.client() as client:
             client.execute_command("ACL", "SETUSER", "default", "-fcall", "-fcall_ro")
         results = tmp_path / "failing"
-        proc = run_loadtest(server.url, results, "--users", "2", "--run-time", "3s")
+        proc = run_loadtest(server.url, results, "--users", "2", "--run-time", "10s")
     finally:
         server.stop()
     assert proc.returncode != 0, proc.stdout
