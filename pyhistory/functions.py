@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -36,7 +38,8 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from pyhistory._coalesce import coalescer, lean
 from pyhistory._library import Call, Library
-from pyhistory.errors import FunctionsNotLoadedError, HistoryError, ReplicationError, translate
+from pyhistory._limits import RETRY_WINDOW
+from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -332,9 +335,12 @@ async def arun_pair(client: AsyncClient, call: Call, then: Call) -> tuple[Any, A
 
 # --- running with WAIT ------------------------------------------------------------------------
 
-# Attempts of a durable write when the cluster's topology changed under it (failover, resharding)
-# and the pause between them, from the second on, while the cluster settles.
-_TOPOLOGY_ATTEMPTS = 20
+# A durable write on a cluster whose key's owner fails or changes (failover, resharding) sends
+# the pair again after a topology refresh, for as long as a URL-built client retries a call
+# (pyhistory._limits.RETRY_WINDOW): no attempt and no refresh starts later than that after the
+# first, and an attempt waits at most one reply timeout, so the write raises within
+# FAILURE_BOUND on a URL-built client. From the second refresh of a write on, it waits this long
+# first while the cluster settles (within the window).
 _TOPOLOGY_PAUSE = 0.5
 # Replies that say the key's owner is changing: MOVED, CLUSTERDOWN while a failover runs,
 # TRYAGAIN and MASTERDOWN. (ASK, during a slot migration, is followed rather than waited out.)
@@ -407,8 +413,10 @@ def run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) 
 
     Raises ReplicationError when fewer replicas acknowledged in time (the write itself applied).
     On a cluster the pair goes to the primary that owns the key, follows an ASK redirection
-    during a slot migration, and when the owner changes (failover, resharding) refreshes the
-    topology and sends the pair again.
+    during a slot migration, and when the owner changes (failover, resharding) or fails refreshes
+    the topology and sends the pair again: only within RETRY_WINDOW of the first attempt, so on a
+    URL-built client the write raises within FAILURE_BOUND (pyhistory._limits), the last error
+    typed. Threads failing on the same client share one topology refresh.
     """
     try:
         return _run_durable(client, call, replicas, timeout_ms)
@@ -428,8 +436,13 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             replies = _send_with_wait(client, call, replicas, timeout_ms)
         return _durable_reply(replies, replicas, timeout_ms)
 
+    topology = _topology(client)
+    until = time.monotonic() + RETRY_WINDOW  # nothing new starts after this
     ask: AskError | None = None
-    for attempt in range(_TOPOLOGY_ATTEMPTS):
+    refreshed = False
+    while True:
+        seen = topology.generation
+        owner: Any = None
         try:
             owner = (
                 client.get_node(host=ask.host, port=ask.port)
@@ -441,11 +454,9 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             replies = _send_with_wait(
                 client.get_redis_connection(owner), call, replicas, timeout_ms, ask is not None
             )
-        except (ConnectionError, TimeoutError):
-            if attempt + 1 == _TOPOLOGY_ATTEMPTS:
-                raise
-            _refresh_topology(client, pause=attempt > 0)
-            ask = None
+        except (ConnectionError, TimeoutError) as error:
+            _settle(client, topology, seen, until, error, owner, refreshed)
+            refreshed, ask = True, None
             continue
         reply, ask = replies[0], None
         if call.library is not None and _is_missing(reply):
@@ -453,20 +464,104 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             time.sleep(pause)
             load_library(client, library)
         elif isinstance(reply, AskError) and not isinstance(reply, MovedError):
+            if time.monotonic() >= until:
+                raise reply
             ask = reply
         elif isinstance(reply, _TOPOLOGY_ERRORS):
-            _refresh_topology(client, pause=attempt > 0)
+            _settle(client, topology, seen, until, reply, owner, refreshed)
+            refreshed = True
         else:
             return _durable_reply(replies, replicas, timeout_ms)
-    raise HistoryError(f"the cluster did not settle after {_TOPOLOGY_ATTEMPTS} attempts")
 
 
-def _refresh_topology(client: redis.cluster.RedisCluster, pause: bool) -> None:
-    if pause:
-        time.sleep(_TOPOLOGY_PAUSE)
-    # Still failing over when this fails: the next attempt tries again.
+class _Topology:
+    """The topology refreshes of one cluster client: one at a time, and a write whose attempt
+    failed on a topology older than the last refresh takes that refresh's result instead of
+    starting another (many threads failing on one node at once cost one refresh, not one each)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0  # refreshes done
+
+    def refresh(
+        self,
+        client: redis.cluster.RedisCluster,
+        seen: int,
+        until: float,
+        failed: Any,
+        pause: bool,
+    ) -> None:
+        """Refresh unless one was done since generation ``seen``; wait for a refresh under way,
+        but not past ``until``."""
+        if not self.lock.acquire(timeout=max(until - time.monotonic(), 0.0)):
+            return  # another write's refresh still runs: this write's window is over
+        try:
+            if self.generation != seen:
+                return  # refreshed since this write's attempt began: take that
+            if pause:
+                time.sleep(max(min(_TOPOLOGY_PAUSE, until - time.monotonic()), 0.0))
+            _initialize(client, getattr(failed, "name", None))
+            self.generation += 1
+        finally:
+            self.lock.release()
+
+
+_topologies_lock = threading.Lock()
+
+
+def _topology(client: redis.cluster.RedisCluster) -> _Topology:
+    topology: _Topology | None = getattr(client, "_pyhistory_topology", None)
+    if topology is None:
+        with _topologies_lock:
+            topology = getattr(client, "_pyhistory_topology", None)
+            if topology is None:
+                topology = _Topology()
+                client._pyhistory_topology = topology  # type: ignore[attr-defined]
+    return topology
+
+
+def _new_topology_lock_after_fork() -> None:
+    global _topologies_lock
+    _topologies_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_topology_lock_after_fork)
+
+
+def _settle(
+    client: redis.cluster.RedisCluster,
+    topology: _Topology,
+    seen: int,
+    until: float,
+    error: BaseException,
+    failed: Any,
+    pause: bool,
+) -> None:
+    """After a failed attempt: refresh the topology (shared, see _Topology) and return to try
+    again, or raise ``error`` when the write's window is over."""
+    if time.monotonic() >= until:
+        raise error
+    topology.refresh(client, seen, until, failed, pause)
+    if time.monotonic() >= until:
+        raise error
+
+
+# redis-py's NodesManager.initialize (not public API) can be told which node just failed, to ask
+# it last (redis-py 8.1 and later).
+_DEFERS_FAILED = (
+    "last_failed_node_name" in inspect.signature(redis.cluster.NodesManager.initialize).parameters
+)
+
+
+def _initialize(client: redis.cluster.RedisCluster, failed_node: str | None) -> None:
+    """Learn the cluster's topology again (asking the node that failed last, when redis-py can).
+    Still failing over when this fails: the next attempt tries again."""
     with contextlib.suppress(ConnectionError, TimeoutError, RedisClusterException):
-        client.nodes_manager.initialize()
+        if _DEFERS_FAILED and failed_node is not None:
+            client.nodes_manager.initialize(last_failed_node_name=failed_node)
+        else:
+            client.nodes_manager.initialize()
 
 
 async def arun_durable(
