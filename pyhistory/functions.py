@@ -213,19 +213,21 @@ async def arun(client: AsyncClient, call: Call) -> Any:
 
 def _refresh(client: SyncClient, call: Call) -> Any:
     """Send again a read's side effect (its TTL refresh) whose library the server lost; its reply,
-    or None. A server that cannot take the library now leaves the read standing, unrefreshed, as
-    a replica's READONLY in the pair does: a replica (READONLY), a server at maxmemory under
-    noeviction (OOM)."""
-    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+    or the error when the server cannot take the library now, which leaves the read standing,
+    unrefreshed, as a replica's READONLY in the pair does: a replica (READONLY), a server at
+    maxmemory under noeviction (OOM). The caller says so (pyhistory.store)."""
+    try:
         return run(client, call)
-    return None
+    except (ReadOnlyError, RedisOutOfMemoryError) as refused:
+        return refused
 
 
 async def _arefresh(client: AsyncClient, call: Call) -> Any:
     """The asyncio twin of :func:`_refresh`."""
-    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+    try:
         return await arun(client, call)
-    return None
+    except (ReadOnlyError, RedisOutOfMemoryError) as refused:
+        return refused
 
 
 def _transaction_reply(replies: list[Any]) -> Any:
@@ -272,16 +274,17 @@ async def _asend(client: AsyncClient, call: Call) -> Any:
 
 
 def _pair_replies(replies: list[Any], then: Call) -> tuple[Any, Any, bool]:
-    """The first call's reply, the second's (None when a replica refused it), and whether
-    ``then`` must be sent again (its library was lost). A READONLY refusal of ``then`` is
-    dropped: the pair was read from a replica, which cannot write (a refreshed TTL, say); the
-    first call's reply still stands."""
+    """The first call's reply, the second's (its error when the server refused it, READONLY),
+    and whether ``then`` must be sent again (its library was lost). A READONLY refusal of
+    ``then`` does not fail the pair: the server is a replica, which cannot write (a refreshed
+    TTL, say); the first call's reply still stands, and the caller decides what the refusal
+    means."""
     first, second = replies
     if isinstance(first, BaseException):
         _raise_typed(first)
         raise first
     if isinstance(second, ReadOnlyError):
-        return first, None, False
+        return first, translate(second), False
     if isinstance(second, BaseException):
         _heal(then, second)
         return first, None, True
@@ -290,9 +293,10 @@ def _pair_replies(replies: list[Any], then: Call) -> tuple[Any, Any, bool]:
 
 def run_pair(client: SyncClient, call: Call, then: Call) -> tuple[Any, Any]:
     """Send ``call`` and ``then`` in one flight on one connection (one round trip, two commands,
-    not a transaction: a non-transactional pipeline) and return both replies (the second is None
-    when a replica refused it). For a read with a side effect the read itself must not pay for:
-    a plain LRANGE, and a function refreshing the TTL."""
+    not a transaction: a non-transactional pipeline) and return both replies. The second is the
+    error (typed) when the server refused it, a replica's READONLY, or OOM when its library had
+    to be loaded again at maxmemory: the first still stands. For a read with a side effect the
+    read itself must not pay for: a plain LRANGE, and a function refreshing the TTL."""
     try:
         pipe = client.pipeline(transaction=False)
         for c in (call, then):
