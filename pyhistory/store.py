@@ -78,7 +78,9 @@ class MessageStore:
         read_from_replicas: reads go to replicas (a plain LRANGE) and accept their lag; they no
             longer refresh the TTL (replicas cannot write), appends still do. On a cluster built
             from ``url`` the cluster client routes them; on a standalone server, name the replica
-            with ``replica_url`` or ``replica_client`` / ``async_replica_client``.
+            with ``replica_url`` or ``replica_client`` / ``async_replica_client``. (Reads through
+            ``url`` or ``redis_client`` that reach a replica anyway stand, but the replica refuses
+            their TTL refresh: that is logged as a warning on the ``pyhistory`` logger.)
         wait_for_replicas: after each write, wait until this many replicas acknowledged it
             (``WAIT``, pipelined with the write: still one round trip), else raise
             ``ReplicationError``. 0: do not wait.
