@@ -20,7 +20,7 @@ from chat import turn
 from langchain_core.messages import HumanMessage
 
 import pyhistory
-from pyhistory import RedisChatMessageHistory, testing
+from pyhistory import RedisChatMessageHistory, _clients, _refusals, testing
 
 pytestmark = pytest.mark.faults
 
@@ -462,6 +462,7 @@ def test_a_refused_ttl_refresh_is_surfaced_and_the_read_stands(
         assert [m.content for m in asyncio.run(history.aget_messages())] == expected
     warnings = refusal_warnings(caplog)
     assert len(warnings) == 2, warnings  # the sync client's and the asyncio client's
+    assert _refusals.count(_clients.sync_client(replica.url)) == 3  # each read's, counted
     for message in warnings:
         assert f"127.0.0.1:{replica.port}" in message
         assert "READONLY" in message and "replica_url" in message
