@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import os
 import threading
 import time
@@ -343,8 +344,8 @@ async def arun_pair(client: AsyncClient, call: Call, then: Call) -> tuple[Any, A
 # the pair again after a topology refresh, for as long as a URL-built client retries a call
 # (pyhistory._limits.RETRY_WINDOW): no attempt and no refresh starts later than that after the
 # first, and an attempt waits at most one reply timeout, so the write raises within
-# FAILURE_BOUND on a URL-built client. From the second refresh of a write on, it waits this long
-# first while the cluster settles (within the window).
+# FAILURE_BOUND on a URL-built client. A client's refreshes are this far apart at least, while
+# the cluster settles (within the window).
 _TOPOLOGY_PAUSE = 0.5
 # Replies that say the key's owner is changing: MOVED, CLUSTERDOWN while a failover runs,
 # TRYAGAIN and MASTERDOWN. (ASK, during a slot migration, is followed rather than waited out.)
@@ -443,7 +444,6 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
     topology = _topology(client)
     until = time.monotonic() + RETRY_WINDOW  # nothing new starts after this
     ask: AskError | None = None
-    refreshed = False
     while True:
         seen = topology.generation
         owner: Any = None
@@ -459,8 +459,8 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
                 client.get_redis_connection(owner), call, replicas, timeout_ms, ask is not None
             )
         except (ConnectionError, TimeoutError) as error:
-            _settle(client, topology, seen, until, error, owner, refreshed)
-            refreshed, ask = True, None
+            _settle(client, topology, seen, until, error, owner)
+            ask = None
             continue
         reply, ask = replies[0], None
         if call.library is not None and _is_missing(reply):
@@ -472,28 +472,24 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
                 raise reply
             ask = reply
         elif isinstance(reply, _TOPOLOGY_ERRORS):
-            _settle(client, topology, seen, until, reply, owner, refreshed)
-            refreshed = True
+            _settle(client, topology, seen, until, reply, owner)
         else:
             return _durable_reply(replies, replicas, timeout_ms)
 
 
 class _Topology:
-    """The topology refreshes of one cluster client: one at a time, and a write whose attempt
-    failed on a topology older than the last refresh takes that refresh's result instead of
-    starting another (many threads failing on one node at once cost one refresh, not one each)."""
+    """The topology refreshes of one cluster client: one at a time, at most one per
+    _TOPOLOGY_PAUSE while the cluster settles, and a write whose attempt failed on a topology
+    older than the last refresh takes that refresh's result instead of starting another (many
+    threads failing on one node at once cost one refresh, not one each)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.generation = 0  # refreshes done
+        self.refreshed_at = -math.inf  # when the last one ended (time.monotonic)
 
     def refresh(
-        self,
-        client: redis.cluster.RedisCluster,
-        seen: int,
-        until: float,
-        failed: Any,
-        pause: bool,
+        self, client: redis.cluster.RedisCluster, seen: int, until: float, failed: Any
     ) -> None:
         """Refresh unless one was done since generation ``seen``; wait for a refresh under way,
         but not past ``until``."""
@@ -502,10 +498,13 @@ class _Topology:
         try:
             if self.generation != seen:
                 return  # refreshed since this write's attempt began: take that
-            if pause:
-                time.sleep(max(min(_TOPOLOGY_PAUSE, until - time.monotonic()), 0.0))
+            now = time.monotonic()
+            pause = min(self.refreshed_at + _TOPOLOGY_PAUSE, until) - now
+            if pause > 0:
+                time.sleep(pause)
             _initialize(client, getattr(failed, "name", None))
             self.generation += 1
+            self.refreshed_at = time.monotonic()
         finally:
             self.lock.release()
 
@@ -540,13 +539,12 @@ def _settle(
     until: float,
     error: BaseException,
     failed: Any,
-    pause: bool,
 ) -> None:
     """After a failed attempt: refresh the topology (shared, see _Topology) and return to try
     again, or raise ``error`` when the write's window is over."""
     if time.monotonic() >= until:
         raise error
-    topology.refresh(client, seen, until, failed, pause)
+    topology.refresh(client, seen, until, failed)
     if time.monotonic() >= until:
         raise error
 
