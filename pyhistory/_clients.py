@@ -45,21 +45,13 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+# The bound every URL-built client keeps (pyhistory._limits), importable from here too.
+from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW
+from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
 from pyhistory.errors import InvalidArgumentError, translate
 from pyhistory.functions import AsyncClient, SyncClient, prepare
 
 T = TypeVar("T")
-
-# How long a client waits to connect, and for a reply, before the attempt counts as failed.
-CONNECT_TIMEOUT = 2.0
-COMMAND_TIMEOUT = 4.0
-# New attempts start only within this many seconds of the first one: a restart (the server
-# refuses connections for a moment) or a Sentinel failover is retried through, a server that
-# stays down is reported.
-RETRY_WINDOW = 6.0
-# The longest a call on a URL-built client can take before it raises: the last attempt starts
-# within the window and then waits at most one read timeout.
-FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
 
 # At most this many retries, within the window (a cluster client counts them, not the time).
 _RETRIES = 10

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -36,7 +39,8 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from pyhistory._coalesce import coalescer, lean
 from pyhistory._library import Call, Library
-from pyhistory.errors import FunctionsNotLoadedError, HistoryError, ReplicationError, translate
+from pyhistory._limits import RETRY_WINDOW
+from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -210,19 +214,21 @@ async def arun(client: AsyncClient, call: Call) -> Any:
 
 def _refresh(client: SyncClient, call: Call) -> Any:
     """Send again a read's side effect (its TTL refresh) whose library the server lost; its reply,
-    or None. A server that cannot take the library now leaves the read standing, unrefreshed, as
-    a replica's READONLY in the pair does: a replica (READONLY), a server at maxmemory under
-    noeviction (OOM)."""
-    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+    or the error when the server cannot take the library now, which leaves the read standing,
+    unrefreshed, as a replica's READONLY in the pair does: a replica (READONLY), a server at
+    maxmemory under noeviction (OOM). The caller says so (pyhistory.store)."""
+    try:
         return run(client, call)
-    return None
+    except (ReadOnlyError, RedisOutOfMemoryError) as refused:
+        return refused
 
 
 async def _arefresh(client: AsyncClient, call: Call) -> Any:
     """The asyncio twin of :func:`_refresh`."""
-    with contextlib.suppress(ReadOnlyError, RedisOutOfMemoryError):
+    try:
         return await arun(client, call)
-    return None
+    except (ReadOnlyError, RedisOutOfMemoryError) as refused:
+        return refused
 
 
 def _transaction_reply(replies: list[Any]) -> Any:
@@ -269,16 +275,17 @@ async def _asend(client: AsyncClient, call: Call) -> Any:
 
 
 def _pair_replies(replies: list[Any], then: Call) -> tuple[Any, Any, bool]:
-    """The first call's reply, the second's (None when a replica refused it), and whether
-    ``then`` must be sent again (its library was lost). A READONLY refusal of ``then`` is
-    dropped: the pair was read from a replica, which cannot write (a refreshed TTL, say); the
-    first call's reply still stands."""
+    """The first call's reply, the second's (its error when the server refused it, READONLY),
+    and whether ``then`` must be sent again (its library was lost). A READONLY refusal of
+    ``then`` does not fail the pair: the server is a replica, which cannot write (a refreshed
+    TTL, say); the first call's reply still stands, and the caller decides what the refusal
+    means."""
     first, second = replies
     if isinstance(first, BaseException):
         _raise_typed(first)
         raise first
     if isinstance(second, ReadOnlyError):
-        return first, None, False
+        return first, translate(second), False
     if isinstance(second, BaseException):
         _heal(then, second)
         return first, None, True
@@ -287,9 +294,10 @@ def _pair_replies(replies: list[Any], then: Call) -> tuple[Any, Any, bool]:
 
 def run_pair(client: SyncClient, call: Call, then: Call) -> tuple[Any, Any]:
     """Send ``call`` and ``then`` in one flight on one connection (one round trip, two commands,
-    not a transaction: a non-transactional pipeline) and return both replies (the second is None
-    when a replica refused it). For a read with a side effect the read itself must not pay for:
-    a plain LRANGE, and a function refreshing the TTL."""
+    not a transaction: a non-transactional pipeline) and return both replies. The second is the
+    error (typed) when the server refused it, a replica's READONLY, or OOM when its library had
+    to be loaded again at maxmemory: the first still stands. For a read with a side effect the
+    read itself must not pay for: a plain LRANGE, and a function refreshing the TTL."""
     try:
         pipe = client.pipeline(transaction=False)
         for c in (call, then):
@@ -332,9 +340,12 @@ async def arun_pair(client: AsyncClient, call: Call, then: Call) -> tuple[Any, A
 
 # --- running with WAIT ------------------------------------------------------------------------
 
-# Attempts of a durable write when the cluster's topology changed under it (failover, resharding)
-# and the pause between them, from the second on, while the cluster settles.
-_TOPOLOGY_ATTEMPTS = 20
+# A durable write on a cluster whose key's owner fails or changes (failover, resharding) sends
+# the pair again after a topology refresh, for as long as a URL-built client retries a call
+# (pyhistory._limits.RETRY_WINDOW): no attempt and no refresh starts later than that after the
+# first, and an attempt waits at most one reply timeout, so the write raises within
+# FAILURE_BOUND on a URL-built client. A client's refreshes are this far apart at least, while
+# the cluster settles (within the window).
 _TOPOLOGY_PAUSE = 0.5
 # Replies that say the key's owner is changing: MOVED, CLUSTERDOWN while a failover runs,
 # TRYAGAIN and MASTERDOWN. (ASK, during a slot migration, is followed rather than waited out.)
@@ -407,8 +418,10 @@ def run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) 
 
     Raises ReplicationError when fewer replicas acknowledged in time (the write itself applied).
     On a cluster the pair goes to the primary that owns the key, follows an ASK redirection
-    during a slot migration, and when the owner changes (failover, resharding) refreshes the
-    topology and sends the pair again.
+    during a slot migration, and when the owner changes (failover, resharding) or fails refreshes
+    the topology and sends the pair again: only within RETRY_WINDOW of the first attempt, so on a
+    URL-built client the write raises within FAILURE_BOUND (pyhistory._limits), the last error
+    typed. Threads failing on the same client share one topology refresh.
     """
     try:
         return _run_durable(client, call, replicas, timeout_ms)
@@ -428,8 +441,12 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             replies = _send_with_wait(client, call, replicas, timeout_ms)
         return _durable_reply(replies, replicas, timeout_ms)
 
+    topology = _topology(client)
+    until = time.monotonic() + RETRY_WINDOW  # nothing new starts after this
     ask: AskError | None = None
-    for attempt in range(_TOPOLOGY_ATTEMPTS):
+    while True:
+        seen = topology.generation
+        owner: Any = None
         try:
             owner = (
                 client.get_node(host=ask.host, port=ask.port)
@@ -441,10 +458,8 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             replies = _send_with_wait(
                 client.get_redis_connection(owner), call, replicas, timeout_ms, ask is not None
             )
-        except (ConnectionError, TimeoutError):
-            if attempt + 1 == _TOPOLOGY_ATTEMPTS:
-                raise
-            _refresh_topology(client, pause=attempt > 0)
+        except (ConnectionError, TimeoutError) as error:
+            _settle(client, topology, seen, until, error, owner)
             ask = None
             continue
         reply, ask = replies[0], None
@@ -453,20 +468,102 @@ def _run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int)
             time.sleep(pause)
             load_library(client, library)
         elif isinstance(reply, AskError) and not isinstance(reply, MovedError):
+            if time.monotonic() >= until:
+                raise reply
             ask = reply
         elif isinstance(reply, _TOPOLOGY_ERRORS):
-            _refresh_topology(client, pause=attempt > 0)
+            _settle(client, topology, seen, until, reply, owner)
         else:
             return _durable_reply(replies, replicas, timeout_ms)
-    raise HistoryError(f"the cluster did not settle after {_TOPOLOGY_ATTEMPTS} attempts")
 
 
-def _refresh_topology(client: redis.cluster.RedisCluster, pause: bool) -> None:
-    if pause:
-        time.sleep(_TOPOLOGY_PAUSE)
-    # Still failing over when this fails: the next attempt tries again.
+class _Topology:
+    """The topology refreshes of one cluster client: one at a time, at most one per
+    _TOPOLOGY_PAUSE while the cluster settles, and a write whose attempt failed on a topology
+    older than the last refresh takes that refresh's result instead of starting another (many
+    threads failing on one node at once cost one refresh, not one each)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0  # refreshes done
+        self.refreshed_at = -math.inf  # when the last one ended (time.monotonic)
+
+    def refresh(
+        self, client: redis.cluster.RedisCluster, seen: int, until: float, failed: Any
+    ) -> None:
+        """Refresh unless one was done since generation ``seen``; wait for a refresh under way,
+        but not past ``until``."""
+        if not self.lock.acquire(timeout=max(until - time.monotonic(), 0.0)):
+            return  # another write's refresh still runs: this write's window is over
+        try:
+            if self.generation != seen:
+                return  # refreshed since this write's attempt began: take that
+            now = time.monotonic()
+            pause = min(self.refreshed_at + _TOPOLOGY_PAUSE, until) - now
+            if pause > 0:
+                time.sleep(pause)
+            _initialize(client, getattr(failed, "name", None))
+            self.generation += 1
+            self.refreshed_at = time.monotonic()
+        finally:
+            self.lock.release()
+
+
+_topologies_lock = threading.Lock()
+
+
+def _topology(client: redis.cluster.RedisCluster) -> _Topology:
+    topology: _Topology | None = getattr(client, "_pyhistory_topology", None)
+    if topology is None:
+        with _topologies_lock:
+            topology = getattr(client, "_pyhistory_topology", None)
+            if topology is None:
+                topology = _Topology()
+                client._pyhistory_topology = topology  # type: ignore[attr-defined]
+    return topology
+
+
+def _new_topology_lock_after_fork() -> None:
+    global _topologies_lock
+    _topologies_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_topology_lock_after_fork)
+
+
+def _settle(
+    client: redis.cluster.RedisCluster,
+    topology: _Topology,
+    seen: int,
+    until: float,
+    error: BaseException,
+    failed: Any,
+) -> None:
+    """After a failed attempt: refresh the topology (shared, see _Topology) and return to try
+    again, or raise ``error`` when the write's window is over."""
+    if time.monotonic() >= until:
+        raise error
+    topology.refresh(client, seen, until, failed)
+    if time.monotonic() >= until:
+        raise error
+
+
+# redis-py's NodesManager.initialize (not public API) can be told which node just failed, to ask
+# it last (redis-py 8.1 and later).
+_DEFERS_FAILED = (
+    "last_failed_node_name" in inspect.signature(redis.cluster.NodesManager.initialize).parameters
+)
+
+
+def _initialize(client: redis.cluster.RedisCluster, failed_node: str | None) -> None:
+    """Learn the cluster's topology again (asking the node that failed last, when redis-py can).
+    Still failing over when this fails: the next attempt tries again."""
     with contextlib.suppress(ConnectionError, TimeoutError, RedisClusterException):
-        client.nodes_manager.initialize()
+        if _DEFERS_FAILED and failed_node is not None:
+            client.nodes_manager.initialize(last_failed_node_name=failed_node)
+        else:
+            client.nodes_manager.initialize()
 
 
 async def arun_durable(

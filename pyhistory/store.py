@@ -16,7 +16,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from langchain_core.messages import BaseMessage
 
-from pyhistory import _clients, _core, _expiry
+from pyhistory import _clients, _core, _expiry, _refusals
 from pyhistory._library import Call
 from pyhistory.errors import HistoryError, InvalidArgumentError, may_have_been_applied
 from pyhistory.functions import (
@@ -78,7 +78,9 @@ class MessageStore:
         read_from_replicas: reads go to replicas (a plain LRANGE) and accept their lag; they no
             longer refresh the TTL (replicas cannot write), appends still do. On a cluster built
             from ``url`` the cluster client routes them; on a standalone server, name the replica
-            with ``replica_url`` or ``replica_client`` / ``async_replica_client``.
+            with ``replica_url`` or ``replica_client`` / ``async_replica_client``. (Reads through
+            ``url`` or ``redis_client`` that reach a replica anyway stand, but the replica refuses
+            their TTL refresh: that is logged as a warning on the ``pyhistory`` logger.)
         wait_for_replicas: after each write, wait until this many replicas acknowledged it
             (``WAIT``, pipelined with the write: still one round trip), else raise
             ``ReplicationError``. 0: do not wait.
@@ -263,6 +265,14 @@ class MessageStore:
         if self._ttl and existed:
             _expiry.expiries(client).refreshed(self.key, self._ttl, sent_at)
 
+    def _read_refreshed(self, client: object, sent_at: float, reply: Any) -> None:
+        """The refresh sent with a read at ``sent_at`` answered ``reply``: the key existed, or
+        the server refused it (the read stands; pyhistory._refusals warns)."""
+        if isinstance(reply, BaseException):
+            _refusals.refused(client, self.key, reply)
+        else:
+            self._refreshed(client, sent_at, reply)
+
     def _append_call(
         self, messages: Iterable[BaseMessage] | BaseMessage, idempotency_key: str | None
     ) -> Call | None:
@@ -306,7 +316,7 @@ class MessageStore:
             return _core.decode(run(client, read))
         sent_at = time.monotonic()
         entries, existed = run_pair(client, read, refresh)
-        self._refreshed(client, sent_at, existed)
+        self._read_refreshed(client, sent_at, existed)
         return _core.decode(entries)
 
     @messages.setter
@@ -325,7 +335,7 @@ class MessageStore:
             return _core.decode(await arun(client, read))
         sent_at = time.monotonic()
         entries, existed = await arun_pair(client, read, refresh)
-        self._refreshed(client, sent_at, existed)
+        self._read_refreshed(client, sent_at, existed)
         return _core.decode(entries)
 
     def __len__(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from chat import turn
 from langchain_core.messages import HumanMessage
 
 import pyhistory
-from pyhistory import RedisChatMessageHistory, testing
+from pyhistory import RedisChatMessageHistory, _clients, _refusals, testing
 
 pytestmark = pytest.mark.faults
 
@@ -435,6 +436,57 @@ def test_a_replica_url_with_a_ttl_reads_where_no_node_has_the_library(
     ]
     with pytest.raises(pyhistory.ReadOnlyServerError):
         history.touch()  # a write: a replica refuses it
+
+
+def refusal_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "pyhistory" and r.levelno == logging.WARNING and "TTL refresh" in r.message
+    ]
+
+
+def test_a_refused_ttl_refresh_is_surfaced_and_the_read_stands(
+    replicated: tuple[str, testing.LocalServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain URL that names a replica (a node a failover outside Sentinel demoted, say): the
+    read's TTL refresh is refused (READONLY), the read stands, and the refusal is logged, once
+    per client within the log interval, naming the server and what to do."""
+    url, replica = replicated
+    RedisChatMessageHistory("demoted", url=url, ttl=60, wait_for_replicas=1).add_messages(turn(1))
+    history = RedisChatMessageHistory("demoted", url=replica.url, ttl=60)
+    expected = ["question 1", "answer 1"]
+    with caplog.at_level(logging.WARNING, logger="pyhistory"):
+        for _ in range(3):
+            assert [m.content for m in history.messages] == expected
+        assert [m.content for m in asyncio.run(history.aget_messages())] == expected
+    warnings = refusal_warnings(caplog)
+    assert len(warnings) == 2, warnings  # the sync client's and the asyncio client's
+    assert _refusals.count(_clients.sync_client(replica.url)) == 3  # each read's, counted
+    for message in warnings:
+        assert f"127.0.0.1:{replica.port}" in message
+        assert "READONLY" in message and "replica_url" in message
+        assert "'message_store:demoted'" in message
+
+
+def test_reads_meant_for_a_replica_send_no_refresh_and_do_not_warn(
+    replicated: tuple[str, testing.LocalServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, replica = replicated
+    history = RedisChatMessageHistory("meant", url=url, ttl=60, replica_url=replica.url)
+    history.add_messages(turn(1))
+    RedisChatMessageHistory("meant", url=url, ttl=60, wait_for_replicas=1).touch()  # replicated
+    with replica.client() as r, caplog.at_level(logging.WARNING, logger="pyhistory"):
+        r.config_resetstat()
+        assert [m.content for m in history.messages] == ["question 1", "answer 1"]
+        assert [m.content for m in asyncio.run(history.aget_messages())] == [
+            "question 1",
+            "answer 1",
+        ]
+        stats = r.info("commandstats")
+    assert "cmdstat_fcall" not in stats  # no refresh sent to the replica
+    assert int(stats["cmdstat_lrange"]["calls"]) == 2
+    assert refusal_warnings(caplog) == []
 
 
 def test_reads_stand_after_function_flush_at_maxmemory(

@@ -1,0 +1,16 @@
+"""How long a call may take: the timeouts and the retry window of the clients built from a URL
+(pyhistory._clients), and the bound they promise, which durable writes on a cluster keep too
+(pyhistory.functions). A module of its own so both can import it: _clients imports functions."""
+
+from __future__ import annotations
+
+# How long a client waits to connect, and for a reply, before the attempt counts as failed.
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 4.0
+# New attempts start only within this many seconds of the first one: a restart (the server
+# refuses connections for a moment) or a Sentinel failover is retried through, a server that
+# stays down is reported.
+RETRY_WINDOW = 6.0
+# The longest a call on a URL-built client can take before it raises: the last attempt starts
+# within the window and then waits at most one read timeout.
+FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
