@@ -59,6 +59,19 @@ Expiry: with a TTL, every write sets it on both keys together, so no key of a th
 other; reads may refresh it too (get). Retention (keep_last, age) trims a namespace inside put or
 retain, never cutting a pinned checkpoint or what a kept checkpoint's DeltaChannels need.
 
+Work per call (a function blocks the server while it runs), at most:
+  list      SCAN_BUDGET (1,000) checkpoints examined per page; a cursor goes on
+  put, retain  MAX_TRIM (1,000) checkpoints removed, SCAN_BUDGET pins and floors read per round
+  prune     PRUNE_NAMESPACES (100) namespaces, MAX_TRIM checkpoints removed; a cursor goes on
+  delete_run  MAX_TRIM checkpoints; called again while there are more
+  delta     DELTA_BUDGET (1,000) ancestors walked (each: its record, one HGET per channel still
+            without a seed, its pending writes); a cursor goes on
+  copy, export  about COPY_BUDGET (1,000) fields (HSCAN's COUNT is a hint: a few more, or a whole
+            small hash in its compact encoding), then at most COPY_BUDGET index members, with
+            their values (so up to COPY_BUDGET times the largest value); a cursor goes on
+  import    MAX_ITEMS (100,000) fields: an export page always fits
+  get, put, put_writes, claim  one checkpoint's fields and writes
+
 Versioning: the library and every function carry the contract version (v2). Any change to this
 file ships under a new version (pyhistory_checkpoint_v3, ...), so two releases loaded on one
 server never replace each other's code. v2 reads and writes v1's layout (its fields and members
@@ -85,6 +98,8 @@ local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua'
 local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
 local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
 local PRUNE_NAMESPACES = 100 -- most namespaces one prune call examines (a cursor goes on)
+local DELTA_BUDGET = 1000 -- most ancestors one delta call walks (a cursor goes on)
+local COPY_BUDGET = 1000 -- most fields, then index members, one copy or export call reads
 
 local NUL = '\0'
 local OWNER = 'o' -- the data hash's field holding the owner epoch (see claim)
@@ -1123,43 +1138,120 @@ local function merge(data, index, fields, members, ttl)
   expire({data, index}, ttl)
 end
 
---[[
-copy: merge all of a thread's checkpoints, values and writes into another thread (both on this
-node: on a cluster, threads whose keys hash to different slots go through export and import).
-  KEYS[1], KEYS[2]  the source thread's data hash and index sorted set
-  KEYS[3], KEYS[4]  the target thread's data hash and index sorted set
-  ARGV[1]   ttl for the target, as for put
-  reply     integer: how many checkpoints the source has (0: nothing was copied)
-  errors    BADARGS, BADTTL, WRONGTYPE
-]]
-local function copy(keys, args)
-  if #keys ~= 4 or #args ~= 1 then
-    return bad('BADARGS', 'expected 4 keys and 1 argument: ttl')
+-- A budget argument: an integer in [1, most], or nil.
+local function budget_of(value, most)
+  local n = whole(value)
+  if not n or n == 0 or n > most then
+    return nil
   end
-  local ttl = whole(args[1])
-  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
-  local err = wrong_types({keys[1], keys[2]}) or wrong_types({keys[3], keys[4]})
-  if err then return err end
-  if keys[1] == keys[3] then
-    return 0
+  return n
+end
+
+local function bad_budget(value, most)
+  return bad('BADSIZE', 'budget must be an integer in [1, ' .. most .. '], got ' .. shown(value))
+end
+
+-- A cursor of copy and export: "" (start), "h<HSCAN cursor>" (reading the data hash) or
+-- "z" / "z<member>" (reading the index after that member).
+local function copy_cursor_ok(cursor)
+  local kind = string.sub(cursor, 1, 1)
+  return cursor == '' or (kind == 'h' and #cursor > 1 and not string.find(cursor, '%D', 2))
+    or kind == 'z'
+end
+
+-- One page of a thread for copy and export: the data hash first (HSCAN, about `budget` fields:
+-- COUNT is a hint the server may exceed by a few fields, or by a whole small hash in its compact
+-- encoding), then the index (at most `budget` members, in order). Index members go last so
+-- that a reader of the copy finds the fields of every member that is there (the fields of
+-- checkpoints written to the source during the copy excepted). Returns the flat fields, the
+-- members, and the cursor to continue from ("" when the thread is done).
+local function thread_page(data, index, cursor, budget)
+  local fields, members = {}, {}
+  if string.sub(cursor, 1, 1) ~= 'z' then
+    local at = cursor == '' and '0' or string.sub(cursor, 2)
+    repeat
+      local reply = redis.call('HSCAN', data, at, 'COUNT', budget)
+      at = reply[1]
+      for _, item in ipairs(reply[2]) do
+        fields[#fields + 1] = item
+      end
+    until at == '0' or #fields >= 2 * budget
+    if at ~= '0' then
+      return fields, members, 'h' .. at
+    end
+    cursor = 'z'
   end
-  local members = redis.call('ZRANGE', keys[2], 0, -1)
-  merge(keys[3], keys[4], redis.call('HGETALL', keys[1]), members, ttl)
-  return redis.call('ZLEXCOUNT', keys[2], '[c' .. NUL, '(c' .. NUL .. TOP)
+  local room = budget - math.floor(#fields / 2)
+  if room < 1 then
+    return fields, members, cursor
+  end
+  local low = cursor == 'z' and '-' or '(' .. string.sub(cursor, 2)
+  members = redis.call('ZRANGEBYLEX', index, low, '+', 'LIMIT', 0, room)
+  if #members == room then
+    return fields, members, 'z' .. members[#members]
+  end
+  return fields, members, ''
 end
 
 --[[
-export: all of a thread's fields and members, for import into a thread on another node.
+copy: merge a thread's checkpoints, values and writes into another thread, a page at a time
+(both on this node: on a cluster, threads whose keys hash to different slots go through export
+and import). Call again with the cursor until it is "".
+  KEYS[1], KEYS[2]  the source thread's data hash and index sorted set
+  KEYS[3], KEYS[4]  the target thread's data hash and index sorted set
+  ARGV[1]   ttl for the target, as for put
+  ARGV[2]   cursor: "" for the first call, else what the previous call replied
+  ARGV[3]   budget: about this many fields, then at most this many index members, per call, in
+            [1, COPY_BUDGET]
+  The data hash is copied before the index, so the target's index names only fields it holds.
+  A thread written while it is copied is copied as it was when each page was read.
+  reply     the cursor: "" when the thread is done
+  errors    BADARGS, BADSIZE, BADTTL, WRONGTYPE
+]]
+local function copy(keys, args)
+  if #keys ~= 4 or #args ~= 3 then
+    return bad('BADARGS', 'expected 4 keys and 3 arguments: ttl cursor budget')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local cursor = args[2]
+  if not copy_cursor_ok(cursor) then
+    return bad('BADARGS', 'not a cursor of copy: ' .. shown(cursor))
+  end
+  local budget = budget_of(args[3], COPY_BUDGET)
+  if not budget then return bad_budget(args[3], COPY_BUDGET) end
+  local err = wrong_types({keys[1], keys[2]}) or wrong_types({keys[3], keys[4]})
+  if err then return err end
+  if keys[1] == keys[3] then
+    return ''
+  end
+  local fields, members, next_cursor = thread_page(keys[1], keys[2], cursor, budget)
+  merge(keys[3], keys[4], fields, members, ttl)
+  return next_cursor
+end
+
+--[[
+export: one page of a thread's fields and members, for import into a thread on another node.
 Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
-  reply     {{field, value, ...}, {member, ...}}
-  errors    BADARGS
+  ARGV[1]   cursor: "" for the first call, else what the previous call replied
+  ARGV[2]   budget, as for copy
+  reply     {cursor, {field, value, ...}, {member, ...}}: cursor "" when the thread is done.
+            Import the pages in order (the index comes after the data hash, as for copy).
+  errors    BADARGS, BADSIZE
 ]]
 local function export(keys, args)
-  if #keys ~= 2 or #args ~= 0 then
-    return bad('BADARGS', 'expected 2 keys and no arguments')
+  if #keys ~= 2 or #args ~= 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 arguments: cursor budget')
   end
-  return {redis.call('HGETALL', keys[1]), redis.call('ZRANGE', keys[2], 0, -1)}
+  local cursor = args[1]
+  if not copy_cursor_ok(cursor) then
+    return bad('BADARGS', 'not a cursor of export: ' .. shown(cursor))
+  end
+  local budget = budget_of(args[2], COPY_BUDGET)
+  if not budget then return bad_budget(args[2], COPY_BUDGET) end
+  local fields, members, next_cursor = thread_page(keys[1], keys[2], cursor, budget)
+  return {next_cursor, fields, members}
 end
 
 --[[
@@ -1196,33 +1288,43 @@ end
 --[[
 delta: for each channel, what LangGraph's DeltaChannel rebuilds its value from: the writes to it
 along the checkpoint's ancestors, and the nearest ancestor's stored value (the seed). Walks the
-parent chain once for all channels. Flagged no-writes.
+parent chain once for all channels, at most `budget` ancestors per call: a longer walk replies
+with a cursor, and the caller calls again from there for the channels that have no seed yet.
+Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
-  ARGV[3]   n, then n channel names
+  ARGV[3]   cursor: "" to start at the checkpoint's parent, else the ancestor id the previous
+            call replied (the walk goes on from it, inclusive; ARGV[2] is then ignored)
+  ARGV[4]   budget: most ancestors this call walks, in [1, DELTA_BUDGET]
+  ARGV[5]   n, then n channel names
   then      pairs channel version: values the caller holds (as for get)
-  reply     one item per channel, in ARGV order: {seed, write, write, ...} where seed is the
-            typed value, "=" for a value the caller said it holds, or "" when the walk reached
-            the root without one, and the writes (as get returns them) run oldest first. The
-            checkpoint's own pending writes are not included.
-  errors    BADARGS, BADID
+  reply     {cursor, item, item, ...}: one item per channel, in ARGV order: {seed, write, ...}
+            where seed is the typed value, "=" for a value the caller said it holds, or "" when
+            none was found (when the cursor is "": the walk reached the root without one), and
+            the writes (as get returns them) along the ancestors this call walked, oldest first.
+            The checkpoint's own pending writes are not included. The cursor is "" when the walk
+            is done; else the writes of the next call come before these.
+  errors    BADARGS, BADSIZE, BADID
 ]]
 local function delta(keys, args)
-  if #keys ~= 2 or #args < 3 then
-    return bad('BADARGS', 'expected 2 keys and at least 3 arguments: ns id n channel... ' ..
-      '(channel version)...')
+  if #keys ~= 2 or #args < 5 then
+    return bad('BADARGS', 'expected 2 keys and at least 5 arguments: ns id cursor budget n ' ..
+      'channel... (channel version)...')
   end
-  local ns, id = args[1], args[2]
+  local ns, id, start = args[1], args[2], args[3]
   local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id, true)
+    or bad_name('cursor', start, true)
   if err then return err end
+  local budget = budget_of(args[4], DELTA_BUDGET)
+  if not budget then return bad_budget(args[4], DELTA_BUDGET) end
   local names, at
-  names, at, err = section(args, 3, 1, 'channels')
+  names, at, err = section(args, 5, 1, 'channels')
   if err then return err end
   local known
   known, err = known_values(args, at)
   if err then return err end
   local remaining, left = {}, 0
-  for i = 4, 3 + #names do
+  for i = 6, 5 + #names do
     err = bad_name('channel', args[i])
     if err then return err end
     if not remaining[args[i]] then
@@ -1231,14 +1333,20 @@ local function delta(keys, args)
     remaining[args[i]] = true
   end
   local seeds, collected = {}, {} -- collected: per ancestor, newest first, writes in order
-  if id == '' then
-    id = latest(keys[2], ns)
+  local cursor = start
+  if start == '' then
+    if id == '' then
+      id = latest(keys[2], ns)
+    end
+    local target = id and record(keys[1], ns, id)
+    cursor = target and target[1] or ''
   end
-  local target = id and record(keys[1], ns, id)
-  local cursor = target and target[1] or ''
-  while cursor ~= '' and left > 0 do
+  local walked = 0
+  while cursor ~= '' and left > 0 and walked < budget do
+    walked = walked + 1
     local rec = record(keys[1], ns, cursor)
     if not rec then
+      cursor = '' -- an ancestor that is gone ends the walk
       break
     end
     local versions = as_map(rec[2])
@@ -1274,8 +1382,11 @@ local function delta(keys, args)
     end
     cursor = rec[1]
   end
-  local reply = {}
-  for i = 4, 3 + #names do
+  if left == 0 then
+    cursor = ''
+  end
+  local reply = {cursor}
+  for i = 6, 5 + #names do
     local channel = args[i]
     local item = {seeds[channel] or ''}
     for a = #collected, 1, -1 do

@@ -611,16 +611,29 @@ def prune(thread_keys: tuple[str, str], ttl: int, cursor: str = "") -> Call:
     return _fcall(PRUNE, thread_keys, ttl, cursor)
 
 
-def copy(source: tuple[str, str], target: tuple[str, str], ttl: int) -> Call:
-    return Call("FCALL", (COPY, 4, *source, *target, ttl), source[0], LIBRARY)
+COPY_BUDGET = 1000  # fields (then index members) per copy or export call: the library's most
+DELTA_BUDGET = 1000  # ancestors per delta call: the library's most
 
 
-def export(thread_keys: tuple[str, str]) -> Call:
-    return _fcall(EXPORT, thread_keys)
+def copy(
+    source: tuple[str, str],
+    target: tuple[str, str],
+    ttl: int,
+    cursor: str = "",
+    budget: int = COPY_BUDGET,
+) -> Call:
+    """One page of a copy on one node; the reply is the cursor ("" when done)."""
+    return Call("FCALL", (COPY, 4, *source, *target, ttl, cursor, budget), source[0], LIBRARY)
 
 
-def import_(thread_keys: tuple[str, str], ttl: int, exported: Sequence[Any]) -> Call:
-    fields, members = exported
+def export(thread_keys: tuple[str, str], cursor: str = "", budget: int = COPY_BUDGET) -> Call:
+    """One page of a thread: the reply is [cursor ("" when done), fields, members]."""
+    return _fcall(EXPORT, thread_keys, cursor, budget)
+
+
+def import_(
+    thread_keys: tuple[str, str], ttl: int, fields: Sequence[Any], members: Sequence[Any]
+) -> Call:
     return _fcall(IMPORT, thread_keys, ttl, len(fields) // 2, *fields, *members)
 
 
@@ -658,7 +671,11 @@ def delta(
     config: RunnableConfig,
     channels: Sequence[str],
     known: Mapping[str, tuple[str, bytes]] | None = None,
+    cursor: str = "",
+    budget: int = DELTA_BUDGET,
 ) -> Call:
+    """One call of a DeltaChannel walk, from the checkpoint's parent (cursor "") or from the
+    ancestor a previous call replied."""
     names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
     pairs = [
         item
@@ -667,7 +684,7 @@ def delta(
         for item in (channel, version)
     ]
     ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
-    return _fcall(DELTA, thread_keys, ns, checkpoint_id, len(names), *names, *pairs)
+    return _fcall(DELTA, thread_keys, ns, checkpoint_id, cursor, budget, len(names), *names, *pairs)
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -741,22 +758,45 @@ def list_reply(
     return cursor, [checkpoint_tuple(serde, thread_id, entry) for entry in reply[1:]]
 
 
-def delta_reply(
-    serde: SerializerProtocol,
-    channels: Sequence[str],
-    reply: Sequence[Any],
-    known: Mapping[str, tuple[str, bytes]] | None = None,
-) -> dict[str, DeltaChannelHistory]:
-    result: dict[str, DeltaChannelHistory] = {}
-    for channel, item in zip(channels, reply, strict=True):
-        history: DeltaChannelHistory = {"writes": [_write(serde, w) for w in item[1:]]}
-        seed = _bytes(item[0])
-        if seed == b"=" and known is not None:
-            history["seed"] = untyped(serde, known[channel][1])
-        elif seed:
-            history["seed"] = untyped(serde, seed)
-        result[channel] = history
-    return result
+class DeltaWalk:
+    """The raw result of a DeltaChannel walk spread over several delta calls: each call's writes
+    come before the previous call's (it walked older ancestors); a channel is asked for again
+    until a call finds its seed or the walk ends."""
+
+    def __init__(self, channels: Sequence[str]) -> None:
+        self.channels = list(channels)
+        self.seeds: dict[str, bytes] = {}
+        self.writes: dict[str, list[Any]] = {channel: [] for channel in self.channels}
+        self.cursor = ""
+
+    def pending(self) -> list[str]:
+        return [channel for channel in self.channels if channel not in self.seeds]
+
+    def add(self, asked: Sequence[str], reply: Sequence[Any]) -> bool:
+        """Take one call's reply (for the channels ``asked``); True when the walk is done."""
+        self.cursor = _text(reply[0])
+        for channel, item in zip(asked, reply[1:], strict=True):
+            self.writes[channel][:0] = item[1:]
+            seed = _bytes(item[0])
+            if seed:
+                self.seeds[channel] = seed
+        return not self.cursor or not self.pending()
+
+    def result(
+        self, serde: SerializerProtocol, known: Mapping[str, tuple[str, bytes]] | None = None
+    ) -> dict[str, DeltaChannelHistory]:
+        result: dict[str, DeltaChannelHistory] = {}
+        for channel in self.channels:
+            history: DeltaChannelHistory = {
+                "writes": [_write(serde, w) for w in self.writes[channel]]
+            }
+            seed = self.seeds.get(channel, b"")
+            if seed == b"=" and known is not None:
+                history["seed"] = untyped(serde, known[channel][1])
+            elif seed:
+                history["seed"] = untyped(serde, seed)
+            result[channel] = history
+        return result
 
 
 def unique(channels: Iterable[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -126,6 +126,9 @@ class RedisSaver(BaseCheckpointSaver[str]):
                 f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
             )
         self._values = _calls.ValueCache(max(0, value_cache_bytes))
+        # per-call budgets of copy/export and delta (the library's most; tests lower them)
+        self._copy_budget = _calls.COPY_BUDGET
+        self._delta_budget = _calls.DELTA_BUDGET
         # Write fencing: the epoch this saver claimed, per thread (claim_write_ownership).
         self._epochs: dict[str, int] = {}
         # Where the DeltaChannels of the checkpoints this saver wrote with plain commands are
@@ -587,18 +590,26 @@ class RedisSaver(BaseCheckpointSaver[str]):
         return source, target, one_node
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Merge every checkpoint, value and pending write of one thread into another: one call
-        when both threads live on one node, else an export from the source's node and an import
-        on the target's."""
+        """Merge every checkpoint, value and pending write of one thread into another, a page
+        (about 1,000 fields or index members) per call: copies on one node when both threads
+        live on one node, else exports from the source's node and imports on the target's. The
+        data goes before the index, so a reader of the target sees only complete checkpoints."""
         source, target, one_node = self._copy_plan(
             self.redis_client, source_thread_id, target_thread_id
         )
-        if one_node:
-            self._write(_calls.copy(source, target, self._ttl))
-            return
-        exported = self._read(_calls.export(source))
-        if exported[1]:
-            self._write(_calls.import_(target, self._ttl, exported))
+        cursor = ""
+        while True:
+            if one_node:
+                cursor = _calls.text(
+                    self._write(_calls.copy(source, target, self._ttl, cursor, self._copy_budget))
+                )
+            else:
+                reply = self._read(_calls.export(source, cursor, self._copy_budget))
+                cursor, fields, members = _calls.text(reply[0]), reply[1], reply[2]
+                if fields or members:
+                    self._write(_calls.import_(target, self._ttl, fields, members))
+            if not cursor:
+                return
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         client = await self._async_client()
@@ -606,41 +617,63 @@ class RedisSaver(BaseCheckpointSaver[str]):
             await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
             return
         source, target, one_node = self._copy_plan(client, source_thread_id, target_thread_id)
-        if one_node:
-            await self._awrite(_calls.copy(source, target, self._ttl))
-            return
-        exported = await self._aread(_calls.export(source))
-        if exported[1]:
-            await self._awrite(_calls.import_(target, self._ttl, exported))
+        cursor = ""
+        while True:
+            if one_node:
+                call = _calls.copy(source, target, self._ttl, cursor, self._copy_budget)
+                cursor = _calls.text(await self._awrite(call))
+            else:
+                reply = await self._aread(_calls.export(source, cursor, self._copy_budget))
+                cursor, fields, members = _calls.text(reply[0]), reply[1], reply[2]
+                if fields or members:
+                    await self._awrite(_calls.import_(target, self._ttl, fields, members))
+            if not cursor:
+                return
 
     # --- DeltaChannel --------------------------------------------------------------------------
 
-    def _delta_call(
+    def _delta_calls(
         self, config: RunnableConfig, channels: Sequence[str]
-    ) -> tuple[Sequence[str], Call, dict[str, tuple[str, bytes]]]:
-        names = _calls.unique(channels)
+    ) -> Generator[Call | dict[str, DeltaChannelHistory], Any, None]:
+        """The walk as a generator shared by sync and asyncio: it yields each call to send (and
+        is sent its reply), then the result."""
         thread_id = _calls.thread_of(config)
         known = self._values.known(thread_id, _calls.namespace_of(config))
-        return names, _calls.delta(self.keys(thread_id), config, names, known), known
+        walk = _calls.DeltaWalk(_calls.unique(channels))
+        while True:
+            asked = walk.pending()
+            call = _calls.delta(
+                self.keys(thread_id), config, asked, known, walk.cursor, self._delta_budget
+            )
+            reply = yield call
+            if walk.add(asked, reply):
+                break
+        yield walk.result(self.serde, known)
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
-        ancestors and the nearest stored value, walked on the server in one call (a stored value
-        this saver holds already is not sent again)."""
+        ancestors and the nearest stored value, walked on the server (at most 1,000 ancestors
+        per call; a stored value this saver holds already is not sent again)."""
         if not channels:
             return {}
-        names, call, known = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, self._read(call), known)
+        steps = self._delta_calls(config, channels)
+        step = next(steps)
+        while isinstance(step, Call):
+            step = steps.send(self._read(step))
+        return step
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         if not channels:
             return {}
-        names, call, known = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, await self._aread(call), known)
+        steps = self._delta_calls(config, channels)
+        step = next(steps)
+        while isinstance(step, Call):
+            step = steps.send(await self._aread(step))
+        return step
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return _calls.next_version(current)
