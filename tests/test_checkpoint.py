@@ -172,7 +172,7 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
-    "pyhistory_checkpoint_v2": "05ef6ad7d69440b4",
+    "pyhistory_checkpoint_v2": "0eb050d68e4d3fe0",
 }
 
 
@@ -257,7 +257,7 @@ def test_each_operation_is_one_call(url: str, client: redis.Redis) -> None:
         c
         for c in sent
         if not c.startswith(
-            ("hget", "hset", "hmget", "hincrby", "hscan", "z", "type", "expire", "hdel")
+            ("hget", "hset", "hmget", "hincrby", "hscan", "hstrlen", "z", "type", "expire", "hdel")
         )
     }
 
@@ -717,7 +717,10 @@ def test_the_library_refuses_bad_puts_and_stores_nothing(
     url: str, client: redis.Redis, args: tuple[Any, ...], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        raw(url, "put", *args)
+        raw(url, "put", *args[:3], 0, *args[3:])  # max_bytes 0 after the age cut
+    if error is not errors.InvalidTTLError:
+        with pytest.raises(errors.InvalidSizeError):
+            raw(url, "put", *args[:3], "-1", *args[3:])
     assert client.dbsize() == 0
 
 

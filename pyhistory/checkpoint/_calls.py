@@ -100,6 +100,15 @@ def check_key_prefix(key_prefix: object) -> str:
     return key_prefix
 
 
+def check_max_bytes(value: object) -> int:
+    """None: no byte limit (0 for the library), else an int in [1, MAX_INT]."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidSizeError(f"max_bytes must be None or an int in [1, {MAX_INT}], got {value!r}")
+    return value
+
+
 def check_keep_last(value: object) -> int:
     """None: keep every checkpoint (0 for the library), else an int in [1, MAX_INT]."""
     if value is None:
@@ -311,7 +320,7 @@ def put(
     serde: SerializerProtocol,
     thread_keys: tuple[str, str],
     ttl: int,
-    retention: tuple[int, str],
+    retention: tuple[int, str, int],
     epoch: str,
     config: RunnableConfig,
     checkpoint: Checkpoint,
@@ -322,7 +331,7 @@ def put(
     """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
     returns, the run id it indexes ("" for none), and, for a put made of plain commands, where
     its DeltaChannels are rebuilt from (for its children's puts). ``retention``: (keep_last,
-    age cut); ``parent_holders``: the parent's, when this saver knows them."""
+    age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -347,7 +356,7 @@ def put(
     counters = meta.get("counters_since_delta_snapshot") or {}
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
-    keep_last, cut = retention
+    keep_last, cut, max_bytes = retention
     config_out = config_for(thread_id, ns, checkpoint_id)
     if not epoch and (not deltas or parent_holders is not None):
         holders: dict[str, str] = {}
@@ -366,10 +375,20 @@ def put(
             fields,
             filters,
             holders,
-            counted=not (keep_last or cut),
+            counted=not (keep_last or cut or max_bytes),
         )
-        if keep_last or cut:  # indexed, counted and retained after the plain writes
-            retain = (RETAIN, 2, *thread_keys, keep_last, cut, ns, checkpoint_id, *versions)
+        if keep_last or cut or max_bytes:  # indexed, counted and retained after the plain writes
+            retain = (
+                RETAIN,
+                2,
+                *thread_keys,
+                keep_last,
+                cut,
+                max_bytes,
+                ns,
+                checkpoint_id,
+                *versions,
+            )
             commands = (*call.before, (call.command, *call.args))
             call = Call("FCALL", retain, call.key, LIBRARY, commands)
         return call, config_out, run_id, holders
@@ -377,6 +396,7 @@ def put(
         ttl,
         keep_last,
         cut,
+        max_bytes,
         epoch,
         ns,
         checkpoint_id,

@@ -83,6 +83,10 @@ class RedisSaver(BaseCheckpointSaver[str]):
         max_age: seconds (or ``timedelta``): each ``put`` also removes the checkpoints of its
             namespace made longer ago than this (by their uuid6 ids and this process's clock),
             with the same exceptions, and never the newest. None: no age limit.
+        max_bytes: each ``put`` also removes the oldest checkpoints of its namespace while the
+            thread holds more than this many bytes (checkpoints, metadata and the values they
+            name, as stored; pending writes are not counted), with the same exceptions, and
+            never the newest. Counted by the writes of savers with retention only. None: no limit.
         value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
             of the newest versions it wrote or read, per thread and namespace (least recently
             used threads go first), so that ``get_tuple`` of a thread this process just wrote
@@ -106,6 +110,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         refresh_ttl_on_read: bool = True,
         keep_last: int | None = None,
         max_age: float | timedelta | None = None,
+        max_bytes: int | None = None,
         value_cache_bytes: int = 32 * 1024 * 1024,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
@@ -121,6 +126,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self._keep_last = _calls.check_keep_last(keep_last)
         self._max_age = _calls.check_max_age(max_age)
+        self._max_bytes = _calls.check_max_bytes(max_bytes)
         if isinstance(value_cache_bytes, bool) or not isinstance(value_cache_bytes, int):
             raise InvalidArgumentError(
                 f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
@@ -330,7 +336,11 @@ class RedisSaver(BaseCheckpointSaver[str]):
         (elsewhere it rides in the put's own transaction), and (run id, thread id)."""
         thread_id = _calls.thread_of(config)
         thread_keys = self.keys(thread_id)
-        retention = (self._keep_last, _calls.age_cut(self._max_age, time.time_ns()))
+        retention = (
+            self._keep_last,
+            _calls.age_cut(self._max_age, time.time_ns()),
+            self._max_bytes,
+        )
         ns, parent = _calls.namespace_of(config), _calls.checkpoint_of(config)
         call, stored, run_id, holders = _calls.put(
             self.serde,
