@@ -71,7 +71,7 @@ Work per call (a function blocks the server while it runs), at most:
             (one HGET and at most one HSTRLEN per channel version of each)
   prune     PRUNE_NAMESPACES (100) namespaces, MAX_TRIM checkpoints removed; a cursor goes on
   delete_run  MAX_TRIM checkpoints; called again while there are more
-  delta     DELTA_BUDGET (1,000) ancestors walked (each: its record, one HGET per channel still
+  delta     DELTA_BUDGET (250) ancestors walked (each: its record, one HGET per channel still
             without a seed, its pending writes); a cursor goes on
   copy, export  about COPY_BUDGET (1,000) fields (HSCAN's COUNT is a hint: a few more, or a whole
             small hash in its compact encoding), then at most COPY_BUDGET index members, with
@@ -105,7 +105,7 @@ local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua'
 local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
 local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
 local PRUNE_NAMESPACES = 100 -- most namespaces one prune call examines (a cursor goes on)
-local DELTA_BUDGET = 1000 -- most ancestors one delta call walks (a cursor goes on)
+local DELTA_BUDGET = 250 -- most ancestors one delta call walks (a cursor goes on)
 local COPY_BUDGET = 1000 -- most fields, then index members, one copy or export call reads
 
 local NUL = '\0'

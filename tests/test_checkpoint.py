@@ -172,7 +172,7 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
-    "pyhistory_checkpoint_v2": "0eb050d68e4d3fe0",
+    "pyhistory_checkpoint_v2": "d1395b9972f762e8",
 }
 
 

@@ -632,7 +632,7 @@ def prune(thread_keys: tuple[str, str], ttl: int, cursor: str = "") -> Call:
 
 
 COPY_BUDGET = 1000  # fields (then index members) per copy or export call: the library's most
-DELTA_BUDGET = 1000  # ancestors per delta call: the library's most
+DELTA_BUDGET = 250  # ancestors per delta call: the library's most
 
 
 def copy(

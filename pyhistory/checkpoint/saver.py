@@ -664,7 +664,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
-        ancestors and the nearest stored value, walked on the server (at most 1,000 ancestors
+        ancestors and the nearest stored value, walked on the server (at most 250 ancestors
         per call; a stored value this saver holds already is not sent again)."""
         if not channels:
             return {}
