@@ -12,6 +12,10 @@ hash tag (made from an encoding of the thread id), so Redis Cluster keeps them o
     w<0><ns><0><id><0><task><0><idx> a pending write: task<0>path<0>channel<0>typed value
     n<0><ns><0><channel><0><version> how many (v2) records name that value; it goes at 0
     o                                the owner epoch of a claimed thread (write fencing)
+    s                                the thread's bytes, as retention by bytes counts them: the
+                                     c, k and m fields of every indexed checkpoint and every
+                                     counted b field (pending writes and uncounted v1 values
+                                     are not counted); kept by the calls of this library only
   KEYS[2]  index  ZSET, all scores 0, ordered by member (lexicographically):
     c<0><ns><0><id>                  one per checkpoint: a namespace's checkpoints in id order
     w<0><ns><0><id><0><path><0><task><0><idx>
@@ -56,8 +60,24 @@ commands in one MULTI/EXEC instead, with the same fields, members and values; wi
 they end the transaction with retain, which indexes and counts the checkpoint once.
 
 Expiry: with a TTL, every write sets it on both keys together, so no key of a thread outlives the
-other; reads may refresh it too (get). Retention (keep_last, age) trims a namespace inside put or
-retain, never cutting a pinned checkpoint or what a kept checkpoint's DeltaChannels need.
+other; reads may refresh it too (get). Retention (keep_last, age, bytes) trims a namespace
+inside put or retain, never cutting a pinned checkpoint or what a kept checkpoint's
+DeltaChannels need.
+
+Work per call (a function blocks the server while it runs), at most:
+  list      SCAN_BUDGET (1,000) checkpoints examined per page; a cursor goes on
+  put, retain  MAX_TRIM (1,000) checkpoints removed, SCAN_BUDGET pins and floors read per round;
+            with max_bytes, only while over budget, also up to MAX_TRIM candidate records read
+            (one HGET and at most one HSTRLEN per channel version of each)
+  prune     PRUNE_NAMESPACES (100) namespaces, MAX_TRIM checkpoints removed; a cursor goes on
+  delete_run  MAX_TRIM checkpoints; called again while there are more
+  delta     DELTA_BUDGET (250) ancestors walked (each: its record, one HGET per channel still
+            without a seed, its pending writes); a cursor goes on
+  copy, export  about COPY_BUDGET (1,000) fields (HSCAN's COUNT is a hint: a few more, or a whole
+            small hash in its compact encoding), then at most COPY_BUDGET index members, with
+            their values (so up to COPY_BUDGET times the largest value); a cursor goes on
+  import    MAX_ITEMS (100,000) fields: an export page always fits
+  get, put, put_writes, claim  one checkpoint's fields and writes
 
 Versioning: the library and every function carry the contract version (v2). Any change to this
 file ships under a new version (pyhistory_checkpoint_v3, ...), so two releases loaded on one
@@ -85,9 +105,12 @@ local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua'
 local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
 local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
 local PRUNE_NAMESPACES = 100 -- most namespaces one prune call examines (a cursor goes on)
+local DELTA_BUDGET = 250 -- most ancestors one delta call walks (a cursor goes on)
+local COPY_BUDGET = 1000 -- most fields, then index members, one copy or export call reads
 
 local NUL = '\0'
 local OWNER = 'o' -- the data hash's field holding the owner epoch (see claim)
+local BYTES = 's' -- the data hash's field holding the thread's counted bytes (retention)
 local TOP = '\255' -- above every byte a name may hold: closes a range of the index
 
 -- An error reply "CODE message", returned (not raised) so the client gets it as written.
@@ -211,6 +234,26 @@ local function counter_field(ns, channel, version)
   return 'n' .. NUL .. ns .. NUL .. channel .. NUL .. version
 end
 
+-- The total length of some fields of the data hash (0 for a missing one).
+local function lengths(data, fields)
+  local total = 0
+  for _, field in ipairs(fields) do
+    total = total + redis.call('HSTRLEN', data, field)
+  end
+  return total
+end
+
+-- A checkpoint's own fields, as counted in BYTES: its record, the checkpoint, its metadata.
+local function own_fields(ns, id)
+  return {checkpoint_name(ns, id), document_field('k', ns, id), document_field('m', ns, id)}
+end
+
+local function add_bytes(data, n)
+  if n ~= 0 then
+    redis.call('HINCRBY', data, BYTES, n)
+  end
+end
+
 -- Index members beside the checkpoints' and the writes': a checkpoint whose DeltaChannels are
 -- rebuilt from an older one (its floor), a checkpoint of a run, a pinned checkpoint.
 local function floor_name(ns, floor, id)
@@ -327,11 +370,12 @@ local function count_references(data, ns, versions, delta, fresh)
     counters[#counters + 1] = counter_field(ns, versions[i], versions[i + 1])
   end
   local counts = hmget(data, counters)
-  local set, drop = {}, {}
+  local set, drop, bytes = {}, {}, 0
   for i, counter in ipairs(counters) do
     local n = counts[i] and tonumber(counts[i])
     if not n and fresh and fresh[blobs[i]] then
       n = 0
+      bytes = bytes + redis.call('HSTRLEN', data, blobs[i]) -- counted from now on
     end
     if n then
       n = n + delta
@@ -341,9 +385,11 @@ local function count_references(data, ns, versions, delta, fresh)
       else
         drop[#drop + 1] = counter
         drop[#drop + 1] = blobs[i]
+        bytes = bytes - redis.call('HSTRLEN', data, blobs[i])
       end
     end
   end
+  add_bytes(data, bytes)
   if #set > 0 then
     chunked(function(...) return redis.call('HSET', data, ...) end, set, 2)
   end
@@ -369,10 +415,11 @@ local function remove(data, index, ns, victims, kept)
       end
     end
   end
-  local fields, members = {}, {}
+  local fields, members, bytes = {}, {}, 0
   for v, rec in ipairs(records(data, victims)) do
     local member = victims[v]
     local _, id = split_checkpoint(member)
+    bytes = bytes + lengths(data, own_fields(ns, id))
     if rec and rec[6] == 1 then
       count_references(data, ns, rec[2], -1, nil)
     elseif rec and referenced then
@@ -407,6 +454,45 @@ local function remove(data, index, ns, victims, kept)
     chunked(function(...) return redis.call('HDEL', data, ...) end, fields)
     chunked(function(...) return redis.call('ZREM', index, ...) end, members)
   end
+  add_bytes(data, -bytes)
+end
+
+-- The cut retention by bytes asks for in a namespace: the id of the oldest checkpoint that
+-- stays once the oldest ones (at most MAX_TRIM, never the newest) are removed until the
+-- thread's counted bytes are within `max_bytes`; nil when they are within it already. Each
+-- candidate frees its own fields and the values whose count it would take to 0.
+local function bytes_cut(data, index, ns, max_bytes)
+  local over = (tonumber(redis.call('HGET', data, BYTES)) or 0) - max_bytes
+  if over <= 0 then
+    return nil
+  end
+  local low, high = '[' .. checkpoint_name(ns, ''), '(' .. checkpoint_name(ns, TOP)
+  local oldest = redis.call('ZRANGEBYLEX', index, low, high, 'LIMIT', 0, MAX_TRIM + 1)
+  local taken = {} -- counter field -> how many candidates name it
+  for i = 1, #oldest - 1 do -- the newest of these stays (and the namespace's newest always)
+    local _, id = split_checkpoint(oldest[i])
+    over = over - lengths(data, own_fields(ns, id))
+    local rec = record(data, ns, id)
+    if rec and rec[6] == 1 then
+      local versions = rec[2]
+      for v = 1, #versions, 2 do
+        local counter = counter_field(ns, versions[v], versions[v + 1])
+        taken[counter] = (taken[counter] or 0) + 1
+        if tonumber(redis.call('HGET', data, counter) or '0') == taken[counter] then
+          over = over - redis.call('HSTRLEN', data, blob_field(ns, versions[v], versions[v + 1]))
+        end
+      end
+    end
+    if over <= 0 then
+      local _, next_id = split_checkpoint(oldest[i + 1])
+      return next_id
+    end
+  end
+  if #oldest < 2 then
+    return nil
+  end
+  local _, last = split_checkpoint(oldest[#oldest])
+  return last
 end
 
 -- The lowest id retention may cut below in a namespace, given the cut the policy asks for:
@@ -425,11 +511,14 @@ local function safe_cut(data, index, ns, cut, pinned)
   local skip = #pinned_name(ns, '')
   for _, member in ipairs(pins) do
     local id = string.sub(member, skip + 1)
-    if redis.call('ZSCORE', index, parent_name(ns, id))
-        or redis.call('HEXISTS', data, checkpoint_name(ns, id)) == 0 then
-      -- a child was put before these writes arrived (LangGraph sends them concurrently), or
-      -- they came for a checkpoint that is gone: nothing waits on them
+    if redis.call('ZSCORE', index, parent_name(ns, id)) then
+      -- a child was put before these writes arrived (LangGraph sends them concurrently):
+      -- nothing waits on them
       redis.call('ZREM', index, member)
+    elseif redis.call('HEXISTS', data, checkpoint_name(ns, id)) == 0 then
+      -- writes for a checkpoint whose put has not arrived yet (LangGraph sends them
+      -- concurrently) or that is gone: the pin stays for the former, lowers nothing now
+      local _ = nil
     elseif precedes(id, cut) then
       cut = id
     end
@@ -467,15 +556,22 @@ end
 
 -- Retention in one namespace: remove the checkpoints below the cut that keep_last (the newest
 -- `keep`, 0 = no limit) and max_age (`age_cut`: the id of the oldest checkpoint young enough,
--- "" = no limit; the newest checkpoint always stays) ask for, made safe by safe_cut; at most
--- MAX_TRIM per call. Reads no kept record. Returns how many were removed.
-local function trim(data, index, ns, keep, age_cut, by_kept)
+-- "" = no limit; the newest checkpoint always stays) and max_bytes (the thread's counted bytes,
+-- 0 or nil = no limit, see bytes_cut) ask for, made safe by safe_cut; at most MAX_TRIM per call.
+-- Reads no kept record (bytes_cut reads the records of the candidates). Returns how many were
+-- removed.
+local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
   local low, high = '[' .. checkpoint_name(ns, ''), '(' .. checkpoint_name(ns, TOP)
   local cut = nil
+  if max_bytes and max_bytes > 0 then
+    cut = bytes_cut(data, index, ns, max_bytes)
+  end
   if keep > 0 and redis.call('ZLEXCOUNT', index, low, high) > keep then
     local kth = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, 1)[1]
     local _, id = split_checkpoint(kth)
-    cut = id
+    if not cut or precedes(cut, id) then
+      cut = id
+    end
   end
   if age_cut ~= '' then
     local newest = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', 0, 1)[1]
@@ -549,35 +645,40 @@ the TTL.
   ARGV[2]   keep_last: keep the newest N checkpoints of the namespace; 0 = keep all
   ARGV[3]   age cut: remove the checkpoints of the namespace with an id below this one (the
             caller's id for "max_age ago"; ids grow with time); "" = no age limit
-  ARGV[4]   owner epoch, or "" (see fenced above and claim)
-  ARGV[5]   namespace (may be empty)       ARGV[6]  checkpoint id (not empty)
-  ARGV[7]   parent checkpoint id, or ""    ARGV[8]  run id, or "" (indexed for delete_run)
-  ARGV[9]   the checkpoint, typed, without its channel values
-  ARGV[10]  its metadata, typed
+  ARGV[4]   max_bytes: remove the oldest checkpoints of the namespace while the thread's counted
+            bytes (see BYTES in the layout) exceed this; 0 = no limit
+  ARGV[5]   owner epoch, or "" (see fenced above and claim)
+  ARGV[6]   namespace (may be empty)       ARGV[7]  checkpoint id (not empty)
+  ARGV[8]   parent checkpoint id, or ""    ARGV[9]  run id, or "" (indexed for delete_run)
+  ARGV[10]  the checkpoint, typed, without its channel values
+  ARGV[11]  its metadata, typed
   then four sections, each a count followed by that many groups:
     versions  channel version   every channel version of the checkpoint
     blobs     channel version   the values this transaction wrote (names only)
     filters   key json          the metadata filter index (see the layout)
     deltas    channel           the DeltaChannels this checkpoint stores no value of
-  Retention (keep_last, age) never removes a pinned checkpoint or what a kept one's DeltaChannels
+  Retention (keep_last, age, bytes) never removes a pinned checkpoint or what a kept one's DeltaChannels
   are rebuilt from (see safe_cut); the newest checkpoint always stays.
   reply     integer: how many old checkpoints retention removed
   errors    BADARGS, BADSIZE, BADTTL, BADID, BADVALUE, WRONGTYPE, STALEOWNER
 ]]
 local function put(keys, args)
-  if #keys ~= 2 or #args < 14 then
-    return bad('BADARGS', 'expected 2 keys and at least 14 arguments: ttl keep_last age_cut ' ..
-      'epoch ns id parent run checkpoint metadata versions... blobs... filters... deltas...')
+  if #keys ~= 2 or #args < 15 then
+    return bad('BADARGS', 'expected 2 keys and at least 15 arguments: ttl keep_last age_cut ' ..
+      'max_bytes epoch ns id parent run checkpoint metadata versions... blobs... filters... ' ..
+      'deltas...')
   end
   local ttl = whole(args[1])
   if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
   local keep = whole(args[2])
   if not keep then return not_whole('BADSIZE', 'keep_last', args[2]) end
-  local age_cut, epoch, ns, id, parent, run = args[3], args[4], args[5], args[6], args[7], args[8]
-  local err = bad_typed('checkpoint', args[9]) or bad_typed('metadata', args[10])
+  local max_bytes = whole(args[4])
+  if not max_bytes then return not_whole('BADSIZE', 'max_bytes', args[4]) end
+  local age_cut, epoch, ns, id, parent, run = args[3], args[5], args[6], args[7], args[8], args[9]
+  local err = bad_typed('checkpoint', args[10]) or bad_typed('metadata', args[11])
   if err then return err end
   local versions, blobs, filters, deltas, at
-  versions, at, err = section(args, 11, 2, 'versions')
+  versions, at, err = section(args, 12, 2, 'versions')
   if err then return err end
   blobs, at, err = section(args, at, 2, 'blobs')
   if err then return err end
@@ -650,6 +751,7 @@ local function put(keys, args)
     fresh[blob_field(ns, blobs[i], blobs[i + 1])] = true
   end
   count_references(keys[1], ns, versions, 1, fresh)
+  local before = lengths(keys[1], own_fields(ns, id))
   local old = record(keys[1], ns, id)
   if old then -- stored again (a retried put, a copy): its old entries go (after the new counts)
     local gone = {}
@@ -668,8 +770,9 @@ local function put(keys, args)
   end
   redis.call('HSET', keys[1],
     name, cmsgpack.pack({parent, versions, filters, holders, floor, 1, run}),
-    document_field('k', ns, id), args[9],
-    document_field('m', ns, id), args[10])
+    document_field('k', ns, id), args[10],
+    document_field('m', ns, id), args[11])
+  add_bytes(keys[1], lengths(keys[1], own_fields(ns, id)) - before)
   local members = {0, name}
   if floor ~= id then
     members[#members + 1] = 0
@@ -685,8 +788,8 @@ local function put(keys, args)
     redis.call('ZADD', keys[2], 0, parent_name(ns, parent))
   end
   local removed = 0
-  if keep > 0 or age_cut ~= '' then
-    removed = trim(keys[1], keys[2], ns, keep, age_cut, false)
+  if keep > 0 or age_cut ~= '' or max_bytes > 0 then
+    removed = trim(keys[1], keys[2], ns, keep, age_cut, false, max_bytes)
   end
   expire(keys, ttl)
   return removed
@@ -700,24 +803,29 @@ NX: its values' reference counts go up only when it is new, so a transaction sen
 reply lost, the library loaded again) counts nothing twice.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   keep_last, as for put       ARGV[2]  age cut, as for put
-  ARGV[3]   namespace                   ARGV[4]  checkpoint id
-  ARGV[5..] pairs channel version: every channel version of the checkpoint
+  ARGV[3]   max_bytes, as for put
+  ARGV[4]   namespace                   ARGV[5]  checkpoint id
+  ARGV[6..] pairs channel version: every channel version of the checkpoint
+  The checkpoint's bytes (its c, k and m fields, and the values it is the first to name) are
+  added to the thread's BYTES once, with its index entry.
   reply     integer: how many checkpoints retention removed
   errors    BADARGS, BADSIZE, BADID, WRONGTYPE
 ]]
 local function retain(keys, args)
-  if #keys ~= 2 or #args < 4 or #args % 2 ~= 0 then
-    return bad('BADARGS', 'expected 2 keys and 4 + 2n arguments: keep_last age_cut ns id ' ..
-      '(channel version)...')
+  if #keys ~= 2 or #args < 5 or #args % 2 ~= 1 then
+    return bad('BADARGS', 'expected 2 keys and 5 + 2n arguments: keep_last age_cut max_bytes ' ..
+      'ns id (channel version)...')
   end
   local keep = whole(args[1])
   if not keep then return not_whole('BADSIZE', 'keep_last', args[1]) end
-  local ns, id = args[3], args[4]
+  local max_bytes = whole(args[3])
+  if not max_bytes then return not_whole('BADSIZE', 'max_bytes', args[3]) end
+  local ns, id = args[4], args[5]
   local err = bad_name('age cut', args[2], true) or bad_name('checkpoint_ns', ns, true)
     or bad_name('checkpoint_id', id) or wrong_types(keys)
   if err then return err end
   local versions = {}
-  for i = 5, #args do
+  for i = 6, #args do
     versions[#versions + 1] = args[i]
   end
   if redis.call('ZADD', keys[2], 'NX', 0, checkpoint_name(ns, id)) == 1 then
@@ -726,11 +834,12 @@ local function retain(keys, args)
       fresh[blob_field(ns, versions[i], versions[i + 1])] = true
     end
     count_references(keys[1], ns, versions, 1, fresh)
+    add_bytes(keys[1], lengths(keys[1], own_fields(ns, id)))
   end
-  if keep == 0 and args[2] == '' then
+  if keep == 0 and args[2] == '' and max_bytes == 0 then
     return 0
   end
-  return trim(keys[1], keys[2], ns, keep, args[2], false)
+  return trim(keys[1], keys[2], ns, keep, args[2], false, max_bytes)
 end
 
 --[[
@@ -1123,43 +1232,120 @@ local function merge(data, index, fields, members, ttl)
   expire({data, index}, ttl)
 end
 
---[[
-copy: merge all of a thread's checkpoints, values and writes into another thread (both on this
-node: on a cluster, threads whose keys hash to different slots go through export and import).
-  KEYS[1], KEYS[2]  the source thread's data hash and index sorted set
-  KEYS[3], KEYS[4]  the target thread's data hash and index sorted set
-  ARGV[1]   ttl for the target, as for put
-  reply     integer: how many checkpoints the source has (0: nothing was copied)
-  errors    BADARGS, BADTTL, WRONGTYPE
-]]
-local function copy(keys, args)
-  if #keys ~= 4 or #args ~= 1 then
-    return bad('BADARGS', 'expected 4 keys and 1 argument: ttl')
+-- A budget argument: an integer in [1, most], or nil.
+local function budget_of(value, most)
+  local n = whole(value)
+  if not n or n == 0 or n > most then
+    return nil
   end
-  local ttl = whole(args[1])
-  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
-  local err = wrong_types({keys[1], keys[2]}) or wrong_types({keys[3], keys[4]})
-  if err then return err end
-  if keys[1] == keys[3] then
-    return 0
+  return n
+end
+
+local function bad_budget(value, most)
+  return bad('BADSIZE', 'budget must be an integer in [1, ' .. most .. '], got ' .. shown(value))
+end
+
+-- A cursor of copy and export: "" (start), "h<HSCAN cursor>" (reading the data hash) or
+-- "z" / "z<member>" (reading the index after that member).
+local function copy_cursor_ok(cursor)
+  local kind = string.sub(cursor, 1, 1)
+  return cursor == '' or (kind == 'h' and #cursor > 1 and not string.find(cursor, '%D', 2))
+    or kind == 'z'
+end
+
+-- One page of a thread for copy and export: the data hash first (HSCAN, about `budget` fields:
+-- COUNT is a hint the server may exceed by a few fields, or by a whole small hash in its compact
+-- encoding), then the index (at most `budget` members, in order). Index members go last so
+-- that a reader of the copy finds the fields of every member that is there (the fields of
+-- checkpoints written to the source during the copy excepted). Returns the flat fields, the
+-- members, and the cursor to continue from ("" when the thread is done).
+local function thread_page(data, index, cursor, budget)
+  local fields, members = {}, {}
+  if string.sub(cursor, 1, 1) ~= 'z' then
+    local at = cursor == '' and '0' or string.sub(cursor, 2)
+    repeat
+      local reply = redis.call('HSCAN', data, at, 'COUNT', budget)
+      at = reply[1]
+      for _, item in ipairs(reply[2]) do
+        fields[#fields + 1] = item
+      end
+    until at == '0' or #fields >= 2 * budget
+    if at ~= '0' then
+      return fields, members, 'h' .. at
+    end
+    cursor = 'z'
   end
-  local members = redis.call('ZRANGE', keys[2], 0, -1)
-  merge(keys[3], keys[4], redis.call('HGETALL', keys[1]), members, ttl)
-  return redis.call('ZLEXCOUNT', keys[2], '[c' .. NUL, '(c' .. NUL .. TOP)
+  local room = budget - math.floor(#fields / 2)
+  if room < 1 then
+    return fields, members, cursor
+  end
+  local low = cursor == 'z' and '-' or '(' .. string.sub(cursor, 2)
+  members = redis.call('ZRANGEBYLEX', index, low, '+', 'LIMIT', 0, room)
+  if #members == room then
+    return fields, members, 'z' .. members[#members]
+  end
+  return fields, members, ''
 end
 
 --[[
-export: all of a thread's fields and members, for import into a thread on another node.
+copy: merge a thread's checkpoints, values and writes into another thread, a page at a time
+(both on this node: on a cluster, threads whose keys hash to different slots go through export
+and import). Call again with the cursor until it is "".
+  KEYS[1], KEYS[2]  the source thread's data hash and index sorted set
+  KEYS[3], KEYS[4]  the target thread's data hash and index sorted set
+  ARGV[1]   ttl for the target, as for put
+  ARGV[2]   cursor: "" for the first call, else what the previous call replied
+  ARGV[3]   budget: about this many fields, then at most this many index members, per call, in
+            [1, COPY_BUDGET]
+  The data hash is copied before the index, so the target's index names only fields it holds.
+  A thread written while it is copied is copied as it was when each page was read.
+  reply     the cursor: "" when the thread is done
+  errors    BADARGS, BADSIZE, BADTTL, WRONGTYPE
+]]
+local function copy(keys, args)
+  if #keys ~= 4 or #args ~= 3 then
+    return bad('BADARGS', 'expected 4 keys and 3 arguments: ttl cursor budget')
+  end
+  local ttl = whole(args[1])
+  if not ttl then return not_whole('BADTTL', 'ttl', args[1]) end
+  local cursor = args[2]
+  if not copy_cursor_ok(cursor) then
+    return bad('BADARGS', 'not a cursor of copy: ' .. shown(cursor))
+  end
+  local budget = budget_of(args[3], COPY_BUDGET)
+  if not budget then return bad_budget(args[3], COPY_BUDGET) end
+  local err = wrong_types({keys[1], keys[2]}) or wrong_types({keys[3], keys[4]})
+  if err then return err end
+  if keys[1] == keys[3] then
+    return ''
+  end
+  local fields, members, next_cursor = thread_page(keys[1], keys[2], cursor, budget)
+  merge(keys[3], keys[4], fields, members, ttl)
+  return next_cursor
+end
+
+--[[
+export: one page of a thread's fields and members, for import into a thread on another node.
 Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
-  reply     {{field, value, ...}, {member, ...}}
-  errors    BADARGS
+  ARGV[1]   cursor: "" for the first call, else what the previous call replied
+  ARGV[2]   budget, as for copy
+  reply     {cursor, {field, value, ...}, {member, ...}}: cursor "" when the thread is done.
+            Import the pages in order (the index comes after the data hash, as for copy).
+  errors    BADARGS, BADSIZE
 ]]
 local function export(keys, args)
-  if #keys ~= 2 or #args ~= 0 then
-    return bad('BADARGS', 'expected 2 keys and no arguments')
+  if #keys ~= 2 or #args ~= 2 then
+    return bad('BADARGS', 'expected 2 keys and 2 arguments: cursor budget')
   end
-  return {redis.call('HGETALL', keys[1]), redis.call('ZRANGE', keys[2], 0, -1)}
+  local cursor = args[1]
+  if not copy_cursor_ok(cursor) then
+    return bad('BADARGS', 'not a cursor of export: ' .. shown(cursor))
+  end
+  local budget = budget_of(args[2], COPY_BUDGET)
+  if not budget then return bad_budget(args[2], COPY_BUDGET) end
+  local fields, members, next_cursor = thread_page(keys[1], keys[2], cursor, budget)
+  return {next_cursor, fields, members}
 end
 
 --[[
@@ -1196,33 +1382,43 @@ end
 --[[
 delta: for each channel, what LangGraph's DeltaChannel rebuilds its value from: the writes to it
 along the checkpoint's ancestors, and the nearest ancestor's stored value (the seed). Walks the
-parent chain once for all channels. Flagged no-writes.
+parent chain once for all channels, at most `budget` ancestors per call: a longer walk replies
+with a cursor, and the caller calls again from there for the channels that have no seed yet.
+Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
-  ARGV[3]   n, then n channel names
+  ARGV[3]   cursor: "" to start at the checkpoint's parent, else the ancestor id the previous
+            call replied (the walk goes on from it, inclusive; ARGV[2] is then ignored)
+  ARGV[4]   budget: most ancestors this call walks, in [1, DELTA_BUDGET]
+  ARGV[5]   n, then n channel names
   then      pairs channel version: values the caller holds (as for get)
-  reply     one item per channel, in ARGV order: {seed, write, write, ...} where seed is the
-            typed value, "=" for a value the caller said it holds, or "" when the walk reached
-            the root without one, and the writes (as get returns them) run oldest first. The
-            checkpoint's own pending writes are not included.
-  errors    BADARGS, BADID
+  reply     {cursor, item, item, ...}: one item per channel, in ARGV order: {seed, write, ...}
+            where seed is the typed value, "=" for a value the caller said it holds, or "" when
+            none was found (when the cursor is "": the walk reached the root without one), and
+            the writes (as get returns them) along the ancestors this call walked, oldest first.
+            The checkpoint's own pending writes are not included. The cursor is "" when the walk
+            is done; else the writes of the next call come before these.
+  errors    BADARGS, BADSIZE, BADID
 ]]
 local function delta(keys, args)
-  if #keys ~= 2 or #args < 3 then
-    return bad('BADARGS', 'expected 2 keys and at least 3 arguments: ns id n channel... ' ..
-      '(channel version)...')
+  if #keys ~= 2 or #args < 5 then
+    return bad('BADARGS', 'expected 2 keys and at least 5 arguments: ns id cursor budget n ' ..
+      'channel... (channel version)...')
   end
-  local ns, id = args[1], args[2]
+  local ns, id, start = args[1], args[2], args[3]
   local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id, true)
+    or bad_name('cursor', start, true)
   if err then return err end
+  local budget = budget_of(args[4], DELTA_BUDGET)
+  if not budget then return bad_budget(args[4], DELTA_BUDGET) end
   local names, at
-  names, at, err = section(args, 3, 1, 'channels')
+  names, at, err = section(args, 5, 1, 'channels')
   if err then return err end
   local known
   known, err = known_values(args, at)
   if err then return err end
   local remaining, left = {}, 0
-  for i = 4, 3 + #names do
+  for i = 6, 5 + #names do
     err = bad_name('channel', args[i])
     if err then return err end
     if not remaining[args[i]] then
@@ -1231,14 +1427,20 @@ local function delta(keys, args)
     remaining[args[i]] = true
   end
   local seeds, collected = {}, {} -- collected: per ancestor, newest first, writes in order
-  if id == '' then
-    id = latest(keys[2], ns)
+  local cursor = start
+  if start == '' then
+    if id == '' then
+      id = latest(keys[2], ns)
+    end
+    local target = id and record(keys[1], ns, id)
+    cursor = target and target[1] or ''
   end
-  local target = id and record(keys[1], ns, id)
-  local cursor = target and target[1] or ''
-  while cursor ~= '' and left > 0 do
+  local walked = 0
+  while cursor ~= '' and left > 0 and walked < budget do
+    walked = walked + 1
     local rec = record(keys[1], ns, cursor)
     if not rec then
+      cursor = '' -- an ancestor that is gone ends the walk
       break
     end
     local versions = as_map(rec[2])
@@ -1274,8 +1476,11 @@ local function delta(keys, args)
     end
     cursor = rec[1]
   end
-  local reply = {}
-  for i = 4, 3 + #names do
+  if left == 0 then
+    cursor = ''
+  end
+  local reply = {cursor}
+  for i = 6, 5 + #names do
     local channel = args[i]
     local item = {seeds[channel] or ''}
     for a = #collected, 1, -1 do

@@ -4,6 +4,7 @@ test_checkpoint_conformance.py; whole agents in test_checkpoint_agent.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -14,6 +15,8 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 import redis
+import redis.asyncio.cluster
+import redis.cluster
 from chat import assert_ttl
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -169,7 +172,7 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
-    "pyhistory_checkpoint_v2": "0ffe2ae0eabb6f86",
+    "pyhistory_checkpoint_v2": "d1395b9972f762e8",
 }
 
 
@@ -253,7 +256,9 @@ def test_each_operation_is_one_call(url: str, client: redis.Redis) -> None:
     assert not {
         c
         for c in sent
-        if not c.startswith(("hget", "hset", "hmget", "hincrby", "z", "type", "expire", "hdel"))
+        if not c.startswith(
+            ("hget", "hset", "hmget", "hincrby", "hscan", "hstrlen", "z", "type", "expire", "hdel")
+        )
     }
 
 
@@ -442,6 +447,196 @@ def test_a_copied_thread_goes_on_by_itself(url: str) -> None:
     assert graph.get_state(config("source", ns=None)).values == state
 
 
+class LongDeltaState(TypedDict):
+    items: Annotated[list[str], DeltaChannel(concat, snapshot_frequency=1000)]
+    asked: str
+
+
+def build_long_graph(saver: BaseCheckpointSaver[Any]) -> Any:
+    """A DeltaChannel that never snapshots within a test: its rebuild walks to the root."""
+
+    def work(state: LongDeltaState) -> dict[str, Any]:
+        return {"items": [f"work {len(state['items'])}"], "asked": "no"}
+
+    builder = StateGraph(LongDeltaState)
+    builder.add_node("work", work)
+    builder.add_edge(START, "work")
+    return builder.compile(checkpointer=saver)
+
+
+def counting(saver: RedisSaver) -> list[Call]:
+    """The calls the saver reads and writes with, recorded as they go."""
+    sent: list[Call] = []
+    read, write, aread, awrite = saver._read, saver._write, saver._aread, saver._awrite
+
+    def _read(call: Call) -> Any:
+        sent.append(call)
+        return read(call)
+
+    def _write(call: Call) -> Any:
+        sent.append(call)
+        return write(call)
+
+    async def _aread(call: Call) -> Any:
+        sent.append(call)
+        return await aread(call)
+
+    async def _awrite(call: Call) -> Any:
+        sent.append(call)
+        return await awrite(call)
+
+    saver._read, saver._write, saver._aread, saver._awrite = (  # type: ignore[method-assign]
+        _read,
+        _write,
+        _aread,
+        _awrite,
+    )
+    return sent
+
+
+def history(got: Any) -> dict[str, Any]:
+    return {
+        channel: ([w[1:] for w in item["writes"]], item.get("seed", "no seed"))
+        for channel, item in got.items()
+    }
+
+
+def paged_delta_case(url: str) -> tuple[RedisSaver, list[Call], list[tuple[Any, Any]]]:
+    """A thread whose DeltaChannel rebuilds walk up to about 12 ancestors, a saver that walks 3
+    per call (recording its calls), and what each checkpoint's rebuild must return: what the
+    in-memory saver returns, and what one call returns."""
+    memory, whole, paged = InMemorySaver(), RedisSaver(url), RedisSaver(url, value_cache_bytes=0)
+    paged._delta_budget = 3
+    for i in range(6):
+        build_long_graph(memory).invoke({"items": [f"user {i}"]}, config("t", ns=None))
+        build_long_graph(whole).invoke({"items": [f"user {i}"]}, config("t", ns=None))
+    mine = [t.config for t in whole.list(config("t"))]
+    theirs = [t.config for t in memory.list(config("t"))]
+    assert len(mine) == len(theirs) > 3 * 3
+    cases = []
+    for a, b in zip(mine, theirs, strict=True):
+        want = history(memory.get_delta_channel_history(config=b, channels=DELTA_CHANNELS))
+        assert history(whole.get_delta_channel_history(config=a, channels=DELTA_CHANNELS)) == want
+        cases.append((a, want))
+    assert len(cases[0][1]["items"][0]) > 3 * 3  # the newest's rebuild: more writes than a call
+    return paged, counting(paged), cases
+
+
+DELTA_CHANNELS = ["items", "asked"]
+
+
+def test_a_delta_walk_longer_than_the_budget_returns_the_same_history(url: str) -> None:
+    paged, sent, cases = paged_delta_case(url)
+    for cfg, want in cases:
+        assert history(paged.get_delta_channel_history(config=cfg, channels=DELTA_CHANNELS)) == want
+    assert len(sent) > len(cases) + 4  # several calls for the longer walks
+
+
+async def test_a_delta_walk_longer_than_the_budget_returns_the_same_history_asyncio(
+    url: str,
+) -> None:
+    paged, sent, cases = await asyncio.to_thread(paged_delta_case, url)
+    for cfg, want in cases:
+        got = await paged.aget_delta_channel_history(config=cfg, channels=DELTA_CHANNELS)
+        assert history(got) == want
+    assert len(sent) > len(cases) + 4
+
+
+def test_delta_refuses_a_budget_beyond_its_most(url: str) -> None:
+    for budget in (0, _calls.DELTA_BUDGET + 1):
+        with pytest.raises(errors.InvalidSizeError):
+            raw(url, "delta", "", "", "", budget, 1, "items")
+    with pytest.raises(errors.InvalidSizeError):
+        raw(url, "export", "", _calls.COPY_BUDGET + 1)
+
+
+def thread_contents(client: Any, saver: RedisSaver, thread_id: str) -> tuple[Any, Any]:
+    data, index = saver.keys(thread_id)
+    fields = client.hgetall(data)
+    fields.pop(b"o", None)
+    return fields, client.zrange(index, 0, -1)
+
+
+def copy_case(saver: RedisSaver, client: Any) -> tuple[Any, dict[str, Any], Any, list[Call]]:
+    """A thread of about 60 fields and 60 index members (with a pending write), copied at most 7
+    of them per call by ``saver``: the graph, its state, the thread's contents, the calls."""
+    graph = build_graph(saver)
+    state = run_turns(graph, "source", 6)
+    saver.put_writes(
+        saver.get_tuple(config("source")).config,  # type: ignore[union-attr]
+        [("asked", "pending")],
+        "task",
+    )
+    contents = thread_contents(client, saver, "source")
+    assert len(contents[0]) > 5 * 7 and len(contents[1]) > 5 * 7
+    saver._copy_budget = 7
+    return graph, state, contents, counting(saver)
+
+
+def check_copy(
+    saver: RedisSaver, client: Any, case: tuple[Any, dict[str, Any], Any, list[Call]], target: str
+) -> None:
+    graph, state, contents, sent = case
+    assert thread_contents(client, saver, target) == contents
+    assert len(sent) > (len(contents[0]) + len(contents[1])) // 7 // 2
+    assert graph.get_state(config(target, ns=None)).values == state
+    graph.invoke({"items": ["only in the copy"]}, config(target, ns=None))
+    assert graph.get_state(config("source", ns=None)).values == state
+
+
+def test_a_thread_larger_than_the_copy_budget_is_copied_whole(
+    url: str, client: redis.Redis
+) -> None:
+    saver = RedisSaver(url, ttl=600)
+    case = copy_case(saver, client)
+    saver.copy_thread("source", "copy")
+    check_copy(saver, client, case, "copy")
+    assert 0 < client.ttl(saver.keys("copy")[0]) <= 600
+
+
+async def test_a_thread_larger_than_the_copy_budget_is_copied_whole_asyncio(
+    url: str, client: redis.Redis
+) -> None:
+    saver = RedisSaver(url, ttl=600)
+    case = await asyncio.to_thread(copy_case, saver, client)
+    await saver.acopy_thread("source", "copy")
+    await asyncio.to_thread(check_copy, saver, client, case, "copy")
+
+
+def other_slot(client: Any, saver: RedisSaver, thread_id: str) -> str:
+    slot = client.keyslot(saver.keys(thread_id)[0])
+    return next(
+        f"copy-{i}" for i in range(100) if client.keyslot(saver.keys(f"copy-{i}")[0]) != slot
+    )
+
+
+@pytest.mark.cluster
+def test_a_thread_larger_than_the_copy_budget_is_copied_across_slots(
+    cluster_client: redis.cluster.RedisCluster,
+) -> None:
+    saver = RedisSaver(redis_client=cluster_client)
+    case = copy_case(saver, cluster_client)
+    target = other_slot(cluster_client, saver, "source")
+    saver.copy_thread("source", target)
+    check_copy(saver, cluster_client, case, target)
+
+
+@pytest.mark.cluster
+async def test_a_thread_larger_than_the_copy_budget_is_copied_across_slots_asyncio(
+    cluster_client: redis.cluster.RedisCluster,
+) -> None:
+    node = cluster_client.get_default_node()
+    aclient = redis.asyncio.cluster.RedisCluster(host=node.host, port=node.port)
+    try:
+        saver = RedisSaver(redis_client=cluster_client, async_redis_client=aclient)
+        case = await asyncio.to_thread(copy_case, saver, cluster_client)
+        target = other_slot(cluster_client, saver, "source")
+        await saver.acopy_thread("source", target)
+        await asyncio.to_thread(check_copy, saver, cluster_client, case, target)
+    finally:
+        await aclient.aclose()
+
+
 # --- interrupts ------------------------------------------------------------------------------
 
 
@@ -522,7 +717,10 @@ def test_the_library_refuses_bad_puts_and_stores_nothing(
     url: str, client: redis.Redis, args: tuple[Any, ...], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        raw(url, "put", *args)
+        raw(url, "put", *args[:3], 0, *args[3:])  # max_bytes 0 after the age cut
+    if error is not errors.InvalidTTLError:
+        with pytest.raises(errors.InvalidSizeError):
+            raw(url, "put", *args[:3], "-1", *args[3:])
     assert client.dbsize() == 0
 
 

@@ -139,6 +139,69 @@ def test_retention_with_delta_channels_keeps_every_rebuild(url: str) -> None:
         assert state.values["items"][0] == "user 0"
 
 
+def counted_bytes(client: redis.Redis, saver: RedisSaver, thread_id: str) -> int:
+    """The thread's bytes as retention by bytes counts them, from scratch: the record, checkpoint
+    and metadata fields of every indexed checkpoint, and every value with a reference count."""
+    data, index = saver.keys(thread_id)
+    fields = client.hgetall(data)
+    total = 0
+    for member in client.zrange(index, 0, -1):
+        if member.startswith(b"c\0"):
+            rest = member[1:]
+            total += sum(len(fields.get(kind + rest, b"")) for kind in (b"c", b"k", b"m"))
+    for name in fields:
+        if name.startswith(b"n\0"):
+            total += len(fields.get(b"b" + name[1:], b""))
+    return total
+
+
+def stored_bytes(client: redis.Redis, saver: RedisSaver, thread_id: str) -> int:
+    return int(client.hget(saver.keys(thread_id)[0], "s") or 0)
+
+
+def test_retention_by_bytes_trims_the_oldest_to_the_budget(url: str, client: redis.Redis) -> None:
+    unbounded, bounded = RedisSaver(url), RedisSaver(url, max_bytes=6000)
+    parent = None
+    ids = []
+    for n in range(1, 21):  # each checkpoint brings a new 1,000-byte value and keeps a shared one
+        parent = put(bounded, "t", n, parent=parent, values={"a": "x" * 1000}, versions={"b": 1})
+        ids.append(parent)
+        assert stored_bytes(client, bounded, "t") == counted_bytes(client, bounded, "t")
+        assert stored_bytes(client, bounded, "t") <= 6000 or n == 1
+    kept = [t.config["configurable"]["checkpoint_id"] for t in unbounded.list(config("t"))]
+    assert kept == ids[::-1][: len(kept)]  # the newest, oldest removed first
+    assert 3 <= len(kept) <= 5, len(kept)  # about 6,000 bytes of 1,000-byte values and records
+    got = unbounded.get_tuple(config("t"))
+    assert got is not None and got.checkpoint["channel_values"]["a"] == "x" * 1000
+
+
+def test_retention_by_bytes_keeps_a_pending_interrupt_and_the_resume_works(
+    url: str, client: redis.Redis
+) -> None:
+    """A budget far below one turn: every put trims what it may, yet the interrupted checkpoint
+    (and what its DeltaChannel rebuild needs) stays, and the resume gives what an unbounded
+    saver gives."""
+    saver, unbounded = RedisSaver(url, max_bytes=1), RedisSaver(url)
+    expected = build_graph(unbounded, ask=True)
+    graph = build_graph(saver, ask=True)
+    for g, thread in ((graph, "t"), (expected, "u")):
+        g.invoke({"items": ["first"]}, config(thread, ns=None))
+    waiting = graph.get_state(config("t", ns=None))
+    assert waiting.interrupts
+    fork = list(graph.get_state_history(config("t", ns=None)))[-2].config
+    for i in range(4):
+        fork = graph.update_state(fork, {"items": [f"fork {i}"]}, as_node="work")
+    assert stored_bytes(client, saver, "t") == counted_bytes(client, saver, "t")
+    kept = graph.get_state(waiting.config)
+    assert kept.interrupts and kept.values == waiting.values
+    resumed = graph.invoke(Command(resume="yes"), waiting.config)
+    want = expected.invoke(Command(resume="yes"), config("u", ns=None))
+    assert resumed == want
+    # once the interrupt is applied, the next put trims down to the newest checkpoint
+    graph.invoke({"items": ["next"]}, config("t", ns=None))
+    assert stored_bytes(client, saver, "t") == counted_bytes(client, saver, "t")
+
+
 # --- exactly once ------------------------------------------------------------------------------
 
 
@@ -173,6 +236,27 @@ def test_a_retried_put_is_applied_once(url: str, client: redis.Redis) -> None:
     once = client.hgetall(saver.keys("t")[0])
     saver._write(call)
     assert client.hgetall(saver.keys("t")[0]) == once
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+def test_a_retried_put_counts_its_bytes_once(url: str, client: redis.Redis, fenced: bool) -> None:
+    """The same put transaction sent twice (its reply lost): the thread's byte total is what one
+    send leaves, with the plain writes and retain, and with the put function (an owner epoch)."""
+    saver = RedisSaver(url, max_bytes=10**6)
+    if fenced:
+        saver.claim_write_ownership("t")
+    head = put(saver, "t", 1, values={"a": "x" * 100})
+    call, _, _, _ = saver._put_call(
+        config("t", "", head),
+        {**empty_checkpoint(), "channel_values": {"a": "y" * 50}, "channel_versions": {"a": 2}},
+        {"step": 2},
+        {"a": 2},
+    )
+    saver._write(call)
+    once = stored_bytes(client, saver, "t")
+    assert once == counted_bytes(client, saver, "t") > 150
+    saver._write(call)
+    assert stored_bytes(client, saver, "t") == once == counted_bytes(client, saver, "t")
 
 
 # --- delete_for_runs ---------------------------------------------------------------------------

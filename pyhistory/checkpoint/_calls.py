@@ -100,6 +100,15 @@ def check_key_prefix(key_prefix: object) -> str:
     return key_prefix
 
 
+def check_max_bytes(value: object) -> int:
+    """None: no byte limit (0 for the library), else an int in [1, MAX_INT]."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidSizeError(f"max_bytes must be None or an int in [1, {MAX_INT}], got {value!r}")
+    return value
+
+
 def check_keep_last(value: object) -> int:
     """None: keep every checkpoint (0 for the library), else an int in [1, MAX_INT]."""
     if value is None:
@@ -311,7 +320,7 @@ def put(
     serde: SerializerProtocol,
     thread_keys: tuple[str, str],
     ttl: int,
-    retention: tuple[int, str],
+    retention: tuple[int, str, int],
     epoch: str,
     config: RunnableConfig,
     checkpoint: Checkpoint,
@@ -322,7 +331,7 @@ def put(
     """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
     returns, the run id it indexes ("" for none), and, for a put made of plain commands, where
     its DeltaChannels are rebuilt from (for its children's puts). ``retention``: (keep_last,
-    age cut); ``parent_holders``: the parent's, when this saver knows them."""
+    age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -347,7 +356,7 @@ def put(
     counters = meta.get("counters_since_delta_snapshot") or {}
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
-    keep_last, cut = retention
+    keep_last, cut, max_bytes = retention
     config_out = config_for(thread_id, ns, checkpoint_id)
     if not epoch and (not deltas or parent_holders is not None):
         holders: dict[str, str] = {}
@@ -366,10 +375,20 @@ def put(
             fields,
             filters,
             holders,
-            counted=not (keep_last or cut),
+            counted=not (keep_last or cut or max_bytes),
         )
-        if keep_last or cut:  # indexed, counted and retained after the plain writes
-            retain = (RETAIN, 2, *thread_keys, keep_last, cut, ns, checkpoint_id, *versions)
+        if keep_last or cut or max_bytes:  # indexed, counted and retained after the plain writes
+            retain = (
+                RETAIN,
+                2,
+                *thread_keys,
+                keep_last,
+                cut,
+                max_bytes,
+                ns,
+                checkpoint_id,
+                *versions,
+            )
             commands = (*call.before, (call.command, *call.args))
             call = Call("FCALL", retain, call.key, LIBRARY, commands)
         return call, config_out, run_id, holders
@@ -377,6 +396,7 @@ def put(
         ttl,
         keep_last,
         cut,
+        max_bytes,
         epoch,
         ns,
         checkpoint_id,
@@ -611,16 +631,29 @@ def prune(thread_keys: tuple[str, str], ttl: int, cursor: str = "") -> Call:
     return _fcall(PRUNE, thread_keys, ttl, cursor)
 
 
-def copy(source: tuple[str, str], target: tuple[str, str], ttl: int) -> Call:
-    return Call("FCALL", (COPY, 4, *source, *target, ttl), source[0], LIBRARY)
+COPY_BUDGET = 1000  # fields (then index members) per copy or export call: the library's most
+DELTA_BUDGET = 250  # ancestors per delta call: the library's most
 
 
-def export(thread_keys: tuple[str, str]) -> Call:
-    return _fcall(EXPORT, thread_keys)
+def copy(
+    source: tuple[str, str],
+    target: tuple[str, str],
+    ttl: int,
+    cursor: str = "",
+    budget: int = COPY_BUDGET,
+) -> Call:
+    """One page of a copy on one node; the reply is the cursor ("" when done)."""
+    return Call("FCALL", (COPY, 4, *source, *target, ttl, cursor, budget), source[0], LIBRARY)
 
 
-def import_(thread_keys: tuple[str, str], ttl: int, exported: Sequence[Any]) -> Call:
-    fields, members = exported
+def export(thread_keys: tuple[str, str], cursor: str = "", budget: int = COPY_BUDGET) -> Call:
+    """One page of a thread: the reply is [cursor ("" when done), fields, members]."""
+    return _fcall(EXPORT, thread_keys, cursor, budget)
+
+
+def import_(
+    thread_keys: tuple[str, str], ttl: int, fields: Sequence[Any], members: Sequence[Any]
+) -> Call:
     return _fcall(IMPORT, thread_keys, ttl, len(fields) // 2, *fields, *members)
 
 
@@ -658,7 +691,11 @@ def delta(
     config: RunnableConfig,
     channels: Sequence[str],
     known: Mapping[str, tuple[str, bytes]] | None = None,
+    cursor: str = "",
+    budget: int = DELTA_BUDGET,
 ) -> Call:
+    """One call of a DeltaChannel walk, from the checkpoint's parent (cursor "") or from the
+    ancestor a previous call replied."""
     names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
     pairs = [
         item
@@ -667,7 +704,7 @@ def delta(
         for item in (channel, version)
     ]
     ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
-    return _fcall(DELTA, thread_keys, ns, checkpoint_id, len(names), *names, *pairs)
+    return _fcall(DELTA, thread_keys, ns, checkpoint_id, cursor, budget, len(names), *names, *pairs)
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -741,22 +778,45 @@ def list_reply(
     return cursor, [checkpoint_tuple(serde, thread_id, entry) for entry in reply[1:]]
 
 
-def delta_reply(
-    serde: SerializerProtocol,
-    channels: Sequence[str],
-    reply: Sequence[Any],
-    known: Mapping[str, tuple[str, bytes]] | None = None,
-) -> dict[str, DeltaChannelHistory]:
-    result: dict[str, DeltaChannelHistory] = {}
-    for channel, item in zip(channels, reply, strict=True):
-        history: DeltaChannelHistory = {"writes": [_write(serde, w) for w in item[1:]]}
-        seed = _bytes(item[0])
-        if seed == b"=" and known is not None:
-            history["seed"] = untyped(serde, known[channel][1])
-        elif seed:
-            history["seed"] = untyped(serde, seed)
-        result[channel] = history
-    return result
+class DeltaWalk:
+    """The raw result of a DeltaChannel walk spread over several delta calls: each call's writes
+    come before the previous call's (it walked older ancestors); a channel is asked for again
+    until a call finds its seed or the walk ends."""
+
+    def __init__(self, channels: Sequence[str]) -> None:
+        self.channels = list(channels)
+        self.seeds: dict[str, bytes] = {}
+        self.writes: dict[str, list[Any]] = {channel: [] for channel in self.channels}
+        self.cursor = ""
+
+    def pending(self) -> list[str]:
+        return [channel for channel in self.channels if channel not in self.seeds]
+
+    def add(self, asked: Sequence[str], reply: Sequence[Any]) -> bool:
+        """Take one call's reply (for the channels ``asked``); True when the walk is done."""
+        self.cursor = _text(reply[0])
+        for channel, item in zip(asked, reply[1:], strict=True):
+            self.writes[channel][:0] = item[1:]
+            seed = _bytes(item[0])
+            if seed:
+                self.seeds[channel] = seed
+        return not self.cursor or not self.pending()
+
+    def result(
+        self, serde: SerializerProtocol, known: Mapping[str, tuple[str, bytes]] | None = None
+    ) -> dict[str, DeltaChannelHistory]:
+        result: dict[str, DeltaChannelHistory] = {}
+        for channel in self.channels:
+            history: DeltaChannelHistory = {
+                "writes": [_write(serde, w) for w in self.writes[channel]]
+            }
+            seed = self.seeds.get(channel, b"")
+            if seed == b"=" and known is not None:
+                history["seed"] = untyped(serde, known[channel][1])
+            elif seed:
+                history["seed"] = untyped(serde, seed)
+            result[channel] = history
+        return result
 
 
 def unique(channels: Iterable[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -83,6 +83,10 @@ class RedisSaver(BaseCheckpointSaver[str]):
         max_age: seconds (or ``timedelta``): each ``put`` also removes the checkpoints of its
             namespace made longer ago than this (by their uuid6 ids and this process's clock),
             with the same exceptions, and never the newest. None: no age limit.
+        max_bytes: each ``put`` also removes the oldest checkpoints of its namespace while the
+            thread holds more than this many bytes (checkpoints, metadata and the values they
+            name, as stored; pending writes are not counted), with the same exceptions, and
+            never the newest. Counted by the writes of savers with retention only. None: no limit.
         value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
             of the newest versions it wrote or read, per thread and namespace (least recently
             used threads go first), so that ``get_tuple`` of a thread this process just wrote
@@ -106,6 +110,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         refresh_ttl_on_read: bool = True,
         keep_last: int | None = None,
         max_age: float | timedelta | None = None,
+        max_bytes: int | None = None,
         value_cache_bytes: int = 32 * 1024 * 1024,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
@@ -121,11 +126,15 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self.refresh_ttl_on_read = refresh_ttl_on_read
         self._keep_last = _calls.check_keep_last(keep_last)
         self._max_age = _calls.check_max_age(max_age)
+        self._max_bytes = _calls.check_max_bytes(max_bytes)
         if isinstance(value_cache_bytes, bool) or not isinstance(value_cache_bytes, int):
             raise InvalidArgumentError(
                 f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
             )
         self._values = _calls.ValueCache(max(0, value_cache_bytes))
+        # per-call budgets of copy/export and delta (the library's most; tests lower them)
+        self._copy_budget = _calls.COPY_BUDGET
+        self._delta_budget = _calls.DELTA_BUDGET
         # Write fencing: the epoch this saver claimed, per thread (claim_write_ownership).
         self._epochs: dict[str, int] = {}
         # Where the DeltaChannels of the checkpoints this saver wrote with plain commands are
@@ -327,7 +336,11 @@ class RedisSaver(BaseCheckpointSaver[str]):
         (elsewhere it rides in the put's own transaction), and (run id, thread id)."""
         thread_id = _calls.thread_of(config)
         thread_keys = self.keys(thread_id)
-        retention = (self._keep_last, _calls.age_cut(self._max_age, time.time_ns()))
+        retention = (
+            self._keep_last,
+            _calls.age_cut(self._max_age, time.time_ns()),
+            self._max_bytes,
+        )
         ns, parent = _calls.namespace_of(config), _calls.checkpoint_of(config)
         call, stored, run_id, holders = _calls.put(
             self.serde,
@@ -587,18 +600,26 @@ class RedisSaver(BaseCheckpointSaver[str]):
         return source, target, one_node
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Merge every checkpoint, value and pending write of one thread into another: one call
-        when both threads live on one node, else an export from the source's node and an import
-        on the target's."""
+        """Merge every checkpoint, value and pending write of one thread into another, a page
+        (about 1,000 fields or index members) per call: copies on one node when both threads
+        live on one node, else exports from the source's node and imports on the target's. The
+        data goes before the index, so a reader of the target sees only complete checkpoints."""
         source, target, one_node = self._copy_plan(
             self.redis_client, source_thread_id, target_thread_id
         )
-        if one_node:
-            self._write(_calls.copy(source, target, self._ttl))
-            return
-        exported = self._read(_calls.export(source))
-        if exported[1]:
-            self._write(_calls.import_(target, self._ttl, exported))
+        cursor = ""
+        while True:
+            if one_node:
+                cursor = _calls.text(
+                    self._write(_calls.copy(source, target, self._ttl, cursor, self._copy_budget))
+                )
+            else:
+                reply = self._read(_calls.export(source, cursor, self._copy_budget))
+                cursor, fields, members = _calls.text(reply[0]), reply[1], reply[2]
+                if fields or members:
+                    self._write(_calls.import_(target, self._ttl, fields, members))
+            if not cursor:
+                return
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         client = await self._async_client()
@@ -606,41 +627,63 @@ class RedisSaver(BaseCheckpointSaver[str]):
             await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
             return
         source, target, one_node = self._copy_plan(client, source_thread_id, target_thread_id)
-        if one_node:
-            await self._awrite(_calls.copy(source, target, self._ttl))
-            return
-        exported = await self._aread(_calls.export(source))
-        if exported[1]:
-            await self._awrite(_calls.import_(target, self._ttl, exported))
+        cursor = ""
+        while True:
+            if one_node:
+                call = _calls.copy(source, target, self._ttl, cursor, self._copy_budget)
+                cursor = _calls.text(await self._awrite(call))
+            else:
+                reply = await self._aread(_calls.export(source, cursor, self._copy_budget))
+                cursor, fields, members = _calls.text(reply[0]), reply[1], reply[2]
+                if fields or members:
+                    await self._awrite(_calls.import_(target, self._ttl, fields, members))
+            if not cursor:
+                return
 
     # --- DeltaChannel --------------------------------------------------------------------------
 
-    def _delta_call(
+    def _delta_calls(
         self, config: RunnableConfig, channels: Sequence[str]
-    ) -> tuple[Sequence[str], Call, dict[str, tuple[str, bytes]]]:
-        names = _calls.unique(channels)
+    ) -> Generator[Call | dict[str, DeltaChannelHistory], Any, None]:
+        """The walk as a generator shared by sync and asyncio: it yields each call to send (and
+        is sent its reply), then the result."""
         thread_id = _calls.thread_of(config)
         known = self._values.known(thread_id, _calls.namespace_of(config))
-        return names, _calls.delta(self.keys(thread_id), config, names, known), known
+        walk = _calls.DeltaWalk(_calls.unique(channels))
+        while True:
+            asked = walk.pending()
+            call = _calls.delta(
+                self.keys(thread_id), config, asked, known, walk.cursor, self._delta_budget
+            )
+            reply = yield call
+            if walk.add(asked, reply):
+                break
+        yield walk.result(self.serde, known)
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
-        ancestors and the nearest stored value, walked on the server in one call (a stored value
-        this saver holds already is not sent again)."""
+        ancestors and the nearest stored value, walked on the server (at most 250 ancestors
+        per call; a stored value this saver holds already is not sent again)."""
         if not channels:
             return {}
-        names, call, known = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, self._read(call), known)
+        steps = self._delta_calls(config, channels)
+        step = next(steps)
+        while isinstance(step, Call):
+            step = steps.send(self._read(step))
+        return step
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         if not channels:
             return {}
-        names, call, known = self._delta_call(config, channels)
-        return _calls.delta_reply(self.serde, names, await self._aread(call), known)
+        steps = self._delta_calls(config, channels)
+        step = next(steps)
+        while isinstance(step, Call):
+            step = steps.send(await self._aread(step))
+        return step
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         return _calls.next_version(current)
