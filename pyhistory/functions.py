@@ -239,11 +239,22 @@ def _transaction_reply(replies: list[Any]) -> Any:
     return replies[-1]
 
 
+def _transaction(client: SyncClient, call: Call) -> Any:
+    """A MULTI/EXEC pipeline for ``call``'s key. A cluster client of a redis-py without cluster
+    transactions (6.0) refuses one: the key's node's own client then runs it."""
+    try:
+        return client.pipeline(transaction=True)
+    except RedisClusterException:
+        assert isinstance(client, redis.cluster.RedisCluster)
+        node = client.get_node_from_key(call.key)
+        return client.get_redis_connection(node).pipeline(transaction=True)
+
+
 def _send(client: SyncClient, call: Call) -> Any:
     """One call, or, with ``call.before``, the plain commands and the call in one MULTI/EXEC."""
     if not call.before:
         return client.execute_command(call.command, *call.args)
-    pipe = client.pipeline(transaction=True)
+    pipe = _transaction(client, call)
     for command in call.before:
         pipe.execute_command(*command)
     pipe.execute_command(call.command, *call.args)
