@@ -44,6 +44,7 @@ from pyhistory.functions import (
     run,
     run_write,
 )
+from pyhistory.telemetry import traced
 
 _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
@@ -57,6 +58,15 @@ def load_checkpoint_functions(client: SyncClient) -> str:
 async def aload_checkpoint_functions(client: AsyncClient) -> str:
     """The asyncio twin of :func:`load_checkpoint_functions`."""
     return await aload_library(client, _calls.LIBRARY)
+
+
+def _config_thread(saver: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    config = args[0] if args else kwargs.get("config")
+    return (config or {}).get("configurable", {}).get("thread_id")
+
+
+def _thread_arg(saver: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("thread_id", kwargs.get("source_thread_id"))
 
 
 class RedisSaver(BaseCheckpointSaver[str]):
@@ -195,10 +205,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
             await client.initialize()
         return client
 
+    @traced("pyhistory.checkpoint.setup")
     def setup(self) -> None:
         """Load the library now (it is otherwise loaded on first use)."""
         load_library(self.redis_client, _calls.LIBRARY)
 
+    @traced("pyhistory.checkpoint.setup")
     async def asetup(self) -> None:
         client = await self._async_client()
         if client is None:
@@ -239,6 +251,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             return None
         return _calls.checkpoint_tuple(self.serde, thread_id, reply, known, self._values)
 
+    @traced("pyhistory.checkpoint.get_tuple", thread=_config_thread)
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
         its channel values and pending writes, in one round trip; None when there is none."""
@@ -246,6 +259,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         # Sent as a read even when it refreshes the TTL: a TTL is not worth a WAIT.
         return self._tuple(thread_id, self._read(call), known)
 
+    @traced("pyhistory.checkpoint.get_tuple", thread=_config_thread)
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, call, known = self._get_call(config)
         return self._tuple(thread_id, await self._aread(call), known)
@@ -268,6 +282,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         thread_id = _calls.thread_of(config)
         return thread_id, self.keys(thread_id), _calls.filter_pairs(filter), limit
 
+    @traced("pyhistory.checkpoint.list", thread=_config_thread)
     def list(
         self,
         config: RunnableConfig | None,
@@ -292,6 +307,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             if not cursor:
                 return
 
+    @traced("pyhistory.checkpoint.list", thread=_config_thread)
     async def alist(
         self,
         config: RunnableConfig | None,
@@ -386,6 +402,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         epoch = self._epochs.get(thread_id)
         return "" if epoch is None else str(epoch)
 
+    @traced("pyhistory.checkpoint.put", thread=_config_thread)
     def put(
         self,
         config: RunnableConfig,
@@ -407,6 +424,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._hold(stored, call)
         return stored
 
+    @traced("pyhistory.checkpoint.put", thread=_config_thread)
     async def aput(
         self,
         config: RunnableConfig,
@@ -441,6 +459,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             task_path,
         )
 
+    @traced("pyhistory.checkpoint.put_writes", thread=_config_thread)
     def put_writes(
         self,
         config: RunnableConfig,
@@ -456,6 +475,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         if call is not None:
             self._write(call)
 
+    @traced("pyhistory.checkpoint.put_writes", thread=_config_thread)
     async def aput_writes(
         self,
         config: RunnableConfig,
@@ -469,10 +489,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- delete, prune, copy -------------------------------------------------------------------
 
+    @traced("pyhistory.checkpoint.delete_thread", thread=_thread_arg)
     def delete_thread(self, thread_id: str) -> None:
         """Delete everything of a thread: one DEL of its two keys."""
         self._write(_calls.delete(self.keys(thread_id)))
 
+    @traced("pyhistory.checkpoint.delete_thread", thread=_thread_arg)
     async def adelete_thread(self, thread_id: str) -> None:
         await self._awrite(_calls.delete(self.keys(thread_id)))
 
@@ -481,6 +503,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             raise InvalidArgumentError("run_ids must be a sequence of run ids, not a str")
         return [_calls.run_id_of(run_id) for run_id in dict.fromkeys(run_ids)]
 
+    @traced("pyhistory.checkpoint.delete_for_runs")
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete every checkpoint the given runs wrote (all threads, all namespaces), with its
         pending writes and the values no remaining checkpoint names.
@@ -500,6 +523,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             self._write(Call("DEL", (key,), key))
             self._runs = OrderedDict((pair, None) for pair in self._runs if pair[0] != run_id)
 
+    @traced("pyhistory.checkpoint.delete_for_runs")
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in self._run_ids(run_ids):
             key = _calls.run_key(self.key_prefix, run_id)
@@ -512,6 +536,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- write fencing -------------------------------------------------------------------------
 
+    @traced("pyhistory.checkpoint.claim_write_ownership", thread=_thread_arg)
     def claim_write_ownership(self, thread_id: str) -> int:
         """Take write ownership of a thread (opt-in write fencing): a new epoch, one above the
         last, which this saver's puts and put_writes on the thread carry from now on. Every
@@ -524,6 +549,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._epochs[thread] = epoch
         return epoch
 
+    @traced("pyhistory.checkpoint.claim_write_ownership", thread=_thread_arg)
     async def aclaim_write_ownership(self, thread_id: str) -> int:
         thread = _calls.thread_id_of(thread_id)
         epoch = int(await self._awrite(_calls.claim(self.keys(thread), self._ttl)))
@@ -548,6 +574,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             raise InvalidArgumentError("thread_ids must be a sequence of thread ids, not a str")
         return [self.keys(thread_id) for thread_id in thread_ids]
 
+    @traced("pyhistory.checkpoint.prune")
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``"keep_latest"``: keep the newest checkpoint of each namespace of each thread (and
         the ones its DeltaChannels are rebuilt from); ``"delete"``: delete the threads. One call
@@ -565,6 +592,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
                     break
                 cursor = _calls.text(cursor)
 
+    @traced("pyhistory.checkpoint.prune")
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         for thread_keys in self._prune_keys(thread_ids, strategy):
             if strategy == "delete":
@@ -586,6 +614,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         ) or key_slot(source[0].encode()) == key_slot(target[0].encode())
         return source, target, one_node
 
+    @traced("pyhistory.checkpoint.copy_thread", thread=_thread_arg)
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Merge every checkpoint, value and pending write of one thread into another: one call
         when both threads live on one node, else an export from the source's node and an import
@@ -600,6 +629,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         if exported[1]:
             self._write(_calls.import_(target, self._ttl, exported))
 
+    @traced("pyhistory.checkpoint.copy_thread", thread=_thread_arg)
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         client = await self._async_client()
         if client is None:
@@ -623,6 +653,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         known = self._values.known(thread_id, _calls.namespace_of(config))
         return names, _calls.delta(self.keys(thread_id), config, names, known), known
 
+    @traced("pyhistory.checkpoint.get_delta_channel_history", thread=_config_thread)
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
@@ -634,6 +665,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         names, call, known = self._delta_call(config, channels)
         return _calls.delta_reply(self.serde, names, self._read(call), known)
 
+    @traced("pyhistory.checkpoint.get_delta_channel_history", thread=_config_thread)
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
