@@ -204,6 +204,7 @@ if _trace is not None and _metrics is not None:
     _CLIENT = _trace.SpanKind.CLIENT
     _INTERNAL = _trace.SpanKind.INTERNAL
     _ERROR = _trace.StatusCode.ERROR
+    _NO_SPAN = _trace.INVALID_SPAN
     _duration = _meter.create_histogram(
         "db.client.operation.duration",
         unit="s",
@@ -242,6 +243,13 @@ def reloaded(library: str) -> None:
         _reloads.add(1, {"db.system.name": SYSTEM, "pyhistory.library": library})
 
 
+def _no_tracer_provider() -> bool:
+    """Whether no tracer provider is set yet (no SDK): then every span would be the API's no-op
+    span, which this skips making (a couple of microseconds an operation). The API's proxy
+    tracer reads the same global to decide; an API without it is assumed configured."""
+    return getattr(_trace, "_TRACER_PROVIDER", True) is None
+
+
 def _attach(span: Any) -> Any:
     """Make a recording span the current one (what runs inside is its child); a no-op span
     (no SDK, or not sampled) is left out of the context: nothing would read it there."""
@@ -275,11 +283,14 @@ class _Operation:
         self.batch = batch
 
     def start(self, owner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        span = _tracer.start_span(
-            self.span_name,
-            kind=_CLIENT if self.client else _INTERNAL,
-            attributes=self.start_attributes,
-        )
+        if _no_tracer_provider():
+            span = _NO_SPAN
+        else:
+            span = _tracer.start_span(
+                self.span_name,
+                kind=_CLIENT if self.client else _INTERNAL,
+                attributes=self.start_attributes,
+            )
         if self.batch is not None:
             size = _batch_size(self.batch(owner, args, kwargs))
             if size is not None:
@@ -382,7 +393,7 @@ def traced(
                 started = time.perf_counter()
                 span = op.start(self, args, kwargs)
                 token = _attach(span)
-                inside = _inside.set(True) if nests else None
+                inside = _inside.set(True) if nests and token is not None else None
                 error: BaseException | None = None
                 try:
                     return await fn(self, *args, **kwargs)
@@ -405,7 +416,7 @@ def traced(
             started = time.perf_counter()
             span = op.start(self, args, kwargs)
             token = _attach(span)
-            inside = _inside.set(True) if nests else None
+            inside = _inside.set(True) if nests and token is not None else None
             error: BaseException | None = None
             try:
                 return fn(self, *args, **kwargs)

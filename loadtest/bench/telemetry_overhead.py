@@ -1,0 +1,106 @@
+"""What pyhistory.telemetry costs a read on the client: the client CPU time of a 20-message read
+(sync ``messages`` and asyncio ``aget_messages``) with the OpenTelemetry API absent (its import
+made to fail), with the API but no SDK (the API's no-op tracer and meter), and with the SDK
+recording every span (an in-memory exporter) and metric. docs/operations/observability.md.
+
+Each setting runs in a fresh interpreter, in turn, REPS times; each run times N reads and reports
+the thread CPU time per read (time.thread_time: what the client spends, not the wait for the
+server). Medians over the runs, and each setting's ratio to "absent".
+
+    .venv/bin/python loadtest/bench/telemetry_overhead.py [KIND] [REPS] [N]
+    e.g. .venv/bin/python loadtest/bench/telemetry_overhead.py redis 7 5000
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from pyhistory import testing  # noqa: E402
+
+SETTINGS = {
+    "absent": 'import sys; sys.modules["opentelemetry"] = None',
+    "api, no sdk": "",
+    "sdk recording": """
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+""",
+}
+
+RUN = """
+import asyncio, json, sys, time
+from langchain_core.messages import AIMessage, HumanMessage
+from pyhistory import MessageStore, telemetry
+url, n = sys.argv[1], int(sys.argv[2])
+store = MessageStore("overhead", url=url)
+store.clear()
+turns = [HumanMessage(f"question {i}") if i % 2 else AIMessage(f"answer {i}") for i in range(20)]
+store.add_messages(turns)
+for _ in range(200):
+    store.messages
+started = time.thread_time()
+for _ in range(n):
+    store.messages
+sync_us = (time.thread_time() - started) / n * 1e6
+async def reads():
+    for _ in range(200):
+        await store.aget_messages()
+    started = time.thread_time()
+    for _ in range(n):
+        await store.aget_messages()
+    return (time.thread_time() - started) / n * 1e6
+async_us = asyncio.run(reads())
+store.clear()
+print(json.dumps({"available": telemetry.AVAILABLE, "sync": sync_us, "async": async_us}))
+"""
+
+
+def main() -> None:
+    kind = sys.argv[1] if len(sys.argv) > 1 else "redis"
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
+    server = testing.start_server(kind)
+    results: dict[str, dict[str, list[float]]] = {s: {"sync": [], "async": []} for s in SETTINGS}
+    try:
+        for _ in range(reps):
+            for setting, prelude in SETTINGS.items():
+                done = subprocess.run(
+                    [sys.executable, "-c", prelude + "\n" + RUN, server.url, str(n)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                row = json.loads(done.stdout)
+                assert row["available"] == (setting != "absent"), (setting, row)
+                for way in ("sync", "async"):
+                    results[setting][way].append(row[way])
+    finally:
+        server.stop()
+    base = {way: statistics.median(results["absent"][way]) for way in ("sync", "async")}
+    print(f"client CPU time per 20-message read, median of {reps} runs of {n} reads ({kind})")
+    print("| setting | sync (µs) | ratio | asyncio (µs) | ratio |\n|---|---|---|---|---|")
+    for setting, ways in results.items():
+        cells = []
+        for way in ("sync", "async"):
+            median = statistics.median(ways[way])
+            cells += [f"{median:.1f}", f"{median / base[way]:.3f}"]
+        print(f"| {setting} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
