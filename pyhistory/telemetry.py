@@ -204,7 +204,7 @@ if _trace is not None and _metrics is not None:
     _CLIENT = _trace.SpanKind.CLIENT
     _INTERNAL = _trace.SpanKind.INTERNAL
     _ERROR = _trace.StatusCode.ERROR
-    _NO_SPAN = _trace.INVALID_SPAN
+    _NO_SPAN: _trace.Span = _trace.INVALID_SPAN
     _duration = _meter.create_histogram(
         "db.client.operation.duration",
         unit="s",
