@@ -83,8 +83,9 @@ def main() -> None:
                     [sys.executable, "-c", prelude + "\n" + RUN, server.url, str(n)],
                     capture_output=True,
                     text=True,
-                    check=True,
                 )
+                if done.returncode:
+                    raise SystemExit(f"{setting}: {done.stderr}")
                 row = json.loads(done.stdout)
                 assert row["available"] == (setting != "absent"), (setting, row)
                 for way in ("sync", "async"):
