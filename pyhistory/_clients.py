@@ -45,9 +45,12 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from pyhistory import telemetry
+
 # The bound every URL-built client keeps (pyhistory._limits), importable from here too.
 from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW
 from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
+from pyhistory._version import VERSION
 from pyhistory.errors import InvalidArgumentError, translate
 from pyhistory.functions import AsyncClient, SyncClient, prepare
 
@@ -113,6 +116,7 @@ class _AsyncBoundedRetry(AsyncRetry):
 
 def _failed(fail: Callable[..., Any], error: Exception, failures: int, count: bool) -> Any:
     """redis-py's failure handler (it disconnects the broken connection)."""
+    telemetry.retried(error)
     return fail(error, failures) if count else fail(error)
 
 
@@ -132,26 +136,22 @@ def _pause(
     return pause
 
 
-def _remember_redis_version() -> None:
-    """redis-py looks its own version up (importlib.metadata: file system calls) for every new
-    connection, to send it with CLIENT SETINFO; for asyncio clients that blocks the event loop.
-    The version cannot change in a running process, so look it up once, now, and let every
-    module of redis-py that holds the function answer with that."""
-    import redis.connection
-    import redis.utils
-
-    original = redis.utils.get_lib_version
-    version: str = original()
-
-    def get_lib_version() -> str:
-        return version
-
-    for module in (redis.utils, redis.connection, redis.asyncio.connection):
-        if getattr(module, "get_lib_version", None) is original:
-            module.get_lib_version = get_lib_version  # type: ignore[attr-defined]
+def _driver_options() -> dict[str, Any]:
+    """How the connections pyhistory builds name themselves to the server (``CLIENT SETINFO``,
+    seen in ``CLIENT LIST``): ``lib-name=redis-py(pyhistory_v<version>)`` and redis-py's own
+    ``lib-ver``. Through redis-py's ``driver_info`` where it has it, its ``lib_name`` and
+    ``lib_version`` otherwise. Both versions are passed explicitly, read once at import: redis-py
+    would otherwise look its own version up (importlib.metadata: file system calls) for each new
+    connection, which for an asyncio client blocks the event loop."""
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before driver_info
+        return {"lib_name": f"redis-py(pyhistory_v{VERSION})", "lib_version": redis.__version__}
+    info = DriverInfo(lib_version=redis.__version__).add_upstream_driver("pyhistory", VERSION)
+    return {"driver_info": info}
 
 
-_remember_redis_version()
+DRIVER_OPTIONS = _driver_options()
 
 
 def _options(asyncio_client: bool) -> dict[str, Any]:
@@ -162,6 +162,7 @@ def _options(asyncio_client: bool) -> dict[str, Any]:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": COMMAND_TIMEOUT,
         "retry": retry_class(_backoff(), retries=_RETRIES),
+        **DRIVER_OPTIONS,
     }
 
 

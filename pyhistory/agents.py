@@ -38,6 +38,7 @@ from typing_extensions import NotRequired
 from pyhistory.errors import InvalidArgumentError, InvalidSessionIdError
 from pyhistory.functions import AsyncClient, SyncClient
 from pyhistory.store import MessageStore
+from pyhistory.telemetry import traced
 
 __all__ = ["DEFAULT_SESSION_KEYS", "HistoryState", "RedisHistoryMiddleware", "SessionResolver"]
 
@@ -176,6 +177,7 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
     # LangGraph passes each hook the run's config (a node's `config` parameter), which asyncio
     # code on Python 3.10 could not read from get_config().
 
+    @traced("pyhistory.agent.before_agent", kind="internal")
     def before_agent(
         self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
@@ -184,6 +186,7 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
         history = self.store(self.session_id(runtime, config)).messages
         return _placed(state["messages"], history)
 
+    @traced("pyhistory.agent.before_agent", kind="internal")
     async def abefore_agent(
         self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
@@ -192,6 +195,7 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
         history = await self.store(self.session_id(runtime, config)).aget_messages()
         return _placed(state["messages"], history)
 
+    @traced("pyhistory.agent.after_agent", kind="internal")
     def after_agent(
         self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
@@ -201,6 +205,7 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
             store.add_messages(added, idempotency_key=_batch_key(added))
         return _stored(state)
 
+    @traced("pyhistory.agent.after_agent", kind="internal")
     async def aafter_agent(
         self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:

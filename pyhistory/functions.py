@@ -37,6 +37,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
+from pyhistory import telemetry
 from pyhistory._coalesce import coalescer, lean
 from pyhistory._library import Call, Library
 from pyhistory._limits import RETRY_WINDOW
@@ -181,6 +182,7 @@ class _Healing:
                 f"FUNCTION DELETE or FUNCTION FLUSH?): {error}"
             ) from error
         self.loads += 1
+        telemetry.reloaded(library.name)
         return library, min(0.005 * (self.loads - 1), 0.1)
 
 

@@ -31,6 +31,7 @@ from pyhistory.functions import (
     run_pair,
     run_write,
 )
+from pyhistory.telemetry import traced
 
 
 def load_functions(client: SyncClient) -> str:
@@ -43,6 +44,14 @@ def load_functions(client: SyncClient) -> str:
 async def aload_functions(client: AsyncClient) -> str:
     """The asyncio twin of :func:`load_functions`."""
     return await aload_library(client, _core.HISTORY)
+
+
+def _session(store: MessageStore, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return store.session_id
+
+
+def _messages(store: MessageStore, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("messages")
 
 
 class MessageStore:
@@ -306,6 +315,7 @@ class MessageStore:
     # --- reads ---------------------------------------------------------------------------------
 
     @property
+    @traced("pyhistory.read", session=_session)
     def messages(self) -> list[BaseMessage]:
         """The newest ``window`` messages (all when unset), oldest first, in one round trip: a
         plain LRANGE and, when the TTL is due for a refresh, the library's touch written in the
@@ -325,6 +335,7 @@ class MessageStore:
             "Direct assignment to 'messages' is not allowed. Use the 'add_messages' instead."
         )
 
+    @traced("pyhistory.read", session=_session)
     async def aget_messages(self) -> list[BaseMessage]:
         """The asyncio twin of ``messages``."""
         client = await self._async_read_client()
@@ -338,10 +349,12 @@ class MessageStore:
         self._read_refreshed(client, sent_at, existed)
         return _core.decode(entries)
 
+    @traced("pyhistory.length", session=_session)
     def __len__(self) -> int:
         """How many messages the session stores (may exceed ``window``)."""
         return int(run(self.redis_client, _core.length(self.key)))
 
+    @traced("pyhistory.length", session=_session)
     async def alength(self) -> int:
         """The asyncio twin of ``len(history)``."""
         client = await self._async_client()
@@ -351,6 +364,7 @@ class MessageStore:
 
     # --- writes --------------------------------------------------------------------------------
 
+    @traced("pyhistory.append", session=_session, batch=_messages)
     def add_messages(
         self,
         messages: Iterable[BaseMessage] | BaseMessage,
@@ -382,6 +396,7 @@ class MessageStore:
                 raise
             self._refreshed(self.redis_client, sent_at)
 
+    @traced("pyhistory.append", session=_session, batch=_messages)
     async def aadd_messages(
         self,
         messages: Iterable[BaseMessage] | BaseMessage,
@@ -400,16 +415,19 @@ class MessageStore:
                 raise
             self._refreshed(self._expiry_client(client), sent_at)
 
+    @traced("pyhistory.clear", session=_session)
     def clear(self) -> None:
         """Delete the session (and the ids of its recent batches)."""
         self._write(_core.clear(self.key))
         _expiry.expiries(self.redis_client).forget(self.key)
 
+    @traced("pyhistory.clear", session=_session)
     async def aclear(self) -> None:
         client = await self._async_client()
         await self._awrite(_core.clear(self.key))
         _expiry.expiries(self._expiry_client(client)).forget(self.key)
 
+    @traced("pyhistory.touch", session=_session)
     def touch(self) -> bool:
         """Refresh the session's TTL without reading it, always (whatever the refresh interval);
         False when the session does not exist."""
@@ -418,6 +436,7 @@ class MessageStore:
         self._refreshed(self.redis_client, sent_at, existed)
         return existed
 
+    @traced("pyhistory.touch", session=_session)
     async def atouch(self) -> bool:
         client = await self._async_client()
         sent_at = time.monotonic()

@@ -34,6 +34,15 @@ import pyhistory
 from pyhistory import _clients, _expiry, testing
 
 EXTERNAL_URL = os.environ.get("PYHISTORY_TEST_REDIS_URL")
+# For the asyncio clients the tests build themselves: redis-py's version given explicitly, as
+# pyhistory's own clients give it, so that a new connection does not look it up (a file system
+# call) on the event loop, which the blocking-call detector below would report.
+try:
+    from redis.driver_info import DriverInfo
+
+    VERSIONED: dict[str, Any] = {"driver_info": DriverInfo(lib_version=redis.__version__)}
+except ImportError:  # redis-py before driver_info looks its version up once, at import
+    VERSIONED = {}
 IMAGE = os.environ.get("PYHISTORY_TEST_IMAGE", "pyhistory-test-redis:7")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ABSENT = {k.strip() for k in os.environ.get("PYHISTORY_TEST_ABSENT_KINDS", "").split(",") if k}
@@ -152,7 +161,7 @@ def client(url: str) -> Iterator[redis.Redis]:
 
 @pytest_asyncio.fixture
 async def aclient(url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    c = redis.asyncio.Redis.from_url(url)
+    c = redis.asyncio.Redis.from_url(url, **VERSIONED)
     try:
         yield c
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from conftest import VERSIONED
 
 pytest.importorskip("langchain.agents", reason="needs the agents extra: pyhistory[agents]")
 
@@ -800,7 +801,9 @@ def test_two_round_trips_per_invocation_whatever_its_steps(
 
 
 async def test_two_round_trips_per_invocation_asyncio(url: str) -> None:
-    pool = redis.asyncio.ConnectionPool.from_url(url, connection_class=AsyncCountingConnection)
+    pool = redis.asyncio.ConnectionPool.from_url(
+        url, connection_class=AsyncCountingConnection, **VERSIONED
+    )
     client = redis.asyncio.Redis(connection_pool=pool)
     try:
         await client.ping()
@@ -834,7 +837,9 @@ def test_cut_appends_of_agent_runs_are_stored_once(
     MessageStore("other", redis_client=client).add_messages([hi()])  # the library is loaded
     with FaultProxy(port, lambda batch, attempt: attempt == 1) as proxy:
         sync_app = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 3))
-        async_app = redis.asyncio.Redis(port=proxy.port, retry=AsyncRetry(NoBackoff(), 3))
+        async_app = redis.asyncio.Redis(
+            port=proxy.port, retry=AsyncRetry(NoBackoff(), 3), **VERSIONED
+        )
         middleware = RedisHistoryMiddleware(redis_client=sync_app, async_redis_client=async_app)
         agent = create_agent(RecordingModel(), middleware=[middleware])
 

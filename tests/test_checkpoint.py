@@ -18,6 +18,7 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 from chat import assert_ttl
+from conftest import VERSIONED
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
@@ -895,6 +896,6 @@ async def test_a_sync_client_serves_the_asyncio_methods_in_a_thread(url: str) ->
 
 
 def test_an_asyncio_client_alone_does_not_serve_the_sync_methods(url: str) -> None:
-    saver = RedisSaver(async_redis_client=redis.asyncio.Redis.from_url(url))
+    saver = RedisSaver(async_redis_client=redis.asyncio.Redis.from_url(url, **VERSIONED))
     with pytest.raises(errors.HistoryError, match="async_redis_client"):
         saver.get_tuple(config("t"))

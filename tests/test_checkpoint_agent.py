@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
+from conftest import VERSIONED
 from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
@@ -127,7 +128,9 @@ async def test_64_conversations_at_once_while_the_library_is_flushed(
     call reloads and resends once: a second flush between the two is another event)."""
     # LangGraph keeps several saver calls of one conversation in flight, so 64 conversations
     # want more than redis-py's default 100 connections (an asyncio pool refuses past its size).
-    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=256, timeout=10)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=256, timeout=10, **VERSIONED
+    )
     saver = RedisSaver(async_redis_client=redis.asyncio.Redis(connection_pool=pool), ttl=600)
     agent = build_agent(saver, delta=True)
     finished = [0] * 64
@@ -171,7 +174,7 @@ async def test_64_conversations_at_once_while_the_library_is_flushed(
 async def test_conversations_on_a_cluster(cluster: testing.LocalCluster) -> None:
     cluster.wait_healthy()
     host, port = cluster.startup_nodes[0]
-    client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
+    client = redis.asyncio.cluster.RedisCluster(host=host, port=port, **VERSIONED)
     try:
         saver = RedisSaver(async_redis_client=client, ttl=600)
         agent = build_agent(saver, delta=True)

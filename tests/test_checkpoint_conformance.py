@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio.cluster
 import redis.cluster
+from conftest import VERSIONED
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.conformance import checkpointer_test, validate
@@ -108,7 +109,7 @@ async def test_conformance_with_a_ttl(url: str) -> None:
 async def test_conformance_on_a_cluster(cluster: testing.LocalCluster) -> None:
     cluster.wait_healthy()
     host, port = cluster.startup_nodes[0]
-    client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
+    client = redis.asyncio.cluster.RedisCluster(host=host, port=port, **VERSIONED)
     try:
         assert_full(
             await run_suite("RedisSaver (cluster)", lambda: RedisSaver(async_redis_client=client))

@@ -13,6 +13,7 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 from chat import assert_ttl, check_asyncio_methods, turn
+from conftest import VERSIONED
 from langchain_core.messages import HumanMessage, message_to_dict
 
 import pyhistory
@@ -65,7 +66,7 @@ async def test_core_behaviours_asyncio(
     cluster: testing.LocalCluster, cluster_client: redis.cluster.RedisCluster
 ) -> None:
     host, port = cluster.startup_nodes[0]
-    client = redis.asyncio.cluster.RedisCluster(host=host, port=port)
+    client = redis.asyncio.cluster.RedisCluster(host=host, port=port, **VERSIONED)
     try:
         history = RedisChatMessageHistory("a", async_redis_client=client, ttl=60, max_messages=3)
         await check_asyncio_methods(history, cluster_client)

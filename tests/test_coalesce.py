@@ -12,6 +12,7 @@ import redis
 import redis.asyncio
 import redis.cluster
 from chat import turn
+from conftest import VERSIONED
 
 from pyhistory import InvalidSessionIdError, RedisChatMessageHistory, WrongTypeError, testing
 from pyhistory._clients import async_client
@@ -110,7 +111,8 @@ async def test_a_cancelled_caller_leaves_the_others_alone(url: str) -> None:
 
 async def test_a_lost_server_fails_every_command_of_the_flight_typed(url: str) -> None:
     """A refused connection reaches each caller as the typed error it would get alone."""
-    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
+    nowhere = "redis://127.0.0.1:1/0"  # nothing listens there
+    client = redis.asyncio.Redis.from_url(nowhere, **VERSIONED)
     try:
         histories = [RedisChatMessageHistory(f"s{i}", async_redis_client=client) for i in range(4)]
         results = await asyncio.gather(
@@ -129,7 +131,7 @@ async def test_bad_input_never_reaches_a_flight(url: str) -> None:
 
 
 async def test_a_users_client_is_coalesced_without_being_changed(url: str) -> None:
-    client = redis.asyncio.Redis.from_url(url)
+    client = redis.asyncio.Redis.from_url(url, **VERSIONED)
     try:
         before = dict(vars(client))
         history = RedisChatMessageHistory("s", url=url, async_redis_client=client)

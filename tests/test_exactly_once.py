@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.cluster
+from conftest import VERSIONED
 from faultproxy import FaultProxy
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -301,7 +302,7 @@ async def test_cut_appends_asyncio(url: str, client: redis.Redis) -> None:
     # per batch than the sync test's keeps most flights whole.
     with FaultProxy(port, cut_policy(2, first=0.1, again=0.02)) as proxy:
         app = redis.asyncio.Redis(
-            port=proxy.port, retry=AsyncRetry(NoBackoff(), 3), socket_timeout=5
+            port=proxy.port, retry=AsyncRetry(NoBackoff(), 3), socket_timeout=5, **VERSIONED
         )
 
         async def writer(n: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 import redis
 import redis.asyncio
 from chat import CommandLog, assert_ttl, check_asyncio_methods, turn
+from conftest import VERSIONED
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 import pyhistory
@@ -454,7 +455,7 @@ def test_a_message_nested_too_deep_is_a_serialization_error(url: str) -> None:
 def test_an_asyncio_client_of_a_closed_loop_is_a_typed_error_that_says_what_to_do(
     server: Any, url: str
 ) -> None:
-    client = redis.asyncio.Redis.from_url(url)
+    client = redis.asyncio.Redis.from_url(url, **VERSIONED)
     history = RedisChatMessageHistory("loop", async_redis_client=client, ttl=60)
     asyncio.run(history.aadd_messages([HumanMessage("first loop")]))  # that loop is now closed
 

@@ -44,6 +44,7 @@ from pyhistory.functions import (
     run,
     run_write,
 )
+from pyhistory.telemetry import traced
 
 _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
@@ -57,6 +58,15 @@ def load_checkpoint_functions(client: SyncClient) -> str:
 async def aload_checkpoint_functions(client: AsyncClient) -> str:
     """The asyncio twin of :func:`load_checkpoint_functions`."""
     return await aload_library(client, _calls.LIBRARY)
+
+
+def _config_thread(saver: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    config = args[0] if args else kwargs.get("config")
+    return (config or {}).get("configurable", {}).get("thread_id")
+
+
+def _thread_arg(saver: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("thread_id", kwargs.get("source_thread_id"))
 
 
 class RedisSaver(BaseCheckpointSaver[str]):
@@ -204,10 +214,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
             await client.initialize()
         return client
 
+    @traced("pyhistory.checkpoint.setup")
     def setup(self) -> None:
         """Load the library now (it is otherwise loaded on first use)."""
         load_library(self.redis_client, _calls.LIBRARY)
 
+    @traced("pyhistory.checkpoint.setup")
     async def asetup(self) -> None:
         client = await self._async_client()
         if client is None:
@@ -248,6 +260,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             return None
         return _calls.checkpoint_tuple(self.serde, thread_id, reply, known, self._values)
 
+    @traced("pyhistory.checkpoint.get_tuple", thread=_config_thread)
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
         its channel values and pending writes, in one round trip; None when there is none."""
@@ -255,6 +268,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         # Sent as a read even when it refreshes the TTL: a TTL is not worth a WAIT.
         return self._tuple(thread_id, self._read(call), known)
 
+    @traced("pyhistory.checkpoint.get_tuple", thread=_config_thread)
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, call, known = self._get_call(config)
         return self._tuple(thread_id, await self._aread(call), known)
@@ -277,6 +291,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         thread_id = _calls.thread_of(config)
         return thread_id, self.keys(thread_id), _calls.filter_pairs(filter), limit
 
+    @traced("pyhistory.checkpoint.list", thread=_config_thread)
     def list(
         self,
         config: RunnableConfig | None,
@@ -301,6 +316,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             if not cursor:
                 return
 
+    @traced("pyhistory.checkpoint.list", thread=_config_thread)
     async def alist(
         self,
         config: RunnableConfig | None,
@@ -399,6 +415,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         epoch = self._epochs.get(thread_id)
         return "" if epoch is None else str(epoch)
 
+    @traced("pyhistory.checkpoint.put", thread=_config_thread)
     def put(
         self,
         config: RunnableConfig,
@@ -420,6 +437,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._hold(stored, call)
         return stored
 
+    @traced("pyhistory.checkpoint.put", thread=_config_thread)
     async def aput(
         self,
         config: RunnableConfig,
@@ -454,6 +472,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             task_path,
         )
 
+    @traced("pyhistory.checkpoint.put_writes", thread=_config_thread)
     def put_writes(
         self,
         config: RunnableConfig,
@@ -469,6 +488,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         if call is not None:
             self._write(call)
 
+    @traced("pyhistory.checkpoint.put_writes", thread=_config_thread)
     async def aput_writes(
         self,
         config: RunnableConfig,
@@ -482,10 +502,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- delete, prune, copy -------------------------------------------------------------------
 
+    @traced("pyhistory.checkpoint.delete_thread", thread=_thread_arg)
     def delete_thread(self, thread_id: str) -> None:
         """Delete everything of a thread: one DEL of its two keys."""
         self._write(_calls.delete(self.keys(thread_id)))
 
+    @traced("pyhistory.checkpoint.delete_thread", thread=_thread_arg)
     async def adelete_thread(self, thread_id: str) -> None:
         await self._awrite(_calls.delete(self.keys(thread_id)))
 
@@ -494,6 +516,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             raise InvalidArgumentError("run_ids must be a sequence of run ids, not a str")
         return [_calls.run_id_of(run_id) for run_id in dict.fromkeys(run_ids)]
 
+    @traced("pyhistory.checkpoint.delete_for_runs")
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete every checkpoint the given runs wrote (all threads, all namespaces), with its
         pending writes and the values no remaining checkpoint names.
@@ -513,6 +536,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             self._write(Call("DEL", (key,), key))
             self._runs = OrderedDict((pair, None) for pair in self._runs if pair[0] != run_id)
 
+    @traced("pyhistory.checkpoint.delete_for_runs")
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in self._run_ids(run_ids):
             key = _calls.run_key(self.key_prefix, run_id)
@@ -525,6 +549,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- write fencing -------------------------------------------------------------------------
 
+    @traced("pyhistory.checkpoint.claim_write_ownership", thread=_thread_arg)
     def claim_write_ownership(self, thread_id: str) -> int:
         """Take write ownership of a thread (opt-in write fencing): a new epoch, one above the
         last, which this saver's puts and put_writes on the thread carry from now on. Every
@@ -537,6 +562,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._epochs[thread] = epoch
         return epoch
 
+    @traced("pyhistory.checkpoint.claim_write_ownership", thread=_thread_arg)
     async def aclaim_write_ownership(self, thread_id: str) -> int:
         thread = _calls.thread_id_of(thread_id)
         epoch = int(await self._awrite(_calls.claim(self.keys(thread), self._ttl)))
@@ -561,6 +587,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             raise InvalidArgumentError("thread_ids must be a sequence of thread ids, not a str")
         return [self.keys(thread_id) for thread_id in thread_ids]
 
+    @traced("pyhistory.checkpoint.prune")
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``"keep_latest"``: keep the newest checkpoint of each namespace of each thread (and
         the ones its DeltaChannels are rebuilt from); ``"delete"``: delete the threads. One call
@@ -578,6 +605,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
                     break
                 cursor = _calls.text(cursor)
 
+    @traced("pyhistory.checkpoint.prune")
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         for thread_keys in self._prune_keys(thread_ids, strategy):
             if strategy == "delete":
@@ -599,6 +627,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         ) or key_slot(source[0].encode()) == key_slot(target[0].encode())
         return source, target, one_node
 
+    @traced("pyhistory.checkpoint.copy_thread", thread=_thread_arg)
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Merge every checkpoint, value and pending write of one thread into another, a page
         (about 1,000 fields or index members) per call: copies on one node when both threads
@@ -621,6 +650,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             if not cursor:
                 return
 
+    @traced("pyhistory.checkpoint.copy_thread", thread=_thread_arg)
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         client = await self._async_client()
         if client is None:
@@ -660,6 +690,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
                 break
         yield walk.result(self.serde, known)
 
+    @traced("pyhistory.checkpoint.get_delta_channel_history", thread=_config_thread)
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
@@ -674,6 +705,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             step = steps.send(self._read(step))
         return step
 
+    @traced("pyhistory.checkpoint.get_delta_channel_history", thread=_config_thread)
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
