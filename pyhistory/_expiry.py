@@ -16,6 +16,10 @@ import time
 import weakref
 from typing import Any
 
+# The server keeps time in whole milliseconds (an expiry may be set from a time up to a
+# millisecond old): what this process counts on is that much, and some, earlier.
+CLOCK_MARGIN = 0.01
+
 
 class Expiries:
     """For one server (one client): the earliest each session may expire, by key. Bounded: the
@@ -37,7 +41,7 @@ class Expiries:
 
     def refreshed(self, key: str, ttl: int, sent_at: float) -> None:
         """A command sent at ``sent_at`` (time.monotonic) set the TTL of ``key`` to ``ttl``."""
-        earliest = sent_at + ttl
+        earliest = sent_at + ttl - CLOCK_MARGIN
         with self._lock:
             known = self._earliest.pop(key, None)
             if known is not None and known[1] == ttl and known[0] > earliest:

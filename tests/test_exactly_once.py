@@ -251,11 +251,18 @@ def messages(name: str, i: int) -> list[BaseMessage]:
     return [HumanMessage(f"{name}:{i}:q"), AIMessage(f"{name}:{i}:a")]
 
 
-def cut_policy(seed: int, first: float = 0.7, again: float = 0.3) -> Callable[[bytes, int], bool]:
+def cut_policy(
+    seed: int, first: float = 0.7, again: float = 0.3, always: int = 0
+) -> Callable[[bytes, int], bool]:
+    """Cut a batch's first attempt with probability ``first`` and each retry with ``again``;
+    batches whose id starts with a byte below ``always`` are cut at every attempt (their appends
+    run out of retries and raise)."""
     rng = random.Random(seed)
     lock = threading.Lock()
 
     def decide(batch_id: bytes, attempt: int) -> bool:
+        if batch_id[0] < always:
+            return True
         with lock:
             return rng.random() < (first if attempt == 1 else again)
 
@@ -299,8 +306,9 @@ async def test_cut_appends_asyncio(url: str, client: redis.Redis) -> None:
     outcomes = Outcomes()
     sessions = [f"async-{n}" for n in range(2)]
     # Appends issued together share a flight, and a cut loses every reply of it: a lower rate
-    # per batch than the sync test's keeps most flights whole.
-    with FaultProxy(port, cut_policy(2, first=0.1, again=0.02)) as proxy:
+    # per batch than the sync test's keeps most flights whole; one batch in 64 is cut at every
+    # attempt, so that some appends raise whatever the flights look like.
+    with FaultProxy(port, cut_policy(2, first=0.1, again=0.02, always=4)) as proxy:
         app = redis.asyncio.Redis(
             port=proxy.port, retry=AsyncRetry(NoBackoff(), 3), socket_timeout=5, **VERSIONED
         )
