@@ -673,11 +673,6 @@ def alone(commands: tuple[tuple[Any, ...], ...]) -> Call:
     return Call(last[0], tuple(last[1:]), last[1], None, tuple(before))
 
 
-def run_of_key(key_prefix: str, key: str) -> str:
-    escaped = key[len(key_prefix) + 3 : -len("}:threads")]
-    return escaped.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
-
-
 def claim(thread_keys: tuple[str, str], ttl: int) -> Call:
     return _fcall(CLAIM, thread_keys, ttl)
 
