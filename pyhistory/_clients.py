@@ -48,7 +48,7 @@ from redis.retry import Retry
 from pyhistory import telemetry
 
 # The bound every URL-built client keeps (pyhistory._limits), importable from here too.
-from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW
+from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW, first_attempt
 from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
 from pyhistory._version import VERSION
 from pyhistory.errors import InvalidArgumentError, translate
@@ -78,7 +78,7 @@ class _BoundedRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        started = time.monotonic()
+        started = first_attempt()
         failures = 0
         while True:
             try:
@@ -100,7 +100,7 @@ class _AsyncBoundedRetry(AsyncRetry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        started = time.monotonic()
+        started = first_attempt()
         failures = 0
         while True:
             try:

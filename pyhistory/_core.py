@@ -390,6 +390,40 @@ def append(
     return Call("FCALL", args, key, HISTORY)
 
 
+# The batch ids grow by one per plain append; past this many bytes the next append of the
+# session by this process is the library's, which keeps the newest REMEMBERED (the library's FULL).
+IDS_FULL = 2 * REMEMBERED * BATCH_ID_LEN
+
+
+def plain_append(call: Call) -> list[tuple[Any, ...]]:
+    """The same append as ``call`` (the library's, built by :func:`append`) in plain commands, one
+    MULTI/EXEC: the entries pushed, the list trimmed, its TTL set, and the batch id appended to
+    the session's batch ids (their expiry set) exactly as the library records it, so that the
+    library's append, sent on a retry, recognises the batch. For a session whose key is known to
+    hold a list or nothing: the library checks the type before writing, a transaction cannot."""
+    _, _, key, ids, max_messages, ttl, batch_id, *entries = call.args
+    commands: list[tuple[Any, ...]] = [("MULTI",), ("LPUSH", key, *entries)]
+    if max_messages:
+        commands.append(("LTRIM", key, 0, max_messages - 1))
+    if ttl:
+        commands.append(("EXPIRE", key, ttl))
+    commands += [("APPEND", ids, batch_id), ("EXPIRE", ids, WINDOW_SECONDS), ("EXEC",)]
+    return commands
+
+
+def plain_append_reply(call: Call, replies: list[Any]) -> tuple[int, bool]:
+    """The session's length after a plain append, and whether its batch ids are due for the
+    library's trim; raises the first error (a key of another type: WRONGTYPE)."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    max_messages = call.args[4]
+    length = int(replies[0])
+    if max_messages:
+        length = min(length, max_messages)
+    return length, int(replies[-2]) >= IDS_FULL
+
+
 def read(key: str, count: int) -> Call:
     """The newest ``count`` entries (0 = all): a plain LRANGE, as atomic as a function and as
     welcome on a replica, at a fraction of the server time a function takes (it pays for turning

@@ -7,6 +7,9 @@ server applied it no earlier). A read refreshes the TTL only when that bound has
 ``ttl - interval`` of now, so after any read or append by this process the session lives at least
 ``ttl - interval`` seconds more (with the default interval of a tenth of the TTL: 0.9 x ttl),
 unless something else deletes it or sets its TTL lower.
+
+It also knows which sessions took a plain append (pyhistory._core.plain_append): those whose key
+this process last found holding a list, or nothing, and whose batch ids are not due for a trim.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Expiries:
     def __init__(self, max_keys: int = 65536) -> None:
         self.max_keys = max_keys
         self._earliest: dict[str, tuple[float, int]] = {}  # key -> (earliest expiry, its ttl)
+        self._plain: dict[str, None] = {}  # keys that take a plain append, oldest news first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -51,6 +55,25 @@ class Expiries:
             self._earliest[key] = (earliest, ttl)
             while len(self._earliest) > self.max_keys:
                 del self._earliest[next(iter(self._earliest))]
+
+    def takes_plain(self, key: str) -> bool:
+        """Whether an append to ``key`` may be plain commands: this process last found the key
+        holding a list or nothing, and the session's batch ids need no trim."""
+        return key in self._plain
+
+    def found_list(self, key: str) -> None:
+        """A read or an append just found ``key`` holding a list or nothing."""
+        with self._lock:
+            self._plain.pop(key, None)
+            self._plain[key] = None
+            while len(self._plain) > self.max_keys:
+                del self._plain[next(iter(self._plain))]
+
+    def doubt(self, key: str) -> None:
+        """The next append to ``key`` is the library's: the key held another type, or the
+        session's batch ids are due for a trim."""
+        with self._lock:
+            self._plain.pop(key, None)
 
     def forget(self, key: str) -> None:
         """The session was deleted (or its TTL changed by a command this process sent)."""
@@ -80,3 +103,4 @@ def forget_all() -> None:
         for known in list(_by_client.values()):
             with known._lock:
                 known._earliest.clear()
+                known._plain.clear()

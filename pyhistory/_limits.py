@@ -4,6 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 # How long a client waits to connect, and for a reply, before the attempt counts as failed.
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 4.0
@@ -14,3 +19,24 @@ RETRY_WINDOW = 6.0
 # The longest a call on a URL-built client can take before it raises: the last attempt starts
 # within the window and then waits at most one read timeout.
 FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
+
+# When the first attempt of the call now running started, when a call already tried once
+# outside the client's retry policy (a plain append: pyhistory.functions.run_plain_first). The
+# retry policy of URL-built clients counts its window from there, so the bound still holds.
+_FIRST_ATTEMPT: ContextVar[float | None] = ContextVar("pyhistory_first_attempt", default=None)
+
+
+def first_attempt() -> float:
+    """When the current call's first attempt started: now, unless :func:`attempts_since` says."""
+    started = _FIRST_ATTEMPT.get()
+    return time.monotonic() if started is None else started
+
+
+@contextlib.contextmanager
+def attempts_since(started: float) -> Iterator[None]:
+    """Count the retry window of the calls made inside from ``started`` (time.monotonic)."""
+    token = _FIRST_ATTEMPT.set(started)
+    try:
+        yield
+    finally:
+        _FIRST_ATTEMPT.reset(token)

@@ -40,7 +40,7 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from pyhistory import telemetry
 from pyhistory._coalesce import coalescer, lean
 from pyhistory._library import Call, Library
-from pyhistory._limits import RETRY_WINDOW
+from pyhistory._limits import RETRY_WINDOW, attempts_since
 from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
@@ -200,13 +200,14 @@ def run(client: SyncClient, call: Call) -> Any:
         load_library(client, library)
 
 
-async def arun(client: AsyncClient, call: Call) -> Any:
+async def arun(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
     """The asyncio twin of :func:`run`. On a plain client with a pool, the command shares its
-    flight with the commands other tasks issue at the same moment (pyhistory._coalesce)."""
+    flight with the commands other tasks issue at the same moment (pyhistory._coalesce), unless
+    ``coalesce`` is False (its retries then run in the caller's task, in its context)."""
     healing = _Healing(call)
     while True:
         try:
-            return await _asend(client, call)
+            return await _asend(client, call, coalesce)
         except Exception as error:
             library, pause = healing.next(error)
         if pause:
@@ -263,7 +264,7 @@ def _send(client: SyncClient, call: Call) -> Any:
     return _transaction_reply(pipe.execute(raise_on_error=False))
 
 
-async def _asend(client: AsyncClient, call: Call) -> Any:
+async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
     """The asyncio twin of :func:`_send`. A lone call on a plain client with a pool shares its
     flight with the commands other tasks issue at the same moment (pyhistory._coalesce). On an
     asyncio cluster client the commands go in one non-transactional pipeline to the slot's node
@@ -272,7 +273,7 @@ async def _asend(client: AsyncClient, call: Call) -> Any:
     reader that only reaches the values through what the call indexes sees the same as with
     MULTI/EXEC."""
     if not call.before:
-        if lean(client):
+        if coalesce and lean(client):
             assert isinstance(client, redis.asyncio.Redis)
             return await coalescer(client).call((call.command, *call.args))
         return await client.execute_command(call.command, *call.args)
@@ -282,6 +283,127 @@ async def _asend(client: AsyncClient, call: Call) -> Any:
         pipe.execute_command(*command)
     pipe.execute_command(call.command, *call.args)
     return _transaction_reply(await pipe.execute(raise_on_error=False))
+
+
+# --- plain commands first, the call on a retry -------------------------------------------------
+
+# Why not a redis-py pipeline: MULTI/EXEC through Pipeline.execute costs the client about 90 µs more
+# per write than one command (measured: docs/bench), and redis-py's retry policy would send the
+# transaction again after a lost reply. Written here on a pooled connection instead, once, with
+# redis-py's own packing and reply parsing; tests/test_plain_first.py fails when redis-py changes
+# the connection methods this relies on (get_connection, pack_commands, send_packed_command,
+# read_response, release).
+PLAIN_FAILURES = (ConnectionError, TimeoutError, OSError)
+
+
+def plain_client(client: object) -> bool:
+    """Whether ``client`` can send a plain transaction here: a standalone client with a pool."""
+    return isinstance(client, (redis.Redis, redis.asyncio.Redis)) and client.connection is None
+
+
+def _exec_replies(replies: list[Any]) -> list[Any]:
+    """EXEC's replies (the last); a command refused as it was queued (EXECABORT) raises."""
+    for reply in replies[:-1]:
+        if isinstance(reply, BaseException):
+            raise reply
+    return list(replies[-1])
+
+
+def _read_replies(count: int, read: Callable[[], Any]) -> list[Any]:
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(read())
+        except ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+def run_plain_first(
+    client: SyncClient, commands: list[tuple[Any, ...]], call: Call
+) -> tuple[list[Any] | None, Any]:
+    """``commands`` (MULTI ... EXEC) sent once, unretried, on one pooled connection: EXEC's replies
+    (errors in place) and None. When the connection fails, ``call``, which must do the same
+    work and recognise a transaction that was applied, is run instead with the client's retry
+    policy (its window counted from the first attempt): (None, its reply)."""
+    assert isinstance(client, redis.Redis)
+    pool = client.connection_pool
+    started = time.monotonic()
+    connection = None
+    try:
+        connection = pool.get_connection()
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies = _read_replies(len(commands), connection.read_response)
+    except PLAIN_FAILURES as error:
+        if connection is not None:
+            connection.disconnect()
+            pool.release(connection)
+        telemetry.retried(error)
+        with attempts_since(started):
+            return None, run(client, call)
+    except BaseException as error:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
+                pool.release(connection)
+        _raise_typed(error)
+        raise
+    pool.release(connection)
+    try:
+        return _exec_replies(replies), None
+    except Exception as error:
+        _raise_typed(error)
+        raise
+
+
+async def arun_plain_first(
+    client: AsyncClient, commands: list[tuple[Any, ...]], call: Call
+) -> tuple[list[Any] | None, Any]:
+    """The asyncio twin of :func:`run_plain_first` (not in a coalesced flight: a flight is
+    retried as a whole). A cancelled caller leaves the connection closed, its replies unread."""
+    assert isinstance(client, redis.asyncio.Redis)
+    pool = client.connection_pool
+    started = time.monotonic()
+    connection = None
+    try:
+        connection = await pool.get_connection()
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:
+                replies.append(error)
+    except PLAIN_FAILURES as error:
+        if connection is not None:
+            await connection.disconnect()
+            await pool.release(connection)
+        telemetry.retried(error)
+        with attempts_since(started):
+            return None, await arun(client, call, coalesce=False)
+    except BaseException as error:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await _closed(pool, connection)
+        _raise_typed(error)
+        raise
+    await pool.release(connection)
+    try:
+        return _exec_replies(replies), None
+    except Exception as error:
+        _raise_typed(error)
+        raise
+
+
+async def _closed(pool: Any, connection: Any) -> None:
+    """Close and return a connection whose replies are unread (its caller was cancelled): the
+    closing itself must not be cancelled half-way."""
+    await asyncio.shield(_close_and_release(pool, connection))
+
+
+async def _close_and_release(pool: Any, connection: Any) -> None:
+    await connection.disconnect()
+    await pool.release(connection)
 
 
 # --- two calls in one flight ------------------------------------------------------------------

@@ -18,17 +18,26 @@ from langchain_core.messages import BaseMessage
 
 from pyhistory import _clients, _core, _expiry, _refusals
 from pyhistory._library import Call
-from pyhistory.errors import HistoryError, InvalidArgumentError, may_have_been_applied
+from pyhistory.errors import (
+    HistoryError,
+    InvalidArgumentError,
+    WrongTypeError,
+    may_have_been_applied,
+    translate,
+)
 from pyhistory.functions import (
     AsyncClient,
     SyncClient,
     aload_library,
     arun,
     arun_pair,
+    arun_plain_first,
     arun_write,
     load_library,
+    plain_client,
     run,
     run_pair,
+    run_plain_first,
     run_write,
 )
 from pyhistory.telemetry import traced
@@ -301,6 +310,60 @@ class MessageStore:
     def _write(self, call: Call) -> Any:
         return run_write(self.redis_client, call, self.wait_for_replicas, self.wait_timeout_ms)
 
+    def _found_list(self, client: object) -> None:
+        """A read from ``client`` found the session holding a list or nothing."""
+        if not self.read_from_replicas:
+            _expiry.expiries(client).found_list(self.key)
+
+    def _plain(self, client: object, call: Call, idempotency_key: str | None) -> bool:
+        """Whether this append may be plain commands (pyhistory._core.plain_append): the server
+        pays for a transaction about half of what it pays for a function. Not for a caller's
+        idempotency key (its first attempt may be a retry too), a durable write, a cluster or a
+        batch the library would refuse; only on a key last found holding a list or nothing."""
+        return (
+            idempotency_key is None
+            and not self.wait_for_replicas
+            and plain_client(client)
+            and len(call.args) - 7 <= _core.MAX_BATCH
+            and _expiry.expiries(client).takes_plain(self.key)
+        )
+
+    def _failed(self, client: object, error: HistoryError) -> None:
+        if isinstance(error, WrongTypeError):
+            _expiry.expiries(client).doubt(self.key)
+
+    def _appended(self, client: object, call: Call, replies: list[Any] | None) -> None:
+        """What an append (plain when ``replies`` are EXEC's) tells of the session's key."""
+        known = _expiry.expiries(client)
+        if replies is None:
+            known.found_list(self.key)
+            return
+        try:
+            _, trim_due = _core.plain_append_reply(call, replies)
+        except Exception as error:
+            known.doubt(self.key)
+            raise translate(error) from error
+        if trim_due:
+            known.doubt(self.key)
+
+    def _append(self, call: Call, idempotency_key: str | None) -> None:
+        client = self.redis_client
+        if self._plain(client, call, idempotency_key):
+            replies, _ = run_plain_first(client, _core.plain_append(call), call)
+        else:
+            self._write(call)
+            replies = None
+        self._appended(client, call, replies)
+
+    async def _aappend(self, call: Call, idempotency_key: str | None) -> None:
+        client = await self._async_client()
+        if client is not None and self._plain(client, call, idempotency_key):
+            replies, _ = await arun_plain_first(client, _core.plain_append(call), call)
+        else:
+            await self._awrite(call)
+            replies = None
+        self._appended(self._expiry_client(client), call, replies)
+
     async def _awrite(self, call: Call) -> Any:
         client = await self._async_client()
         return await arun_write(
@@ -323,10 +386,12 @@ class MessageStore:
         client = self._read_client()
         read, refresh = _core.read(self.key, self._window), self._refresh_call(client)
         if refresh is None:
-            return _core.decode(run(client, read))
-        sent_at = time.monotonic()
-        entries, existed = run_pair(client, read, refresh)
-        self._read_refreshed(client, sent_at, existed)
+            entries = run(client, read)
+        else:
+            sent_at = time.monotonic()
+            entries, existed = run_pair(client, read, refresh)
+            self._read_refreshed(client, sent_at, existed)
+        self._found_list(client)
         return _core.decode(entries)
 
     @messages.setter
@@ -343,10 +408,12 @@ class MessageStore:
             return await asyncio.to_thread(lambda: self.messages)
         read, refresh = _core.read(self.key, self._window), self._refresh_call(client)
         if refresh is None:
-            return _core.decode(await arun(client, read))
-        sent_at = time.monotonic()
-        entries, existed = await arun_pair(client, read, refresh)
-        self._read_refreshed(client, sent_at, existed)
+            entries = await arun(client, read)
+        else:
+            sent_at = time.monotonic()
+            entries, existed = await arun_pair(client, read, refresh)
+            self._read_refreshed(client, sent_at, existed)
+        self._found_list(client)
         return _core.decode(entries)
 
     @traced("pyhistory.length", session=_session)
@@ -377,7 +444,7 @@ class MessageStore:
 
         Exactly once: every retry of the call (the client's after a lost reply, a reload of the
         library, a failover) carries the batch's id, and the server does not apply a batch it
-        applied already (within ``pyhistory._core.WINDOW_SECONDS`` and the session's next 63
+        applied already (within ``pyhistory._core.WINDOW_SECONDS`` and the session's next 255
         appends at least; docs/exactly-once.md). When the call raises after the batch may have been
         applied, the error says so: the batch is then stored once or not at all.
 
@@ -390,8 +457,9 @@ class MessageStore:
         if call is not None:
             sent_at = time.monotonic()
             try:
-                self._write(call)
+                self._append(call, idempotency_key)
             except HistoryError as error:
+                self._failed(self.redis_client, error)
                 may_have_been_applied(error, _how_to_retry(idempotency_key))
                 raise
             self._refreshed(self.redis_client, sent_at)
@@ -409,8 +477,9 @@ class MessageStore:
             client = await self._async_client()
             sent_at = time.monotonic()
             try:
-                await self._awrite(call)
+                await self._aappend(call, idempotency_key)
             except HistoryError as error:
+                self._failed(self._expiry_client(client), error)
                 may_have_been_applied(error, _how_to_retry(idempotency_key))
                 raise
             self._refreshed(self._expiry_client(client), sent_at)

@@ -9,7 +9,8 @@ timeout shows it: a write whose outcome it cannot know.
         proxy.cuts  # replies of applied appends that never reached the client
 
 ``cut(batch_id, attempt)`` decides for each append request (FCALL of the history's append, found
-by its function name) from its batch id and how many times the proxy has seen that batch id
+by its function name, or a plain append's transaction, found by the batch id it records) from
+its batch id and how many times the proxy has seen that batch id
 (1 for the first attempt, 2 for its first retry, ...). The proxy runs its own event loop in a
 background thread.
 """
@@ -31,27 +32,19 @@ from pyhistory import _core
 Decide = Callable[[bytes, int], bool]
 
 _APPEND = _core.APPEND.encode()
+_IDS = _core.BATCHES_PREFIX.encode()
 
 
-def batch_ids(request: bytes) -> list[bytes]:
-    """The batch id of every append in a chunk of RESP requests (FCALL append 2 key ids max ttl
-    id ...): the sixth bulk string after the function's name (ids are binary: read by length)."""
-    found = []
-    at = request.find(_APPEND)
-    while at >= 0:
-        end = at + len(_APPEND) + 2  # past the name's CRLF
-        try:
-            for _ in range(6):  # numkeys, key, ids, max_messages, ttl, batch id
-                header_end = request.index(b"\r\n", end)
-                size = int(request[end + 1 : header_end])  # "$<size>"
-                value = request[header_end + 2 : header_end + 2 + size]
-                end = header_end + 2 + size + 2
-            if len(value) == size:
-                found.append(value)
-        except ValueError:  # the request continues in the next chunk: not counted
-            pass
-        at = request.find(_APPEND, at + 1)
-    return found
+def batch_id(request: list[bytes]) -> bytes | None:
+    """The batch id a request carries, when it is an append's: the library's (FCALL append 2 key
+    ids max_messages ttl id ...) or the batch id a plain append records (APPEND ids id, inside
+    the MULTI/EXEC of pyhistory._core.plain_append)."""
+    command = request[0].upper()
+    if command == b"FCALL" and len(request) > 7 and request[1] == _APPEND:
+        return request[7]
+    if command == b"APPEND" and len(request) == 3 and request[1].startswith(_IDS):
+        return request[2]
+    return None
 
 
 class FaultProxy:
@@ -90,11 +83,22 @@ class FaultProxy:
         answered = 0
 
         async def upstream() -> None:
+            plain: bytes | None = None  # the batch id of the plain append being queued
             while data := await reader.read(1 << 16):
                 requests.feed(data)
                 while (request := requests.gets()) is not False:
-                    appends.append(len(request) > 1 and request[1] == _APPEND)
-                for batch in batch_ids(data):
+                    batch = batch_id(request)
+                    # a plain append is applied by its EXEC: that reply is the append's
+                    appends.append(batch is not None and request[0].upper() == b"FCALL")
+                    if batch is None:
+                        if request[0].upper() == b"EXEC" and plain is not None:
+                            appends[-1], batch = True, plain
+                        else:
+                            continue
+                    elif request[0].upper() == b"APPEND":
+                        plain = batch
+                        continue
+                    plain = None
                     with self._lock:
                         self.seen[batch] += 1
                         attempt = self.seen[batch]

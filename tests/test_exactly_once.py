@@ -305,10 +305,10 @@ async def test_cut_appends_asyncio(url: str, client: redis.Redis) -> None:
     await asyncio.to_thread(load_functions, client)  # every cut reply: an applied append's
     outcomes = Outcomes()
     sessions = [f"async-{n}" for n in range(2)]
-    # Appends issued together share a flight, and a cut loses every reply of it: a lower rate
-    # per batch than the sync test's keeps most flights whole; one batch in 64 is cut at every
-    # attempt, so that some appends raise whatever the flights look like.
-    with FaultProxy(port, cut_policy(2, first=0.1, again=0.02, always=4)) as proxy:
+    # A session's first append (the library's) shares its flight with what other tasks issue at
+    # that moment, and a cut loses every reply of it; the plain appends after it are sent alone.
+    # One batch in 64 is cut at every attempt, so that some appends raise.
+    with FaultProxy(port, cut_policy(2, first=0.7, again=0.3, always=4)) as proxy:
         app = redis.asyncio.Redis(
             port=proxy.port, retry=AsyncRetry(NoBackoff(), 3), socket_timeout=5, **VERSIONED
         )
