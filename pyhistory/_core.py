@@ -54,9 +54,10 @@ def library_source() -> str:
 
 # Commands the library's functions run (Redis checks them against the caller's ACL), and the
 # commands the history sends itself: FCALL, DEL for clear(), WAIT for wait_for_replicas, LRANGE
-# for reads that refresh no TTL and LLEN for len().
+# for reads that refresh no TTL, LLEN for len(), MULTI and EXEC around a plain append (whose
+# LPUSH, LTRIM, EXPIRE and APPEND the library runs too).
 FUNCTION_COMMANDS: tuple[str, ...] = HISTORY.commands
-CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait", "lrange", "llen")
+CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait", "lrange", "llen", "multi", "exec")
 
 
 def acl_rule(key_prefix: str = "message_store:") -> str:

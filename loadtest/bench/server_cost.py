@@ -349,7 +349,11 @@ def server_cost(
     human, ai = make_pair(rng)
     entries = [encode(human), encode(ai)]
     small = ["x" * 16, "y" * 16]
-    all_forms = forms(lib, entries, small)
+    all_forms = [
+        f
+        for f in forms(lib, entries, small)
+        if not settings.cost_forms or f.name in settings.cost_forms
+    ]
     connections = settings.cost_connections
     keys = [f"message_store:bench-cost-{i:04d}" for i in range(connections * KEYS_PER_CONNECTION)]
     for server in servers:
