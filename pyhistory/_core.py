@@ -365,6 +365,15 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
     return messages
 
 
+def decode_entry(entry: bytes | str) -> BaseMessage:
+    """One stored entry as a message the caller owns."""
+    message = DECODED.get(entry)
+    if message is None:
+        message = _decode_new(entry)
+        DECODED.put(entry, message)
+    return message
+
+
 def _decode_new(entry: bytes | str) -> BaseMessage:
     """An entry not decoded before, validated by LangChain."""
     try:

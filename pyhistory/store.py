@@ -16,8 +16,9 @@ import redis.asyncio.cluster
 import redis.cluster
 from langchain_core.messages import BaseMessage
 
-from pyhistory import _clients, _core, _expiry, _refusals
+from pyhistory import _clients, _core, _expiry, _refusals, _tokens
 from pyhistory._library import Call
+from pyhistory._tokens import TokenCounter
 from pyhistory.errors import HistoryError, InvalidArgumentError, may_have_been_applied
 from pyhistory.functions import (
     AsyncClient,
@@ -25,10 +26,12 @@ from pyhistory.functions import (
     aload_library,
     arun,
     arun_pair,
+    arun_reads,
     arun_write,
     load_library,
     run,
     run_pair,
+    run_reads,
     run_write,
 )
 from pyhistory.telemetry import traced
@@ -348,6 +351,94 @@ class MessageStore:
         entries, existed = await arun_pair(client, read, refresh)
         self._read_refreshed(client, sent_at, existed)
         return _core.decode(entries)
+
+    def _within_calls(
+        self, max_tokens: int, token_counter: TokenCounter | None, window: int | None
+    ) -> tuple[int, TokenCounter]:
+        """A token window's checks, before any I/O: the window to read and the counter."""
+        counter = _tokens.check_budget(max_tokens, token_counter)
+        size = self._window if window is None else _core.check_size("window", window)
+        return size, counter
+
+    @traced("pyhistory.read", session=_session)
+    def messages_within(
+        self,
+        max_tokens: int,
+        *,
+        token_counter: TokenCounter | None = None,
+        window: int | None = None,
+        with_summary: bool = True,
+    ) -> list[BaseMessage]:
+        """The newest messages whose tokens fit ``max_tokens``, oldest first, in one round trip.
+
+        ``window`` bounds what is read (the newest ``window`` entries: this call's, else the
+        store's, else all); ``max_tokens`` bounds what is returned: the newest of those whose
+        counts add up to at most ``max_tokens``, stopping at the first that does not fit. The
+        result never starts with a tool result whose tool call it does not hold (LLM APIs reject
+        those), so it may hold less than the budget allows.
+
+        With ``with_summary``, a summary the session holds as its oldest message (a
+        ``HumanMessage`` with ``additional_kwargs={"lc_source": "summarization"}``, as LangChain's
+        SummarizationMiddleware and :func:`pyhistory.summarize` write it) comes first, counted
+        against the budget first: it is read in the same flight, even when the window does not
+        reach it, and left out only when it alone exceeds the budget.
+
+        Each message is counted once per process: counts are kept by counter and stored bytes
+        (:class:`pyhistory._tokens.TokenCounts`, bounded), and a message is counted alone, so a
+        window's total is the sum of its messages' counts. The messages returned are the
+        caller's own: changing them changes no later read. The TTL is kept sliding as by
+        :attr:`messages`.
+
+        Args:
+            max_tokens: the budget, an int >= 0.
+            token_counter: counts the tokens of a list of messages (LangChain's signature):
+                ``langchain_core.messages.utils.count_tokens_approximately`` by default, or, e.g.,
+                a chat model's ``get_num_tokens_from_messages``. Pass the same object from call
+                to call, so that its counts are reused.
+            window: the most entries to read (None: the store's ``window``, else all).
+            with_summary: put the session's summary first.
+
+        Raises:
+            InvalidArgumentError: a negative budget, a counter that is not callable or a bad
+                window, before any I/O; a counter that returns something else than an int >= 0.
+        """
+        size, counter = self._within_calls(max_tokens, token_counter, window)
+        client = self._read_client()
+        reads = _tokens.reads(self.key, size, with_summary)
+        refresh = self._refresh_call(client)
+        sent_at = time.monotonic()
+        replies, existed = run_reads(client, reads, refresh)
+        if refresh is not None:
+            self._read_refreshed(client, sent_at, existed)
+        return _tokens.choose(replies, size, max_tokens, counter, with_summary)
+
+    @traced("pyhistory.read", session=_session)
+    async def amessages_within(
+        self,
+        max_tokens: int,
+        *,
+        token_counter: TokenCounter | None = None,
+        window: int | None = None,
+        with_summary: bool = True,
+    ) -> list[BaseMessage]:
+        """The asyncio twin of :meth:`messages_within`."""
+        size, counter = self._within_calls(max_tokens, token_counter, window)
+        client = await self._async_read_client()
+        if client is None:
+            return await asyncio.to_thread(
+                self.messages_within,
+                max_tokens,
+                token_counter=token_counter,
+                window=window,
+                with_summary=with_summary,
+            )
+        reads = _tokens.reads(self.key, size, with_summary)
+        refresh = self._refresh_call(client)
+        sent_at = time.monotonic()
+        replies, existed = await arun_reads(client, reads, refresh)
+        if refresh is not None:
+            self._read_refreshed(client, sent_at, existed)
+        return _tokens.choose(replies, size, max_tokens, counter, with_summary)
 
     @traced("pyhistory.length", session=_session)
     def __len__(self) -> int:
