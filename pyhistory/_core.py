@@ -365,6 +365,19 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
     return messages
 
 
+def decode_each(entries: Sequence[bytes | str]) -> list[BaseMessage]:
+    """Stored entries -> messages, one each and in the same order (no tool result dropped), each
+    one the caller's own."""
+    messages: list[BaseMessage] = []
+    for entry in entries:
+        message = DECODED.get(entry)
+        if message is None:
+            message = _decode_new(entry)
+            DECODED.put(entry, message)
+        messages.append(message)
+    return messages
+
+
 def _decode_new(entry: bytes | str) -> BaseMessage:
     """An entry not decoded before, validated by LangChain."""
     try:
