@@ -365,13 +365,17 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
     return messages
 
 
-def decode_entry(entry: bytes | str) -> BaseMessage:
-    """One stored entry as a message the caller owns."""
-    message = DECODED.get(entry)
-    if message is None:
-        message = _decode_new(entry)
-        DECODED.put(entry, message)
-    return message
+def decode_each(entries: Sequence[bytes | str]) -> list[BaseMessage]:
+    """Stored entries -> messages, one each and in the same order (no tool result dropped), each
+    one the caller's own."""
+    messages: list[BaseMessage] = []
+    for entry in entries:
+        message = DECODED.get(entry)
+        if message is None:
+            message = _decode_new(entry)
+            DECODED.put(entry, message)
+        messages.append(message)
+    return messages
 
 
 def _decode_new(entry: bytes | str) -> BaseMessage:

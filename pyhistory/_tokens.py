@@ -19,23 +19,13 @@ from langchain_core.messages import BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 
 from pyhistory import _core
+from pyhistory._bounded import is_summary
 from pyhistory._library import Call
 from pyhistory.errors import InvalidArgumentError
 
 TokenCounter = Callable[[Sequence[BaseMessage]], int]
 """A function that counts the tokens of messages, as LangChain's (``count_tokens_approximately``,
 a chat model's ``get_num_tokens_from_messages``). A window asks it about one message at a time."""
-
-SUMMARY_SOURCE = "summarization"
-"""The ``lc_source`` LangChain 1.x's SummarizationMiddleware gives its summary message."""
-
-
-def is_summary_message(message: BaseMessage) -> bool:
-    """Whether ``message`` is a conversation summary as LangChain 1.x marks one: a human message
-    with ``additional_kwargs["lc_source"] == "summarization"``."""
-    return message.type == "human" and (
-        message.additional_kwargs.get("lc_source") == SUMMARY_SOURCE
-    )
 
 
 class TokenCounts:
@@ -129,8 +119,8 @@ def choose(
     left = max_tokens
     summary: list[BaseMessage] = []
     if oldest is not None:
-        message = _core.decode_entry(oldest)
-        if is_summary_message(message):
+        message = _core.decode_each([oldest])[0]
+        if is_summary(message):
             if entries and entries[-1] == oldest:  # in the window too: given once, first
                 entries.pop()
             cost = _count(counter, oldest, message)
@@ -148,12 +138,17 @@ def choose(
     return summary + messages
 
 
+def count_message(counter: TokenCounter, message: BaseMessage) -> int:
+    """A message's count, by its stored bytes (what it encodes to): counted once per process."""
+    return _count(counter, _core.encode(message), message)
+
+
 def _count(counter: TokenCounter, entry: bytes | str, message: BaseMessage | None = None) -> int:
     key = TokenCounts.key(counter, entry)
     count = COUNTS.get(key)
     if count is None:
         if message is None:
-            message = _core.decode_entry(entry)
+            message = _core.decode_each([entry])[0]
         count = counter([message])
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidArgumentError(

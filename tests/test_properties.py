@@ -3,7 +3,7 @@
 1. A stateful machine drives random sequences of operations on RedisChatMessageHistory (random
    max_messages, window, ttl, refresh_ttl_on_read per instance) next to a pure-Python model of
    the semantics, and compares, after every step, the stored bytes, the TTL and what was read.
-2. For any ARGV, ``FCALL pyhistory_v3_append`` either has exactly its documented effect or fails
+2. For any ARGV, ``FCALL pyhistory_v4_append`` either has exactly its documented effect or fails
    with its documented code word and leaves both keys (value and expiry) unchanged.
 """
 
