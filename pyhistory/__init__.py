@@ -59,6 +59,7 @@ from pyhistory.errors import (
 )
 from pyhistory.sessions import alist_sessions, list_sessions
 from pyhistory.store import MessageStore, aload_functions, load_functions
+from pyhistory.summaries import Summarizer, asummarize, summarize
 
 if TYPE_CHECKING:
     from pyhistory.history import RedisChatMessageHistory
@@ -108,6 +109,7 @@ __all__ = [
     "ServerTimeoutError",
     "SessionEntry",
     "SessionTooLongError",
+    "Summarizer",
     "WrongEventLoopError",
     "WrongTypeError",
     "__version__",
@@ -115,9 +117,11 @@ __all__ = [
     "aclose_clients",
     "alist_sessions",
     "aload_functions",
+    "asummarize",
     "close_clients",
     "is_summary",
     "list_sessions",
     "load_functions",
+    "summarize",
     "summary_message",
 ]
