@@ -24,7 +24,9 @@ LUA = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
 def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
     history_keys = {"lpush", "ltrim", "expire", "lrange", "llen", "type"}
-    assert called == history_keys | {"getex", "append", "set"}  # and the batch ids' key
+    edits = {"lset", "lrem", "del"}  # compaction, edits by id, clear with an index
+    index = {"time", "zadd", "zrange", "zrem", "zscore"}  # the sessions index
+    assert called == history_keys | {"getex", "append", "set"} | edits | index
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
     cluster_client = {"cluster|slots", "command", "readonly", "asking"}
     assert allowed == called | {"fcall", "del", "wait", "lrange", "llen"} | cluster_client
@@ -37,6 +39,7 @@ def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     ]
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
     assert "~pyhistory:batches:{tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
+    assert "~sessions:*" in pyhistory.acl_rule(sessions_index="sessions:*").split()
 
 
 def test_one_acl_derivation_serves_both_libraries() -> None:
