@@ -138,9 +138,9 @@ def choose(
     return summary + messages
 
 
-def count_message(counter: TokenCounter, message: BaseMessage) -> int:
-    """A message's count, by its stored bytes (what it encodes to): counted once per process."""
-    return _count(counter, _core.encode(message), message)
+def count_entry(counter: TokenCounter, entry: bytes | str, message: BaseMessage) -> int:
+    """The count of ``message``, stored as ``entry``: counted once per process."""
+    return _count(counter, entry, message)
 
 
 def _count(counter: TokenCounter, entry: bytes | str, message: BaseMessage | None = None) -> int:

@@ -9,7 +9,9 @@ one read before the agent runs (the newest ``window`` messages, placed before th
 one atomic append after it finished (exactly the messages the invocation added, trimmed to
 ``max_messages`` and with the TTL set), exactly once: named after the ids of the messages it
 appends, so a run retried after the append raised does not store them twice
-(docs/exactly-once.md). A run that fails or is interrupted part-way stores nothing.
+(docs/exactly-once.md). A run that fails or is interrupted part-way stores nothing. What the
+run removed from its state is removed from the session, and a summary LangChain's
+SummarizationMiddleware made replaces the messages it summarised (docs/agents.md).
 
 Needs the ``agents`` extra: ``pip install 'pyhistory[agents]'``.
 """
@@ -290,7 +292,8 @@ def _placed(messages: Sequence[BaseMessage], history: list[BaseMessage]) -> dict
 
 def _added(state: HistoryState) -> list[BaseMessage]:
     """The messages of the state that this invocation added, in order, but for a summary that
-    SummarizationMiddleware put in place of older messages: the session keeps the transcript."""
+    SummarizationMiddleware put in place of older messages: it is not appended, but swapped in
+    for the messages it replaced when they are the session's oldest (see after_agent)."""
     known = set(state.get("pyhistory_known") or ())
     return [
         m

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from langchain_core.messages import BaseMessage, HumanMessage, get_buffer_string
+from langchain_core.runnables import RunnableConfig
 
 from pyhistory import _core, _tokens
 from pyhistory._bounded import MAX_COMPACT, OldestMessages, is_summary, summary_message
@@ -41,6 +42,10 @@ yours replaces it. Reply with the summary only.
 {messages}
 </conversation>"""
 """The default prompt: ``{messages}`` is replaced by the messages to summarise, one per line."""
+
+# The model's call is marked as LangChain's SummarizationMiddleware marks its own, and kept out of
+# an agent's streamed tokens (LangGraph's "nostream" tag) when a pass runs inside a graph.
+_CALL: RunnableConfig = {"metadata": {"lc_source": "summarization"}, "tags": ["nostream"]}
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class Summarizer:
                 return False
             count, folded = plan
             if made is None or made[0] != folded:
-                made = folded, _summary(self.model.invoke(self._prompt(folded)))
+                made = folded, _summary(self.model.invoke(self._prompt(folded), _CALL))
             if history.compact(oldest, count, made[1]):
                 return True
         return False
@@ -143,7 +148,7 @@ class Summarizer:
                 return False
             count, folded = plan
             if made is None or made[0] != folded:
-                made = folded, _summary(await self.model.ainvoke(self._prompt(folded)))
+                made = folded, _summary(await self.model.ainvoke(self._prompt(folded), _CALL))
             if await history.acompact(oldest, count, made[1]):
                 return True
         return False
@@ -166,7 +171,12 @@ class Summarizer:
         due = self.trigger_messages is not None and size >= self.trigger_messages
         if not due and self.trigger_tokens is not None:
             # A session longer than MAX_COMPACT messages is due; otherwise its count tells.
-            total = sum(_tokens.count_message(self._counter, m) for m in messages)
+            # Counted by their stored bytes, as read (OldestMessages keeps them, oldest first).
+            entries = oldest._entries
+            total = sum(
+                _tokens.count_entry(self._counter, entry, message)
+                for entry, message in zip(entries, messages, strict=False)
+            )
             due = not oldest.complete or total >= self.trigger_tokens
         if not due:
             return None

@@ -137,7 +137,10 @@ def test_a_token_threshold(url: str) -> None:
     for i in range(6):
         history.add_messages(turn(i))
 
+    counted: list[Any] = []
+
     def words(messages: Any) -> int:
+        counted.extend(m.content for m in messages)
         return sum(len(str(m.content).split()) for m in messages)
 
     model = Tally()
@@ -151,6 +154,15 @@ def test_a_token_threshold(url: str) -> None:
     stored = history.messages
     assert asked(stored[0]) == [0, 1, 2, 3, 4, 5]
     assert contents(stored[1:]) == contents(turn(6))
+    assert counted == [
+        *contents(turn(0)),
+        *contents(turn(1)),
+        *contents(turn(2)),
+        *contents(turn(3)),
+        *contents(turn(4)),
+        *contents(turn(5)),
+        *contents(turn(6)),
+    ]  # each message counted once, over both passes
 
 
 def test_the_cut_never_leaves_a_tool_result_first(url: str) -> None:
