@@ -237,3 +237,24 @@ def test_a_threshold_the_bound_never_lets_a_session_reach_is_refused() -> None:
     nowhere = MessageStore("s", url="redis://127.0.0.1:1/0", max_messages=20)
     with pytest.raises(InvalidArgumentError, match="below max_messages"):
         pyhistory.summarize(nowhere, Tally(), trigger_messages=20, keep_messages=5)
+
+
+@pytest.mark.cluster
+def test_on_a_cluster(cluster: Any, cluster_client: Any) -> None:
+    import asyncio
+
+    for session in ("a", "b"):
+        history = MessageStore(session, url=cluster.url, cluster=True, max_messages=30)
+        for i in range(8):
+            history.add_messages(turn(i))
+        assert pyhistory.summarize(history, Tally(), trigger_messages=20, keep_messages=4) is False
+        assert pyhistory.summarize(history, Tally(), trigger_messages=10, keep_messages=4)
+        assert asked(history.messages[0]) == list(range(6))
+
+    async def again() -> bool:
+        history = MessageStore("a", url=cluster.url, cluster=True)
+        await history.aadd_messages([*turn(8), *turn(9)])
+        return await pyhistory.asummarize(history, Tally(), trigger_messages=5, keep_messages=2)
+
+    assert asyncio.run(again())
+    assert asked(MessageStore("a", redis_client=cluster_client).messages[0]) == list(range(9))

@@ -287,3 +287,32 @@ def test_a_counter_that_does_not_count_is_a_typed_error(url: str) -> None:
     store.add_messages(words("aa"))
     with pytest.raises(InvalidArgumentError, match="int >= 0"):
         store.messages_within(10, token_counter=lambda messages: "many")  # type: ignore[arg-type,return-value]
+
+
+# --- on a cluster --------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_on_a_cluster(cluster: Any, cluster_client: Any) -> None:
+    """The reads and the TTL refresh of one window go in one flight to the key's node."""
+    import asyncio
+
+    for session in ("a", "b", "c"):
+        store = MessageStore(session, url=cluster.url, cluster=True, ttl=60, ttl_refresh_interval=0)
+        store.add_messages([summary(f"S{session}"), *words("aa", "bb", "cc")])
+        got = store.messages_within(100, token_counter=Counting(), window=2)
+        assert contents(got) == [f"S{session}", "bb", "cc"]
+
+    async def asyncio_reads() -> list[list[Any]]:
+        found = []
+        for session in ("a", "b", "c"):
+            store = MessageStore(session, url=cluster.url, cluster=True, ttl=60)
+            found.append(contents(await store.amessages_within(6, token_counter=Counting())))
+        return found
+
+    assert asyncio.run(asyncio_reads()) == [
+        ["Sa", "bb", "cc"],
+        ["Sb", "bb", "cc"],
+        ["Sc", "bb", "cc"],
+    ]
+    assert 0 < cluster_client.ttl("message_store:a") <= 60
