@@ -482,6 +482,14 @@ def test_appends_keep_the_index_newest_first_and_listing_pages(
     assert client.zcard("sessions:{alice}") == 4
 
 
+def test_an_indexed_append_is_exactly_once(url: str, client: redis.Redis) -> None:
+    store = MessageStore("a", url=url, ttl=60, **TAGGED)
+    for _ in range(2):
+        store.add_messages(numbered(2), idempotency_key="request-1")
+    assert len(store) == 2
+    assert client.zrange("sessions:{alice}", 0, -1) == [b"chat:{alice}:a"]
+
+
 def test_clear_removes_the_session_from_the_index_atomically(url: str, client: redis.Redis) -> None:
     a = MessageStore("a", url=url, **TAGGED)
     a.add_messages(numbered(1), idempotency_key="k")
