@@ -121,7 +121,7 @@ end
 
 -- Record an append to the session `key` in the sessions `index`: its score becomes now; with a
 -- TTL, the index expires with its newest session and forgets sessions idle longer than it.
--- Its WRONGTYPE (the index holds another type) is raised by ZADD, the first command here.
+-- The append checked the index's type (ZSCORE) before its first write.
 local function indexed(index, key, ttl)
   local now = now_ms()
   redis.call('ZADD', index, string.format('%d', now), key)

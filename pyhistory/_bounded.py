@@ -268,10 +268,12 @@ def append_indexed(
     ttl: int,
     batch_id: bytes | None = None,
 ) -> Call:
-    """The append with the sessions index as a third key (see _core.append)."""
-    plain = _core.append(key, encoded, max_messages, ttl, batch_id)
-    function, _, session, ids, *rest = plain.args
-    return Call("FCALL", (function, 3, session, ids, index, *rest), key, _core.HISTORY)
+    """The append (exactly once, as _core.append) with the sessions index as a third key, built
+    here so that the plain append's call stays _core's alone."""
+    batch_id = _core.new_batch_id() if batch_id is None else batch_id
+    ids = _core.batches_key(key)
+    args = (_core.APPEND, 3, key, ids, index, max_messages, ttl, batch_id, *encoded)
+    return Call("FCALL", args, key, _core.HISTORY)
 
 
 def clear_indexed(key: str, index: str) -> Call:

@@ -139,7 +139,9 @@ def test_appends_during_a_compaction_survive_it(url: str) -> None:
     store = MessageStore("s", url=url)
     store.add_messages(numbered(4))
     oldest = store.oldest(2)
-    store.add_messages(numbered(2, start=4))  # while the summary is written
+    other = CommunityHistory("s", url=url)  # another client, langchain_community's own writer
+    for message in numbered(2, start=4):  # while the summary is written
+        other.add_message(message)
     assert store.compact(oldest, 2, "early")
     assert contents(store)[1:] == ["m2", "m3", "m4", "m5"]
 
@@ -151,7 +153,8 @@ def test_an_append_after_reading_the_whole_session_is_a_change(url: str) -> None
     store.add_messages(numbered(3))
     oldest = store.oldest(5)
     assert oldest.complete and oldest.length == 3
-    store.add_messages(numbered(1, start=3))
+    with redis.Redis.from_url(url) as other:  # another client appends
+        other.lpush(store.key, json.dumps(message_to_dict(numbered(1, start=3)[0])))
     before = contents(store)
     assert store.compact(oldest, 3, "everything") is False
     assert contents(store) == before
@@ -480,6 +483,14 @@ def test_appends_keep_the_index_newest_first_and_listing_pages(
     # no index: the append is the plain one, and the index is untouched
     MessageStore("e", url=url, key_prefix="chat:{alice}:").add_messages(numbered(1))
     assert client.zcard("sessions:{alice}") == 4
+
+
+def test_an_indexed_append_is_exactly_once(url: str, client: redis.Redis) -> None:
+    store = MessageStore("a", url=url, ttl=60, **TAGGED)
+    for _ in range(2):
+        store.add_messages(numbered(2), idempotency_key="request-1")
+    assert len(store) == 2
+    assert client.zrange("sessions:{alice}", 0, -1) == [b"chat:{alice}:a"]
 
 
 def test_clear_removes_the_session_from_the_index_atomically(url: str, client: redis.Redis) -> None:

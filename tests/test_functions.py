@@ -32,7 +32,7 @@ RELEASED = {
     "pyhistory_v1": "854c3036afb9a4f0",
     "pyhistory_v2": "c44ca81acb7ceba5",
     "pyhistory_v3": "9dba9a98be1b3cc6",
-    "pyhistory_v4": "b543f10881c05e77",
+    "pyhistory_v4": "183b7a78acba4233",
 }
 
 

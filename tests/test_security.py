@@ -93,6 +93,25 @@ def test_runtime_user_can_do_every_operation(app_url: str, client: redis.Redis) 
     assert len(ro) == 1  # LLEN
 
 
+def test_runtime_user_compacts_edits_and_lists_sessions(url: str, client: redis.Redis) -> None:
+    """acl_rule with a sessions index pattern allows every call of the bounded-memory API."""
+    rule = pyhistory.acl_rule("chat:", sessions_index="sessions:*")
+    client.execute_command("ACL", "SETUSER", "app", "reset", "on", ">app-secret", *rule.split())
+    parts = urllib.parse.urlsplit(url)
+    app_url = parts._replace(netloc=f"app:app-secret@{parts.hostname}:{parts.port}").geturl()
+    pyhistory.load_functions(client)
+    options: dict[str, Any] = {"key_prefix": "chat:{u}:", "sessions_index": "sessions:{u}"}
+    history = RedisChatMessageHistory("s", url=app_url, ttl=60, **options)
+    history.add_messages([HumanMessage("q1", id="1"), AIMessage("a1", id="2"), HumanMessage("q2")])
+    assert history.compact(history.oldest(1), 1, "asked q1")
+    assert history.remove_messages(["2"]).changed == 1
+    assert history.replace_message("x", AIMessage("no")).missing == ("x",)
+    listed = pyhistory.list_sessions("sessions:{u}", url=app_url, key_prefix="chat:{u}:", ttl=60)
+    assert [entry.session_id for entry in listed] == ["s"]
+    history.clear()
+    assert client.dbsize() == 0
+
+
 async def test_runtime_user_asyncio(app_url: str, client: redis.Redis) -> None:
     await asyncio.to_thread(pyhistory.load_functions, client)
     history = RedisChatMessageHistory("s", url=app_url, ttl=60)
