@@ -123,7 +123,7 @@ def choose(
         if is_summary(message):
             if entries and entries[-1] == oldest:  # in the window too: given once, first
                 entries.pop()
-            cost = _count(counter, oldest, message)
+            cost = _count(counter, oldest)  # the counter gets a copy of its own
             if cost <= left:
                 left -= cost
                 summary.append(message)
