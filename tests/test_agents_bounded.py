@@ -284,3 +284,29 @@ def test_two_runs_summarising_at_once_lose_nothing(url: str) -> None:
     assert is_summary(session[0])
     kept = [int(str(m.content).split()[-1]) for m in session[1:] if m.type == "human"]
     assert asked(session[0]) + kept == list(range(12))
+
+
+def test_the_summarizers_model_is_not_streamed_as_the_agents(url: str) -> None:
+    """Its call is tagged as LangChain tags its summaries' calls: an application streaming the
+    agent's messages sees the agent's answer, not the summary being written."""
+    for i in range(5):
+        MessageStore("s", url=url).add_messages(numbered(i))
+    model = Tally()
+    agent = create_agent(
+        RecallingFakeChatModel(),
+        middleware=[
+            RedisHistoryMiddleware(
+                url=url, summarizer=Summarizer(model, trigger_messages=10, keep_messages=4)
+            )
+        ],
+    )
+    streamed = [
+        chunk.content
+        for chunk, _ in agent.stream(
+            {"messages": [HumanMessage("question 5")]}, config(), stream_mode="messages"
+        )
+    ]
+    assert model.calls == 1
+    assert is_summary(stored(url)[0])
+    assert not any("#" in str(text) for text in streamed)
+    assert "How can I help?" in "".join(str(text) for text in streamed)
