@@ -316,3 +316,26 @@ def test_on_a_cluster(cluster: Any, cluster_client: Any) -> None:
         ["Sc", "bb", "cc"],
     ]
     assert 0 < cluster_client.ttl("message_store:a") <= 60
+
+
+# --- from a replica ------------------------------------------------------------------------------
+
+
+def test_from_a_replica(replicated: Any) -> None:
+    """Reads served by a replica: the window and the summary from there, no TTL refresh."""
+    import asyncio
+
+    url, replica = replicated
+    store = MessageStore("s", url=url, ttl=60, replica_url=replica.url, ttl_refresh_interval=0)
+    store.add_messages([summary("S"), *words("aa", "bb", "cc")])
+    with redis.Redis.from_url(url) as primary:
+        primary.execute_command("WAIT", 1, 1000)
+    assert contents(store.messages_within(100, token_counter=Counting(), window=1)) == ["S", "cc"]
+    log = CommandLog(replica.url)
+    seen = log.commands_of(lambda: store.messages_within(100, token_counter=Counting(), window=1))
+    assert seen == ["LRANGE", "LRANGE"]  # no TTL refresh: a replica cannot write
+
+    async def read() -> list[BaseMessage]:
+        return await store.amessages_within(5, token_counter=Counting())
+
+    assert contents(asyncio.run(read())) == ["S", "bb", "cc"]
