@@ -521,6 +521,18 @@ def test_expired_sessions_are_dropped_by_appends_and_by_the_listing(
     ]
 
 
+def test_a_call_drops_at_most_a_bounded_number_of_expired_sessions(
+    url: str, client: redis.Redis
+) -> None:
+    MessageStore("live", url=url, ttl=60, **TAGGED).add_messages(numbered(1))
+    old_ms = int(time.time() * 1000) - 120_000
+    client.zadd("sessions:{alice}", {f"chat:{{alice}}:old{i}": old_ms for i in range(150)})
+    for left in (50, 0):
+        listed = list_sessions("sessions:{alice}", url=url, ttl=60)
+        assert [s.key for s in listed] == ["chat:{alice}:live"]  # the expired are never listed
+        assert client.zcard("sessions:{alice}") == 1 + left
+
+
 def test_index_and_session_must_share_a_slot(url: str) -> None:
     with pytest.raises(CrossSlotError, match=r"chat:\{alice\}"):
         MessageStore("s", url=url, sessions_index="sessions:alice")
