@@ -331,6 +331,26 @@ async def test_compaction_asyncio(url: str, aclient: redis.asyncio.Redis) -> Non
     assert len(await url_store.aget_messages()) == 1
 
 
+def test_every_new_call_loads_the_library_again_when_the_server_lost_it(
+    url: str, client: redis.Redis
+) -> None:
+    store = MessageStore("s", url=url, ttl=60, **TAGGED)
+    store.add_messages(numbered(4))
+    oldest = store.oldest(1)
+    calls = (
+        lambda: store.compact(oldest, 1, "first"),
+        lambda: store.remove_messages(["id1"]),
+        lambda: store.replace_message("id2", HumanMessage("two")),
+        lambda: list_sessions("sessions:{alice}", url=url),
+        lambda: store.add_messages(numbered(1, start=4)),
+        store.clear,
+    )
+    for call in calls:
+        client.function_flush()
+        call()
+    assert client.dbsize() == 0
+
+
 # --- edits by id ---------------------------------------------------------------------------------
 
 
