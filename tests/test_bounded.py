@@ -331,6 +331,26 @@ async def test_compaction_asyncio(url: str, aclient: redis.asyncio.Redis) -> Non
     assert len(await url_store.aget_messages()) == 1
 
 
+def test_every_new_call_loads_the_library_again_when_the_server_lost_it(
+    url: str, client: redis.Redis
+) -> None:
+    store = MessageStore("s", url=url, ttl=60, **TAGGED)
+    store.add_messages(numbered(4))
+    oldest = store.oldest(1)
+    calls = (
+        lambda: store.compact(oldest, 1, "first"),
+        lambda: store.remove_messages(["id1"]),
+        lambda: store.replace_message("id2", HumanMessage("two")),
+        lambda: list_sessions("sessions:{alice}", url=url),
+        lambda: store.add_messages(numbered(1, start=4)),
+        store.clear,
+    )
+    for call in calls:
+        client.function_flush()
+        call()
+    assert client.dbsize() == 0
+
+
 # --- edits by id ---------------------------------------------------------------------------------
 
 
@@ -519,6 +539,18 @@ def test_expired_sessions_are_dropped_by_appends_and_by_the_listing(
         b"chat:{alice}:live",
         b"chat:{alice}:next",
     ]
+
+
+def test_a_call_drops_at_most_a_bounded_number_of_expired_sessions(
+    url: str, client: redis.Redis
+) -> None:
+    MessageStore("live", url=url, ttl=60, **TAGGED).add_messages(numbered(1))
+    old_ms = int(time.time() * 1000) - 120_000
+    client.zadd("sessions:{alice}", {f"chat:{{alice}}:old{i}": old_ms for i in range(150)})
+    for left in (50, 0):
+        listed = list_sessions("sessions:{alice}", url=url, ttl=60)
+        assert [s.key for s in listed] == ["chat:{alice}:live"]  # the expired are never listed
+        assert client.zcard("sessions:{alice}") == 1 + left
 
 
 def test_index_and_session_must_share_a_slot(url: str) -> None:
