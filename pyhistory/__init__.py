@@ -25,12 +25,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyhistory._bounded import (
+    EditResult,
+    OldestMessages,
+    SessionEntry,
+    is_summary,
+    summary_message,
+)
 from pyhistory._clients import aclose_clients, close_clients
 from pyhistory._core import LIBRARY, MAX_BATCH, acl_rule
 from pyhistory.errors import (
     AuthenticationFailedError,
     BatchTooLargeError,
     CorruptEntryError,
+    CrossSlotError,
     FunctionsNotLoadedError,
     HistoryError,
     InvalidArgumentError,
@@ -45,10 +53,13 @@ from pyhistory.errors import (
     ServerConnectionError,
     ServerError,
     ServerTimeoutError,
+    SessionTooLongError,
     WrongEventLoopError,
     WrongTypeError,
 )
+from pyhistory.sessions import alist_sessions, list_sessions
 from pyhistory.store import MessageStore, aload_functions, load_functions
+from pyhistory.summaries import Summarizer, asummarize, summarize
 
 if TYPE_CHECKING:
     from pyhistory.history import RedisChatMessageHistory
@@ -77,6 +88,8 @@ __all__ = [
     "AuthenticationFailedError",
     "BatchTooLargeError",
     "CorruptEntryError",
+    "CrossSlotError",
+    "EditResult",
     "FunctionsNotLoadedError",
     "HistoryError",
     "InvalidArgumentError",
@@ -84,6 +97,7 @@ __all__ = [
     "InvalidSizeError",
     "InvalidTTLError",
     "MessageStore",
+    "OldestMessages",
     "OutOfMemoryError",
     "PermissionDeniedError",
     "ReadOnlyServerError",
@@ -93,12 +107,21 @@ __all__ = [
     "ServerConnectionError",
     "ServerError",
     "ServerTimeoutError",
+    "SessionEntry",
+    "SessionTooLongError",
+    "Summarizer",
     "WrongEventLoopError",
     "WrongTypeError",
     "__version__",
     "acl_rule",
     "aclose_clients",
+    "alist_sessions",
     "aload_functions",
+    "asummarize",
     "close_clients",
+    "is_summary",
+    "list_sessions",
     "load_functions",
+    "summarize",
+    "summary_message",
 ]

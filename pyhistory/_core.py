@@ -60,14 +60,21 @@ FUNCTION_COMMANDS: tuple[str, ...] = HISTORY.commands
 CLIENT_COMMANDS: tuple[str, ...] = ("fcall", "del", "wait", "lrange", "llen", "multi", "exec")
 
 
-def acl_rule(key_prefix: str = "message_store:") -> str:
+def acl_rule(key_prefix: str = "message_store:", sessions_index: str | None = None) -> str:
     """The least-privilege ACL rules for an application's runtime user: its sessions' keys and
     their batch ids only (:func:`batches_key`), the calls and what they run, what a cluster client
     needs to find its way, nothing else (no FUNCTION, no KEYS/SCAN, no other keys, no INFO: on a
     cluster, pass ``cluster=True``). Loading the functions is left to an admin user at deploy
-    time (``pyhistory load``)."""
+    time (``pyhistory load``). ``sessions_index``: also that sessions index's key (a glob
+    pattern, e.g. ``"sessions:*"``, as given)."""
     prefix, batches = acl_glob(key_prefix), acl_glob(BATCHES_PREFIX)
-    other = (f"{batches}{prefix}*", f"{batches}{{{prefix}*", f"{batches}{{*}}{prefix}*")
+    other: tuple[str, ...] = (
+        f"{batches}{prefix}*",
+        f"{batches}{{{prefix}*",
+        f"{batches}{{*}}{prefix}*",
+    )
+    if sessions_index is not None:
+        other = (*other, sessions_index)
     return HISTORY.acl_rule(key_prefix, CLIENT_COMMANDS, other)
 
 
@@ -363,6 +370,19 @@ def decode(entries: Sequence[bytes | str]) -> list[BaseMessage]:
             DECODED.put(entry, message)
         if messages or message.type != "tool":
             messages.append(message)
+    return messages
+
+
+def decode_each(entries: Sequence[bytes | str]) -> list[BaseMessage]:
+    """Stored entries -> messages, one each and in the same order (no tool result dropped), each
+    one the caller's own."""
+    messages: list[BaseMessage] = []
+    for entry in entries:
+        message = DECODED.get(entry)
+        if message is None:
+            message = _decode_new(entry)
+            DECODED.put(entry, message)
+        messages.append(message)
     return messages
 
 

@@ -9,13 +9,16 @@ one read before the agent runs (the newest ``window`` messages, placed before th
 one atomic append after it finished (exactly the messages the invocation added, trimmed to
 ``max_messages`` and with the TTL set), exactly once: named after the ids of the messages it
 appends, so a run retried after the append raised does not store them twice
-(docs/exactly-once.md). A run that fails or is interrupted part-way stores nothing.
+(docs/exactly-once.md). A run that fails or is interrupted part-way stores nothing. What the
+run removed from its state is removed from the session, and a summary LangChain's
+SummarizationMiddleware made replaces the messages it summarised (docs/agents.md).
 
 Needs the ``agents`` extra: ``pip install 'pyhistory[agents]'``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -35,9 +38,12 @@ except ImportError as error:  # pragma: no cover - exercised by a test that hide
     ) from error
 from typing_extensions import NotRequired
 
+from pyhistory import _core
+from pyhistory._bounded import MAX_COMPACT, OldestMessages, is_summary
 from pyhistory.errors import InvalidArgumentError, InvalidSessionIdError
 from pyhistory.functions import AsyncClient, SyncClient
 from pyhistory.store import MessageStore
+from pyhistory.summaries import Summarizer
 from pyhistory.telemetry import traced
 
 __all__ = ["DEFAULT_SESSION_KEYS", "HistoryState", "RedisHistoryMiddleware", "SessionResolver"]
@@ -51,6 +57,10 @@ SessionResolver = Callable[[Runtime[Any], RunnableConfig], str]
 
 KNOWN = "pyhistory_known"
 _NO_CONFIG: RunnableConfig = {}
+# The id a message stored without one goes by in the agent's state (see _state_ids).
+NO_ID = "pyhistory-noid-"
+# How many times a summary from the agent's state is swapped in before it is left out.
+COMPACT_ATTEMPTS = 3
 
 
 class HistoryState(AgentState[Any]):
@@ -77,6 +87,12 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
     Redis session stays current for every other reader. A run resumed after an error or an
     interrupt appends its messages once, when it completes.
 
+    Messages the run removed from its state (a ``RemoveMessage`` from the agent or another
+    middleware) that the session stores are removed from the session by id after the append.
+    A summary LangChain's ``SummarizationMiddleware`` put in place of older messages is stored
+    in their place (:meth:`MessageStore.compact`) when they are the session's oldest; see
+    docs/agents.md for the exact rules.
+
     Args:
         url: the server, used when no client is given (one shared pool per URL).
         key_prefix: prepended to the session id to form the key (as langchain_community's).
@@ -89,6 +105,10 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
             function ``(runtime, config) -> str``.
         redis_client: a redis-py client to use instead of ``url``.
         async_redis_client: a ``redis.asyncio`` client for the asyncio hooks.
+        summarizer: summarise the session after each append, when it passes the summarizer's
+            threshold (:class:`pyhistory.Summarizer`: its model, trigger and how many messages
+            it keeps); costs one more round trip (``LLEN``) per invocation, and the model's call
+            when it is due. Its ``trigger_messages`` must be below ``max_messages``.
         **store_options: any other keyword of ``pyhistory.store.MessageStore`` (``cluster``,
             ``refresh_ttl_on_read``, ``wait_for_replicas``, ...).
 
@@ -109,6 +129,7 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
         session: str | Sequence[str] | SessionResolver = DEFAULT_SESSION_KEYS,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
+        summarizer: Summarizer | None = None,
         **store_options: Any,
     ) -> None:
         super().__init__()
@@ -129,6 +150,13 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
                     f"session must be a key, keys or a function, got {session!r}"
                 )
         self.session = session
+        if summarizer is not None:
+            if not isinstance(summarizer, Summarizer):
+                raise InvalidArgumentError(
+                    f"summarizer must be a pyhistory.Summarizer, got {summarizer!r}"
+                )
+            summarizer.check_bound(max_messages)
+        self.summarizer = summarizer
         try:
             self.store("settings-check")  # every setting checked now, with no I/O
         except TypeError as error:  # a keyword MessageStore does not take
@@ -199,20 +227,42 @@ class RedisHistoryMiddleware(AgentMiddleware[HistoryState, Any]):
     def after_agent(
         self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
-        added = _added(state)
-        if added:
+        added, (removed, summary) = _added(state), _removed(state)
+        if added or removed or self.summarizer is not None:
             store = self.store(self.session_id(runtime, config))
-            store.add_messages(added, idempotency_key=_batch_key(added))
+            if added:
+                store.add_messages(added, idempotency_key=_batch_key(added))
+            if removed and summary is not None:
+                for _ in range(COMPACT_ATTEMPTS):
+                    oldest = store.oldest(min(len(removed), MAX_COMPACT))
+                    count = _summarised(oldest, removed)
+                    if not count or store.compact(oldest, count, summary):
+                        break
+            elif removed and _addressable(removed):
+                store.remove_messages(_addressable(removed))
+            if self.summarizer is not None:
+                self.summarizer.summarize(store)
         return _stored(state)
 
     @traced("pyhistory.agent.after_agent", kind="internal")
     async def aafter_agent(
         self, state: HistoryState, runtime: Runtime[Any], config: RunnableConfig = _NO_CONFIG
     ) -> dict[str, Any] | None:
-        added = _added(state)
-        if added:
+        added, (removed, summary) = _added(state), _removed(state)
+        if added or removed or self.summarizer is not None:
             store = self.store(self.session_id(runtime, config))
-            await store.aadd_messages(added, idempotency_key=_batch_key(added))
+            if added:
+                await store.aadd_messages(added, idempotency_key=_batch_key(added))
+            if removed and summary is not None:
+                for _ in range(COMPACT_ATTEMPTS):
+                    oldest = await store.aoldest(min(len(removed), MAX_COMPACT))
+                    count = _summarised(oldest, removed)
+                    if not count or await store.acompact(oldest, count, summary):
+                        break
+            elif removed and _addressable(removed):
+                await store.aremove_messages(_addressable(removed))
+            if self.summarizer is not None:
+                await self.summarizer.asummarize(store)
         return _stored(state)
 
 
@@ -225,7 +275,10 @@ def _placed(messages: Sequence[BaseMessage], history: list[BaseMessage]) -> dict
     lead = 0
     while lead < len(messages) and isinstance(messages[lead], SystemMessage):
         lead += 1
-    history = [m if m.id else m.model_copy(update={"id": str(uuid.uuid4())}) for m in history]
+    history = [
+        m if m.id else m.model_copy(update={"id": i})
+        for m, i in zip(history, _state_ids(history), strict=True)
+    ]
     stored = {m.id for m in history}
     # An input message already stored (the same id, sent again by a retried request) is not
     # placed or stored twice.
@@ -239,7 +292,8 @@ def _placed(messages: Sequence[BaseMessage], history: list[BaseMessage]) -> dict
 
 def _added(state: HistoryState) -> list[BaseMessage]:
     """The messages of the state that this invocation added, in order, but for a summary that
-    SummarizationMiddleware put in place of older messages: the session keeps the transcript."""
+    SummarizationMiddleware put in place of older messages: it is not appended, but swapped in
+    for the messages it replaced when they are the session's oldest (see after_agent)."""
     known = set(state.get("pyhistory_known") or ())
     return [
         m
@@ -247,6 +301,55 @@ def _added(state: HistoryState) -> list[BaseMessage]:
         if (m.id is None or m.id not in known)
         and m.additional_kwargs.get("lc_source") != "summarization"
     ]
+
+
+def _removed(state: HistoryState) -> tuple[list[str], BaseMessage | None]:
+    """The ids of the messages known when the run began (stored, or not to be stored) that its
+    final state no longer holds, and the summary this run put in their place, if any (a summary
+    message not known before: SummarizationMiddleware's)."""
+    known = state.get("pyhistory_known") or ()
+    present = {m.id for m in state["messages"]}
+    removed = [i for i in known if i not in present]
+    known_ids = set(known)
+    summary = next((m for m in state["messages"] if is_summary(m) and m.id not in known_ids), None)
+    return removed, summary
+
+
+def _addressable(removed: Sequence[str]) -> list[str]:
+    """The removed ids that stored messages can have: not those made up for messages stored
+    without an id (they cannot be named, so they stay)."""
+    return [i for i in removed if not i.startswith(NO_ID)]
+
+
+def _summarised(oldest: OldestMessages, removed: Sequence[str]) -> int:
+    """How many of the session's oldest messages the summary replaces: those, from the start,
+    that the run removed (none when the session does not start with them: the messages read
+    before the run were not its oldest), cut where no tool result is left first."""
+    gone = set(removed)
+    count = 0
+    for state_id in _state_ids(oldest.messages):
+        if state_id not in gone:
+            break
+        count += 1
+    return oldest.safe_count(count)
+
+
+def _state_ids(messages: Iterable[BaseMessage]) -> list[str]:
+    """The id each stored message goes by in the agent's state: its own, or, for one stored
+    without an id (by a chain, say), one made from its stored bytes and how many equal messages
+    come before it, so that the same messages read again get the same ids."""
+    seen: dict[str, int] = {}
+    ids = []
+    for message in messages:
+        if message.id:
+            ids.append(message.id)
+            continue
+        raw = _core.encode(message).encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
+        rank = seen.get(digest, 0)
+        seen[digest] = rank + 1
+        ids.append(f"{NO_ID}{digest}-{rank}")
+    return ids
 
 
 def _batch_key(added: Sequence[BaseMessage]) -> str | None:

@@ -42,7 +42,19 @@ class InvalidTTLError(InvalidArgumentError):
 
 
 class BatchTooLargeError(InvalidArgumentError):
-    """One append carries more messages than a batch may hold (TOOMANY). Nothing was stored."""
+    """One call carries more than it may (TOOMANY): an append more messages than a batch holds,
+    an edit more ids, a listing a larger page. Nothing was stored."""
+
+
+class CrossSlotError(InvalidArgumentError):
+    """Keys that one atomic call must update together (a session and its sessions index) hash to
+    different Redis Cluster slots: they need one hash tag (``chat:{alice}:...`` with
+    ``sessions:{alice}``). Refused on any server, before anything is sent."""
+
+
+class SessionTooLongError(InvalidArgumentError):
+    """An edit by message id reads the whole session, and this one holds more entries than an
+    edit may read (TOOLONG; ``pyhistory._bounded.MAX_SCAN``). Nothing was changed."""
 
 
 class InvalidCheckpointIdError(InvalidArgumentError):
@@ -150,6 +162,7 @@ SERVER_ERRORS: dict[str, type[HistoryError]] = {
     "BADSIZE": InvalidSizeError,
     "BADTTL": InvalidTTLError,
     "TOOMANY": BatchTooLargeError,
+    "TOOLONG": SessionTooLongError,
     "WRONGTYPE": WrongTypeError,
     # lua/pyhistory_checkpoint.lua
     "BADID": InvalidCheckpointIdError,

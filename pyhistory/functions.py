@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import redis
@@ -471,6 +471,78 @@ async def arun_pair(client: AsyncClient, call: Call, then: Call) -> tuple[Any, A
     if again:
         second = await _arefresh(client, then)
     return first, second
+
+
+def run_reads(
+    client: SyncClient, reads: Sequence[Call], then: Call | None
+) -> tuple[list[Any], Any]:
+    """Plain reads and, when given, ``then`` (a side effect such as a TTL refresh, as in
+    :func:`run_pair`) in one flight: the reads' replies, and ``then``'s (None without it)."""
+    calls = [*reads, then] if then is not None else list(reads)
+    if len(calls) == 1:
+        return [run(client, calls[0])], None
+    try:
+        pipe = client.pipeline(transaction=False)
+        for c in calls:
+            pipe.execute_command(c.command, *c.args)
+        replies = pipe.execute(raise_on_error=False)
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    read, second = _flight_replies(replies, len(reads), then)
+    if second is _AGAIN:
+        assert then is not None
+        second = _refresh(client, then)
+    return read, second
+
+
+async def arun_reads(
+    client: AsyncClient, reads: Sequence[Call], then: Call | None
+) -> tuple[list[Any], Any]:
+    """The asyncio twin of :func:`run_reads`."""
+    calls = [*reads, then] if then is not None else list(reads)
+    if len(calls) == 1:
+        return [await arun(client, calls[0])], None
+    try:
+        if lean(client):
+            assert isinstance(client, redis.asyncio.Redis)
+            flight = coalescer(client)
+            sent = [flight.send((c.command, *c.args)) for c in calls]
+            replies = list(await asyncio.gather(*sent, return_exceptions=True))
+            for reply in replies:
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    raise reply
+        else:
+            pipe = client.pipeline(transaction=False)
+            for c in calls:
+                pipe.execute_command(c.command, *c.args)
+            replies = await pipe.execute(raise_on_error=False)
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    read, second = _flight_replies(replies, len(reads), then)
+    if second is _AGAIN:
+        assert then is not None
+        second = await _arefresh(client, then)
+    return read, second
+
+
+_AGAIN = object()
+
+
+def _flight_replies(replies: list[Any], count: int, then: Call | None) -> tuple[list[Any], Any]:
+    """The reads' replies (raising the first error among them) and ``then``'s: ``_AGAIN`` when
+    it must be sent again (its library was lost)."""
+    for reply in replies[:count]:
+        if isinstance(reply, BaseException):
+            _raise_typed(reply)
+            raise reply
+    if then is None:
+        return list(replies[:count]), None
+    _, second, resend = _pair_replies([None, replies[count]], then)
+    if resend:
+        second = _AGAIN
+    return list(replies[:count]), second
 
 
 # --- running with WAIT ------------------------------------------------------------------------

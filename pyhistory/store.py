@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -16,8 +16,10 @@ import redis.asyncio.cluster
 import redis.cluster
 from langchain_core.messages import BaseMessage
 
-from pyhistory import _clients, _core, _expiry, _refusals
+from pyhistory import _bounded, _clients, _core, _expiry, _refusals, _tokens
+from pyhistory._bounded import EditResult, OldestMessages
 from pyhistory._library import Call
+from pyhistory._tokens import TokenCounter
 from pyhistory.errors import (
     HistoryError,
     InvalidArgumentError,
@@ -32,12 +34,14 @@ from pyhistory.functions import (
     arun,
     arun_pair,
     arun_plain_first,
+    arun_reads,
     arun_write,
     load_library,
     plain_client,
     run,
     run_pair,
     run_plain_first,
+    run_reads,
     run_write,
 )
 from pyhistory.telemetry import traced
@@ -103,6 +107,12 @@ class MessageStore:
             (``WAIT``, pipelined with the write: still one round trip), else raise
             ``ReplicationError``. 0: do not wait.
         wait_timeout_ms: how long a write waits for its replicas (default 1000 ms).
+        sessions_index: the key of a sessions index (a sorted set) this session is listed in,
+            by its last append (:func:`pyhistory.list_sessions`): each append updates it in the
+            same atomic call, and :meth:`clear` removes the session from it. The index and the
+            session's key must hash to one Redis Cluster slot, on any server (share a hash tag:
+            ``key_prefix="chat:{alice}:"`` with ``sessions_index="sessions:{alice}"``); else
+            ``CrossSlotError``. None: no index (the default).
     """
 
     def __init__(
@@ -125,7 +135,9 @@ class MessageStore:
         async_replica_client: AsyncClient | None = None,
         wait_for_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        sessions_index: str | None = None,
     ) -> None:
+        self._sessions_index: str | None = None
         self.session_id = session_id
         self.key_prefix = key_prefix
         self.url = url
@@ -159,6 +171,7 @@ class MessageStore:
                 "wait_for_replicas on a cluster needs a sync RedisCluster as redis_client (the "
                 "a* methods then run durable writes in a thread)"
             )
+        self.sessions_index = sessions_index
         self._redis_client = redis_client
         self._async_redis_client = async_redis_client
         self._replica_client = replica_client
@@ -171,7 +184,10 @@ class MessageStore:
 
     @session_id.setter
     def session_id(self, session_id: str) -> None:
-        self._session_id = _core.check_session_id(session_id)
+        checked: str = _core.check_session_id(session_id)
+        if self._sessions_index is not None:
+            _bounded.check_index(self._sessions_index, self.key_prefix + checked)
+        self._session_id: str = checked
 
     @property
     def key_prefix(self) -> str:
@@ -179,7 +195,19 @@ class MessageStore:
 
     @key_prefix.setter
     def key_prefix(self, key_prefix: str) -> None:
-        self._key_prefix = _core.check_key_prefix(key_prefix)
+        checked: str = _core.check_key_prefix(key_prefix)
+        if self._sessions_index is not None:
+            _bounded.check_index(self._sessions_index, checked + self.session_id)
+        self._key_prefix: str = checked
+
+    @property
+    def sessions_index(self) -> str | None:
+        """The key of the sessions index this session is listed in, or None (see the class)."""
+        return self._sessions_index
+
+    @sessions_index.setter
+    def sessions_index(self, index: str | None) -> None:
+        self._sessions_index = _bounded.check_index(index, self.key)
 
     @property
     def ttl(self) -> int | None:
@@ -300,6 +328,10 @@ class MessageStore:
         encoded = _core.encode_batch(batch)
         if not encoded:
             return None
+        if self._sessions_index is not None:
+            return _bounded.append_indexed(
+                self.key, self._sessions_index, encoded, self._max_messages, self._ttl, batch_id
+            )
         return _core.append(self.key, encoded, self._max_messages, self._ttl, batch_id)
 
     def _touch_call(self) -> Call:
@@ -318,10 +350,12 @@ class MessageStore:
     def _plain(self, client: object, call: Call, idempotency_key: str | None) -> bool:
         """Whether this append may be plain commands (pyhistory._core.plain_append): the server
         pays for a transaction about half of what it pays for a function. Not for a caller's
-        idempotency key (its first attempt may be a retry too), a durable write, a cluster or a
-        batch the library would refuse; only on a key last found holding a list or nothing."""
+        idempotency key (its first attempt may be a retry too), a sessions index, a durable
+        write, a cluster or a batch the library would refuse; only on a key last found holding a
+        list or nothing."""
         return (
             idempotency_key is None
+            and self._sessions_index is None  # the index is kept by the library's append
             and not self.wait_for_replicas
             and plain_client(client)
             and len(call.args) - 7 <= _core.MAX_BATCH
@@ -416,6 +450,94 @@ class MessageStore:
         self._found_list(client)
         return _core.decode(entries)
 
+    def _within_calls(
+        self, max_tokens: int, token_counter: TokenCounter | None, window: int | None
+    ) -> tuple[int, TokenCounter]:
+        """A token window's checks, before any I/O: the window to read and the counter."""
+        counter = _tokens.check_budget(max_tokens, token_counter)
+        size = self._window if window is None else _core.check_size("window", window)
+        return size, counter
+
+    @traced("pyhistory.read", session=_session)
+    def messages_within(
+        self,
+        max_tokens: int,
+        *,
+        token_counter: TokenCounter | None = None,
+        window: int | None = None,
+        with_summary: bool = True,
+    ) -> list[BaseMessage]:
+        """The newest messages whose tokens fit ``max_tokens``, oldest first, in one round trip.
+
+        ``window`` bounds what is read (the newest ``window`` entries: this call's, else the
+        store's, else all); ``max_tokens`` bounds what is returned: the newest of those whose
+        counts add up to at most ``max_tokens``, stopping at the first that does not fit. The
+        result never starts with a tool result whose tool call it does not hold (LLM APIs reject
+        those), so it may hold less than the budget allows.
+
+        With ``with_summary``, a summary the session holds as its oldest message (a
+        ``HumanMessage`` with ``additional_kwargs={"lc_source": "summarization"}``, as LangChain's
+        SummarizationMiddleware and :func:`pyhistory.summarize` write it) comes first, counted
+        against the budget first: it is read in the same flight, even when the window does not
+        reach it, and left out only when it alone exceeds the budget.
+
+        Each message is counted once per process: counts are kept by counter and stored bytes
+        (:class:`pyhistory._tokens.TokenCounts`, bounded), and a message is counted alone, so a
+        window's total is the sum of its messages' counts. The messages returned are the
+        caller's own: changing them changes no later read. The TTL is kept sliding as by
+        :attr:`messages`.
+
+        Args:
+            max_tokens: the budget, an int >= 0.
+            token_counter: counts the tokens of a list of messages (LangChain's signature):
+                ``langchain_core.messages.utils.count_tokens_approximately`` by default, or, e.g.,
+                a chat model's ``get_num_tokens_from_messages``. Pass the same object from call
+                to call, so that its counts are reused.
+            window: the most entries to read (None: the store's ``window``, else all).
+            with_summary: put the session's summary first.
+
+        Raises:
+            InvalidArgumentError: a negative budget, a counter that is not callable or a bad
+                window, before any I/O; a counter that returns something else than an int >= 0.
+        """
+        size, counter = self._within_calls(max_tokens, token_counter, window)
+        client = self._read_client()
+        reads = _tokens.reads(self.key, size, with_summary)
+        refresh = self._refresh_call(client)
+        sent_at = time.monotonic()
+        replies, existed = run_reads(client, reads, refresh)
+        if refresh is not None:
+            self._read_refreshed(client, sent_at, existed)
+        return _tokens.choose(replies, size, max_tokens, counter, with_summary)
+
+    @traced("pyhistory.read", session=_session)
+    async def amessages_within(
+        self,
+        max_tokens: int,
+        *,
+        token_counter: TokenCounter | None = None,
+        window: int | None = None,
+        with_summary: bool = True,
+    ) -> list[BaseMessage]:
+        """The asyncio twin of :meth:`messages_within`."""
+        size, counter = self._within_calls(max_tokens, token_counter, window)
+        client = await self._async_read_client()
+        if client is None:
+            return await asyncio.to_thread(
+                self.messages_within,
+                max_tokens,
+                token_counter=token_counter,
+                window=window,
+                with_summary=with_summary,
+            )
+        reads = _tokens.reads(self.key, size, with_summary)
+        refresh = self._refresh_call(client)
+        sent_at = time.monotonic()
+        replies, existed = await arun_reads(client, reads, refresh)
+        if refresh is not None:
+            self._read_refreshed(client, sent_at, existed)
+        return _tokens.choose(replies, size, max_tokens, counter, with_summary)
+
     @traced("pyhistory.length", session=_session)
     def __len__(self) -> int:
         """How many messages the session stores (may exceed ``window``)."""
@@ -484,17 +606,102 @@ class MessageStore:
                 raise
             self._refreshed(self._expiry_client(client), sent_at)
 
+    def _clear_call(self) -> Call:
+        if self._sessions_index is not None:
+            return _bounded.clear_indexed(self.key, self._sessions_index)
+        return _core.clear(self.key)
+
     @traced("pyhistory.clear", session=_session)
     def clear(self) -> None:
-        """Delete the session (and the ids of its recent batches)."""
-        self._write(_core.clear(self.key))
+        """Delete the session (and the ids of its recent batches); with a sessions index, remove
+        it from the index in the same atomic step."""
+        self._write(self._clear_call())
         _expiry.expiries(self.redis_client).forget(self.key)
 
     @traced("pyhistory.clear", session=_session)
     async def aclear(self) -> None:
         client = await self._async_client()
-        await self._awrite(_core.clear(self.key))
+        await self._awrite(self._clear_call())
         _expiry.expiries(self._expiry_client(client)).forget(self.key)
+
+    # --- compaction and edits (pyhistory._bounded) ----------------------------------------------
+
+    @traced("pyhistory.read", session=_session)
+    def oldest(self, count: int) -> OldestMessages:
+        """The oldest ``count`` messages of the session (fewer when it holds fewer), oldest
+        first, in one round trip (a plain LRANGE, no TTL refresh), for a compaction: summarise
+        some of them, then :meth:`compact` them. Also reads the message after them, so that a
+        compaction knows what it leaves first."""
+        call = _bounded.oldest(self.key, count)
+        return _bounded.oldest_reply(count, run(self.redis_client, call))
+
+    @traced("pyhistory.read", session=_session)
+    async def aoldest(self, count: int) -> OldestMessages:
+        """The asyncio twin of :meth:`oldest`."""
+        call = _bounded.oldest(self.key, count)
+        client = await self._async_client()
+        if client is None:
+            return await asyncio.to_thread(self.oldest, count)
+        return _bounded.oldest_reply(count, await arun(client, call))
+
+    @traced("pyhistory.compact", session=_session)
+    def compact(self, oldest: OldestMessages, count: int, summary: BaseMessage | str) -> bool:
+        """Replace the ``count`` oldest messages of ``oldest`` by ``summary`` (a message, or a
+        text made into :func:`pyhistory.summary_message`), placed where they were, in one atomic
+        call, and set the TTL as an append does: only if the session's oldest messages (and the
+        one after them) are still exactly those ``oldest`` read. Messages appended meanwhile
+        stay. Returns True when applied, False when the session changed since (read again with
+        :meth:`oldest`): of two compactions of the same read, one applies.
+
+        Refused (``InvalidArgumentError``, nothing sent): ``count`` < 1, more than were read, or
+        a count that would leave a tool result first among the kept messages (see
+        ``oldest.safe_count``)."""
+        call = _bounded.compact(self.key, oldest, count, summary, self._ttl)
+        sent_at = time.monotonic()
+        applied = bool(self._write(call))
+        if applied:
+            self._refreshed(self.redis_client, sent_at)
+        return applied
+
+    @traced("pyhistory.compact", session=_session)
+    async def acompact(
+        self, oldest: OldestMessages, count: int, summary: BaseMessage | str
+    ) -> bool:
+        """The asyncio twin of :meth:`compact`."""
+        call = _bounded.compact(self.key, oldest, count, summary, self._ttl)
+        client = await self._async_client()
+        sent_at = time.monotonic()
+        applied = bool(await self._awrite(call))
+        if applied:
+            self._refreshed(self._expiry_client(client), sent_at)
+        return applied
+
+    @traced("pyhistory.edit", session=_session)
+    def remove_messages(self, ids: Sequence[str]) -> EditResult:
+        """Remove every stored message whose id is one of ``ids``, in one atomic call; the others
+        keep their order. Messages without an id cannot be named, so they stay. The result says
+        how many were removed and which ids no message has."""
+        return _bounded.edit_reply(self._write(_bounded.remove(self.key, ids, self._ttl)))
+
+    @traced("pyhistory.edit", session=_session)
+    async def aremove_messages(self, ids: Sequence[str]) -> EditResult:
+        """The asyncio twin of :meth:`remove_messages`."""
+        call = _bounded.remove(self.key, ids, self._ttl)
+        return _bounded.edit_reply(await self._awrite(call))
+
+    @traced("pyhistory.edit", session=_session)
+    def replace_message(self, id: str, message: BaseMessage) -> EditResult:
+        """Replace every stored message whose id is ``id`` by ``message``, in place, in one
+        atomic call. ``message`` keeps ``id`` when it has no id of its own. ``missing`` holds
+        ``id`` when no message has it (nothing is changed then)."""
+        call = _bounded.replace(self.key, id, message, self._ttl)
+        return _bounded.edit_reply(self._write(call))
+
+    @traced("pyhistory.edit", session=_session)
+    async def areplace_message(self, id: str, message: BaseMessage) -> EditResult:
+        """The asyncio twin of :meth:`replace_message`."""
+        call = _bounded.replace(self.key, id, message, self._ttl)
+        return _bounded.edit_reply(await self._awrite(call))
 
     @traced("pyhistory.touch", session=_session)
     def touch(self) -> bool:

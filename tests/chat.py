@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import redis
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 
 from pyhistory import RedisChatMessageHistory
 
@@ -67,3 +71,34 @@ class CommandLog:
                     return seen
                 if entry.get("client_type") != "lua":
                     seen.append(entry["command"].split(" ", 1)[0].upper())
+
+
+class Tally(BaseChatModel):
+    """Summarises by listing the question numbers it is shown (a summary's own list included),
+    so that a running summary can be checked; ``during`` runs while it "thinks"."""
+
+    calls: int = 0
+    during: Callable[[int], None] | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "tally"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls += 1
+        if self.during is not None:
+            self.during(self.calls)
+        shown = str(messages[-1].content)
+        numbers = sorted({int(n) for n in re.findall(r"(?:question |#)(\d+)", shown)})
+        reply = AIMessage("questions " + " ".join(f"#{n}" for n in numbers))
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def asked(message: BaseMessage) -> list[int]:
+    return [int(n) for n in re.findall(r"#(\d+)", str(message.content))]

@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "lua" / "pyhistory.lua"
 
 # Every released library version and the sha256 of its code. A change to lua/pyhistory.lua must
-# ship under a new library name (pyhistory_v3, ...): two releases share one server during a
+# ship under a new library name (pyhistory_v5, ...): two releases share one server during a
 # rollout, and FUNCTION LOAD REPLACE of the same name with other code would flap between them.
 RELEASED = {
     "pyhistory_v1": "854c3036afb9a4f0",
     "pyhistory_v2": "c44ca81acb7ceba5",
     "pyhistory_v3": "9dba9a98be1b3cc6",
+    "pyhistory_v4": "ac53248f399e1e9f",
 }
 
 
@@ -90,8 +91,8 @@ def test_limits_come_from_the_lua_file() -> None:
 
 
 def test_every_error_code_in_the_lua_maps_to_one_exception() -> None:
-    sent = set(re.findall(r"'(BAD[A-Z]+|TOOMANY)'", LUA.read_text()))
-    assert sent == {"BADARGS", "BADSIZE", "BADTTL", "TOOMANY"}
+    sent = set(re.findall(r"'(BAD[A-Z]+|TOOMANY|TOOLONG)'", LUA.read_text()))
+    assert sent == {"BADARGS", "BADSIZE", "BADTTL", "TOOMANY", "TOOLONG"}
     assert sent <= set(errors.SERVER_ERRORS)
     classes = [errors.SERVER_ERRORS[code] for code in sorted(sent)]
     assert len(set(classes)) == len(classes)
@@ -176,7 +177,7 @@ BAD_CALLS = [
     ("append", IDS, [], "BADARGS"),
     ("append", IDS, [0, 0, BATCH], "BADARGS"),
     ("append", ["s"], [0, 0, BATCH, "x"], "BADARGS"),
-    ("append", ["s", "t", "u"], [0, 0, BATCH, "x"], "BADARGS"),
+    ("append", ["s", "t", "u", "v"], [0, 0, BATCH, "x"], "BADARGS"),
     ("append", [], [0, 0, BATCH, "x"], "BADARGS"),
     ("append", IDS, [0, 0, "short", "x"], "BADARGS"),
     ("append", IDS, [0, 0, BATCH + b"c", "x"], "BADARGS"),

@@ -3,7 +3,7 @@
 1. A stateful machine drives random sequences of operations on RedisChatMessageHistory (random
    max_messages, window, ttl, refresh_ttl_on_read per instance) next to a pure-Python model of
    the semantics, and compares, after every step, the stored bytes, the TTL and what was read.
-2. For any ARGV, ``FCALL pyhistory_v3_append`` either has exactly its documented effect or fails
+2. For any ARGV, ``FCALL pyhistory_v4_append`` either has exactly its documented effect or fails
    with its documented code word and leaves both keys (value and expiry) unchanged.
 """
 
@@ -325,7 +325,7 @@ def snapshot(client: redis.Redis, key: str) -> tuple[Any, int]:
 
 def outcomes(numkeys: int, argv: list[Any], initial: str) -> tuple[list[str], bool]:
     """The error codes the call may answer with, and whether it must fail."""
-    if numkeys != 2 or len(argv) < 4:
+    if numkeys not in (2, 3) or len(argv) < 4:
         return ["BADARGS"], True
     allowed: list[str] = []
     for code, arg in (("BADSIZE", argv[0]), ("BADTTL", argv[1])):
@@ -345,7 +345,7 @@ def outcomes(numkeys: int, argv: list[Any], initial: str) -> tuple[list[str], bo
         return [*allowed, "BADARGS"], True
     if len(argv) - 3 > MAX_BATCH:
         return [*allowed, "TOOMANY"], True
-    if initial == "string":
+    if initial == "string" or numkeys == 3:  # the third key, a sessions index, is a LIST here
         return [*allowed, "WRONGTYPE"], True
     return allowed, False
 

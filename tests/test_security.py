@@ -24,7 +24,9 @@ LUA = Path(__file__).resolve().parent.parent / "lua" / "pyhistory.lua"
 def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     called = {c.lower() for c in re.findall(r"redis\.call\(\s*['\"](\w+)['\"]", LUA.read_text())}
     history_keys = {"lpush", "ltrim", "expire", "lrange", "llen", "type"}
-    assert called == history_keys | {"getex", "append", "set"}  # and the batch ids' key
+    edits = {"lset", "lrem", "del"}  # compaction, edits by id, clear with an index
+    index = {"time", "zadd", "zrange", "zrem", "zscore"}  # the sessions index
+    assert called == history_keys | {"getex", "append", "set"} | edits | index
     allowed = set(re.findall(r"\+(\S+)", pyhistory.acl_rule()))
     cluster_client = {"cluster|slots", "command", "readonly", "asking"}
     plain_append = {"multi", "exec"}  # with lpush, ltrim, expire, append: what the library runs
@@ -39,6 +41,7 @@ def test_the_acl_rule_follows_what_the_lua_calls() -> None:
     ]
     assert "~tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
     assert "~pyhistory:batches:{tenant\\*7:*" in pyhistory.acl_rule("tenant*7:").split()
+    assert "~sessions:*" in pyhistory.acl_rule(sessions_index="sessions:*").split()
 
 
 def test_one_acl_derivation_serves_both_libraries() -> None:
@@ -90,6 +93,25 @@ def test_runtime_user_can_do_every_operation(app_url: str, client: redis.Redis) 
     ro.add_user_message("x")
     assert [m.content for m in ro.messages] == ["x"]  # the plain LRANGE path
     assert len(ro) == 1  # LLEN
+
+
+def test_runtime_user_compacts_edits_and_lists_sessions(url: str, client: redis.Redis) -> None:
+    """acl_rule with a sessions index pattern allows every call of the bounded-memory API."""
+    rule = pyhistory.acl_rule("chat:", sessions_index="sessions:*")
+    client.execute_command("ACL", "SETUSER", "app", "reset", "on", ">app-secret", *rule.split())
+    parts = urllib.parse.urlsplit(url)
+    app_url = parts._replace(netloc=f"app:app-secret@{parts.hostname}:{parts.port}").geturl()
+    pyhistory.load_functions(client)
+    options: dict[str, Any] = {"key_prefix": "chat:{u}:", "sessions_index": "sessions:{u}"}
+    history = RedisChatMessageHistory("s", url=app_url, ttl=60, **options)
+    history.add_messages([HumanMessage("q1", id="1"), AIMessage("a1", id="2"), HumanMessage("q2")])
+    assert history.compact(history.oldest(1), 1, "asked q1")
+    assert history.remove_messages(["2"]).changed == 1
+    assert history.replace_message("x", AIMessage("no")).missing == ("x",)
+    listed = pyhistory.list_sessions("sessions:{u}", url=app_url, key_prefix="chat:{u}:", ttl=60)
+    assert [entry.session_id for entry in listed] == ["s"]
+    history.clear()
+    assert client.dbsize() == 0
 
 
 async def test_runtime_user_asyncio(app_url: str, client: redis.Redis) -> None:
