@@ -14,7 +14,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.cluster
-from chat import assert_ttl
+from chat import CommandLog, assert_ttl
 from langchain_community.chat_message_histories import (
     RedisChatMessageHistory as CommunityHistory,
 )
@@ -503,6 +503,23 @@ def test_appends_keep_the_index_newest_first_and_listing_pages(
     # no index: the append is the plain one, and the index is untouched
     MessageStore("e", url=url, key_prefix="chat:{alice}:").add_messages(numbered(1))
     assert client.zcard("sessions:{alice}") == 4
+
+
+def test_every_append_of_a_session_read_before_keeps_its_index(
+    url: str, client: redis.Redis
+) -> None:
+    """A session this process has read takes plain appends (pyhistory._core.plain_append), but
+    not with an index: every append is the library's, which scores the session."""
+    store = MessageStore("a", url=url, ttl=60, **TAGGED)
+    log = CommandLog(url)
+    store.add_messages(numbered(1))
+    store.messages  # noqa: B018 - a read: the key holds a list
+    scores = []
+    for _ in range(3):
+        time.sleep(0.003)  # distinct milliseconds
+        assert log.commands_of(lambda: store.add_messages(numbered(1))) == ["FCALL"]
+        scores.append(client.zscore("sessions:{alice}", "chat:{alice}:a"))
+    assert scores == sorted(set(scores))
 
 
 def test_an_indexed_append_is_exactly_once(url: str, client: redis.Redis) -> None:
