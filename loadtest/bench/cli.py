@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, help="override the repetitions per segment")
     parser.add_argument(
-        "--cost-forms", help="comma-separated names of the server-cost forms to run (default all)"
+        "--cost-forms",
+        help="the server-cost forms to run, by the start of their names, separated by ';' "
+        "(default all)",
     )
     parser.add_argument(
         "--histories", help="comma-separated history sizes for the chat turns (default 20,2000)"
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["rb_reps"] = args.reps
         overrides["cost_reps"] = args.reps
     if args.cost_forms:
-        overrides["cost_forms"] = tuple(f.strip() for f in args.cost_forms.split(","))
+        overrides["cost_forms"] = tuple(f.strip() for f in args.cost_forms.split(";") if f.strip())
     if args.duration:
         overrides["duration"] = args.duration
     if args.histories:

@@ -49,7 +49,7 @@ class Settings:
     cost_connections: int = 16
     cost_turn_depths: tuple[int, ...] = (1, 16)  # flights pipelined: 1 = one per client
     cost_op_depths: tuple[int, ...] = (16,)
-    cost_forms: tuple[str, ...] = ()  # only these server-cost forms (by name); empty: all
+    cost_forms: tuple[str, ...] = ()  # only the server-cost forms whose names start so; () all
     # The chat turn measured on every kind with the real clients (pyhistory vs the pipeline).
     kind_contenders: tuple[str, ...] = ("pyhistory", "pipeline")
     kind_concurrency: tuple[tuple[str, int], ...] = (("async", 64),)

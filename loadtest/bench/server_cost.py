@@ -352,7 +352,7 @@ def server_cost(
     all_forms = [
         f
         for f in forms(lib, entries, small)
-        if not settings.cost_forms or f.name in settings.cost_forms
+        if not settings.cost_forms or f.name.startswith(settings.cost_forms)
     ]
     connections = settings.cost_connections
     keys = [f"message_store:bench-cost-{i:04d}" for i in range(connections * KEYS_PER_CONNECTION)]
