@@ -1,7 +1,9 @@
-"""What compaction, edits by id, the sessions index and its listing cost the server, beside the
+"""What compaction, edits by id, token windows, the sessions index and its listing cost, beside the
 plain read and append: server CPU per operation (used_cpu_sys + used_cpu_user from INFO), with
 the server-cost harness (server_cost.py: pre-encoded flights, hiredis replies, medians of
-interleaved repetitions) on sessions of 40 messages of chat-like sizes, each with an id.
+interleaved repetitions) on sessions of 40 messages of chat-like sizes, each with an id; and
+the client's CPU per call of each public method (sync, one thread, process time around the
+calls only), on the first server kind.
 
 A compaction or an edit changes its session, and every repetition must do the same work: those
 forms send ``COPY template key REPLACE`` (the session as it started) and the call in one
@@ -60,6 +62,18 @@ def forms(session: list[str], entries: list[str]) -> list[sc.Form]:
         ids = _core.batches_key(k)
         return [("FCALL", _core.APPEND, "2", k, ids, bound, ttl, sc.batch_id(), *entries)]
 
+    def append_plain(k: str) -> list[sc.Command]:
+        ids = _core.batches_key(k)
+        return [
+            ("MULTI",),
+            ("LPUSH", k, *entries),
+            ("LTRIM", k, "0", str(sc.MAX_MESSAGES - 1)),
+            ("EXPIRE", k, ttl),
+            ("APPEND", ids, sc.batch_id()),
+            ("EXPIRE", ids, str(_core.WINDOW_SECONDS)),
+            ("EXEC",),
+        ]
+
     def append_indexed(k: str) -> list[sc.Command]:
         ids, index = _core.batches_key(k), f"bench:sessions:{k[-2:]}"
         return [("FCALL", _core.APPEND, "3", k, ids, index, bound, ttl, sc.batch_id(), *entries)]
@@ -80,6 +94,9 @@ def forms(session: list[str], entries: list[str]) -> list[sc.Form]:
 
     return [
         sc.Form("LRANGE 20 (read)", "op", (read,), note="reference"),
+        sc.Form(
+            "plain append (MULTI ... EXEC), 2 entries", "op", (append_plain,), note="reference"
+        ),
         sc.Form("FCALL append, 2 entries", "op", (append,), note="reference"),
         sc.Form("FCALL append, 2 entries, sessions index", "op", (append_indexed,)),
         sc.Form("LRANGE oldest 10 + 1 (oldest)", "op", (oldest,)),
@@ -157,12 +174,64 @@ def measure(kind: str, reps: int, seconds: float) -> dict[str, Any]:
         server.stop()
 
 
+def client_cost(kind: str, calls: int = 300) -> dict[str, float]:
+    """Client CPU per call (µs, median of 3 rounds) of each public method, on a session of 40
+    messages reset (outside the timing) before every call that changes it."""
+    from pyhistory import MessageStore, list_sessions
+
+    rng = random.Random(7)
+    session = template(rng)
+    pair = make_pair(rng)
+    server = testing.start_server(kind)
+    try:
+        admin = server.client()
+        load_functions(admin)
+        url = f"redis://{server.host}:{server.port}/0"
+        admin.rpush(sc.TEMPLATE, *session)
+        now = int(time.time() * 1000)
+        admin.zadd(LISTED, {f"message_store:s{i}": now - i for i in range(INDEX_SIZE)})
+        store = MessageStore("c", url=url, ttl=sc.TTL, max_messages=sc.MAX_MESSAGES, window=20)
+
+        def reset() -> None:
+            admin.copy(sc.TEMPLATE, store.key, replace=True)
+
+        def compact() -> None:
+            oldest = store.oldest(11)
+            store.compact(oldest, oldest.safe_count(10), "a summary " * 40)
+
+        methods: dict[str, tuple[Any, bool]] = {
+            "messages (window 20)": (lambda: store.messages, False),
+            "add_messages (2)": (lambda: store.add_messages(pair), True),
+            "messages_within(2000 tokens)": (lambda: store.messages_within(2000), False),
+            "oldest(11) + compact(10)": (compact, True),
+            "remove_messages (1 id)": (lambda: store.remove_messages(["msg-020"]), True),
+            "list_sessions (page of 20)": (lambda: list_sessions(LISTED, url=url), False),
+        }
+        rounds: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(3):
+            for name, (method, changes) in methods.items():
+                reset()
+                method()  # warm: connections, the library, decoded entries
+                spent = 0.0
+                for _ in range(calls):
+                    if changes:
+                        reset()
+                    started = time.process_time()
+                    method()
+                    spent += time.process_time() - started
+                rounds[name].append(spent / calls * 1e6)
+        return {name: round(statistics.median(v), 1) for name, v in rounds.items()}
+    finally:
+        server.stop()
+
+
 def main() -> None:
     kinds = sys.argv[1].split(",") if len(sys.argv) > 1 else ["redis"]
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
     for kind in kinds:
         print(json.dumps(measure(kind, reps, seconds), indent=1), flush=True)
+    print(json.dumps({"client CPU per call, µs": client_cost(kinds[0])}, indent=1), flush=True)
 
 
 if __name__ == "__main__":
