@@ -48,7 +48,7 @@ from redis.retry import Retry
 from pyhistory import telemetry
 
 # The bound every URL-built client keeps (pyhistory._limits), importable from here too.
-from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW, first_attempt
+from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW, first_attempt, once
 from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
 from pyhistory._version import VERSION
 from pyhistory.errors import InvalidArgumentError, translate
@@ -91,7 +91,10 @@ class _BoundedRetry(Retry):
 
 
 class _AsyncBoundedRetry(AsyncRetry):
-    """The asyncio twin of _BoundedRetry."""
+    """The asyncio twin of _BoundedRetry; within pyhistory._limits.sending_once it does not retry
+    (a flight carrying a plain append: pyhistory._coalesce)."""
+
+    honours_once = True
 
     async def call_with_retry(
         self,
@@ -110,6 +113,8 @@ class _AsyncBoundedRetry(AsyncRetry):
                 outcome = _failed(fail, error, failures, with_failure_count)
                 if inspect.isawaitable(outcome):
                     await outcome
+                if once():  # a flight that must not be sent again as it is
+                    raise
                 pause = _pause(self, error, failures, started, is_retryable)
                 await asyncio.sleep(pause)
 

@@ -15,6 +15,13 @@ client has nothing queued and nothing in the air (:meth:`Coalescer.call`) is sen
 caller, as redis-py sends it, passing through the loop no more often; the commands issued while
 it is in the air form the next flight.
 
+A plain append (pyhistory._core.plain_append: MULTI ... EXEC) joins a flight as one item whose
+reply is EXEC's. Such a flight is sent once: were its connection to fail, the client's retry
+policy would send the transaction again as it is, and the transaction cannot tell that it was
+applied. So the flight is sent again with each plain append replaced by the library's append
+(the same batch id, which the library recognises), under the client's retry policy, its window
+counted from the first attempt. Only on clients whose retry policy honours that (URL-built).
+
 Only for a plain ``redis.asyncio.Redis`` with a connection pool; commands that must stay together
 on one connection with what follows them (``WAIT`` after a write) are not sent through here.
 """
@@ -22,13 +29,29 @@ on one connection with what follows them (``WAIT`` after a write) are not sent t
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
+from redis.exceptions import ConnectionError, TimeoutError
 
-_Pending = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
+from pyhistory._limits import attempts_since, sending_once
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A plain append in a flight: its commands (MULTI ... EXEC) and the one command that does
+    the same work and recognises it was applied, sent instead when the flight is sent again."""
+
+    commands: list[tuple[Any, ...]]
+    fallback: tuple[Any, ...]
+
+
+_Item = tuple[Any, ...] | Transaction
+_Pending = list[tuple[_Item, "asyncio.Future[Any]"]]
 
 
 class Coalescer:
@@ -55,10 +78,11 @@ class Coalescer:
         finally:
             self._alone -= 1
 
-    def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def send(self, args: _Item) -> asyncio.Future[Any]:
         """Queue one command for the next flight; the future resolves to its reply, or fails
         with its error. Commands sent one after the other (a read and its TTL refresh) fly
-        together."""
+        together. A :class:`Transaction` resolves to ``(EXEC's replies, None)``, or to
+        ``(None, the fallback's reply)`` when the flight had to be sent again."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
@@ -81,15 +105,21 @@ class Coalescer:
                 future.cancel()
 
     async def _fly(self, batch: _Pending) -> None:
+        started = time.monotonic()
         try:
-            if len(batch) == 1:
+            if any(isinstance(item, Transaction) for item, _ in batch):
+                try:
+                    with sending_once():
+                        replies = await self._flight(batch, plain=True)
+                except (ConnectionError, TimeoutError, OSError):
+                    with attempts_since(started):
+                        replies = await self._flight(batch, plain=False)
+            elif len(batch) == 1:
                 args, future = batch[0]
-                replies: list[Any] = [await self._client.execute_command(*args)]
+                assert isinstance(args, tuple)
+                replies = [await self._client.execute_command(*args)]
             else:
-                pipe = self._client.pipeline(transaction=False)
-                for args, _ in batch:
-                    pipe.execute_command(*args)
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await self._flight(batch, plain=False)
         except asyncio.CancelledError:  # the loop is shutting down
             for _, future in batch:
                 future.cancel()
@@ -108,6 +138,34 @@ class Coalescer:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _flight(self, batch: _Pending, plain: bool) -> list[Any]:
+        """One pipeline of the batch's commands: each item's reply (a transaction's: EXEC's
+        replies and None when ``plain``, else None and its fallback's reply)."""
+        pipe = self._client.pipeline(transaction=False)
+        for item, _ in batch:
+            if not isinstance(item, Transaction):
+                pipe.execute_command(*item)
+            elif plain:
+                for command in item.commands:
+                    pipe.execute_command(*command)
+            else:
+                pipe.execute_command(*item.fallback)
+        flat = await pipe.execute(raise_on_error=False)
+        replies: list[Any] = []
+        at = 0
+        for item, _ in batch:
+            if not isinstance(item, Transaction):
+                replies.append(flat[at])
+                at += 1
+            elif plain:
+                size = len(item.commands)
+                replies.append((flat[at : at + size], None))
+                at += size
+            else:
+                replies.append((None, flat[at]))
+                at += 1
+        return replies
 
 
 _coalescers: weakref.WeakKeyDictionary[redis.asyncio.Redis, Coalescer] = weakref.WeakKeyDictionary()

@@ -40,3 +40,24 @@ def attempts_since(started: float) -> Iterator[None]:
         yield
     finally:
         _FIRST_ATTEMPT.reset(token)
+
+
+# Whether the call now running must be sent once only, its failure raised at once rather than
+# retried: a flight that carries a plain append (pyhistory._coalesce), which the retry policy of
+# URL-built clients would otherwise send again as it is.
+_ONCE: ContextVar[bool] = ContextVar("pyhistory_once", default=False)
+
+
+def once() -> bool:
+    """Whether the current call is to be sent once (see :func:`sending_once`)."""
+    return _ONCE.get()
+
+
+@contextlib.contextmanager
+def sending_once() -> Iterator[None]:
+    """Within, URL-built clients do not retry: the first failure is raised."""
+    token = _ONCE.set(True)
+    try:
+        yield
+    finally:
+        _ONCE.reset(token)

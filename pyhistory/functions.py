@@ -38,7 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from pyhistory import telemetry
-from pyhistory._coalesce import coalescer, lean
+from pyhistory._coalesce import Transaction, coalescer, lean
 from pyhistory._library import Call, Library
 from pyhistory._limits import RETRY_WINDOW, attempts_since
 from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
@@ -393,6 +393,45 @@ async def arun_plain_first(
     except Exception as error:
         _raise_typed(error)
         raise
+
+
+async def arun_plain(
+    client: AsyncClient, commands: list[tuple[Any, ...]], call: Call
+) -> tuple[list[Any] | None, Any]:
+    """:func:`arun_plain_first`, or, on a URL-built client with a pool, the same in the next
+    coalesced flight (pyhistory._coalesce: sent once, and again with ``call`` in place of the
+    transaction when it fails)."""
+    if not (lean(client) and _honours_once(client)):
+        return await arun_plain_first(client, commands, call)
+    assert isinstance(client, redis.asyncio.Redis)
+    started = time.monotonic()
+    try:
+        replies, reply = await coalescer(client).send(
+            Transaction(commands, (call.command, *call.args))
+        )
+    except Exception as error:
+        _raise_typed(error)
+        raise
+    if replies is not None:
+        try:
+            return _exec_replies(replies), None
+        except Exception as error:
+            _raise_typed(error)
+            raise
+    if isinstance(reply, BaseException):
+        _heal(call, reply)  # raises it typed, unless the library is to be loaded again
+        with attempts_since(started):
+            return None, await arun(client, call, coalesce=False)
+    return None, reply
+
+
+def _honours_once(client: AsyncClient) -> bool:
+    """Whether the client's retry policy sends a call once when asked (pyhistory._limits.once):
+    the policy of pyhistory's URL-built clients."""
+    if not isinstance(client, redis.asyncio.Redis):
+        return False
+    retry = client.connection_pool.connection_kwargs.get("retry")
+    return bool(getattr(retry, "honours_once", False))
 
 
 async def _closed(pool: Any, connection: Any) -> None:

@@ -33,7 +33,7 @@ from pyhistory.functions import (
     aload_library,
     arun,
     arun_pair,
-    arun_plain_first,
+    arun_plain,
     arun_reads,
     arun_write,
     load_library,
@@ -392,7 +392,7 @@ class MessageStore:
     async def _aappend(self, call: Call, idempotency_key: str | None) -> None:
         client = await self._async_client()
         if client is not None and self._plain(client, call, idempotency_key):
-            replies, _ = await arun_plain_first(client, _core.plain_append(call), call)
+            replies, _ = await arun_plain(client, _core.plain_append(call), call)
         else:
             await self._awrite(call)
             replies = None

@@ -363,6 +363,45 @@ def test_cut_appends_url_built_client(url: str, client: redis.Redis) -> None:
     assert proxy.cuts >= 40
 
 
+def test_cut_flights_of_plain_appends_and_reads(url: str, client: redis.Redis) -> None:
+    """A URL-built asyncio client's flights carry plain appends (transactions) beside other
+    tasks' reads: a cut flight is sent again with each transaction replaced by the library's
+    append, and the reads in it are answered as if nothing happened."""
+    port = client.connection_pool.connection_kwargs["port"]
+    load_functions(client)
+    outcomes = Outcomes()
+    sessions = [f"flights-{n}" for n in range(2)]
+    read_errors: list[BaseException] = []
+    # Retries are not cut: a flight carries many batches, and cutting each of its attempts for
+    # any of them would exhaust the retries of the reads that share it.
+    with FaultProxy(port, cut_policy(5, first=0.3, again=0.0)) as proxy:
+
+        async def writer(n: int) -> None:
+            history = MessageStore(sessions[n % 2], url=proxy.url, ttl=60)
+            await history.aget_messages()  # the key holds a list: plain appends from here
+            for i in range(40):
+                batch_ = messages(f"f{n}", i)
+                try:
+                    await history.aadd_messages(batch_)
+                except Exception as error:
+                    outcomes.add([str(m.content) for m in batch_], error)
+                else:
+                    outcomes.add([str(m.content) for m in batch_], None)
+                try:
+                    await history.aget_messages()
+                except Exception as error:  # not expected: a read is sent again
+                    read_errors.append(error)
+
+        async def main() -> None:
+            await asyncio.gather(*(writer(n) for n in range(16)))
+            await pyhistory.aclose_clients()
+
+        asyncio.run(main())
+    outcomes.check(client, [f"message_store:{s}" for s in sessions])
+    assert proxy.cuts >= 100
+    assert not read_errors
+
+
 @pytest.mark.faults
 def test_cut_appends_with_wait_for_replicas(
     replicated: tuple[str, testing.LocalServer], client: redis.Redis
