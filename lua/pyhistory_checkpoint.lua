@@ -1,4 +1,4 @@
-#!lua name=pyhistory_checkpoint_v2
+#!lua name=pyhistory_checkpoint_v3
 --[[
 pyhistory_checkpoint: LangGraph checkpoints in Redis, two keys per thread, one call per operation.
 
@@ -79,12 +79,15 @@ Work per call (a function blocks the server while it runs), at most:
   import    MAX_ITEMS (100,000) fields: an export page always fits
   get, put, put_writes, claim  one checkpoint's fields and writes
 
-Versioning: the library and every function carry the contract version (v2). Any change to this
-file ships under a new version (pyhistory_checkpoint_v3, ...), so two releases loaded on one
+Versioning: the library and every function carry the contract version (v3). Any change to this
+file ships under a new version (pyhistory_checkpoint_v4, ...), so two releases loaded on one
 server never replace each other's code. v2 reads and writes v1's layout (its fields and members
 are a superset): v1 and v2 processes can share threads during a rollout, except that v1 writers
 neither count values nor remove pins, so run retention (keep_last, max_age) only once every
-writer of a thread is v2.
+writer of a thread is v2. v3 has v2's layout and arguments; its retention without max_bytes
+leaves BYTES as it is (neither the checkpoints it removes nor, through retain, the ones it
+indexes are counted), and reads the pending writes of the checkpoints one trim removes with
+one range of the index.
 
 Errors: every argument is checked before the first write. A violation is an error reply
 "CODE message" with one of these code words:
@@ -359,8 +362,9 @@ end
 -- Add `delta` (1 or -1) to the reference counts of the blobs a record's versions name, and
 -- delete every blob (with its count) whose count drops to 0. `fresh` holds the blob fields the
 -- calling put wrote itself: their count starts from 0. A blob with no count (written by v1 of
--- this library) is never counted, so never deleted here.
-local function count_references(data, ns, versions, delta, fresh)
+-- this library) is never counted, so never deleted here. `unsized`: leave BYTES as it is (the
+-- caller counts no bytes: retention without max_bytes).
+local function count_references(data, ns, versions, delta, fresh, unsized)
   if #versions == 0 then
     return
   end
@@ -375,7 +379,9 @@ local function count_references(data, ns, versions, delta, fresh)
     local n = counts[i] and tonumber(counts[i])
     if not n and fresh and fresh[blobs[i]] then
       n = 0
-      bytes = bytes + redis.call('HSTRLEN', data, blobs[i]) -- counted from now on
+      if not unsized then
+        bytes = bytes + redis.call('HSTRLEN', data, blobs[i]) -- counted from now on
+      end
     end
     if n then
       n = n + delta
@@ -385,7 +391,9 @@ local function count_references(data, ns, versions, delta, fresh)
       else
         drop[#drop + 1] = counter
         drop[#drop + 1] = blobs[i]
-        bytes = bytes - redis.call('HSTRLEN', data, blobs[i])
+        if not unsized then
+          bytes = bytes - redis.call('HSTRLEN', data, blobs[i])
+        end
       end
     end
   end
@@ -401,8 +409,10 @@ end
 -- Remove checkpoints (index members "c<0>ns<0>id") with their pending writes, their index
 -- entries, and the blobs no stored record names any more. A v2 record's blobs go by their
 -- reference counts; a v1 record's (uncounted) blobs go when none of `kept` (the records that
--- stay, given by prune) names them, and stay when `kept` is nil.
-local function remove(data, index, ns, victims, kept)
+-- stay, given by prune) names them, and stay when `kept` is nil. `run`: the victims are every
+-- checkpoint of the namespace from the first to the last of them (retention's trim), so their
+-- pending writes are read with one range of the index. `unsized`: BYTES is left as it is.
+local function remove(data, index, ns, victims, kept, run, unsized)
   local referenced = nil
   if kept then
     referenced = {}
@@ -416,12 +426,32 @@ local function remove(data, index, ns, victims, kept)
     end
   end
   local fields, members, bytes = {}, {}, 0
+  local writes = nil -- with `run`: victim id -> its pending writes' index members
+  if run and #victims > 0 then
+    writes = {}
+    local _, first = split_checkpoint(victims[1])
+    local _, last = split_checkpoint(victims[#victims])
+    local skip = #writes_prefix(ns, '') - 1 -- w<0>ns<0>
+    local found = redis.call('ZRANGEBYLEX', index, '[' .. writes_prefix(ns, first),
+      '(' .. writes_prefix(ns, last) .. TOP)
+    for _, member in ipairs(found) do
+      local id = string.sub(member, skip + 1, string.find(member, NUL, skip + 1, true) - 1)
+      local of = writes[id]
+      if not of then
+        of = {}
+        writes[id] = of
+      end
+      of[#of + 1] = member
+    end
+  end
   for v, rec in ipairs(records(data, victims)) do
     local member = victims[v]
     local _, id = split_checkpoint(member)
-    bytes = bytes + lengths(data, own_fields(ns, id))
+    if not unsized then
+      bytes = bytes + lengths(data, own_fields(ns, id))
+    end
     if rec and rec[6] == 1 then
-      count_references(data, ns, rec[2], -1, nil)
+      count_references(data, ns, rec[2], -1, nil, unsized)
     elseif rec and referenced then
       local channels = rec[2]
       for i = 1, #channels, 2 do
@@ -444,10 +474,18 @@ local function remove(data, index, ns, victims, kept)
     members[#members + 1] = member
     members[#members + 1] = pinned_name(ns, id)
     members[#members + 1] = parent_name(ns, id)
-    local write_members, write_fields = pending_writes(index, ns, id)
-    for i = 1, #write_members do
-      members[#members + 1] = write_members[i]
-      fields[#fields + 1] = write_fields[i]
+    if writes then
+      local prefix = writes_prefix(ns, id)
+      for _, write in ipairs(writes[id] or {}) do
+        members[#members + 1] = write
+        fields[#fields + 1] = write_field(prefix, write)
+      end
+    else
+      local write_members, write_fields = pending_writes(index, ns, id)
+      for i = 1, #write_members do
+        members[#members + 1] = write_members[i]
+        fields[#fields + 1] = write_fields[i]
+      end
     end
   end
   if #fields > 0 then
@@ -566,11 +604,13 @@ local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
   if max_bytes and max_bytes > 0 then
     cut = bytes_cut(data, index, ns, max_bytes)
   end
-  if keep > 0 and redis.call('ZLEXCOUNT', index, low, high) > keep then
-    local kth = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, 1)[1]
-    local _, id = split_checkpoint(kth)
-    if not cut or precedes(cut, id) then
-      cut = id
+  if keep > 0 then -- the keep-th newest, when there is one older than it
+    local kth = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, 2)
+    if #kth == 2 then
+      local _, id = split_checkpoint(kth[1])
+      if not cut or precedes(cut, id) then
+        cut = id
+      end
     end
   end
   if age_cut ~= '' then
@@ -597,7 +637,7 @@ local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
     kept = records(data, redis.call('ZRANGEBYLEX', index, '[' .. checkpoint_name(ns, cut), high,
       'LIMIT', 0, SCAN_BUDGET))
   end
-  remove(data, index, ns, victims, kept)
+  remove(data, index, ns, victims, kept, true, not by_kept and not (max_bytes and max_bytes > 0))
   return #victims
 end
 
@@ -806,8 +846,9 @@ reply lost, the library loaded again) counts nothing twice.
   ARGV[3]   max_bytes, as for put
   ARGV[4]   namespace                   ARGV[5]  checkpoint id
   ARGV[6..] pairs channel version: every channel version of the checkpoint
-  The checkpoint's bytes (its c, k and m fields, and the values it is the first to name) are
-  added to the thread's BYTES once, with its index entry.
+  With max_bytes, the checkpoint's bytes (its c, k and m fields, and the values it is the
+  first to name) are added to the thread's BYTES once, with its index entry; without, BYTES
+  is left as it is, as by the trim.
   reply     integer: how many checkpoints retention removed
   errors    BADARGS, BADSIZE, BADID, WRONGTYPE
 ]]
@@ -833,8 +874,10 @@ local function retain(keys, args)
     for i = 1, #versions, 2 do
       fresh[blob_field(ns, versions[i], versions[i + 1])] = true
     end
-    count_references(keys[1], ns, versions, 1, fresh)
-    add_bytes(keys[1], lengths(keys[1], own_fields(ns, id)))
+    count_references(keys[1], ns, versions, 1, fresh, max_bytes == 0)
+    if max_bytes > 0 then
+      add_bytes(keys[1], lengths(keys[1], own_fields(ns, id)))
+    end
   end
   if keep == 0 and args[2] == '' and max_bytes == 0 then
     return 0
@@ -1496,24 +1539,24 @@ local function delta(keys, args)
 end
 
 -- The library's whole surface. Names carry the contract version; see the header.
-redis.register_function{function_name = 'pyhistory_checkpoint_v2_put', callback = put}
+redis.register_function{function_name = 'pyhistory_checkpoint_v3_put', callback = put}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_put_writes', callback = put_writes}
+  function_name = 'pyhistory_checkpoint_v3_put_writes', callback = put_writes}
 -- get writes only a TTL: allow-oom lets a graph resume while the server is out of memory.
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_get', callback = get, flags = {'allow-oom'}}
+  function_name = 'pyhistory_checkpoint_v3_get', callback = get, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_get_ro', callback = get_ro, flags = {'no-writes'}}
+  function_name = 'pyhistory_checkpoint_v3_get_ro', callback = get_ro, flags = {'no-writes'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_list', callback = list, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v2_prune', callback = prune}
-redis.register_function{function_name = 'pyhistory_checkpoint_v2_copy', callback = copy}
+  function_name = 'pyhistory_checkpoint_v3_list', callback = list, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v3_prune', callback = prune}
+redis.register_function{function_name = 'pyhistory_checkpoint_v3_copy', callback = copy}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_export', callback = export, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v2_import', callback = import}
+  function_name = 'pyhistory_checkpoint_v3_export', callback = export, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v3_import', callback = import}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_delta', callback = delta, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v2_claim', callback = claim}
-redis.register_function{function_name = 'pyhistory_checkpoint_v2_retain', callback = retain}
+  function_name = 'pyhistory_checkpoint_v3_delta', callback = delta, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v3_claim', callback = claim}
+redis.register_function{function_name = 'pyhistory_checkpoint_v3_retain', callback = retain}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v2_delete_run', callback = delete_run}
+  function_name = 'pyhistory_checkpoint_v3_delete_run', callback = delete_run}

@@ -144,8 +144,8 @@ def test_any_thread_id_round_trips(url: str, client: redis.Redis, thread_id: str
 def test_the_functions_the_server_lists_are_the_ones_python_calls(
     url: str, client: redis.Redis
 ) -> None:
-    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v2"
-    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v2"]
+    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v3"
+    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v3"]
     listed = {f[1].decode() for f in library[library.index(b"functions") + 1]}
     called = {
         getattr(_calls, name)
@@ -174,6 +174,7 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
     "pyhistory_checkpoint_v2": "d1395b9972f762e8",
+    "pyhistory_checkpoint_v3": "bf62e5f9ebcc5ec2",
 }
 
 
@@ -371,6 +372,43 @@ def test_keep_last_trims_inside_put(url: str, client: redis.Redis) -> None:
     latest = saver.get_tuple(config("t"))
     assert latest is not None
     assert latest.checkpoint["channel_values"] == {"a": "v10", "b": "same"}
+
+
+def test_trim_every_bounds_a_namespace_and_frees_what_it_removes(
+    url: str, client: redis.Redis
+) -> None:
+    """keep_last=3, trimmed on the first put and then every 4th: never more than 3 + 4 - 1
+    checkpoints, exactly 3 right after a trim, and the values and writes of the removed ones go
+    (the reference counts stay exact across puts that only index)."""
+    saver = RedisSaver(url, keep_last=3, trim_every=4)
+    data, index = saver.keys("t")
+    parent = None
+    counts = []
+    for n in range(1, 20):
+        parent = put(saver, "t", n, parent=parent, values={"a": f"v{n}"})
+        saver.put_writes(config("t", "", parent), [("a", n)], f"task{n}")
+        counts.append(client.zlexcount(index, "[c\0", "(c\0\xff"))
+    assert max(counts) == 6
+    assert [n for n, count in enumerate(counts, 1) if count == 3] == [3, 5, 9, 13, 17]
+    fields = client.hkeys(data)
+    kept = sum(f.startswith(b"c\0") for f in fields)
+    assert kept == counts[-1]
+    assert sum(f.startswith(b"b\0") for f in fields) == kept
+    assert sum(f.startswith(b"w\0") for f in fields) == kept
+    assert {int(client.hget(data, f) or 0) for f in fields if f.startswith(b"n\0")} == {1}
+    assert saver.get_tuple(config("t")).checkpoint["channel_values"] == {"a": "v19"}  # type: ignore[union-attr]
+    # a saver that does not remember the thread trims on its first put
+    put(RedisSaver(url, keep_last=3, trim_every=4), "t", 20, parent=parent, values={"a": "v20"})
+    assert client.zlexcount(index, "[c\0", "(c\0\xff") == 3
+
+
+def test_trim_every_defaults_to_a_quarter_of_keep_last(url: str) -> None:
+    assert RedisSaver(url, keep_last=10)._trim_every == 2
+    assert RedisSaver(url, keep_last=3)._trim_every == 1
+    assert RedisSaver(url, max_age=60)._trim_every == 1
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(errors.InvalidSizeError):
+            RedisSaver(url, keep_last=3, trim_every=bad)  # type: ignore[arg-type]
 
 
 def test_retention_is_per_namespace(url: str) -> None:

@@ -427,3 +427,46 @@ def test_prune_goes_on_with_a_cursor_past_its_namespace_budget(
     assert calls == 2
     left = list(saver.list(config("t", ns=None)))
     assert len(left) == budget + 20 and {t.metadata["step"] for t in left} == {2}
+
+
+# --- a transaction written on a pooled connection ---------------------------------------------
+
+
+def _counts(client: redis.Redis, saver: RedisSaver) -> dict[bytes, bytes]:
+    data = client.hgetall(saver.keys("t")[0])
+    return {field: value for field, value in data.items() if field.startswith(b"n\0")}
+
+
+def test_a_put_on_a_broken_pooled_connection_goes_again_once(url: str, client: redis.Redis) -> None:
+    """The transaction of a put is written once on a pooled connection; when the server closed
+    that connection (here: CLIENT KILL), it goes again through a redis-py pipeline, and is
+    applied once."""
+    import redis as redis_module
+
+    own = redis_module.Redis.from_url(url)
+    saver = RedisSaver(redis_client=own)
+    first = put(saver, "t", 1, values={"a": "x"})
+    assert own.connection_pool._created_connections == 1  # type: ignore[attr-defined]
+    client.client_kill_filter(_type="normal", skipme=True)
+    second = put(saver, "t", 2, parent=first, values={"a": "y"})
+    assert [t.config["configurable"]["checkpoint_id"] for t in saver.list(config("t"))] == [
+        second,
+        first,
+    ]
+    assert set(_counts(client, saver).values()) == {b"1"}
+
+
+async def test_a_put_on_a_broken_pooled_connection_goes_again_once_asyncio(
+    url: str, client: redis.Redis
+) -> None:
+    saver = RedisSaver(url)
+    values = {"a": "x"}
+    checkpoint = {**empty_checkpoint(), "channel_values": values, "channel_versions": {"a": 1}}
+    stored = await saver.aput(config("t"), checkpoint, {"step": 1}, {"a": 1})  # type: ignore[arg-type]
+    first = stored["configurable"]["checkpoint_id"]
+    client.client_kill_filter(_type="normal", skipme=True)
+    await saver.aput_writes(stored, [("a", 1)], "task")
+    got = await saver.aget_tuple(config("t"))
+    assert got is not None and got.config["configurable"]["checkpoint_id"] == first
+    assert [w[1:] for w in got.pending_writes] == [("a", 1)]
+    assert set(_counts(client, saver).values()) == {b"1"}

@@ -340,7 +340,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "- Storage: without DeltaChannel every saver stores the whole message list again at "
         "each step (quadratic growth). DeltaChannel stores each step's new messages and a "
         "snapshot every 20 updates; `keep_last` drops old checkpoints; together the growth per "
-        "turn approaches the size of the turn itself.",
+        "turn approaches the size of the turn itself. With `keep_last=10` the saver trims on "
+        "every 2nd put (`trim_every`, by default a quarter of `keep_last`), so a namespace "
+        "holds 10 or 11 checkpoints (besides what DeltaChannel rebuilds need).",
         "- Throughput is bounded by LangGraph's own Python work per step, on a 2-core machine "
         "shared with other jobs: runs vary. The table shows the median of three rounds "
         "(round robin over the savers); bench.json has each.",

@@ -118,6 +118,17 @@ def check_keep_last(value: object) -> int:
     return value
 
 
+def check_trim_every(value: object, keep_last: int) -> int:
+    """None: a quarter of keep_last (at least 1), else an int in [1, MAX_INT]."""
+    if value is None:
+        return max(1, keep_last // 4)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidSizeError(
+            f"trim_every must be None or an int in [1, {MAX_INT}], got {value!r}"
+        )
+    return value
+
+
 def check_max_age(value: object) -> float | None:
     """None, or a positive number of seconds (int, float or timedelta)."""
     if value is None:
@@ -327,11 +338,16 @@ def put(
     metadata: CheckpointMetadata,
     new_versions: ChannelVersions,
     parent_holders: Mapping[str, str] | None = None,
+    trim: bool = True,
 ) -> tuple[Call, RunnableConfig, str, dict[str, str] | None]:
     """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
     returns, the run id it indexes ("" for none), and, for a put made of plain commands, where
     its DeltaChannels are rebuilt from (for its children's puts). ``retention``: (keep_last,
-    age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them."""
+    age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them.
+
+    With retention a put of plain commands ends with the library's retain, which indexes and
+    counts the checkpoint once; keep_last and the age cut go with it only when ``trim`` (else
+    it only indexes), max_bytes always."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -357,6 +373,9 @@ def put(
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
     keep_last, cut, max_bytes = retention
+    retained = bool(keep_last or cut or max_bytes)
+    if not trim:
+        keep_last, cut = 0, ""
     config_out = config_for(thread_id, ns, checkpoint_id)
     if not epoch and (not deltas or parent_holders is not None):
         holders: dict[str, str] = {}
@@ -375,9 +394,9 @@ def put(
             fields,
             filters,
             holders,
-            counted=not (keep_last or cut or max_bytes),
+            counted=not retained,
         )
-        if keep_last or cut or max_bytes:  # indexed, counted and retained after the plain writes
+        if retained:  # indexed, counted (and, when due, retained) after the plain writes
             retain = (
                 RETAIN,
                 2,

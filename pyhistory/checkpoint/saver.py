@@ -51,7 +51,7 @@ _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 def load_checkpoint_functions(client: SyncClient) -> str:
     """Load (or replace with identical code) the saver's library; on a cluster, on every primary.
-    Returns its name, e.g. ``"pyhistory_checkpoint_v2"``. The saver also loads it lazily."""
+    Returns its name, e.g. ``"pyhistory_checkpoint_v3"``. The saver also loads it lazily."""
     return load_library(client, _calls.LIBRARY)
 
 
@@ -97,6 +97,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
             thread holds more than this many bytes (checkpoints, metadata and the values they
             name, as stored; pending writes are not counted), with the same exceptions, and
             never the newest. Counted by the writes of savers with retention only. None: no limit.
+        trim_every: with keep_last or max_age (and no max_bytes), apply them on this saver's
+            first put to a thread's namespace and then on every ``trim_every``-th put to it, so
+            that one trim removes several checkpoints at once (a namespace holds at most
+            ``keep_last + trim_every - 1`` checkpoints that retention may remove, per saver
+            writing it). None: ``max(1, keep_last // 4)`` (1 with max_age alone); 1: every put.
+            With max_bytes every put applies retention.
         value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
             of the newest versions it wrote or read, per thread and namespace (least recently
             used threads go first), so that ``get_tuple`` of a thread this process just wrote
@@ -121,6 +127,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         keep_last: int | None = None,
         max_age: float | timedelta | None = None,
         max_bytes: int | None = None,
+        trim_every: int | None = None,
         value_cache_bytes: int = 32 * 1024 * 1024,
         redis_client: SyncClient | None = None,
         async_redis_client: AsyncClient | None = None,
@@ -137,6 +144,9 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._keep_last = _calls.check_keep_last(keep_last)
         self._max_age = _calls.check_max_age(max_age)
         self._max_bytes = _calls.check_max_bytes(max_bytes)
+        self._trim_every = _calls.check_trim_every(trim_every, self._keep_last)
+        # Puts this saver made to a (thread, namespace) since its last trim there.
+        self._since_trim: OrderedDict[tuple[str, str], int] = OrderedDict()
         if isinstance(value_cache_bytes, bool) or not isinstance(value_cache_bytes, int):
             raise InvalidArgumentError(
                 f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
@@ -358,6 +368,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             self._max_bytes,
         )
         ns, parent = _calls.namespace_of(config), _calls.checkpoint_of(config)
+        trim = self._trim_due(thread_id, ns)
         call, stored, run_id, holders = _calls.put(
             self.serde,
             thread_keys,
@@ -369,6 +380,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             metadata,
             new_versions,
             self._holders.get((thread_id, ns, parent)) if parent else {},
+            trim,
         )
         if holders is not None:
             self._holders[(thread_id, ns, stored["configurable"]["checkpoint_id"])] = holders
@@ -381,6 +393,22 @@ class RedisSaver(BaseCheckpointSaver[str]):
         if self._on_cluster():
             return call, stored, _calls.alone(register), pair
         return replace(call, before=(*call.before, *register)), stored, None, pair
+
+    def _trim_due(self, thread_id: str, ns: str) -> bool:
+        """Whether this put applies keep_last/max_age: on the first put to a namespace this saver
+        remembers no trim of, then every trim_every-th."""
+        if self._trim_every == 1:
+            return True
+        key = (thread_id, ns)
+        done = self._since_trim.get(key)
+        if done is None or done + 1 >= self._trim_every:
+            self._since_trim[key] = 0
+            self._since_trim.move_to_end(key)
+            while len(self._since_trim) > _RUNS_REMEMBERED:
+                self._since_trim.popitem(last=False)
+            return True
+        self._since_trim[key] = done + 1
+        return False
 
     def _hold(self, stored: RunnableConfig, call: Call) -> None:
         """Keep the values a put wrote (its HSET's fields) for the next get of the thread."""
