@@ -267,23 +267,11 @@ def _send(client: SyncClient, call: Call) -> Any:
         return client.execute_command(call.command, *call.args)
     if plain_client(client):
         assert isinstance(client, redis.Redis)
-        pool = client.connection_pool
-        commands = _written(call)
-        connection = pool.get_connection()
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
-            replies = _read_replies(len(commands), connection.read_response)
+            replies = _write_once(client, _written(call))
         except PLAIN_FAILURES as error:
-            connection.disconnect()
-            pool.release(connection)
             telemetry.retried(error)
             return _pipelined(client, call)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                connection.disconnect()
-                pool.release(connection)
-            raise
-        pool.release(connection)
         return _transaction_reply(_exec_replies(replies))
     return _pipelined(client, call)
 
@@ -311,30 +299,11 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         return await client.execute_command(call.command, *call.args)
     if plain_client(client):
         assert isinstance(client, redis.asyncio.Redis)
-        pool = client.connection_pool
-        commands = _written(call)
-        connection = None
         try:
-            connection = await pool.get_connection()
-            await connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:
-                    replies.append(error)
+            replies = await _awrite_once(client, _written(call))
         except PLAIN_FAILURES as error:
-            if connection is not None:
-                await connection.disconnect()
-                await pool.release(connection)
             telemetry.retried(error)
             return await _apipelined(client, call)
-        except BaseException:
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await _closed(pool, connection)
-            raise
-        await pool.release(connection)
         return _transaction_reply(_exec_replies(replies))
     return await _apipelined(client, call)
 
@@ -382,51 +351,28 @@ def _read_replies(count: int, read: Callable[[], Any]) -> list[Any]:
     return replies
 
 
-def run_plain_first(
-    client: SyncClient, commands: list[tuple[Any, ...]], call: Call
-) -> tuple[list[Any] | None, Any]:
-    """``commands`` (MULTI ... EXEC) sent once, unretried, on one pooled connection: EXEC's replies
-    (errors in place) and None. When the connection fails, ``call``, which must do the same
-    work and recognise a transaction that was applied, is run instead with the client's retry
-    policy (its window counted from the first attempt): (None, its reply)."""
-    assert isinstance(client, redis.Redis)
+def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` written once on one pooled connection: their replies (an error reply in
+    place). Whatever interrupts them closes the connection (its replies unread) and is raised."""
     pool = client.connection_pool
-    started = time.monotonic()
     connection = None
     try:
         connection = pool.get_connection()
         connection.send_packed_command(connection.pack_commands(commands))
         replies = _read_replies(len(commands), connection.read_response)
-    except PLAIN_FAILURES as error:
-        if connection is not None:
-            connection.disconnect()
-            pool.release(connection)
-        telemetry.retried(error)
-        with attempts_since(started):
-            return None, run(client, call)
-    except BaseException as error:
+    except BaseException:
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.disconnect()
                 pool.release(connection)
-        _raise_typed(error)
         raise
     pool.release(connection)
-    try:
-        return _exec_replies(replies), None
-    except Exception as error:
-        _raise_typed(error)
-        raise
+    return replies
 
 
-async def arun_plain_first(
-    client: AsyncClient, commands: list[tuple[Any, ...]], call: Call
-) -> tuple[list[Any] | None, Any]:
-    """The asyncio twin of :func:`run_plain_first` (not in a coalesced flight: a flight is
-    retried as a whole). A cancelled caller leaves the connection closed, its replies unread."""
-    assert isinstance(client, redis.asyncio.Redis)
+async def _awrite_once(client: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The asyncio twin of :func:`_write_once`; a cancelled caller closes the connection too."""
     pool = client.connection_pool
-    started = time.monotonic()
     connection = None
     try:
         connection = await pool.get_connection()
@@ -437,25 +383,61 @@ async def arun_plain_first(
                 replies.append(await connection.read_response())
             except ResponseError as error:
                 replies.append(error)
-    except PLAIN_FAILURES as error:
+    except BaseException:
         if connection is not None:
-            await connection.disconnect()
-            await pool.release(connection)
+            with contextlib.suppress(Exception):
+                await _closed(pool, connection)
+        raise
+    await pool.release(connection)
+    return replies
+
+
+def _typed_exec_replies(replies: list[Any]) -> list[Any]:
+    try:
+        return _exec_replies(replies)
+    except Exception as error:
+        _raise_typed(error)
+        raise
+
+
+def run_plain_first(
+    client: SyncClient, commands: list[tuple[Any, ...]], call: Call
+) -> tuple[list[Any] | None, Any]:
+    """``commands`` (MULTI ... EXEC) sent once, unretried, on one pooled connection: EXEC's replies
+    (errors in place) and None. When the connection fails, ``call``, which must do the same
+    work and recognise a transaction that was applied, is run instead with the client's retry
+    policy (its window counted from the first attempt): (None, its reply)."""
+    assert isinstance(client, redis.Redis)
+    started = time.monotonic()
+    try:
+        replies = _write_once(client, commands)
+    except PLAIN_FAILURES as error:
+        telemetry.retried(error)
+        with attempts_since(started):
+            return None, run(client, call)
+    except BaseException as error:
+        _raise_typed(error)
+        raise
+    return _typed_exec_replies(replies), None
+
+
+async def arun_plain_first(
+    client: AsyncClient, commands: list[tuple[Any, ...]], call: Call
+) -> tuple[list[Any] | None, Any]:
+    """The asyncio twin of :func:`run_plain_first` (for clients whose retry policy cannot be
+    told to send a flight once: their plain appends are not coalesced)."""
+    assert isinstance(client, redis.asyncio.Redis)
+    started = time.monotonic()
+    try:
+        replies = await _awrite_once(client, commands)
+    except PLAIN_FAILURES as error:
         telemetry.retried(error)
         with attempts_since(started):
             return None, await arun(client, call, coalesce=False)
     except BaseException as error:
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await _closed(pool, connection)
         _raise_typed(error)
         raise
-    await pool.release(connection)
-    try:
-        return _exec_replies(replies), None
-    except Exception as error:
-        _raise_typed(error)
-        raise
+    return _typed_exec_replies(replies), None
 
 
 async def arun_plain(
@@ -476,11 +458,7 @@ async def arun_plain(
         _raise_typed(error)
         raise
     if replies is not None:
-        try:
-            return _exec_replies(replies), None
-        except Exception as error:
-            _raise_typed(error)
-            raise
+        return _typed_exec_replies(replies), None
     if isinstance(reply, BaseException):
         _heal(call, reply)  # raises it typed, unless the library is to be loaded again
         with attempts_since(started):
