@@ -1,10 +1,13 @@
-"""What the two locust scenarios share: ``loadtest/locustfile.py`` (chat turns against the history
-classes, ``make loadtest``) and ``loadtest/httpchat/locustfile.py`` (people chatting with the HTTP
-service, ``make loadtest-http``).
+"""What the load tests and the benchmarks share: the two locust scenarios
+(``loadtest/locustfile.py``, chat turns against the history classes, ``make loadtest``;
+``loadtest/httpchat/locustfile.py``, people chatting with the HTTP service, ``make
+loadtest-http``), their runners, and the report writers of ``make bench``, ``make loadtest-http``
+and ``make bench-checkpoint``.
 
 For the runners: the Redis server under test, one headless locust run, locust's CSV, exact latency
-statistics, the machine's CPU. This module does not import locust (that would monkey-patch the
-runner with gevent); :class:`RequestLog`, for the locustfiles, is handed locust's events.
+statistics, the machine's and the server's CPU. For the reports: markdown tables, the target
+lines, grouped bar plots. This module does not import locust (that would monkey-patch the runner
+with gevent); :class:`RequestLog`, for the locustfiles, is handed locust's events.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,12 @@ from pyhistory import testing
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of the values that are not NaN; NaN when there are none."""
+    clean = [v for v in values if v == v]
+    return statistics.median(clean) if clean else float("nan")
 
 
 def parse_seconds(text: str) -> int:
@@ -275,7 +284,7 @@ def locust_stats(folder: Path) -> dict[str, dict[str, str]]:
         return {row["Name"]: row for row in csv.DictReader(fh)}
 
 
-# --- the machine -------------------------------------------------------------------------------
+# --- the machine and the server's CPU ------------------------------------------------------------
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -292,6 +301,78 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
     """The share of the machine's CPU time that was busy between two :func:`cpu_ticks`."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else None
+
+
+def server_cpu_seconds(client: Any) -> float:
+    """Seconds of CPU the server process has used, all its threads (INFO cpu)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+# --- reports: tables, targets, plots -------------------------------------------------------------
+
+# A target's "met" cell in a markdown table, and its state on the console.
+MET = {True: "met", False: "**not met**", None: "-"}
+_STATE = {True: "met    ", False: "NOT MET", None: "info   "}
+
+
+def table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "", pad: bool = False
+) -> list[str]:
+    """A markdown table's lines. ``align``: a letter per column, ``l`` (the default) or ``r``;
+    ``pad``: columns padded to one width (the first left-aligned, the others right-aligned), for
+    a table also read on a console."""
+    cells = [[str(c) for c in row] for row in (header, *rows)]
+    if not pad:
+        rule = "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header)))
+        return [_line(cells[0]), rule + "|", *(_line(r) for r in cells[1:])]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    padded = [
+        [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
+        for r in cells
+    ]
+    rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
+    return [_line(padded[0]), rule + "|", *(_line(r) for r in padded[1:])]
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_targets(rows: Iterable[dict[str, Any]], detail: Callable[[dict[str, Any]], str]) -> None:
+    """One console line per target row (``measure``, ``met``): its state, then ``detail(row)``."""
+    for row in rows:
+        print(f"  {_STATE[row['met']]}  {row['measure']}: {detail(row)}")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plots")
+        return None
+    return plt
+
+
+def grouped_bars(
+    ax: Any,
+    series: Sequence[tuple[str, Sequence[float], dict[str, Any]]],
+    text: Callable[[float], str],
+    fontsize: float = 7,
+) -> None:
+    """One group of bars per x (0, 1, ...), one bar per series (label, values, bar style), each
+    annotated with ``text(value)``."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, values, style) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(values))]
+        bars = ax.bar(xs, values, width, label=label, **style)
+        for bar, value in zip(bars, values, strict=True):
+            x, height = bar.get_x() + bar.get_width() / 2, bar.get_height()
+            ax.annotate(text(value), (x, height), ha="center", va="bottom", fontsize=fontsize)
 
 
 def write_json(path: Path, data: Any) -> None:

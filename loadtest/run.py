@@ -238,16 +238,7 @@ def compare_table(summaries: list[dict[str, Any]]) -> str:
             row += [f"{o['rps']:.0f}", _ms(o["p50_ms"]), _ms(o["p99_ms"])] if o else ["n/a"] * 3
         row.append(str(s["failures"]) + ("" if not s["problems"] else " (!)"))
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [cells[0].ljust(widths[0])]
-        padded += [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
-    rule += "|"
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+    return "\n".join(harness.table(header, rows, pad=True))
 
 
 # --------------------------------------------------------------------------- main

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from contenders import (
-    NAMES,
-)
+from contenders import NAMES
+from harness import print_targets
 
 from pyhistory import testing
 
@@ -222,12 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         + f" in {data['elapsed_s']:.0f} s"
     )
     print()
-    for row in data["targets"]:
-        print(
-            f"  {({True: 'met    ', False: 'NOT MET', None: 'info   '})[row['met']]}  "
-            f"{row['measure']}: "
-            f"{_fmt(row['value'])} (target {row['target']}; {row['how']})"
-        )
+    print_targets(
+        data["targets"], lambda r: f"{_fmt(r['value'])} (target {r['target']}; {r['how']})"
+    )
     return 0
 
 

@@ -342,9 +342,7 @@ def write_summary(data: dict[str, Any], out: Path, plots: bool) -> int:
     (out / "summary.md").write_text(report.markdown(data))
     written = report.plots(data, out) if plots else []
     log(f"wrote {out / 'summary.md'}" + "".join(f", {out / name}" for name in written))
-    for row in data["targets"]:
-        state = {True: "met    ", False: "NOT MET", None: "info   "}[row["met"]]
-        print(f"  {state}  {row['measure']}: {row['value']} (target {row['target']})")
+    harness.print_targets(data["targets"], lambda r: f"{r['value']} (target {r['target']})")
     return 0
 
 
