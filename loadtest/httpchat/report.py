@@ -23,7 +23,7 @@ ENDPOINTS = ("chat", "chat (stream)")
 
 
 def _locust_aggregated(folder: Path) -> dict[str, int]:
-    row = harness.locustharness.latency_stats(folder).get("Aggregated")
+    row = harness.locust_stats(folder).get("Aggregated")
     if row is None:
         return {}
     return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"])}
