@@ -12,6 +12,7 @@ with gevent); :class:`RequestLog`, for the locustfiles, is handed locust's event
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -50,9 +51,37 @@ def parse_seconds(text: str) -> int:
         return int(text)
     match = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
     if not match or not any(match.groups()):
-        raise ValueError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, users: int | None, run_time: int | None
+) -> None:
+    """A runner's options for its locust runs (``--users``, ``--spawn-rate``, ``--run-time``) and
+    for the Redis server it starts (``--server-kind``). A default of None: the runner's own."""
+    parser.add_argument(
+        "--users", "-u", type=int, default=users, help="concurrent users" + _default(users)
+    )
+    parser.add_argument("--spawn-rate", "-r", type=float, help="users started per s")
+    parser.add_argument(
+        "--run-time",
+        "-t",
+        type=parse_seconds,
+        default=run_time,
+        help="per run: seconds, or e.g. 30s, 5m" + _default(run_time, "s"),
+    )
+    parser.add_argument(
+        "--server-kind",
+        default="auto",
+        choices=["auto", *testing.KINDS],
+        help="server to start when REDIS_URL is not set (auto: the first installed)",
+    )
+
+
+def _default(value: object, unit: str = "") -> str:
+    return "" if value is None else f" ({value}{unit})"
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,34 @@ def latency_stats(values: Sequence[float], seconds: float | None = None) -> dict
     return out
 
 
+# name, default, choices (or None), help: a locustfile's option (see add_locust_options)
+Option = tuple[str, Any, list[str] | None, str]
+
+
+def add_locust_options(
+    events: Any, options: Sequence[Option], env_prefix: str, hidden: Sequence[str] = ()
+) -> None:
+    """A locustfile's options on locust's command line: ``--<name>`` each, also read from the
+    environment as ``<env_prefix><NAME>``; a default of False makes a flag. Those named in
+    ``hidden`` stay out of the web UI. Values set in the web UI arrive as strings."""
+
+    def add(parser: Any) -> None:
+        # Straight on locust's parser: an argument group would not take include_in_web_ui.
+        for name, default, choices, text in options:
+            kind = {"action": "store_true"} if default is False else {"type": type(default)}
+            parser.add_argument(
+                f"--{name}",
+                default=default,
+                **({} if choices is None else {"choices": choices}),
+                **kind,
+                env_var=env_prefix + name.upper().replace("-", "_"),
+                include_in_web_ui=name not in hidden,
+                help=f"{text} (default {default})",
+            )
+
+    events.init_command_line_parser.add_listener(add)
+
+
 class RequestLog:
     """Every request of one locust process: its end (epoch s), name, exact response time (ms)
     and error, if any. Locust's own percentiles are whole milliseconds, too coarse for a call
@@ -122,10 +179,43 @@ class RequestLog:
     def __len__(self) -> int:
         return len(self._ms)
 
-    def install(self, events: Any) -> None:
-        """Listen to locust's request and spawning events."""
+    def install(
+        self,
+        events: Any,
+        path: Callable[[Any], str],
+        write: Callable[[RequestLog, str], None],
+    ) -> None:
+        """Listen to locust's events: every request, the end of the ramp-up; when a test stops,
+        give locust's CSV writer its last turn; when locust quits, ``write(self, file)`` unless
+        nothing was recorded or ``path(environment)`` is empty (a locust worker writes its own
+        file, ``<name>.<pid><ext>``)."""
         events.request.add_listener(self._on_request)
         events.spawning_complete.add_listener(self._on_spawned)
+
+        def on_test_stop(environment: Any, **_: Any) -> None:
+            # Locust rewrites its --csv stats once a second and never again at exit, so the file
+            # can miss the last second of the run: let its writer run once more, now that all
+            # users are stopped.
+            if getattr(environment.parsed_options, "csv_prefix", None):
+                import gevent
+                from locust.stats import CSV_STATS_INTERVAL_SEC
+
+                gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
+
+        def on_quitting(environment: Any, **_: Any) -> None:
+            from locust.runners import WorkerRunner
+
+            file = path(environment)
+            if not file or not len(self):
+                return
+            if isinstance(environment.runner, WorkerRunner):
+                root, ext = os.path.splitext(file)
+                file = f"{root}.{os.getpid()}{ext}"
+            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+            write(self, file)
+
+        events.test_stop.add_listener(on_test_stop)
+        events.quitting.add_listener(on_quitting)
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
