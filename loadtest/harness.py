@@ -407,16 +407,20 @@ _STATE = {True: "met    ", False: "NOT MET", None: "info   "}
 
 
 def table(
-    header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "", pad: bool = False
+    header: str | Sequence[str],
+    rows: Iterable[str | Sequence[object]],
+    align: str = "",
+    pad: bool = False,
 ) -> list[str]:
-    """A markdown table's lines. ``align``: a letter per column, ``l`` (the default) or ``r``;
-    ``pad``: columns padded to one width (the first left-aligned, the others right-aligned), for
-    a table also read on a console."""
-    cells = [[str(c) for c in row] for row in (header, *rows)]
+    """A markdown table's lines. The header and each row: its cells, or one string of them
+    joined by `` | ``. ``align``: a letter per column, ``l`` (the default) or ``r``; ``pad``:
+    columns padded to one width (the first left-aligned, the others right-aligned), for a table
+    also read on a console."""
+    cells = [r.split(" | ") if isinstance(r, str) else [str(c) for c in r] for r in (header, *rows)]
     if not pad:
-        rule = "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header)))
+        rule = "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(cells[0])))
         return [_line(cells[0]), rule + "|", *(_line(r) for r in cells[1:])]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     padded = [
         [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
         for r in cells

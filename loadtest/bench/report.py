@@ -345,9 +345,10 @@ def markdown(data: dict[str, Any]) -> str:
         "## Targets",
         "",
         *table(
-            ["measure", "target", "measured", "met", "from", "why not met"],
+            "measure | target | measured | met | from | why not met",
             (
-                [r["measure"], r["target"], _fmt(r["value"]), MET[r["met"]], r["how"], r["reason"]]
+                f"{r['measure']} | {r['target']} | {_fmt(r['value'])} | {MET[r['met']]} | "
+                f"{r['how']} | {r['reason']}"
                 for r in data["targets"]
             ),
         ),
@@ -415,23 +416,12 @@ def markdown(data: dict[str, Any]) -> str:
             "MULTI/EXEC and inside functions are counted too).",
             "",
             *table(
-                [
-                    "contender",
-                    "mode",
-                    "round trips / turn",
-                    "new connections / turn",
-                    "commands / turn",
-                    "commands",
-                ],
+                "contender | mode | round trips / turn | new connections / turn | "
+                "commands / turn | commands",
                 (
-                    [
-                        r["contender"],
-                        r["mode"],
-                        f"{r['round_trips_per_turn']:.2f}",
-                        f"{r['connections_per_turn']:.2f}",
-                        f"{r['commands_per_turn']:.2f}",
-                        ", ".join(f"{k} {v:g}" for k, v in r["commands"].items()),
-                    ]
+                    f"{r['contender']} | {r['mode']} | {r['round_trips_per_turn']:.2f} | "
+                    f"{r['connections_per_turn']:.2f} | {r['commands_per_turn']:.2f} | "
+                    + ", ".join(f"{k} {v:g}" for k, v in r["commands"].items())
                     for r in rts
                 ),
             ),
@@ -450,14 +440,10 @@ def markdown(data: dict[str, Any]) -> str:
             "here than over a real network.",
             "",
             *table(
-                ["contender", "turn p50 (ms)", "PING p50 (ms)", "turn p50 / one round trip"],
+                "contender | turn p50 (ms) | PING p50 (ms) | turn p50 / one round trip",
                 (
-                    [
-                        name,
-                        f"{r['turn_p50_ms']:.3f}",
-                        f"{median(r['ping_p50_ms_reps']):.3f}",
-                        f"{r['turn_over_rtt']:.2f}",
-                    ]
+                    f"{name} | {r['turn_p50_ms']:.3f} | {median(r['ping_p50_ms_reps']):.3f} | "
+                    f"{r['turn_over_rtt']:.2f}"
                     for name, r in proxy["contenders"].items()
                 ),
             ),

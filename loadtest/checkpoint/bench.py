@@ -279,23 +279,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "Server CPU: INFO used_cpu_user + used_cpu_sys over the run.",
         "",
         *table(
-            [
-                "saver",
-                "variant",
-                "round trips / turn",
-                "commands / turn",
-                "server CPU µs / turn",
-                "client ms / turn",
-            ],
+            "saver | variant | round trips / turn | commands / turn | server CPU µs / turn "
+            "| client ms / turn",
             (
-                [
-                    r["saver"],
-                    r["variant"],
-                    f"{r['round_trips']:.1f}",
-                    f"{r['commands']:.1f}",
-                    f"{r['server_cpu_us']:.0f}",
-                    f"{r['client_ms']:.2f}",
-                ]
+                f"{r['saver']} | {r['variant']} | {r['round_trips']:.1f} | {r['commands']:.1f} | "
+                f"{r['server_cpu_us']:.0f} | {r['client_ms']:.2f}"
                 for r in results["per_turn"]
             ),
             align="llrrrr",
@@ -315,14 +303,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     for row in results["storage"]:
         sizes = [row["bytes"][str(m)] for m in marks]
         slope = (sizes[-1] - sizes[-2]) / (marks[-1] - marks[-2])
-        rows.append(
-            [
-                row["saver"],
-                row["variant"],
-                *(f"{s / 1024:,.0f} KB" for s in sizes),
-                f"{slope / 1024:,.1f} KB",
-            ]
-        )
+        kb = [f"{s / 1024:,.0f} KB" for s in sizes]
+        rows.append([row["saver"], row["variant"], *kb, f"{slope / 1024:,.1f} KB"])
     lines += [
         "",
         f"## Bytes stored per thread ({PADDING} characters per answer)",

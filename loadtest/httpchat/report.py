@@ -338,9 +338,9 @@ def markdown(data: dict[str, Any]) -> str:
         "## Targets",
         "",
         *table(
-            ["measure", "target", "measured", "met", "note"],
+            "measure | target | measured | met | note",
             (
-                [r["measure"], r["target"], r["value"], MET[r["met"]], r["note"]]
+                f"{r['measure']} | {r['target']} | {r['value']} | {MET[r['met']]} | {r['note']}"
                 for r in data["targets"]
             ),
         ),
@@ -380,9 +380,10 @@ def markdown(data: dict[str, Any]) -> str:
         cells.append(f"{_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} %")
         cells.append(_f(b.get("loadavg_end", float("nan"))))
         rows.append(cells)
-    header = ["backend", "requests", "failed", "req/s", *ENDPOINTS, "first token"]
-    header += ["history read", "history append", "machine CPU busy", "load average"]
-    lines += table(header, rows)
+    header = (
+        "backend | requests | failed | req/s | chat | chat (stream) | first token | history read "
+    )
+    lines += table(header + "| history append | machine CPU busy | load average", rows)
     faults = [r for r in data["runs"] if r.get("fault_report")]
     if faults:
         bound = data["settings"].get("failure_bound_s")
@@ -398,24 +399,16 @@ def markdown(data: dict[str, Any]) -> str:
             "fault's start.",
             "",
         ]
-        header = ["fault", "at", "lasted", "requests", "failed"]
-        header += ["first / last failure after the fault began", "slowest request in the fault"]
-        header += ["first success after the fault", "errors"]
+        header = "fault | at | lasted | requests | failed | first / last failure after the fault "
+        header += "began | slowest request in the fault | first success after the fault | errors"
         rows = []
         for run in faults:
             f = run["fault_report"]
             rows.append(
-                [
-                    run["fault"],
-                    f"{run['fault_at_s']:.1f} s",
-                    f"{run['fault_seconds']:.2f} s",
-                    run["requests"],
-                    run["failures"],
-                    f"{_s(f['first_failure_s'])} / {_s(f['last_failure_s'])}",
-                    _ms(f["slowest_request_in_fault_ms"]),
-                    f"+{_s(f['first_success_after_s'])}",
-                    _errors(run),
-                ]
+                f"{run['fault']} | {run['fault_at_s']:.1f} s | {run['fault_seconds']:.2f} s | "
+                f"{run['requests']} | {run['failures']} | {_s(f['first_failure_s'])} / "
+                f"{_s(f['last_failure_s'])} | {_ms(f['slowest_request_in_fault_ms'])} | "
+                f"+{_s(f['first_success_after_s'])} | {_errors(run)}"
             )
         lines += table(header, rows)
     lines += [
