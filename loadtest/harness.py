@@ -1,14 +1,18 @@
-"""What the two locust scenarios share: ``loadtest/locustfile.py`` (chat turns against the history
-classes, ``make loadtest``) and ``loadtest/httpchat/locustfile.py`` (people chatting with the HTTP
-service, ``make loadtest-http``).
+"""What the load tests and the benchmarks share: the two locust scenarios
+(``loadtest/locustfile.py``, chat turns against the history classes, ``make loadtest``;
+``loadtest/httpchat/locustfile.py``, people chatting with the HTTP service, ``make
+loadtest-http``), their runners, and the report writers of ``make bench``, ``make loadtest-http``
+and ``make bench-checkpoint``.
 
 For the runners: the Redis server under test, one headless locust run, locust's CSV, exact latency
-statistics, the machine's CPU. This module does not import locust (that would monkey-patch the
-runner with gevent); :class:`RequestLog`, for the locustfiles, is handed locust's events.
+statistics, the machine's and the server's CPU. For the reports: markdown tables, the target
+lines, grouped bar plots. This module does not import locust (that would monkey-patch the runner
+with gevent); :class:`RequestLog`, for the locustfiles, is handed locust's events.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -22,7 +26,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,12 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def median(values: Sequence[float]) -> float:
+    """The median of the values that are not NaN; NaN when there are none."""
+    clean = [v for v in values if v == v]
+    return statistics.median(clean) if clean else float("nan")
+
+
 def parse_seconds(text: str) -> int:
     """Locust's time strings: ``90``, ``30s``, ``5m``, ``1h30m``, ``1m30s``."""
     text = text.strip()
@@ -41,9 +51,37 @@ def parse_seconds(text: str) -> int:
         return int(text)
     match = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
     if not match or not any(match.groups()):
-        raise ValueError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a time like 30s, 5m or 1h30m, not {text!r}")
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, users: int | None, run_time: int | None
+) -> None:
+    """A runner's options for its locust runs (``--users``, ``--spawn-rate``, ``--run-time``) and
+    for the Redis server it starts (``--server-kind``). A default of None: the runner's own."""
+    parser.add_argument(
+        "--users", "-u", type=int, default=users, help="concurrent users" + _default(users)
+    )
+    parser.add_argument("--spawn-rate", "-r", type=float, help="users started per s")
+    parser.add_argument(
+        "--run-time",
+        "-t",
+        type=parse_seconds,
+        default=run_time,
+        help="per run: seconds, or e.g. 30s, 5m" + _default(run_time, "s"),
+    )
+    parser.add_argument(
+        "--server-kind",
+        default="auto",
+        choices=["auto", *testing.KINDS],
+        help="server to start when REDIS_URL is not set (auto: the first installed)",
+    )
+
+
+def _default(value: object, unit: str = "") -> str:
+    return "" if value is None else f" ({value}{unit})"
 
 
 @dataclass(frozen=True)
@@ -94,6 +132,34 @@ def latency_stats(values: Sequence[float], seconds: float | None = None) -> dict
     return out
 
 
+# name, default, choices (or None), help: a locustfile's option (see add_locust_options)
+Option = tuple[str, Any, list[str] | None, str]
+
+
+def add_locust_options(
+    events: Any, options: Sequence[Option], env_prefix: str, hidden: Sequence[str] = ()
+) -> None:
+    """A locustfile's options on locust's command line: ``--<name>`` each, also read from the
+    environment as ``<env_prefix><NAME>``; a default of False makes a flag. Those named in
+    ``hidden`` stay out of the web UI. Values set in the web UI arrive as strings."""
+
+    def add(parser: Any) -> None:
+        # Straight on locust's parser: an argument group would not take include_in_web_ui.
+        for name, default, choices, text in options:
+            kind = {"action": "store_true"} if default is False else {"type": type(default)}
+            parser.add_argument(
+                f"--{name}",
+                default=default,
+                **({} if choices is None else {"choices": choices}),
+                **kind,
+                env_var=env_prefix + name.upper().replace("-", "_"),
+                include_in_web_ui=name not in hidden,
+                help=f"{text} (default {default})",
+            )
+
+    events.init_command_line_parser.add_listener(add)
+
+
 class RequestLog:
     """Every request of one locust process: its end (epoch s), name, exact response time (ms)
     and error, if any. Locust's own percentiles are whole milliseconds, too coarse for a call
@@ -113,10 +179,43 @@ class RequestLog:
     def __len__(self) -> int:
         return len(self._ms)
 
-    def install(self, events: Any) -> None:
-        """Listen to locust's request and spawning events."""
+    def install(
+        self,
+        events: Any,
+        path: Callable[[Any], str],
+        write: Callable[[RequestLog, str], None],
+    ) -> None:
+        """Listen to locust's events: every request, the end of the ramp-up; when a test stops,
+        give locust's CSV writer its last turn; when locust quits, ``write(self, file)`` unless
+        nothing was recorded or ``path(environment)`` is empty (a locust worker writes its own
+        file, ``<name>.<pid><ext>``)."""
         events.request.add_listener(self._on_request)
         events.spawning_complete.add_listener(self._on_spawned)
+
+        def on_test_stop(environment: Any, **_: Any) -> None:
+            # Locust rewrites its --csv stats once a second and never again at exit, so the file
+            # can miss the last second of the run: let its writer run once more, now that all
+            # users are stopped.
+            if getattr(environment.parsed_options, "csv_prefix", None):
+                import gevent
+                from locust.stats import CSV_STATS_INTERVAL_SEC
+
+                gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
+
+        def on_quitting(environment: Any, **_: Any) -> None:
+            from locust.runners import WorkerRunner
+
+            file = path(environment)
+            if not file or not len(self):
+                return
+            if isinstance(environment.runner, WorkerRunner):
+                root, ext = os.path.splitext(file)
+                file = f"{root}.{os.getpid()}{ext}"
+            os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+            write(self, file)
+
+        events.test_stop.add_listener(on_test_stop)
+        events.quitting.add_listener(on_quitting)
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -275,7 +374,7 @@ def locust_stats(folder: Path) -> dict[str, dict[str, str]]:
         return {row["Name"]: row for row in csv.DictReader(fh)}
 
 
-# --- the machine -------------------------------------------------------------------------------
+# --- the machine and the server's CPU ------------------------------------------------------------
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -292,6 +391,82 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
     """The share of the machine's CPU time that was busy between two :func:`cpu_ticks`."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else None
+
+
+def server_cpu_seconds(client: Any) -> float:
+    """Seconds of CPU the server process has used, all its threads (INFO cpu)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+# --- reports: tables, targets, plots -------------------------------------------------------------
+
+# A target's "met" cell in a markdown table, and its state on the console.
+MET = {True: "met", False: "**not met**", None: "-"}
+_STATE = {True: "met    ", False: "NOT MET", None: "info   "}
+
+
+def table(
+    header: str | Sequence[str],
+    rows: Iterable[str | Sequence[object]],
+    align: str = "",
+    pad: bool = False,
+) -> list[str]:
+    """A markdown table's lines. The header and each row: its cells, or one string of them
+    joined by `` | ``. ``align``: a letter per column, ``l`` (the default) or ``r``; ``pad``:
+    columns padded to one width (the first left-aligned, the others right-aligned), for a table
+    also read on a console."""
+    cells = [r.split(" | ") if isinstance(r, str) else [str(c) for c in r] for r in (header, *rows)]
+    if not pad:
+        rule = "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(cells[0])))
+        return [_line(cells[0]), rule + "|", *(_line(r) for r in cells[1:])]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    padded = [
+        [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
+        for r in cells
+    ]
+    rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
+    return [_line(padded[0]), rule + "|", *(_line(r) for r in padded[1:])]
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_targets(rows: Iterable[dict[str, Any]], detail: Callable[[dict[str, Any]], str]) -> None:
+    """One console line per target row (``measure``, ``met``): its state, then ``detail(row)``."""
+    for row in rows:
+        print(f"  {_STATE[row['met']]}  {row['measure']}: {detail(row)}")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plots")
+        return None
+    return plt
+
+
+def grouped_bars(
+    ax: Any,
+    series: Sequence[tuple[str, Sequence[float], dict[str, Any]]],
+    text: Callable[[float], str],
+    fontsize: float = 7,
+) -> None:
+    """One group of bars per x (0, 1, ...), one bar per series (label, values, bar style), each
+    annotated with ``text(value)``."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, values, style) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(values))]
+        bars = ax.bar(xs, values, width, label=label, **style)
+        for bar, value in zip(bars, values, strict=True):
+            x, height = bar.get_x() + bar.get_width() / 2, bar.get_height()
+            ax.annotate(text(value), (x, height), ha="center", va="bottom", fontsize=fontsize)
 
 
 def write_json(path: Path, data: Any) -> None:

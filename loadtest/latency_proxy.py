@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import TracebackType
 
 __all__ = ["LatencyProxy", "ProxyStats", "StatsSnapshot", "main", "serve"]
@@ -46,9 +46,6 @@ class StatsSnapshot:
     chunks_down: int
     bytes_up: int
     bytes_down: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class ProxyStats:

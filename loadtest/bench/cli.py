@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from contenders import (
-    NAMES,
-)
+from contenders import NAMES
+from harness import print_targets
 
 from pyhistory import testing
 
@@ -48,15 +47,22 @@ from .servers import Sessions, cost_server, load_library, start_targets
 # --- main --------------------------------------------------------------------------------------
 
 
-def render(results: Path, out: Path) -> int:
-    data = json.loads(results.read_text())
+def write(data: dict[str, Any], out: Path, took: str = "") -> None:
+    """The targets, results.json, results.md and the plots; the targets on the console."""
     data["targets"] = targets(data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown(data))
     written = plots(data, out)
-    log(f"wrote {out / 'results.md'}" + "".join(f", {out / f}" for f in written))
-    return 0
+    log(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}"
+        + "".join(f", {out / f}" for f in written)
+        + took
+    )
+    print()
+    print_targets(
+        data["targets"], lambda r: f"{_fmt(r['value'])} (target {r['target']}; {r['how']})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render:
-        return render(Path(args.render), Path(args.out))
+        write(json.loads(Path(args.render).read_text()), Path(args.out))
+        return 0
 
     settings = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
@@ -220,22 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             each.stop()
     data["loadavg_end"] = os.getloadavg()
     data["elapsed_s"] = time.perf_counter() - started
-    data["targets"] = targets(data)
-    (out / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(markdown(data))
-    written = plots(data, out)
-    log(
-        f"wrote {out / 'results.json'}, {out / 'results.md'}"
-        + "".join(f", {out / f}" for f in written)
-        + f" in {data['elapsed_s']:.0f} s"
-    )
-    print()
-    for row in data["targets"]:
-        print(
-            f"  {({True: 'met    ', False: 'NOT MET', None: 'info   '})[row['met']]}  "
-            f"{row['measure']}: "
-            f"{_fmt(row['value'])} (target {row['target']}; {row['how']})"
-        )
+    write(data, out, f" in {data['elapsed_s']:.0f} s")
     return 0
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness import log, median
+
+__all__ = ["FULL", "QUICK", "Settings", "log", "median", "percentile"]
 
 LOADTEST = Path(__file__).resolve().parents[1]
 ROOT = LOADTEST.parent
@@ -91,19 +93,9 @@ FULL = Settings(
 )
 
 
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", flush=True)
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     rank = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[rank]
-
-
-def median(values: Sequence[float]) -> float:
-    clean = [v for v in values if v == v]
-    return statistics.median(clean) if clean else float("nan")

@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    log,
-)
+from harness import grouped_bars, pyplot
 
 
 def plots(data: dict[str, Any], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed: no plots")
+    plt = pyplot()
+    if plt is None:
         return []
     written = cost_plot(data, out, plt)
     turns = data.get("chat_turns", [])
@@ -36,22 +29,12 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
         ("p99_ms", "latency_p99.png", "p99 turn latency, ms (log)", "Chat turn p99 latency"),
     ):
         fig, ax = plt.subplots(figsize=(12, 5.5))
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            values = []
-            for label in labels:
-                row = next(r for r in turns if r["scenario"] == label and r["contender"] == name)
-                values.append(row[metric])
-            xs = [x + (i - (len(names) - 1) / 2) * width for x in range(len(labels))]
-            bars = ax.bar(xs, values, width, label=name, color=colours.get(name))
-            for bar, value in zip(bars, values, strict=True):
-                ax.annotate(
-                    f"{value:.0f}" if value >= 10 else f"{value:.1f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        by = {(r["scenario"], r["contender"]): r[metric] for r in turns}
+        series = [
+            (name, [by[(label, name)] for label in labels], {"color": colours.get(name)})
+            for name in names
+        ]
+        grouped_bars(ax, series, lambda v: f"{v:.0f}" if v >= 10 else f"{v:.1f}")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels([label.replace(", ", "\n") for label in labels], fontsize=9)
         ax.set_yscale("log")
@@ -92,30 +75,21 @@ def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
         forms_ = list(dict.fromkeys(form for form, _ in columns))
         if group == "turn":
             columns.sort(key=lambda c: c[1])
-        width = 0.8 / max(1, len(columns))
-        for i, (form, depth) in enumerate(columns):
-            values = [
-                mine[(k, form, depth)]["server_cpu_us"] if (k, form, depth) in mine else 0.0
-                for k in kinds
-            ]
-            xs = [x + (i - (len(columns) - 1) / 2) * width for x in range(len(kinds))]
-            label = f"{form}, -P {depth}" if group == "turn" else form
-            bars = ax.bar(
-                xs,
-                values,
-                width,
-                label=label,
-                color=colours[(forms_.index(form) if group == "turn" else i) % len(colours)],
-                hatch="//" if group == "turn" and depth > 1 else None,
+        series = [
+            (
+                f"{form}, -P {depth}" if group == "turn" else form,
+                [
+                    mine[(k, form, depth)]["server_cpu_us"] if (k, form, depth) in mine else 0.0
+                    for k in kinds
+                ],
+                {
+                    "color": colours[(forms_.index(form) if group == "turn" else i) % len(colours)],
+                    "hatch": "//" if group == "turn" and depth > 1 else None,
+                },
             )
-            for bar, value in zip(bars, values, strict=True):
-                ax.annotate(
-                    f"{value:.1f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=6,
-                )
+            for i, (form, depth) in enumerate(columns)
+        ]
+        grouped_bars(ax, series, lambda v: f"{v:.1f}", fontsize=6)
         ax.set_xticks(range(len(kinds)))
         ax.set_xticklabels([servers.get(k, k) for k in kinds], fontsize=9)
         ax.set_ylabel("server CPU, µs per operation")

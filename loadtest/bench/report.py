@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import (
-    WINDOW,
-    median,
-)
+from harness import MET, table
+
+from .common import WINDOW, median
 
 # --- targets, tables, plots --------------------------------------------------------------------
 
@@ -345,15 +344,15 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        "| measure | target | measured | met | from | why not met |",
-        "|---|---|---|---|---|---|",
+        *table(
+            "measure | target | measured | met | from | why not met",
+            (
+                f"{r['measure']} | {r['target']} | {_fmt(r['value'])} | {MET[r['met']]} | "
+                f"{r['how']} | {r['reason']}"
+                for r in data["targets"]
+            ),
+        ),
     ]
-    for row in data["targets"]:
-        met = {True: "met", False: "**not met**", None: "-"}[row["met"]]
-        lines.append(
-            f"| {row['measure']} | {row['target']} | {_fmt(row['value'])} | {met} | {row['how']} "
-            f"| {row.get('reason', '')} |"
-        )
     lines += server_cost_section(data)
     turns = data.get("chat_turns", [])
     names = list(dict.fromkeys(r["contender"] for r in turns))
@@ -365,31 +364,25 @@ def markdown(data: dict[str, Any]) -> str:
             "turns/s (p50 / p99 ms). `lc-*` read the whole history (they cannot window); "
             "the ratio column is pyhistory's turns/s over each other contender's.",
             "",
-            "| scenario | "
-            + " | ".join(names)
-            + " | "
-            + " | ".join(f"pyhistory / {n}" for n in names if n != "pyhistory")
-            + " |",
-            "|---|" + "---|" * (len(names) + len([n for n in names if n != "pyhistory"])),
         ]
+        others = [n for n in names if n != "pyhistory"]
+        rows = []
         for label in dict.fromkeys(r["scenario"] for r in turns):
-            cells = []
             by = {r["contender"]: r for r in turns if r["scenario"] == label}
+            cells = [label]
             for name in names:
                 r = by[name]
                 cells.append(
                     f"{_fmt(r['turns_per_s'], 0)} ({_fmt(r['p50_ms'])} / {_fmt(r['p99_ms'])})"
                 )
             ours = by.get("pyhistory")
-            for name in names:
-                if name == "pyhistory":
-                    continue
+            for name in others:
                 if ours and by[name]["turns_per_s"]:
                     cells.append(f"{ours['turns_per_s'] / by[name]['turns_per_s']:.2f}x")
                 else:
                     cells.append("-")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if turns:
+            rows.append(cells)
+        lines += table(["scenario", *names, *(f"pyhistory / {n}" for n in others)], rows)
         lines += [
             "",
             "CPU per turn, µs, client / server (median over repetitions): the client's process "
@@ -397,17 +390,19 @@ def markdown(data: dict[str, Any]) -> str:
             "it ran. Much less sensitive than turns/s to other load on a shared machine; the "
             "server's figure includes its network system calls.",
             "",
-            "| scenario | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
         ]
+        rows = []
         for label in dict.fromkeys(r["scenario"] for r in turns):
             by = {r["contender"]: r for r in turns if r["scenario"] == label}
-            cells = [
-                f"{_fmt(by[n]['client_cpu_us_per_turn'], 0)} / "
-                f"{_fmt(by[n]['server_cpu_us_per_turn'], 0)}"
-                for n in names
-            ]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            rows.append(
+                [label]
+                + [
+                    f"{_fmt(by[n]['client_cpu_us_per_turn'], 0)} / "
+                    f"{_fmt(by[n]['server_cpu_us_per_turn'], 0)}"
+                    for n in names
+                ]
+            )
+        lines += table(["scenario", *names], rows)
     lines += _kind_turns_section(data)
     rts = data.get("round_trips", [])
     if rts:
@@ -420,16 +415,17 @@ def markdown(data: dict[str, Any]) -> str:
             "Commands: INFO commandstats on the server around the turns (commands inside "
             "MULTI/EXEC and inside functions are counted too).",
             "",
-            "| contender | mode | round trips / turn | new connections / turn | "
-            "commands / turn | commands |",
-            "|---|---|---|---|---|---|",
+            *table(
+                "contender | mode | round trips / turn | new connections / turn | "
+                "commands / turn | commands",
+                (
+                    f"{r['contender']} | {r['mode']} | {r['round_trips_per_turn']:.2f} | "
+                    f"{r['connections_per_turn']:.2f} | {r['commands_per_turn']:.2f} | "
+                    + ", ".join(f"{k} {v:g}" for k, v in r["commands"].items())
+                    for r in rts
+                ),
+            ),
         ]
-        for row in rts:
-            detail = ", ".join(f"{k} {v:g}" for k, v in row["commands"].items())
-            lines.append(
-                f"| {row['contender']} | {row['mode']} | {row['round_trips_per_turn']:.2f} | "
-                f"{row['connections_per_turn']:.2f} | {row['commands_per_turn']:.2f} | {detail} |"
-            )
     proxy = data.get("latency_proxy")
     if proxy:
         lines += [
@@ -443,14 +439,15 @@ def markdown(data: dict[str, Any]) -> str:
             "does not delay TCP handshakes, so contenders that connect per turn look better "
             "here than over a real network.",
             "",
-            "| contender | turn p50 (ms) | PING p50 (ms) | turn p50 / one round trip |",
-            "|---|---|---|---|",
+            *table(
+                "contender | turn p50 (ms) | PING p50 (ms) | turn p50 / one round trip",
+                (
+                    f"{name} | {r['turn_p50_ms']:.3f} | {median(r['ping_p50_ms_reps']):.3f} | "
+                    f"{r['turn_over_rtt']:.2f}"
+                    for name, r in proxy["contenders"].items()
+                ),
+            ),
         ]
-        for name, row in proxy["contenders"].items():
-            lines.append(
-                f"| {name} | {row['turn_p50_ms']:.3f} | {median(row['ping_p50_ms_reps']):.3f} | "
-                f"{row['turn_over_rtt']:.2f} |"
-            )
     server = data.get("server_side")
     if server:
         lines += [

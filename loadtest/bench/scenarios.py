@@ -20,6 +20,7 @@ from contenders import (
     make_async_contender,
     make_contender,
 )
+from harness import server_cpu_seconds
 from langchain_core.messages import (
     AIMessage,
     HumanMessage,
@@ -36,7 +37,7 @@ from .common import (
     median,
     percentile,
 )
-from .servers import Sessions, Target, commandstats, read_server_cpu
+from .servers import Sessions, Target, commandstats
 from .timing import Segment, TurnSource, run_async_segment, run_sync_segment
 
 # --- scenario 1: chat turns --------------------------------------------------------------------
@@ -91,7 +92,7 @@ def chat_turns(
             for name in order:
                 ids = sessions.reset(history)
                 source = TurnSource(ids, pairs)
-                client_cpu, server_cpu = time.process_time(), read_server_cpu(sessions.admin)
+                client_cpu, server_cpu = time.process_time(), server_cpu_seconds(sessions.admin)
                 if mode == "sync":
                     seg = run_sync_segment(sync[name], workers, source, settings)
                 else:
@@ -99,7 +100,7 @@ def chat_turns(
                         run_async_segment(asyn[name], workers, source, settings)
                     )
                 client_cpu = time.process_time() - client_cpu
-                server_cpu = read_server_cpu(sessions.admin) - server_cpu
+                server_cpu = server_cpu_seconds(sessions.admin) - server_cpu
                 if seg.all_turns:
                     seg.client_cpu_us_per_turn = client_cpu / seg.all_turns * 1e6
                     seg.server_cpu_us_per_turn = server_cpu / seg.all_turns * 1e6

@@ -27,6 +27,7 @@ from typing import Any
 
 import hiredis
 import redis
+from harness import server_cpu_seconds
 
 from pyhistory._core import BATCH_ID_LEN, REMEMBERED, WINDOW_SECONDS, batches_key
 
@@ -276,11 +277,6 @@ class CostServer:
     library: str  # the history library's name
 
 
-def _cpu(admin: redis.Redis) -> float:
-    info = admin.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 def _prepare(server: CostServer, keys: Sequence[str], template: Sequence[str]) -> None:
     admin = server.admin
     admin.delete(TEMPLATE)
@@ -307,7 +303,7 @@ def _segment(
     per = len(keys) // connections
     plans = [_flights(form, keys[i * per : (i + 1) * per], depth) for i in range(connections)]
     server.admin.config_resetstat()
-    cpu0 = _cpu(server.admin)
+    cpu0 = server_cpu_seconds(server.admin)
     t0 = time.perf_counter()
 
     async def run() -> list[int]:
@@ -318,7 +314,7 @@ def _segment(
 
     ops = sum(asyncio.run(run()))
     elapsed = time.perf_counter() - t0
-    cpu = _cpu(server.admin) - cpu0
+    cpu = server_cpu_seconds(server.admin) - cpu0
     stats = server.admin.info("commandstats")
     errors = server.admin.info("errorstats")
     if errors:
@@ -421,10 +417,3 @@ def server_cost(
         "small_entry_bytes": [len(e) for e in small],
         "rows": rows,
     }
-
-
-def cost(data: dict[str, Any], kind: str, form: str, depth: int) -> float | None:
-    for row in data.get("rows", []):
-        if (row["server_kind"], row["form"], row["depth"]) == (kind, form, depth):
-            return float(row["server_cpu_us"])
-    return None

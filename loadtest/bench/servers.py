@@ -149,12 +149,6 @@ class Sessions:
                 self.admin.delete(*keys[start : start + 1000])
 
 
-def read_server_cpu(admin: redis.Redis) -> float:
-    """Seconds of CPU the server process has used (all its threads)."""
-    info = admin.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 def commandstats(admin: redis.Redis) -> dict[str, int]:
     """Calls per command, plus error replies (unknown commands are in no cmdstat entry: a
     client's handshake commands that an older server rejects show up only here)."""

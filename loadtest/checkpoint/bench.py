@@ -37,7 +37,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import build_agent
+from harness import pyplot, server_cpu_seconds, table
 
 from pyhistory import testing
 from pyhistory.checkpoint import RedisSaver
@@ -162,11 +164,6 @@ def turn_text(i: int) -> str:
     return f"weather city{i}" if i % 2 else f"hello {i}"
 
 
-def cpu_seconds(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def commands_run(client: redis.Redis) -> int:
     return sum(int(s["calls"]) for s in client.info("commandstats").values())
 
@@ -176,14 +173,14 @@ def counted(admin: redis.Redis) -> Any:
     """Flights, commands and server CPU seconds spent inside the block."""
     global _flights
     admin.config_resetstat()
-    cpu0, flights0 = cpu_seconds(admin), _flights
+    cpu0, flights0 = server_cpu_seconds(admin), _flights
     out: dict[str, float] = {}
     started = time.perf_counter()
     yield out
     out["seconds"] = time.perf_counter() - started
     out["flights"] = _flights - flights0
     out["commands"] = commands_run(admin) - 2  # less INFO commandstats and CONFIG RESETSTAT
-    out["cpu"] = cpu_seconds(admin) - cpu0
+    out["cpu"] = server_cpu_seconds(admin) - cpu0
 
 
 def per_turn(
@@ -281,46 +278,44 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "Round trips: flights the client wrote to the server (a pipeline or MULTI is one). "
         "Server CPU: INFO used_cpu_user + used_cpu_sys over the run.",
         "",
-        "| saver | variant | round trips / turn | commands / turn | server CPU µs / turn "
-        "| client ms / turn |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in results["per_turn"]:
-        lines.append(
-            f"| {row['saver']} | {row['variant']} | "
-            f"{row['round_trips']:.1f} | {row['commands']:.1f} | {row['server_cpu_us']:.0f} | "
-            f"{row['client_ms']:.2f} |"
-        )
-    lines += [
+        *table(
+            "saver | variant | round trips / turn | commands / turn | server CPU µs / turn "
+            "| client ms / turn",
+            (
+                f"{r['saver']} | {r['variant']} | {r['round_trips']:.1f} | {r['commands']:.1f} | "
+                f"{r['server_cpu_us']:.0f} | {r['client_ms']:.2f}"
+                for r in results["per_turn"]
+            ),
+            align="llrrrr",
+        ),
         "",
         f"## Throughput: {results['tasks']} asyncio conversations at once, "
         f"{results['throughput_turns']} turns each",
         "",
-        "| saver | turns / s |",
-        "|---|---:|",
+        *table(
+            ["saver", "turns / s"],
+            ([r["saver"], f"{r['turns_per_s']:.0f}"] for r in results["throughput"]),
+            align="lr",
+        ),
     ]
-    for row in results["throughput"]:
-        lines.append(f"| {row['saver']} | {row['turns_per_s']:.0f} |")
     marks = results["marks"]
+    rows = []
+    for row in results["storage"]:
+        sizes = [row["bytes"][str(m)] for m in marks]
+        slope = (sizes[-1] - sizes[-2]) / (marks[-1] - marks[-2])
+        kb = [f"{s / 1024:,.0f} KB" for s in sizes]
+        rows.append([row["saver"], row["variant"], *kb, f"{slope / 1024:,.1f} KB"])
     lines += [
         "",
         f"## Bytes stored per thread ({PADDING} characters per answer)",
         "",
         "Server: the sum of MEMORY USAGE over the keys; in-memory: its pickled dicts.",
         "",
-        "| saver | variant | " + " | ".join(f"{m} turns" for m in marks) + " | per turn, last "
-        "interval |",
-        "|---|---|" + "---:|" * (len(marks) + 1),
-    ]
-    for row in results["storage"]:
-        sizes = [row["bytes"][str(m)] for m in marks]
-        slope = (sizes[-1] - sizes[-2]) / (marks[-1] - marks[-2])
-        lines.append(
-            f"| {row['saver']} | {row['variant']} | "
-            + " | ".join(f"{s / 1024:,.0f} KB" for s in sizes)
-            + f" | {slope / 1024:,.1f} KB |"
-        )
-    lines += [
+        *table(
+            ["saver", "variant", *(f"{m} turns" for m in marks), "per turn, last interval"],
+            rows,
+            align="ll" + "r" * (len(marks) + 1),
+        ),
         "",
         "## How to read this",
         "",
@@ -354,11 +349,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     marks = results["marks"]
     for row in results["storage"]:

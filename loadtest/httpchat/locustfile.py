@@ -1,33 +1,32 @@
 """Locust users of the chat service (``loadtest/httpchat/app.py``): people holding conversations.
 
-Each user holds a conversation of 3-8 turns with think time between them (``LOADTEST_HTTP_THINK``,
-seconds, e.g. ``1-3``), then either starts a new conversation (a new session arrives) or comes
-back to one of its earlier sessions, which the service must still hold. A turn is
-``POST /chat/{session}``, or, for a share of the turns (``LOADTEST_HTTP_STREAM_SHARE``), the
-streaming ``POST /chat/{session}/stream`` read to its end.
+Each user holds a conversation of 3-8 turns with think time between them (``--think``, seconds,
+e.g. ``1-3``), then either starts a new conversation (a new session arrives) or comes back to one
+of its earlier sessions, which the service must still hold. A turn is ``POST /chat/{session}``,
+or, for a share of the turns (``--stream-share``), the streaming ``POST /chat/{session}/stream``
+read to its end.
 
 Reported to locust under the names ``chat`` and ``chat (stream)`` (the whole stream, through its
 last event, timed here: locust's own timing of a streamed response stops at the headers). A
-request fails on a status other than 200, on a timeout (``LOADTEST_HTTP_TIMEOUT``, 30 s), on a
-broken connection, on a body that is not what the endpoint promises, and on a stream that does not
-end with its ``done`` event.
+request fails on a status other than 200, on a timeout (``--timeout``, 30 s), on a broken
+connection, on a body that is not what the endpoint promises, and on a stream that does not end
+with its ``done`` event.
 
-With ``LOADTEST_HTTP_RECORD`` set, every request's end time, response time (exact, in ms) and
-outcome, the service's Server-Timing (history read and append, ms) and the time the ramp-up
-ended are written there as JSON when locust quits, for the summary (locust's own percentiles are
-rounded to whole milliseconds).
+With ``--record FILE``, every request's end time, response time (exact, in ms) and outcome, the
+service's Server-Timing (history read and append, ms) and the time the ramp-up ended are written
+there as JSON when locust quits, for the summary (locust's own percentiles are rounded to whole
+milliseconds). Each option is also read from the environment, ``LOADTEST_HTTP_<NAME>`` (e.g.
+``LOADTEST_HTTP_THINK``), which is how ``run.py`` sets them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import requests
 from locust import HttpUser, events, task
@@ -47,14 +46,16 @@ _WORDS = (
 WORDS = _WORDS.split()
 
 
-THINK = harness.Range.parse(os.environ.get("LOADTEST_HTTP_THINK", "1-3"))
-STREAM_SHARE = float(os.environ.get("LOADTEST_HTTP_STREAM_SHARE", "0.3"))
-TIMEOUT = float(os.environ.get("LOADTEST_HTTP_TIMEOUT", "30"))
-RECORD = os.environ.get("LOADTEST_HTTP_RECORD")
+# Each also from the environment, LOADTEST_HTTP_<NAME>.
+OPTIONS: tuple[harness.Option, ...] = (
+    ("think", "1-3", None, "think time between turns, s: 0, 1.5 or 0.5-2"),
+    ("stream-share", 0.3, None, "share of the turns that stream the answer"),
+    ("timeout", 30.0, None, "request timeout, s"),
+    ("record", "", None, "write every request's record (JSON) here at exit"),
+)
+harness.add_locust_options(events, OPTIONS, "LOADTEST_HTTP_", hidden=["record"])
 RUN = uuid.uuid4().hex[:8]
 
-_requests = harness.RequestLog()
-_requests.install(events)
 _server: dict[str, list[float]] = {
     "read": [],
     "append": [],
@@ -63,12 +64,12 @@ _server: dict[str, list[float]] = {
     "stream_append": [],
 }
 _users = iter(range(1 << 30))
-
-
-@events.quitting.add_listener
-def _on_quit(**_: Any) -> None:
-    if RECORD:
-        _requests.dump(RECORD, server_timing=_server)
+_requests = harness.RequestLog()
+_requests.install(
+    events,
+    lambda env: getattr(env.parsed_options, "record", "") or "",
+    lambda requests, path: requests.dump(path, server_timing=_server),
+)
 
 
 def _server_timing(header: str) -> dict[str, float]:
@@ -82,9 +83,13 @@ def _server_timing(header: str) -> dict[str, float]:
 
 class ChatUser(HttpUser):
     def wait_time(self) -> float:
-        return THINK.sample()
+        return self.think.sample()
 
     def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.think = harness.Range.parse(options.think)
+        self.stream_share = float(options.stream_share)
+        self.timeout = float(options.timeout)
         self.number = next(_users)
         self.sessions: list[str] = []
         self.stream_http = requests.Session()
@@ -110,7 +115,7 @@ class ChatUser(HttpUser):
             else:
                 self._new_conversation()
         self.turns_left -= 1
-        if random.random() < STREAM_SHARE:
+        if random.random() < self.stream_share:
             self._stream_turn(self._message())
         else:
             self._turn(self._message())
@@ -120,7 +125,7 @@ class ChatUser(HttpUser):
             f"/chat/{self.session}",
             json={"message": message},
             name="chat",
-            timeout=TIMEOUT,
+            timeout=self.timeout,
             catch_response=True,
         ) as response:
             if response.status_code != 200:
@@ -149,7 +154,7 @@ class ChatUser(HttpUser):
                 f"{self.host}/chat/{self.session}/stream",
                 json={"message": message},
                 stream=True,
-                timeout=TIMEOUT,
+                timeout=self.timeout,
             ) as response:
                 if response.status_code != 200:
                     raise CatchResponseError(f"HTTP {response.status_code}: {response.text[:300]}")

