@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
-from langchain_core.messages.utils import count_tokens_approximately
 
 from pyhistory import _core
 from pyhistory._bounded import is_summary
@@ -72,12 +71,24 @@ class TokenCounts:
 COUNTS = TokenCounts()
 
 
+def _approximate() -> TokenCounter:
+    """LangChain's approximate counter, which langchain-core has had since 0.3.x (not 0.3.0)."""
+    try:
+        from langchain_core.messages.utils import count_tokens_approximately
+    except ImportError:
+        raise InvalidArgumentError(
+            "this langchain-core has no count_tokens_approximately (newer releases have it): "
+            "pass a token_counter"
+        ) from None
+    return count_tokens_approximately
+
+
 def check_budget(max_tokens: object, token_counter: object) -> TokenCounter:
     """The budget's checks, before any I/O; the counter to use."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
         raise InvalidArgumentError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
     if token_counter is None:
-        return count_tokens_approximately
+        return _approximate()
     if not callable(token_counter):
         raise InvalidArgumentError(
             f"token_counter must be a function of messages returning an int, got {token_counter!r}"
