@@ -53,6 +53,13 @@ def plots(data: dict[str, Any], out: Path) -> list[str]:
     return written
 
 
+PANELS = [
+    ("turn", "per chat turn (window 20 + append 2)", 1.1),
+    ("read", "per read (window 20, TTL refresh), -P 16", 1.3),
+    ("append", "per append (2 entries, trim, TTL), -P 16", 1.3),
+]
+
+
 def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
     """Server CPU per turn, pyhistory against the pipeline, per server and flights pipelined;
     and per read and per append (at -P 16) for every form measured."""
@@ -62,13 +69,20 @@ def cost_plot(data: dict[str, Any], out: Path, plt: Any) -> list[str]:
     servers = data.get("servers", {})
     rows = cost["rows"]
     kinds = list(dict.fromkeys(r["server_kind"] for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(18, 6.5), gridspec_kw={"width_ratios": [1.1, 1.3, 1.3]})
     colours = ["#d62728", "#1f77b4", "#ff9896", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f"]
     panels = [
-        ("turn", "per chat turn (window 20 + append 2)"),
-        ("read", "per read (window 20, TTL refresh), -P 16"),
-        ("append", "per append (2 entries, trim, TTL), -P 16"),
+        (group, title)
+        for group, title, width in PANELS
+        if any(r["group"] == group for r in rows)  # a run may measure some forms only
     ]
+    widths = [width for group, _, width in PANELS if group in {g for g, _ in panels}]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(12, 6 * len(panels)), 6.5),
+        gridspec_kw={"width_ratios": widths},
+    )
+    axes = axes if len(panels) > 1 else [axes]
     for ax, (group, title) in zip(axes, panels, strict=True):
         mine = {(r["server_kind"], r["form"], r["depth"]): r for r in rows if r["group"] == group}
         columns = list(dict.fromkeys((form, depth) for (_, form, depth) in mine))
