@@ -18,6 +18,12 @@ from pyhistory import RedisChatMessageHistory
 TTL_MARGIN = 10.0
 
 
+def expires_at(client: Any, key: str) -> int:
+    """When ``key`` expires, in Unix milliseconds (PEXPIRETIME: -1 without a TTL, -2 without the
+    key). Unlike TTL it does not tick, so "nothing changed" compares exactly, at any second."""
+    return int(client.execute_command("PEXPIRETIME", key))
+
+
 def assert_ttl(client: Any, key: str, seconds: float, margin: float = TTL_MARGIN) -> None:
     """The key's TTL was set to ``seconds`` at most ``margin`` seconds ago (PTTL, so no rounding
     to whole seconds). The margin is at most half the TTL, so a TTL left from before (a shorter

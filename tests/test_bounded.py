@@ -14,7 +14,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.cluster
-from chat import CommandLog, assert_ttl
+from chat import CommandLog, assert_ttl, expires_at
 from langchain_community.chat_message_histories import (
     RedisChatMessageHistory as CommunityHistory,
 )
@@ -280,11 +280,11 @@ def test_the_compact_function_checks_every_argument(
     url: str, client: redis.Redis, args: list[object], code: str
 ) -> None:
     MessageStore("s", url=url, ttl=40).add_messages(numbered(3))
-    before = (stored(client, "message_store:s"), client.ttl("message_store:s"))
+    before = (stored(client, "message_store:s"), expires_at(client, "message_store:s"))
     with pytest.raises(ResponseError) as caught:
         compact_call(client, "message_store:s", *args)
     assert str(caught.value).startswith(code + " ")
-    assert (stored(client, "message_store:s"), client.ttl("message_store:s")) == before
+    assert (stored(client, "message_store:s"), expires_at(client, "message_store:s")) == before
 
 
 def test_the_compact_function_refuses_another_type(url: str, client: redis.Redis) -> None:
