@@ -194,6 +194,7 @@ def run(client: SyncClient, call: Call) -> Any:
         try:
             return _send(client, call)
         except Exception as error:
+            call = healing.call = call.again or call  # the first may have been applied
             library, pause = healing.next(error)
         if pause:
             time.sleep(pause)
@@ -209,6 +210,7 @@ async def arun(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         try:
             return await _asend(client, call, coalesce)
         except Exception as error:
+            call = healing.call = call.again or call  # the first may have been applied
             library, pause = healing.next(error)
         if pause:
             await asyncio.sleep(pause)
@@ -261,8 +263,10 @@ def _written(call: Call) -> list[tuple[Any, ...]]:
 def _send(client: SyncClient, call: Call) -> Any:
     """One call, or, with ``call.before``, the plain commands and the call in one MULTI/EXEC:
     on a standalone client with a pool written once on a pooled connection (a redis-py
-    pipeline costs the client about twice as much), sent again through a pipeline, under the
-    client's retry policy as before, when that connection fails."""
+    pipeline costs the client about twice as much); when that connection fails, ``call.again``
+    (or the same transaction when it is safe to send twice) through a pipeline, under the
+    client's retry policy. Elsewhere (a cluster) a pipeline that client may send again, so
+    ``call.again`` from the start."""
     if not call.before:
         return client.execute_command(call.command, *call.args)
     if plain_client(client):
@@ -271,9 +275,9 @@ def _send(client: SyncClient, call: Call) -> Any:
             replies = _write_once(client, _written(call))
         except PLAIN_FAILURES as error:
             telemetry.retried(error)
-            return _pipelined(client, call)
+            return _pipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
-    return _pipelined(client, call)
+    return _pipelined(client, call.again or call)
 
 
 def _pipelined(client: SyncClient, call: Call) -> Any:
@@ -303,9 +307,9 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
             replies = await _awrite_once(client, _written(call))
         except PLAIN_FAILURES as error:
             telemetry.retried(error)
-            return await _apipelined(client, call)
+            return await _apipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
-    return await _apipelined(client, call)
+    return await _apipelined(client, call.again or call)
 
 
 async def _apipelined(client: AsyncClient, call: Call) -> Any:
