@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import ConnectionError, TimeoutError
 
-from pyhistory._limits import attempts_since, sending_once
+from pyhistory._limits import SEND_FAILURES, attempts_since, sending_once
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ class Coalescer:
                 try:
                     with sending_once():
                         replies = await self._flight(batch, plain=True)
-                except (ConnectionError, TimeoutError, OSError):
+                except SEND_FAILURES:
                     with attempts_since(started):
                         replies = await self._flight(batch, plain=False)
             elif len(batch) == 1:

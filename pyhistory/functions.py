@@ -40,7 +40,7 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from pyhistory import telemetry
 from pyhistory._coalesce import Transaction, coalescer, lean
 from pyhistory._library import Call, Library
-from pyhistory._limits import RETRY_WINDOW, attempts_since
+from pyhistory._limits import RETRY_WINDOW, SEND_FAILURES, attempts_since
 from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
@@ -273,7 +273,7 @@ def _send(client: SyncClient, call: Call) -> Any:
         assert isinstance(client, redis.Redis)
         try:
             replies = _write_once(client, _written(call))
-        except PLAIN_FAILURES as error:
+        except SEND_FAILURES as error:
             telemetry.retried(error)
             return _pipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
@@ -305,7 +305,7 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         assert isinstance(client, redis.asyncio.Redis)
         try:
             replies = await _awrite_once(client, _written(call))
-        except PLAIN_FAILURES as error:
+        except SEND_FAILURES as error:
             telemetry.retried(error)
             return await _apipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
@@ -329,7 +329,6 @@ async def _apipelined(client: AsyncClient, call: Call) -> Any:
 # redis-py's own packing and reply parsing; tests/test_plain_first.py fails when redis-py changes
 # the connection methods this relies on (get_connection, pack_commands, send_packed_command,
 # read_response, release).
-PLAIN_FAILURES = (ConnectionError, TimeoutError, OSError)
 
 
 def plain_client(client: object) -> bool:
@@ -415,7 +414,7 @@ def run_plain_first(
     started = time.monotonic()
     try:
         replies = _write_once(client, commands)
-    except PLAIN_FAILURES as error:
+    except SEND_FAILURES as error:
         telemetry.retried(error)
         with attempts_since(started):
             return None, run(client, call)
@@ -434,7 +433,7 @@ async def arun_plain_first(
     started = time.monotonic()
     try:
         replies = await _awrite_once(client, commands)
-    except PLAIN_FAILURES as error:
+    except SEND_FAILURES as error:
         telemetry.retried(error)
         with attempts_since(started):
             return None, await arun(client, call, coalesce=False)
