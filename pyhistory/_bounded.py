@@ -6,7 +6,7 @@ before anything is sent. No I/O; the store (pyhistory.store) and the listing
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -133,6 +133,11 @@ class OldestMessages:
         covered = self._entries[: count + 1]
         boundary = 1 if len(covered) > count else 0
         return count, boundary, digest(covered)
+
+
+def stored(oldest: OldestMessages) -> Iterator[tuple[bytes, BaseMessage]]:
+    """Each of ``oldest``'s messages with its bytes as stored (a token count is cached by them)."""
+    return zip(oldest._entries, oldest.messages, strict=False)
 
 
 def _check_count(count: object, allow_zero: bool = False) -> int:

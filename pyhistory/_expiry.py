@@ -14,6 +14,7 @@ this process last found holding a list, or nothing, and whose batch ids are not 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -24,61 +25,90 @@ from typing import Any
 CLOCK_MARGIN = 0.01
 
 
+class _Session:
+    """What this process knows of one session: the earliest it may expire (time.monotonic, -inf
+    when unknown), the TTL that bound came from, and whether its next append may be plain."""
+
+    __slots__ = ("earliest", "plain", "ttl")
+
+    def __init__(self) -> None:
+        self.earliest = -math.inf
+        self.ttl = 0
+        self.plain = False
+
+
 class Expiries:
-    """For one server (one client): the earliest each session may expire, by key. Bounded: the
-    least recently refreshed sessions are forgotten first, and a forgotten session is simply
-    refreshed by its next read."""
+    """For one server (one client): what this process knows of each session, by key. Bounded: the
+    sessions least recently refreshed or found anew are forgotten first, and a forgotten session
+    is simply refreshed by its next read and appended to by the library once.
+
+    Lookups are lock-free (a dict lookup and an attribute read are atomic; a record missed while
+    another thread moves it only costs a refresh or a library append); changes take the lock.
+    The hot path, a read of a session already known to take plain appends, takes none."""
 
     def __init__(self, max_keys: int = 65536) -> None:
         self.max_keys = max_keys
-        self._earliest: dict[str, tuple[float, int]] = {}  # key -> (earliest expiry, its ttl)
-        self._plain: dict[str, None] = {}  # keys that take a plain append, oldest news first
+        self._sessions: dict[str, _Session] = {}  # least recently refreshed or found first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._earliest)
+        return len(self._sessions)
+
+    def _touched(self, key: str) -> _Session:
+        """The key's record, now the most recent; called under the lock."""
+        session = self._sessions.pop(key, None) or _Session()
+        self._sessions[key] = session
+        while len(self._sessions) > self.max_keys:
+            del self._sessions[next(iter(self._sessions))]
+        return session
 
     def due(self, key: str, ttl: int, interval: float) -> bool:
         """Whether a read of ``key`` must refresh its TTL to keep the promise."""
-        known = self._earliest.get(key)
-        return known is None or known[0] - time.monotonic() < ttl - interval
+        session = self._sessions.get(key)
+        return session is None or session.earliest - time.monotonic() < ttl - interval
 
     def refreshed(self, key: str, ttl: int, sent_at: float) -> None:
         """A command sent at ``sent_at`` (time.monotonic) set the TTL of ``key`` to ``ttl``."""
         earliest = sent_at + ttl - CLOCK_MARGIN
         with self._lock:
-            known = self._earliest.pop(key, None)
-            if known is not None and known[1] == ttl and known[0] > earliest:
-                # A command sent later already answered; this one, applied before or after it,
-                # set the same TTL, so the expiry is no earlier than the later one's.
-                earliest = known[0]
-            self._earliest[key] = (earliest, ttl)
-            while len(self._earliest) > self.max_keys:
-                del self._earliest[next(iter(self._earliest))]
+            session = self._touched(key)
+            if session.ttl != ttl or session.earliest < earliest:
+                # Else a command sent later already answered; this one, applied before or after
+                # it, set the same TTL, so the expiry is no earlier than the later one's.
+                session.earliest, session.ttl = earliest, ttl
 
     def takes_plain(self, key: str) -> bool:
         """Whether an append to ``key`` may be plain commands: this process last found the key
         holding a list or nothing, and the session's batch ids need no trim."""
-        return key in self._plain
+        session = self._sessions.get(key)
+        return session is not None and session.plain
 
     def found_list(self, key: str) -> None:
         """A read or an append just found ``key`` holding a list or nothing."""
+        session = self._sessions.get(key)
+        if session is not None and session.plain:
+            return
         with self._lock:
-            self._plain.pop(key, None)
-            self._plain[key] = None
-            while len(self._plain) > self.max_keys:
-                del self._plain[next(iter(self._plain))]
+            self._touched(key).plain = True
 
     def doubt(self, key: str) -> None:
         """The next append to ``key`` is the library's: the key held another type, or the
         session's batch ids are due for a trim."""
-        with self._lock:
-            self._plain.pop(key, None)
+        with self._lock:  # not lock-free: a record being moved is briefly out of the dict
+            session = self._sessions.get(key)
+            if session is not None:
+                session.plain = False
 
     def forget(self, key: str) -> None:
         """The session was deleted (or its TTL changed by a command this process sent)."""
         with self._lock:
-            self._earliest.pop(key, None)
+            session = self._sessions.get(key)
+            if session is not None:
+                session.earliest, session.ttl = -math.inf, 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._sessions.clear()
 
 
 _by_client: weakref.WeakKeyDictionary[Any, Expiries] = weakref.WeakKeyDictionary()
@@ -101,6 +131,4 @@ def forget_all() -> None:
     back (FLUSHALL, FLUSHDB), so that the next read of each session refreshes its TTL again."""
     with _lock:
         for known in list(_by_client.values()):
-            with known._lock:
-                known._earliest.clear()
-                known._plain.clear()
+            known.clear()

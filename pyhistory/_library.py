@@ -95,3 +95,7 @@ class Call:
     # Plain commands sent ahead of the call in one MULTI/EXEC (on the call's slot): large values
     # written beside a function that only checks and indexes them. Empty: the call alone.
     before: tuple[tuple[Any, ...], ...] = ()
+    # What to send in place of this transaction when it may have been applied already (a
+    # connection failed after it was written): the same work, done once however often it is
+    # sent. None: this transaction is that already.
+    again: Call | None = None

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 
+from redis.exceptions import ConnectionError, TimeoutError
+
 # How long a client waits to connect, and for a reply, before the attempt counts as failed.
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 4.0
@@ -19,6 +21,11 @@ RETRY_WINDOW = 6.0
 # The longest a call on a URL-built client can take before it raises: the last attempt starts
 # within the window and then waits at most one read timeout.
 FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
+
+# What a write sent once (outside the client's retry policy) fails with when its outcome is
+# unknown: the connection broke or timed out, before or after the server applied it. The caller
+# then goes on with a form that recognises an applied write (pyhistory.functions, _coalesce).
+SEND_FAILURES = (ConnectionError, TimeoutError, OSError)
 
 # When the first attempt of the call now running started, when a call already tried once
 # outside the client's retry policy (a plain append: pyhistory.functions.run_plain_first). The

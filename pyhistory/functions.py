@@ -40,7 +40,7 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from pyhistory import telemetry
 from pyhistory._coalesce import Transaction, coalescer, lean
 from pyhistory._library import Call, Library
-from pyhistory._limits import RETRY_WINDOW, attempts_since
+from pyhistory._limits import RETRY_WINDOW, SEND_FAILURES, attempts_since
 from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
@@ -194,6 +194,7 @@ def run(client: SyncClient, call: Call) -> Any:
         try:
             return _send(client, call)
         except Exception as error:
+            call = healing.call = call.again or call  # the first may have been applied
             library, pause = healing.next(error)
         if pause:
             time.sleep(pause)
@@ -209,6 +210,7 @@ async def arun(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         try:
             return await _asend(client, call, coalesce)
         except Exception as error:
+            call = healing.call = call.again or call  # the first may have been applied
             library, pause = healing.next(error)
         if pause:
             await asyncio.sleep(pause)
@@ -261,19 +263,21 @@ def _written(call: Call) -> list[tuple[Any, ...]]:
 def _send(client: SyncClient, call: Call) -> Any:
     """One call, or, with ``call.before``, the plain commands and the call in one MULTI/EXEC:
     on a standalone client with a pool written once on a pooled connection (a redis-py
-    pipeline costs the client about twice as much), sent again through a pipeline, under the
-    client's retry policy as before, when that connection fails."""
+    pipeline costs the client about twice as much); when that connection fails, ``call.again``
+    (or the same transaction when it is safe to send twice) through a pipeline, under the
+    client's retry policy. Elsewhere (a cluster) a pipeline that client may send again, so
+    ``call.again`` from the start."""
     if not call.before:
         return client.execute_command(call.command, *call.args)
     if plain_client(client):
         assert isinstance(client, redis.Redis)
         try:
             replies = _write_once(client, _written(call))
-        except PLAIN_FAILURES as error:
+        except SEND_FAILURES as error:
             telemetry.retried(error)
-            return _pipelined(client, call)
+            return _pipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
-    return _pipelined(client, call)
+    return _pipelined(client, call.again or call)
 
 
 def _pipelined(client: SyncClient, call: Call) -> Any:
@@ -299,13 +303,28 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         return await client.execute_command(call.command, *call.args)
     if plain_client(client):
         assert isinstance(client, redis.asyncio.Redis)
+        if coalesce and _honours_once(client):
+            return await _coalesced_transaction(client, call)
         try:
             replies = await _awrite_once(client, _written(call))
-        except PLAIN_FAILURES as error:
+        except SEND_FAILURES as error:
             telemetry.retried(error)
-            return await _apipelined(client, call)
+            return await _apipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
-    return await _apipelined(client, call)
+    return await _apipelined(client, call.again or call)
+
+
+async def _coalesced_transaction(client: redis.asyncio.Redis, call: Call) -> Any:
+    """``call`` with its plain commands, in the next coalesced flight (pyhistory._coalesce):
+    sent once, and, when that flight fails, again as ``call.again`` (or the same transaction,
+    when it is safe to send twice)."""
+    fallback = call.again or call
+    replies, reply = await coalescer(client).send(Transaction(_written(call), _written(fallback)))
+    if replies is not None:
+        return _transaction_reply(_exec_replies(replies))
+    if isinstance(reply, BaseException):  # an error reply of the fallback's
+        raise reply
+    return _transaction_reply(list(reply))  # the fallback's EXEC
 
 
 async def _apipelined(client: AsyncClient, call: Call) -> Any:
@@ -325,7 +344,6 @@ async def _apipelined(client: AsyncClient, call: Call) -> Any:
 # redis-py's own packing and reply parsing; tests/test_plain_first.py fails when redis-py changes
 # the connection methods this relies on (get_connection, pack_commands, send_packed_command,
 # read_response, release).
-PLAIN_FAILURES = (ConnectionError, TimeoutError, OSError)
 
 
 def plain_client(client: object) -> bool:
@@ -411,7 +429,7 @@ def run_plain_first(
     started = time.monotonic()
     try:
         replies = _write_once(client, commands)
-    except PLAIN_FAILURES as error:
+    except SEND_FAILURES as error:
         telemetry.retried(error)
         with attempts_since(started):
             return None, run(client, call)
@@ -430,7 +448,7 @@ async def arun_plain_first(
     started = time.monotonic()
     try:
         replies = await _awrite_once(client, commands)
-    except PLAIN_FAILURES as error:
+    except SEND_FAILURES as error:
         telemetry.retried(error)
         with attempts_since(started):
             return None, await arun(client, call, coalesce=False)
@@ -452,7 +470,7 @@ async def arun_plain(
     started = time.monotonic()
     try:
         replies, reply = await coalescer(client).send(
-            Transaction(commands, (call.command, *call.args))
+            Transaction(commands, [(call.command, *call.args)])
         )
     except Exception as error:
         _raise_typed(error)

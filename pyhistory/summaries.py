@@ -22,7 +22,13 @@ from langchain_core.messages import BaseMessage, HumanMessage, get_buffer_string
 from langchain_core.runnables import RunnableConfig
 
 from pyhistory import _core, _tokens
-from pyhistory._bounded import MAX_COMPACT, OldestMessages, is_summary, summary_message
+from pyhistory._bounded import (
+    MAX_COMPACT,
+    OldestMessages,
+    is_summary,
+    stored,
+    summary_message,
+)
 from pyhistory._tokens import TokenCounter
 from pyhistory.errors import InvalidArgumentError
 from pyhistory.store import MessageStore
@@ -172,10 +178,9 @@ class Summarizer:
         if not due and self.trigger_tokens is not None:
             # A session longer than MAX_COMPACT messages is due; otherwise its count tells.
             # Counted by their stored bytes, as read (OldestMessages keeps them, oldest first).
-            entries = oldest._entries
             total = sum(
                 _tokens.count_entry(self._counter, entry, message)
-                for entry, message in zip(entries, messages, strict=False)
+                for entry, message in stored(oldest)
             )
             due = not oldest.complete or total >= self.trigger_tokens
         if not due:

@@ -11,8 +11,9 @@ timeout shows it: a write whose outcome it cannot know.
 ``cut(batch_id, attempt)`` decides for each append request (FCALL of the history's append, found
 by its function name, or a plain append's transaction, found by the batch id it records) from
 its batch id and how many times the proxy has seen that batch id
-(1 for the first attempt, 2 for its first retry, ...). The proxy runs its own event loop in a
-background thread.
+(1 for the first attempt, 2 for its first retry, ...). ``mark`` recognises other writes the same
+way: an FCALL it names is one request; any other command it names is queued in a MULTI/EXEC,
+whose EXEC applies it. The proxy runs its own event loop in a background thread.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hiredis
 from pyhistory import _core
 
 Decide = Callable[[bytes, int], bool]
+Mark = Callable[[list[bytes]], bytes | None]
 
 _APPEND = _core.APPEND.encode()
 _IDS = _core.BATCHES_PREFIX.encode()
@@ -50,9 +52,16 @@ def batch_id(request: list[bytes]) -> bytes | None:
 class FaultProxy:
     """Loopback TCP proxy to ``target_port`` that cuts connections after chosen appends."""
 
-    def __init__(self, target_port: int, cut: Decide, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        cut: Decide,
+        target_host: str = "127.0.0.1",
+        mark: Mark = batch_id,
+    ) -> None:
         self.target = (target_host, target_port)
         self.decide = cut
+        self.mark = mark
         self.port = 0
         self.cuts = 0  # appends whose reply was withheld (the server applied the doomed one)
         self.seen: Counter[bytes] = Counter()  # batch id -> attempts that reached the proxy
@@ -87,7 +96,7 @@ class FaultProxy:
             while data := await reader.read(1 << 16):
                 requests.feed(data)
                 while (request := requests.gets()) is not False:
-                    batch = batch_id(request)
+                    batch = self.mark(request)
                     # a plain append is applied by its EXEC: that reply is the append's
                     appends.append(batch is not None and request[0].upper() == b"FCALL")
                     if batch is None:
@@ -95,7 +104,7 @@ class FaultProxy:
                             appends[-1], batch = True, plain
                         else:
                             continue
-                    elif request[0].upper() == b"APPEND":
+                    elif request[0].upper() != b"FCALL":
                         plain = batch
                         continue
                     plain = None

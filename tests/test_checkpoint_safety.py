@@ -5,6 +5,7 @@ survive the round trip byte for byte."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -13,10 +14,12 @@ from uuid import uuid4
 
 import pytest
 import redis
+import redis.asyncio
+from faultproxy import FaultProxy
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.types import Command, Interrupt, Send
-from test_checkpoint import build_graph, config, put, run_turns
+from test_checkpoint import build_graph, config, generate_checkpoint, put, run_turns
 
 from pyhistory import errors
 from pyhistory.checkpoint import RedisSaver, _calls
@@ -259,6 +262,63 @@ def test_a_retried_put_counts_its_bytes_once(url: str, client: redis.Redis, fenc
     assert stored_bytes(client, saver, "t") == once == counted_bytes(client, saver, "t")
 
 
+def _counts(client: redis.Redis, data_key: str) -> dict[bytes, bytes]:
+    """A thread's reference counts (its n fields), by channel version."""
+    return {k: v for k, v in client.hgetall(data_key).items() if k.startswith(b"n\0")}
+
+
+def _plain_put_counted(request: list[bytes]) -> bytes | None:
+    """A plain put without retention, by the last reference count it queues in its MULTI/EXEC."""
+    return request[2] if request[0].upper() == b"HINCRBY" else None
+
+
+STEPS = [({"a": "x"}, {}), ({"b": [1]}, {"a": 1})]  # (values written, versions kept)
+
+
+def _step(thread: str, parent: str | None, n: int) -> tuple[Any, ...]:
+    values, older = STEPS[n - 1]
+    checkpoint = generate_checkpoint(
+        channel_values=values, channel_versions={**older, **{k: n for k in values}}
+    )
+    return config(thread, "", parent), checkpoint, {"step": n}, {k: n for k in values}
+
+
+def _counted_once(client: redis.Redis, saver: RedisSaver, proxy: FaultProxy) -> None:
+    assert proxy.cuts == len(STEPS)
+    lost, kept = _counts(client, saver.keys("lost")[0]), _counts(client, saver.keys("kept")[0])
+    assert lost == kept and sorted(kept.values()) == [b"1", b"2"], lost
+
+
+def test_a_put_whose_reply_was_lost_counts_its_values_once(url: str, client: redis.Redis) -> None:
+    """A plain put (no retention: its counts are plain HINCRBYs) applied, its reply lost: what
+    the saver sends instead recognises it, and every value is counted once, as without the
+    loss."""
+    port = client.connection_pool.connection_kwargs["port"]
+    with FaultProxy(port, lambda _, attempt: attempt == 1, mark=_plain_put_counted) as proxy:
+        for thread, saver in (("lost", RedisSaver(proxy.url)), ("kept", RedisSaver(url))):
+            parent = None
+            for n in range(1, len(STEPS) + 1):
+                parent = saver.put(*_step(thread, parent, n))["configurable"]["checkpoint_id"]
+    _counted_once(client, saver, proxy)
+
+
+async def test_an_aput_whose_reply_was_lost_counts_its_values_once(
+    url: str, aclient: redis.asyncio.Redis
+) -> None:
+    port = aclient.connection_pool.connection_kwargs["port"]
+    with FaultProxy(port, lambda _, attempt: attempt == 1, mark=_plain_put_counted) as proxy:
+        for thread, saver in (("lost", RedisSaver(proxy.url)), ("kept", RedisSaver(url))):
+            parent = None
+            for n in range(1, len(STEPS) + 1):
+                stored = await saver.aput(*_step(thread, parent, n))
+                parent = stored["configurable"]["checkpoint_id"]
+    sync = redis.Redis(port=port)
+    try:
+        await asyncio.to_thread(_counted_once, sync, saver, proxy)
+    finally:
+        await asyncio.to_thread(sync.close)
+
+
 # --- delete_for_runs ---------------------------------------------------------------------------
 
 
@@ -432,11 +492,6 @@ def test_prune_goes_on_with_a_cursor_past_its_namespace_budget(
 # --- a transaction written on a pooled connection ---------------------------------------------
 
 
-def _counts(client: redis.Redis, saver: RedisSaver) -> dict[bytes, bytes]:
-    data = client.hgetall(saver.keys("t")[0])
-    return {field: value for field, value in data.items() if field.startswith(b"n\0")}
-
-
 def test_a_put_on_a_broken_pooled_connection_goes_again_once(url: str, client: redis.Redis) -> None:
     """The transaction of a put is written once on a pooled connection; when the server closed
     that connection (here: CLIENT KILL), it goes again through a redis-py pipeline, and is
@@ -453,7 +508,7 @@ def test_a_put_on_a_broken_pooled_connection_goes_again_once(url: str, client: r
         second,
         first,
     ]
-    assert set(_counts(client, saver).values()) == {b"1"}
+    assert set(_counts(client, saver.keys("t")[0]).values()) == {b"1"}
 
 
 async def test_a_put_on_a_broken_pooled_connection_goes_again_once_asyncio(
@@ -469,4 +524,4 @@ async def test_a_put_on_a_broken_pooled_connection_goes_again_once_asyncio(
     got = await saver.aget_tuple(config("t"))
     assert got is not None and got.config["configurable"]["checkpoint_id"] == first
     assert [w[1:] for w in got.pending_writes] == [("a", 1)]
-    assert set(_counts(client, saver).values()) == {b"1"}
+    assert set(_counts(client, saver.keys("t")[0]).values()) == {b"1"}

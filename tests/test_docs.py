@@ -195,3 +195,13 @@ def test_the_changelog_names_the_libraries_this_release_calls() -> None:
         assert f"`{library}`" in changelog, (
             f"CHANGELOG.md does not say which release loads {library}"
         )
+
+
+def test_the_functions_page_names_the_libraries_this_release_loads() -> None:
+    from pyhistory import LIBRARY
+    from pyhistory.checkpoint import LIBRARY as CHECKPOINT_LIBRARY
+
+    page = (ROOT / "docs" / "functions.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(pyhistory(?:_checkpoint)?_v\d+)", page))
+    assert {LIBRARY, CHECKPOINT_LIBRARY.name} <= named, f"docs/functions.md names {named}"
+    assert {n for n in named if "checkpoint" in n} == {CHECKPOINT_LIBRARY.name}, named

@@ -144,3 +144,19 @@ def test_what_the_process_remembers_is_bounded() -> None:
     assert known.due("k0", 60, 6) and known.due("k1", 60, 6)  # forgotten: refreshed again
     assert not known.due("k4", 60, 6)
     assert known.due("k4", 60, 0)  # interval 0: always due
+
+
+def test_one_record_per_session_bounds_both_what_it_knows() -> None:
+    known = Expiries(max_keys=3)
+    known.refreshed("k0", 60, time.monotonic())
+    for i in range(1, 4):
+        known.found_list(f"k{i}")
+    assert len(known) == 3  # k0 forgotten, its TTL and its plain appends alike
+    assert known.due("k0", 60, 6) and not known.takes_plain("k0")
+    assert all(known.takes_plain(f"k{i}") for i in range(1, 4))
+    known.found_list("k1")  # known already: kept where it was, no lock taken
+    known.doubt("k2")
+    assert not known.takes_plain("k2") and known.takes_plain("k1")
+    known.refreshed("k2", 60, time.monotonic())  # the most recent now
+    known.found_list("k4")
+    assert not known.takes_plain("k1") and not known.due("k2", 60, 6)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import log, median
+from harness import log, median, percentile
 
 __all__ = ["FULL", "QUICK", "Settings", "log", "median", "percentile"]
 
@@ -91,11 +90,3 @@ FULL = Settings(
     cost_reps=5,
     cost_seconds=1.0,
 )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[rank]

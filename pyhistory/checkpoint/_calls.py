@@ -394,22 +394,8 @@ def put(
             fields,
             filters,
             holders,
-            counted=not retained,
+            (keep_last, cut, max_bytes) if retained else None,
         )
-        if retained:  # indexed, counted (and, when due, retained) after the plain writes
-            retain = (
-                RETAIN,
-                2,
-                *thread_keys,
-                keep_last,
-                cut,
-                max_bytes,
-                ns,
-                checkpoint_id,
-                *versions,
-            )
-            commands = (*call.before, (call.command, *call.args))
-            call = Call("FCALL", retain, call.key, LIBRARY, commands)
         return call, config_out, run_id, holders
     args = (
         ttl,
@@ -449,19 +435,20 @@ def plain_put(
     blobs: Sequence[Any],
     filters: Sequence[str],
     holders: Mapping[str, str],
-    counted: bool = True,
+    retention: tuple[int, str, int] | None = None,
 ) -> Call:
     """A put that needs no check on the server (no owner epoch, and every DeltaChannel's holder
-    known from the parent this saver wrote) as plain commands in one
-    MULTI/EXEC, writing what the library's put writes (see its header and the layout): the
-    values, the record (msgpack, as the library packs it), the checkpoint and its metadata in
-    one HSET; one HINCRBY per channel version for the reference counts; the index entries; the
-    parent's pin removed; the TTL. With retention (``counted`` False) the checkpoint's index
-    entry and its counts are left to the library's retain, called after these in the same
-    transaction, which adds them once however often the transaction is sent. Without, the
-    names were checked here, and a call sent twice (redis-py resending a transaction after a
-    connection broke) counts its values twice: they then outlive their last checkpoint until
-    the thread goes (never the other way round)."""
+    known from the parent this saver wrote) as plain commands in one MULTI/EXEC, writing what
+    the library's put writes (see its header and the layout): the values, the record (msgpack,
+    as the library packs it), the checkpoint and its metadata in one HSET; the index entries;
+    the parent's pin removed; the TTL.
+
+    The checkpoint's own index entry and its values' reference counts go in once however often
+    the transaction is applied. With ``retention`` (keep_last, age cut, max_bytes) the
+    library's retain, called after these in the same transaction, adds them. Without, plain
+    ZADD and one HINCRBY per channel version add them (no function call: the cheapest put for
+    the server), and ``again``, sent in place of the transaction when its reply was lost, is
+    the retain form, which adds them only if the first was not applied."""
     data, index = thread_keys
     floor = checkpoint_id
     for holder in holders.values():
@@ -471,37 +458,46 @@ def plain_put(
     record = ormsgpack.packb(
         [parent, list(versions), list(filters), flat_holders, floor, 1, run_id]
     )
-    commands: list[tuple[Any, ...]] = [
-        (
-            "HSET",
-            data,
-            *blobs,
-            f"c\0{ns}\0{checkpoint_id}",
-            record,
-            f"k\0{ns}\0{checkpoint_id}",
-            documents[0],
-            f"m\0{ns}\0{checkpoint_id}",
-            documents[1],
-        )
-    ]
+    name = f"c\0{ns}\0{checkpoint_id}"
+    written: tuple[Any, ...] = (
+        "HSET",
+        data,
+        *blobs,
+        name,
+        record,
+        f"k\0{ns}\0{checkpoint_id}",
+        documents[0],
+        f"m\0{ns}\0{checkpoint_id}",
+        documents[1],
+    )
     members: list[Any] = []
-    if counted:  # else the library's retain indexes and counts it, once
-        for i in range(0, len(versions), 2):
-            commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
-        members += (0, f"c\0{ns}\0{checkpoint_id}")
     if floor != checkpoint_id:
         members += (0, f"f\0{ns}\0{checkpoint_id}\0{floor}")
     if run_id:
         members += (0, f"r\0{run_id}\0{ns}\0{checkpoint_id}")
+    unpinned: tuple[tuple[Any, ...], ...] = ()
     if parent:  # its pending writes are applied here: unpinned, and marked as having a child
         members += (0, f"a\0{ns}\0{parent}")
-        commands.append(("ZREM", index, f"p\0{ns}\0{parent}"))
-    if members:
-        commands.append(("ZADD", index, *members))
-    if ttl:
-        commands += (("EXPIRE", data, ttl), ("EXPIRE", index, ttl))
+        unpinned = (("ZREM", index, f"p\0{ns}\0{parent}"),)
+    expires: tuple[tuple[Any, ...], ...] = (
+        (("EXPIRE", data, ttl), ("EXPIRE", index, ttl)) if ttl else ()
+    )
+    indexed = (("ZADD", index, *members),) if members else ()
+    retained = Call(
+        "FCALL",
+        (RETAIN, 2, *thread_keys, *(retention or (0, "", 0)), ns, checkpoint_id, *versions),
+        data,
+        LIBRARY,
+        (written, *unpinned, *indexed, *expires),
+    )
+    if retention is not None:
+        return retained
+    commands: list[tuple[Any, ...]] = [written]
+    for i in range(0, len(versions), 2):
+        commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
+    commands += (*unpinned, ("ZADD", index, 0, name, *members), *expires)
     *before, last = commands
-    return Call(last[0], tuple(last[1:]), data, None, tuple(before))
+    return Call(last[0], tuple(last[1:]), data, None, tuple(before), again=retained)
 
 
 def put_writes(

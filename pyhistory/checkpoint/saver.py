@@ -392,7 +392,8 @@ class RedisSaver(BaseCheckpointSaver[str]):
         register = _calls.register_run(self.key_prefix, run_id, thread_id, self._ttl)
         if self._on_cluster():
             return call, stored, _calls.alone(register), pair
-        return replace(call, before=(*call.before, *register)), stored, None, pair
+        again = call.again and replace(call.again, before=(*call.again.before, *register))
+        return replace(call, before=(*call.before, *register), again=again), stored, None, pair
 
     def _trim_due(self, thread_id: str, ns: str) -> bool:
         """Whether this put applies keep_last/max_age: on the first put to a namespace this saver
