@@ -15,14 +15,12 @@ client has nothing queued and nothing in the air (:meth:`Coalescer.call`) is sen
 caller, as redis-py sends it, passing through the loop no more often; the commands issued while
 it is in the air form the next flight.
 
-A transaction (a plain append, pyhistory._core.plain_append, or a checkpoint's plain writes:
-MULTI ... EXEC) joins a flight as one item whose reply is EXEC's. Such a flight is sent once:
-were its connection to fail, the client's retry policy would send the transaction again as it
-is, and a transaction cannot always tell that it was applied. So the flight is sent again with
-each transaction replaced by its fallback, which does the same work and recognises it was
-applied (the library's append with the same batch id; a checkpoint's retain form), under the
-client's retry policy, its window counted from the first attempt. Only on clients whose retry
-policy honours that (URL-built).
+A plain append (pyhistory._core.plain_append: MULTI ... EXEC) joins a flight as one item whose
+reply is EXEC's. Such a flight is sent once: were its connection to fail, the client's retry
+policy would send the transaction again as it is, and the transaction cannot tell that it was
+applied. So the flight is sent again with each plain append replaced by the library's append
+(the same batch id, which the library recognises), under the client's retry policy, its window
+counted from the first attempt. Only on clients whose retry policy honours that (URL-built).
 
 Only for a plain ``redis.asyncio.Redis`` with a connection pool; commands that must stay together
 on one connection with what follows them (``WAIT`` after a write) are not sent through here.
@@ -44,12 +42,11 @@ from pyhistory._limits import SEND_FAILURES, attempts_since, sending_once
 
 @dataclass(frozen=True)
 class Transaction:
-    """A transaction in a flight: its commands (MULTI ... EXEC) and the commands that do the
-    same work and recognise it was applied, sent instead when the flight is sent again (one
-    command, or another MULTI ... EXEC)."""
+    """A plain append in a flight: its commands (MULTI ... EXEC) and the one command that does
+    the same work and recognises it was applied, sent instead when the flight is sent again."""
 
     commands: list[tuple[Any, ...]]
-    fallback: list[tuple[Any, ...]]
+    fallback: tuple[Any, ...]
 
 
 _Item = tuple[Any, ...] | Transaction
@@ -84,8 +81,7 @@ class Coalescer:
         """Queue one command for the next flight; the future resolves to its reply, or fails
         with its error. Commands sent one after the other (a read and its TTL refresh) fly
         together. A :class:`Transaction` resolves to ``(EXEC's replies, None)``, or to
-        ``(None, the fallback's reply)`` when the flight had to be sent again: its last command's
-        reply, or the first error reply among its commands."""
+        ``(None, the fallback's reply)`` when the flight had to be sent again."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
@@ -153,8 +149,7 @@ class Coalescer:
                 for command in item.commands:
                     pipe.execute_command(*command)
             else:
-                for command in item.fallback:
-                    pipe.execute_command(*command)
+                pipe.execute_command(*item.fallback)
         flat = await pipe.execute(raise_on_error=False)
         replies: list[Any] = []
         at = 0
@@ -167,11 +162,8 @@ class Coalescer:
                 replies.append((flat[at : at + size], None))
                 at += size
             else:
-                size = len(item.fallback)
-                own = flat[at : at + size]
-                errors = [r for r in own if isinstance(r, Exception)]
-                replies.append((None, errors[0] if errors else own[-1]))
-                at += size
+                replies.append((None, flat[at]))
+                at += 1
         return replies
 
 

@@ -303,8 +303,6 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         return await client.execute_command(call.command, *call.args)
     if plain_client(client):
         assert isinstance(client, redis.asyncio.Redis)
-        if coalesce and _honours_once(client):
-            return await _coalesced_transaction(client, call)
         try:
             replies = await _awrite_once(client, _written(call))
         except SEND_FAILURES as error:
@@ -312,19 +310,6 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
             return await _apipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
     return await _apipelined(client, call.again or call)
-
-
-async def _coalesced_transaction(client: redis.asyncio.Redis, call: Call) -> Any:
-    """``call`` with its plain commands, in the next coalesced flight (pyhistory._coalesce):
-    sent once, and, when that flight fails, again as ``call.again`` (or the same transaction,
-    when it is safe to send twice)."""
-    fallback = call.again or call
-    replies, reply = await coalescer(client).send(Transaction(_written(call), _written(fallback)))
-    if replies is not None:
-        return _transaction_reply(_exec_replies(replies))
-    if isinstance(reply, BaseException):  # an error reply of the fallback's
-        raise reply
-    return _transaction_reply(list(reply))  # the fallback's EXEC
 
 
 async def _apipelined(client: AsyncClient, call: Call) -> Any:
@@ -470,7 +455,7 @@ async def arun_plain(
     started = time.monotonic()
     try:
         replies, reply = await coalescer(client).send(
-            Transaction(commands, [(call.command, *call.args)])
+            Transaction(commands, (call.command, *call.args))
         )
     except Exception as error:
         _raise_typed(error)
