@@ -714,7 +714,9 @@ def run_durable(client: SyncClient, call: Call, replicas: int, timeout_ms: int) 
     typed. Threads failing on the same client share one topology refresh.
     """
     try:
-        return _run_durable(client, call, replicas, timeout_ms)
+        # The pair goes in a pipeline that the client's retry policy, or a topology change
+        # here, may send again: the form of the call that is safe to send twice.
+        return _run_durable(client, call.again or call, replicas, timeout_ms)
     except Exception as error:
         _raise_typed(error)
         raise
@@ -860,6 +862,7 @@ async def arun_durable(
     client: redis.asyncio.Redis, call: Call, replicas: int, timeout_ms: int
 ) -> Any:
     """The asyncio twin of :func:`run_durable`, for a standalone server."""
+    call = call.again or call  # as in run_durable: the pipeline may be sent again
     try:
         healing = _Healing(call)
         replies = await _asend_with_wait(client, call, replicas, timeout_ms)
