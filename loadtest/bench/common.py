@@ -30,7 +30,9 @@ class Settings:
     duration: float  # seconds measured per segment
     max_duration: float  # ... extended up to this for a contender too slow for 20 turns
     fresh_pool: int  # sessions of 20 per segment (spreads the growth of 2 per turn)
-    long_pool: int  # sessions of 2,000 per segment
+    # sessions of 2,000 per segment: at least one per asyncio task, so that, as in a chat service,
+    # a conversation has one turn in flight at a time (turns take the sessions in turn)
+    long_pool: int
     rtt_turns: int  # turns counted for round trips
     proxy_reps: int
     proxy_turns: int  # turns per contender per repetition through the 1 ms proxy
@@ -63,7 +65,7 @@ QUICK = Settings(
     duration=1.0,
     max_duration=5.0,
     fresh_pool=1024,
-    long_pool=8,
+    long_pool=64,
     rtt_turns=5,
     proxy_reps=1,
     proxy_turns=100,
@@ -80,7 +82,7 @@ FULL = Settings(
     duration=2.0,
     max_duration=8.0,
     fresh_pool=1024,
-    long_pool=16,
+    long_pool=128,
     rtt_turns=20,
     proxy_reps=3,
     proxy_turns=300,
