@@ -327,12 +327,17 @@ class _Recipe:
     class, its field values (copied once, here), which of them are mutable, and pydantic's
     bookkeeping (the fields set, extra fields), as ``model_construct`` sets them up."""
 
-    __slots__ = ("cls", "extra", "fields", "fields_set", "mutable", "private")
+    __slots__ = ("cls", "dicts", "extra", "fields", "fields_set", "lists", "mutable", "private")
 
     def __init__(self, message: BaseMessage) -> None:
         self.cls = type(message)
         self.fields = {k: _dup(v) for k, v in message.__dict__.items()}
-        self.mutable = tuple(k for k, v in self.fields.items() if type(v) in (dict, list))
+        # Most messages' dicts and lists are empty (additional_kwargs, tool_calls, ...): those
+        # are made anew without a copy; the others are copied, to any depth.
+        kinds = {k: type(v) for k, v in self.fields.items() if type(v) in (dict, list)}
+        self.dicts = tuple(k for k, t in kinds.items() if t is dict and not self.fields[k])
+        self.lists = tuple(k for k, t in kinds.items() if t is list and not self.fields[k])
+        self.mutable = tuple(k for k in kinds if self.fields[k])
         self.fields_set = frozenset(message.__pydantic_fields_set__)
         extra = message.__pydantic_extra__
         self.extra = None if extra is None else _dup(extra)
@@ -341,6 +346,10 @@ class _Recipe:
 
     def build(self) -> BaseMessage:
         fields = self.fields.copy()
+        for name in self.dicts:
+            fields[name] = {}
+        for name in self.lists:
+            fields[name] = []
         for name in self.mutable:
             fields[name] = _dup(fields[name])
         message = self.cls.__new__(self.cls)
