@@ -3,10 +3,12 @@
 Many tasks of one event loop (the requests a chat service serves at once) each send a command.
 Sent one by one, each pays for a pool checkout, a write, a read timeout and a release, and the
 server wakes up for each. Here the commands that tasks issue before the event loop next runs its
-callbacks are written together, as one non-transactional pipeline of redis-py's on one pooled
-connection, and each task gets its own reply (or its own error reply) back. A lone command is
-sent as it is. Nothing changes for the caller: the same commands, the same replies, the same
-retry policy and timeouts (the pipeline runs under the client's own ``Retry``), one round trip.
+callbacks are written together on one pooled connection, as a non-transactional pipeline of
+redis-py's would send them, and each task gets its own reply (or its own error reply) back, parsed
+by the client's response callbacks. A lone command is sent as it is. Nothing changes for the
+caller: the same commands, the same replies, the same retry policy (the flight runs under the
+client's own ``Retry``) and read timeouts (pyhistory._wire: one timer per flight), one round
+trip.
 
 Waiting for company costs loop passes: a queued command is written on the loop's next pass and
 its caller resumes one pass after the flight's task has its reply, and on a busy loop (a service
@@ -29,6 +31,7 @@ on one connection with what follows them (``WAIT`` after a write) are not sent t
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import weakref
 from collections.abc import Awaitable
@@ -36,8 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
+from redis.exceptions import ResponseError
 
 from pyhistory._limits import SEND_FAILURES, attempts_since, sending_once
+from pyhistory._wire import awrite_once
 
 
 @dataclass(frozen=True)
@@ -139,23 +144,37 @@ class Coalescer:
                 future.set_result(reply)
 
     async def _flight(self, batch: _Pending, plain: bool) -> list[Any]:
-        """One pipeline of the batch's commands: each item's reply (a transaction's: EXEC's
-        replies and None when ``plain``, else None and its fallback's reply)."""
-        pipe = self._client.pipeline(transaction=False)
+        """The batch's commands in one flight, as a non-transactional pipeline of redis-py's
+        sends them (under the client's retry policy, each reply parsed by the client's response
+        callbacks, an error reply in place) but with replies read under one timer
+        (pyhistory._wire): each item's reply (a transaction's: EXEC's replies, unparsed, and
+        None when ``plain``, else None and its fallback's reply)."""
+        commands: list[tuple[Any, ...]] = []
         for item, _ in batch:
             if not isinstance(item, Transaction):
-                pipe.execute_command(*item)
+                commands.append(item)
             elif plain:
-                for command in item.commands:
-                    pipe.execute_command(*command)
+                commands.extend(item.commands)
             else:
-                pipe.execute_command(*item.fallback)
-        flat = await pipe.execute(raise_on_error=False)
+                commands.append(item.fallback)
+        client = self._client
+        retry = client.get_retry()
+        if retry is None:
+            flat = await awrite_once(client, commands)
+        else:
+            flat = await retry.call_with_retry(lambda: awrite_once(client, commands), _closed)
+        callbacks = client.response_callbacks
         replies: list[Any] = []
         at = 0
         for item, _ in batch:
             if not isinstance(item, Transaction):
-                replies.append(flat[at])
+                reply = flat[at]
+                callback = callbacks.get(item[0])
+                if callback is not None and not isinstance(reply, ResponseError):
+                    reply = callback(reply)
+                    if inspect.isawaitable(reply):
+                        reply = await reply
+                replies.append(reply)
                 at += 1
             elif plain:
                 size = len(item.commands)
@@ -165,6 +184,10 @@ class Coalescer:
                 replies.append((None, flat[at]))
                 at += 1
         return replies
+
+
+async def _closed(error: Exception) -> None:
+    """What a failed attempt leaves to do: nothing (pyhistory._wire closed its connection)."""
 
 
 _coalescers: weakref.WeakKeyDictionary[redis.asyncio.Redis, Coalescer] = weakref.WeakKeyDictionary()

@@ -41,6 +41,7 @@ from pyhistory import telemetry
 from pyhistory._coalesce import Transaction, coalescer, lean
 from pyhistory._library import Call, Library
 from pyhistory._limits import RETRY_WINDOW, SEND_FAILURES, attempts_since
+from pyhistory._wire import awrite_once
 from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
@@ -304,7 +305,7 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
     if plain_client(client):
         assert isinstance(client, redis.asyncio.Redis)
         try:
-            replies = await _awrite_once(client, _written(call))
+            replies = await awrite_once(client, _written(call))
         except SEND_FAILURES as error:
             telemetry.retried(error)
             return await _apipelined(client, call.again or call)
@@ -373,28 +374,6 @@ def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[An
     return replies
 
 
-async def _awrite_once(client: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """The asyncio twin of :func:`_write_once`; a cancelled caller closes the connection too."""
-    pool = client.connection_pool
-    connection = None
-    try:
-        connection = await pool.get_connection()
-        await connection.send_packed_command(connection.pack_commands(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as error:
-                replies.append(error)
-    except BaseException:
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await _closed(pool, connection)
-        raise
-    await pool.release(connection)
-    return replies
-
-
 def _typed_exec_replies(replies: list[Any]) -> list[Any]:
     try:
         return _exec_replies(replies)
@@ -432,7 +411,7 @@ async def arun_plain_first(
     assert isinstance(client, redis.asyncio.Redis)
     started = time.monotonic()
     try:
-        replies = await _awrite_once(client, commands)
+        replies = await awrite_once(client, commands)
     except SEND_FAILURES as error:
         telemetry.retried(error)
         with attempts_since(started):
@@ -476,17 +455,6 @@ def _honours_once(client: AsyncClient) -> bool:
         return False
     retry = client.connection_pool.connection_kwargs.get("retry")
     return bool(getattr(retry, "honours_once", False))
-
-
-async def _closed(pool: Any, connection: Any) -> None:
-    """Close and return a connection whose replies are unread (its caller was cancelled): the
-    closing itself must not be cancelled half-way."""
-    await asyncio.shield(_close_and_release(pool, connection))
-
-
-async def _close_and_release(pool: Any, connection: Any) -> None:
-    await connection.disconnect()
-    await pool.release(connection)
 
 
 # --- two calls in one flight ------------------------------------------------------------------

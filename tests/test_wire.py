@@ -1,0 +1,172 @@
+"""The asyncio clients built from a URL pack commands with hiredis (pyhistory._clients), and
+flights read their replies under one timer (pyhistory._wire). These fail when redis-py changes
+what either relies on: the connection's ``pack_command``, the pool's ``connection_class``,
+``read_response(timeout=math.inf)``, the client's ``get_retry`` and ``response_callbacks``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.connection
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pyhistory import _clients
+from pyhistory._coalesce import coalescer
+from pyhistory._wire import awrite_once
+
+COMMANDS: list[tuple[Any, ...]] = [
+    ("PING",),
+    ("SET", "k", "v"),
+    ("SET", b"k", b"\x00\xff binary"),
+    ("SET", "k", "é and 漢字"),
+    ("SET", "k", 0),
+    ("SET", "k", -17),
+    ("SET", "k", 10**30),
+    ("SET", "k", 0.1),
+    ("SET", "k", 1 / 3),
+    ("SET", "k", 2.5e300),
+    ("SET", "k", memoryview(b"a view")),
+    ("SET", "k", bytearray(b"an array")),
+    ("CONFIG GET", "maxmemory"),
+    (b"CONFIG GET", "maxmemory"),
+    ("LPUSH", "k", "x" * 100_000),
+]
+
+
+async def connection_of(url: str) -> Any:
+    client = await _clients.async_client(url)
+    assert isinstance(client, redis.asyncio.Redis)
+    return client.connection_pool.make_connection()
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[repr(c)[:30] for c in COMMANDS])
+async def test_commands_are_packed_as_redis_py_packs_them(url: str, args: tuple[Any, ...]) -> None:
+    ours = await connection_of(url)
+    assert isinstance(ours, _clients._HiredisPacking)
+    theirs = redis.asyncio.connection.Connection()
+    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    assert b"".join(ours.pack_commands([args, args])) == b"".join(
+        theirs.pack_commands([args, args])
+    )
+
+
+@pytest.mark.parametrize("bad", [None, True, object()])
+async def test_bad_arguments_are_refused_as_redis_py_refuses_them(url: str, bad: object) -> None:
+    ours = await connection_of(url)
+    with pytest.raises(DataError):
+        ours.pack_command("SET", "k", bad)
+    with pytest.raises(DataError):
+        redis.asyncio.connection.Connection().pack_command("SET", "k", bad)
+
+
+async def test_another_encoding_is_packed_by_redis_py(url: str) -> None:
+    ours = await connection_of(f"{url}?encoding=latin-1")
+    theirs = redis.asyncio.connection.Connection(encoding="latin-1")
+    assert b"\xe9" in b"".join(ours.pack_command("SET", "k", "é"))
+    assert ours.pack_command("SET", "k", "é") == theirs.pack_command("SET", "k", "é")
+
+
+async def test_redis_py_packs_through_the_connection(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed: list[tuple[Any, ...]] = []
+    original = _clients._hiredis_pack
+    assert original is not None
+
+    def counting(args: tuple[Any, ...]) -> bytes:
+        packed.append(args)
+        return original(args)
+
+    client = await _clients.async_client(url)
+    assert isinstance(client, redis.asyncio.Redis)
+    assert await client.ping()  # connected: what a new connection sends is packed already
+    monkeypatch.setattr(_clients, "_hiredis_pack", counting)
+    assert await client.execute_command("PING")
+    assert await client.pipeline(transaction=False).ping().echo("x").execute() == [True, b"x"]
+    assert await awrite_once(client, [("PING",)]) == [b"PONG"]
+    names = [a[0] if isinstance(a[0], str) else a[0].decode() for a in packed]
+    assert names == ["PING", "PING", "ECHO", "PING"]
+
+
+async def test_a_users_client_is_left_as_it_is(url: str) -> None:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.ping()
+        assert client.connection_pool.connection_class is redis.asyncio.connection.Connection
+    finally:
+        await client.aclose()
+
+
+def busy(seconds: float) -> tuple[Any, ...]:
+    """A script that keeps the server busy for ``seconds`` (its reply comes that much later)."""
+    script = (
+        "local t = redis.call('TIME') local start = t[1] * 1e6 + t[2] "
+        "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > tonumber(ARGV[1]) "
+        "return 1"
+    )
+    return ("EVAL", script, 0, int(seconds * 1e6))
+
+
+async def test_each_reply_gets_the_read_timeout_from_the_one_before(url: str) -> None:
+    """Three replies 0.2 s apart (each BLPOP gives up after 0.2 s, and the server sends its
+    reply before it takes the next command), a read timeout of 0.35 s: the flight takes 0.6 s,
+    no reply waits longer than the timeout, so none times out (one fixed timer would)."""
+    client = await _clients.async_client(f"{url}?socket_timeout=0.35")
+    assert isinstance(client, redis.asyncio.Redis)
+    started = time.monotonic()
+    blpop = ("BLPOP", "empty", 0.2)
+    assert await awrite_once(client, [blpop, blpop, blpop]) == [None, None, None]
+    assert time.monotonic() - started >= 0.6
+
+
+async def test_a_reply_late_by_the_read_timeout_times_out(url: str, client: redis.Redis) -> None:
+    app = await _clients.async_client(f"{url}?socket_timeout=0.3")
+    assert isinstance(app, redis.asyncio.Redis)
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+        await awrite_once(app, [("PING",), busy(0.8)])
+    assert time.monotonic() - started < 0.7
+    await asyncio.sleep(0.6)  # the script ends
+    pool = app.connection_pool
+    assert not pool._in_use_connections  # type: ignore[attr-defined]  # closed and given back
+    assert await app.ping()
+
+
+async def test_error_replies_stay_in_place(url: str, client: redis.Redis) -> None:
+    client.set("a string", "x")
+    app = await _clients.async_client(url)
+    assert isinstance(app, redis.asyncio.Redis)
+    replies = await awrite_once(app, [("LPUSH", "a string", "x"), ("PING",)])
+    assert isinstance(replies[0], ResponseError) and replies[1] == b"PONG"
+
+
+async def test_a_flight_parses_replies_as_a_command_sent_alone(
+    url: str, client: redis.Redis
+) -> None:
+    """Commands that fly together get what redis-py's response callbacks make of their replies,
+    exactly as when each is sent by itself."""
+    client.hset("h", mapping={"a": "1"})
+    app = await _clients.async_client(url)
+    assert isinstance(app, redis.asyncio.Redis)
+    commands: list[tuple[Any, ...]] = [
+        ("SET", "k", "v"),
+        ("EXPIRE", "k", 100),
+        ("TTL", "k"),
+        ("HGETALL", "h"),
+        ("LRANGE", "nothing", 0, -1),
+        ("PING",),
+    ]
+    alone = [await app.execute_command(*command) for command in commands]
+    flights = coalescer(app)
+    first = asyncio.ensure_future(flights.call(("PING",)))  # in the air: the rest fly together
+    await asyncio.sleep(0)
+    together = await asyncio.gather(*(flights.call(command) for command in commands))
+    await first
+    assert together == alone
+    assert alone[:2] == [True, True] and alone[3] == {b"a": b"1"}
