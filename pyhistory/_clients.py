@@ -224,16 +224,8 @@ _packing_classes: dict[type[Any], type[Any]] = {}
 
 
 def _packing(connection_class: type[Any]) -> type[Any]:
-    """``connection_class`` with :class:`_HiredisPacking` (the same class without hiredis, or
-    for TLS)."""
-    if (
-        _hiredis_pack is None
-        or issubclass(connection_class, _HiredisPacking)
-        or issubclass(connection_class, redis.asyncio.connection.SSLConnection)
-    ):
-        # TLS connections keep redis-py's class as it is: redis-py builds their SSL context
-        # on connect (reading the system's CA paths), which the blocking-call detector flags in
-        # a connection class of this package's
+    """``connection_class`` with :class:`_HiredisPacking` (the same class without hiredis)."""
+    if _hiredis_pack is None or issubclass(connection_class, _HiredisPacking):
         return connection_class
     found = _packing_classes.get(connection_class)
     if found is None:
