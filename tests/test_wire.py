@@ -1,6 +1,7 @@
-"""The asyncio clients built from a URL pack commands with hiredis (pyhistory._clients), and
+"""The clients built from a URL pack commands with hiredis (pyhistory._clients), and asyncio
 flights read their replies under one timer (pyhistory._wire). These fail when redis-py changes
-what either relies on: the connection's ``pack_command``, the pool's ``connection_class``,
+what either relies on: the asyncio connection's ``pack_command``, the pool's
+``connection_class``, the sync connection's ``command_packer``,
 ``read_response(timeout=math.inf)``, the client's ``get_retry`` and ``response_callbacks``."""
 
 from __future__ import annotations
@@ -101,6 +102,77 @@ async def test_a_users_client_is_left_as_it_is(url: str) -> None:
         assert client.connection_pool.connection_class is redis.asyncio.connection.Connection
     finally:
         await client.aclose()
+
+
+# --- sync clients: redis-py's ``command_packer`` ------------------------------------------------
+
+
+def sync_connection_of(url: str) -> Any:
+    client = _clients.sync_client(url)
+    assert isinstance(client, redis.Redis)
+    return client.connection_pool.make_connection()
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[repr(c)[:30] for c in COMMANDS])
+def test_sync_commands_are_packed_as_redis_py_packs_them(url: str, args: tuple[Any, ...]) -> None:
+    ours = sync_connection_of(url)
+    theirs = redis.connection.Connection()
+    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    assert b"".join(ours.pack_commands([args, args])) == b"".join(
+        theirs.pack_commands([args, args])
+    )
+
+
+@pytest.mark.parametrize("bad", [None, True, object()])
+def test_sync_bad_arguments_are_refused_as_redis_py_refuses_them(url: str, bad: object) -> None:
+    with pytest.raises(DataError):
+        sync_connection_of(url).pack_command("SET", "k", bad)
+    with pytest.raises(DataError):
+        redis.connection.Connection().pack_command("SET", "k", bad)
+
+
+def test_sync_another_encoding_is_packed_by_redis_py(url: str) -> None:
+    client = _clients.sync_client(f"{url}?encoding=latin-1")
+    assert isinstance(client, redis.Redis)
+    assert "command_packer" not in client.connection_pool.connection_kwargs
+    ours = client.connection_pool.make_connection()
+    theirs = redis.connection.Connection(encoding="latin-1")
+    assert b"\xe9" in b"".join(ours.pack_command("SET", "k", "é"))
+    assert ours.pack_command("SET", "k", "é") == theirs.pack_command("SET", "k", "é")
+
+
+def test_sync_redis_py_packs_through_the_packer(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way a sync client sends commands packs them with the packer given to its
+    connections: a command, a pipeline, a transaction and a flight written on a connection."""
+    packed: list[tuple[Any, ...]] = []
+    original = _clients._hiredis_pack
+    assert original is not None
+
+    def counting(args: tuple[Any, ...]) -> bytes:
+        packed.append(args)
+        return original(args)
+
+    client = _clients.sync_client(url)
+    assert isinstance(client, redis.Redis)
+    assert client.ping()  # connected: what a new connection sends is packed already
+    monkeypatch.setattr(_clients, "_hiredis_pack", counting)
+    assert client.execute_command("PING")
+    assert client.pipeline(transaction=False).ping().echo("x").execute() == [True, b"x"]
+    assert client.pipeline(transaction=True).ping().execute() == [True]
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands([("PING",)]))
+        assert connection.read_response() == b"PONG"
+    finally:
+        client.connection_pool.release(connection)
+    names = [a[0] if isinstance(a[0], str) else a[0].decode() for a in packed]
+    assert names == ["PING", "PING", "ECHO", "MULTI", "PING", "EXEC", "PING"]
+
+
+def test_sync_a_users_client_is_left_as_it_is(url: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        assert client.ping()
+        assert "command_packer" not in client.connection_pool.connection_kwargs
 
 
 def busy(seconds: float) -> tuple[Any, ...]:
