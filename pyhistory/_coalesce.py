@@ -17,12 +17,14 @@ client has nothing queued and nothing in the air (:meth:`Coalescer.call`) is sen
 caller, as redis-py sends it, passing through the loop no more often; the commands issued while
 it is in the air form the next flight.
 
-A plain append (pyhistory._core.plain_append: MULTI ... EXEC) joins a flight as one item whose
-reply is EXEC's. Such a flight is sent once: were its connection to fail, the client's retry
-policy would send the transaction again as it is, and the transaction cannot tell that it was
-applied. So the flight is sent again with each plain append replaced by the library's append
-(the same batch id, which the library recognises), under the client's retry policy, its window
-counted from the first attempt. Only on clients whose retry policy honours that (URL-built).
+A transaction (MULTI ... EXEC: a plain append, pyhistory._core.plain_append, or a checkpoint's
+plain put) joins a flight as one item whose reply is its commands'. Such a flight is sent once:
+were its connection to fail, the client's retry policy would send the transaction again as it is,
+and the transaction may not tell that it was applied. So the flight is sent again with each
+transaction replaced by what does the same work once however often it is sent (the library's
+append with the same batch id, which the library recognises; the checkpoint's retain form),
+under the client's retry policy, its window counted from the first attempt. Only on clients
+whose retry policy honours that (URL-built).
 
 Only for a plain ``redis.asyncio.Redis`` with a connection pool; commands that must stay together
 on one connection with what follows them (``WAIT`` after a write) are not sent through here.
@@ -47,11 +49,12 @@ from pyhistory._wire import awrite_once
 
 @dataclass(frozen=True)
 class Transaction:
-    """A plain append in a flight: its commands (MULTI ... EXEC) and the one command that does
-    the same work and recognises it was applied, sent instead when the flight is sent again."""
+    """A transaction in a flight: its commands (MULTI ... EXEC), and the commands that do the
+    same work once however often they are sent (one command, or a transaction), sent instead
+    when the flight is sent again."""
 
     commands: list[tuple[Any, ...]]
-    fallback: tuple[Any, ...]
+    fallback: list[tuple[Any, ...]]
 
 
 _Item = tuple[Any, ...] | Transaction
@@ -85,8 +88,9 @@ class Coalescer:
     def send(self, args: _Item) -> asyncio.Future[Any]:
         """Queue one command for the next flight; the future resolves to its reply, or fails
         with its error. Commands sent one after the other (a read and its TTL refresh) fly
-        together. A :class:`Transaction` resolves to ``(EXEC's replies, None)``, or to
-        ``(None, the fallback's reply)`` when the flight had to be sent again."""
+        together. A :class:`Transaction` resolves to ``(its commands' replies, None)``, or to
+        ``(None, its fallback's replies)`` when the flight had to be sent again (unparsed by
+        the client's response callbacks, an error reply in place)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
@@ -147,8 +151,8 @@ class Coalescer:
         """The batch's commands in one flight, as a non-transactional pipeline of redis-py's
         sends them (under the client's retry policy, each reply parsed by the client's response
         callbacks, an error reply in place) but with replies read under one timer
-        (pyhistory._wire): each item's reply (a transaction's: EXEC's replies, unparsed, and
-        None when ``plain``, else None and its fallback's reply)."""
+        (pyhistory._wire): each item's reply (a transaction's: its commands' replies, unparsed,
+        and None when ``plain``, else None and its fallback's)."""
         commands: list[tuple[Any, ...]] = []
         for item, _ in batch:
             if not isinstance(item, Transaction):
@@ -156,7 +160,7 @@ class Coalescer:
             elif plain:
                 commands.extend(item.commands)
             else:
-                commands.append(item.fallback)
+                commands.extend(item.fallback)
         client = self._client
         retry = client.get_retry()
         if retry is None:
@@ -176,13 +180,12 @@ class Coalescer:
                         reply = await reply
                 replies.append(reply)
                 at += 1
-            elif plain:
-                size = len(item.commands)
-                replies.append((flat[at : at + size], None))
-                at += size
             else:
-                replies.append((None, flat[at]))
-                at += 1
+                sent = item.commands if plain else item.fallback
+                size = len(sent)
+                replied = flat[at : at + size]
+                replies.append((replied, None) if plain else (None, replied))
+                at += size
         return replies
 
 

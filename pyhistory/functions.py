@@ -291,7 +291,8 @@ def _pipelined(client: SyncClient, call: Call) -> Any:
 
 async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
     """The asyncio twin of :func:`_send`. A lone call on a plain client with a pool shares its
-    flight with the commands other tasks issue at the same moment (pyhistory._coalesce). On an
+    flight with the commands other tasks issue at the same moment (pyhistory._coalesce), and so
+    does a transaction on a URL-built one (whose retry policy can send a flight once). On an
     asyncio cluster client the commands go in one non-transactional pipeline to the slot's node
     instead of MULTI/EXEC (redis.asyncio's cluster transactions run each command in a thread of
     its own, blocking the event loop): they still run in order on that node in one flight, so a
@@ -304,6 +305,8 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
         return await client.execute_command(call.command, *call.args)
     if plain_client(client):
         assert isinstance(client, redis.asyncio.Redis)
+        if coalesce and lean(client) and _honours_once(client):
+            return await _acoalesced(client, call)
         try:
             replies = await awrite_once(client, _written(call))
         except SEND_FAILURES as error:
@@ -311,6 +314,16 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
             return await _apipelined(client, call.again or call)
         return _transaction_reply(_exec_replies(replies))
     return await _apipelined(client, call.again or call)
+
+
+async def _acoalesced(client: redis.asyncio.Redis, call: Call) -> Any:
+    """``call`` and its plain commands as one MULTI/EXEC in the next coalesced flight
+    (pyhistory._coalesce), which, when its connection fails, is sent again with ``call.again`` (or
+    the same transaction, safe to send twice) in its place."""
+    replies, again = await coalescer(client).send(
+        Transaction(_written(call), _written(call.again or call))
+    )
+    return _transaction_reply(_exec_replies(replies if replies is not None else again))
 
 
 async def _apipelined(client: AsyncClient, call: Call) -> Any:
@@ -433,14 +446,15 @@ async def arun_plain(
     assert isinstance(client, redis.asyncio.Redis)
     started = time.monotonic()
     try:
-        replies, reply = await coalescer(client).send(
-            Transaction(commands, (call.command, *call.args))
+        replies, again = await coalescer(client).send(
+            Transaction(commands, [(call.command, *call.args)])
         )
     except Exception as error:
         _raise_typed(error)
         raise
     if replies is not None:
         return _typed_exec_replies(replies), None
+    reply = again[0]
     if isinstance(reply, BaseException):
         _heal(call, reply)  # raises it typed, unless the library is to be loaded again
         with attempts_since(started):

@@ -319,6 +319,36 @@ async def test_an_aput_whose_reply_was_lost_counts_its_values_once(
         await asyncio.to_thread(sync.close)
 
 
+def _plain_put_of_thread(request: list[bytes]) -> bytes | None:
+    """A plain put without retention, by its thread's key and the last count it queues."""
+    return request[1] + b"|" + request[2] if request[0].upper() == b"HINCRBY" else None
+
+
+async def test_concurrent_aputs_whose_flights_were_lost_count_their_values_once(
+    url: str, aclient: redis.asyncio.Redis
+) -> None:
+    """Many threads' puts at once share flights (pyhistory._coalesce), each put's first flight
+    applied and its reply lost: the flights sent again carry each put's retain form instead,
+    and every thread's values are counted once, as by one put each."""
+    port = aclient.connection_pool.connection_kwargs["port"]
+    threads = [f"t{i}" for i in range(12)]
+    with FaultProxy(port, lambda _, attempt: attempt == 1, mark=_plain_put_of_thread) as proxy:
+        saver = RedisSaver(proxy.url)
+
+        async def steps(thread: str) -> None:
+            parent = None
+            for n in range(1, len(STEPS) + 1):
+                stored = await saver.aput(*_step(thread, parent, n))
+                parent = stored["configurable"]["checkpoint_id"]
+
+        await asyncio.gather(*(steps(thread) for thread in threads))
+    puts = len(threads) * len(STEPS)
+    assert len(proxy.seen) == proxy.cuts == puts  # each applied once as sent, its reply lost
+    for thread in threads:
+        counts = await aclient.hgetall(saver.keys(thread)[0])
+        assert sorted(v for k, v in counts.items() if k.startswith(b"n\0")) == [b"1", b"2"]
+
+
 # --- delete_for_runs ---------------------------------------------------------------------------
 
 

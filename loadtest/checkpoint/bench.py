@@ -113,8 +113,7 @@ def _pyhistory(url: str, options: dict[str, Any]) -> BaseCheckpointSaver[Any]:
 
 
 def _apyhistory(url: str) -> BaseCheckpointSaver[Any]:
-    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=256)
-    return RedisSaver(async_redis_client=redis.asyncio.Redis(connection_pool=pool))
+    return RedisSaver(url)  # the client pyhistory builds for the URL (a blocking pool of 100)
 
 
 def _contenders() -> list[Contender]:
