@@ -159,8 +159,11 @@ def test_durable_writes_to_a_killed_primary_fail_within_the_bound(
     assert slowest <= _clients.FAILURE_BOUND + SCHEDULING_MARGIN
     # One refresh at a time, each at least a pause after the last, while any write's window is
     # open (the threads start a moment apart): never one per thread per attempt.
+    # redis-py also refreshes by itself, unpaced, when a command names a slot its topology no
+    # longer covers (SlotNotCoveredError, once the dead node's slots are dropped): allowed for
+    # as much again, still far below one per thread per attempt.
     open_for = _clients.RETRY_WINDOW + max(starts) - min(starts)
     paced = 1 + math.ceil(open_for / functions._TOPOLOGY_PAUSE)
-    assert 1 <= refreshes <= paced, refreshes
+    assert 1 <= refreshes <= 2 * paced < THREADS * paced, refreshes
     for error, _ in outcomes:
         assert isinstance(error, pyhistory.ServerConnectionError), repr(error)
