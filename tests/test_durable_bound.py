@@ -164,6 +164,6 @@ def test_durable_writes_to_a_killed_primary_fail_within_the_bound(
     # as much again, still far below one per thread per attempt.
     open_for = _clients.RETRY_WINDOW + max(starts) - min(starts)
     paced = 1 + math.ceil(open_for / functions._TOPOLOGY_PAUSE)
-    assert 1 <= refreshes <= 2 * paced < THREADS * paced, refreshes
+    assert 1 <= refreshes <= 2 * paced, refreshes
     for error, _ in outcomes:
         assert isinstance(error, pyhistory.ServerConnectionError), repr(error)

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pyhistory import _clients
 from pyhistory._coalesce import coalescer
 from pyhistory._wire import awrite_once
+from pyhistory.functions import _write_once
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("PING",),
@@ -38,6 +39,20 @@ COMMANDS: list[tuple[Any, ...]] = [
     (b"CONFIG GET", "maxmemory"),
     ("LPUSH", "k", "x" * 100_000),
 ]
+
+
+def counted_packing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """From now on, the commands hiredis packs for pyhistory's clients, in order."""
+    packed: list[tuple[Any, ...]] = []
+    original = _clients._hiredis_pack
+    assert original is not None
+
+    def counting(args: tuple[Any, ...]) -> bytes:
+        packed.append(args)
+        return original(args)
+
+    monkeypatch.setattr(_clients, "_hiredis_pack", counting)
+    return packed
 
 
 async def connection_of(url: str) -> Any:
@@ -76,18 +91,10 @@ async def test_another_encoding_is_packed_by_redis_py(url: str) -> None:
 async def test_redis_py_packs_through_the_connection(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    packed: list[tuple[Any, ...]] = []
-    original = _clients._hiredis_pack
-    assert original is not None
-
-    def counting(args: tuple[Any, ...]) -> bytes:
-        packed.append(args)
-        return original(args)
-
     client = await _clients.async_client(url)
     assert isinstance(client, redis.asyncio.Redis)
     assert await client.ping()  # connected: what a new connection sends is packed already
-    monkeypatch.setattr(_clients, "_hiredis_pack", counting)
+    packed = counted_packing(monkeypatch)
     assert await client.execute_command("PING")
     assert await client.pipeline(transaction=False).ping().echo("x").execute() == [True, b"x"]
     assert await awrite_once(client, [("PING",)]) == [b"PONG"]
@@ -144,27 +151,14 @@ def test_sync_another_encoding_is_packed_by_redis_py(url: str) -> None:
 def test_sync_redis_py_packs_through_the_packer(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every way a sync client sends commands packs them with the packer given to its
     connections: a command, a pipeline, a transaction and a flight written on a connection."""
-    packed: list[tuple[Any, ...]] = []
-    original = _clients._hiredis_pack
-    assert original is not None
-
-    def counting(args: tuple[Any, ...]) -> bytes:
-        packed.append(args)
-        return original(args)
-
     client = _clients.sync_client(url)
     assert isinstance(client, redis.Redis)
     assert client.ping()  # connected: what a new connection sends is packed already
-    monkeypatch.setattr(_clients, "_hiredis_pack", counting)
+    packed = counted_packing(monkeypatch)
     assert client.execute_command("PING")
     assert client.pipeline(transaction=False).ping().echo("x").execute() == [True, b"x"]
     assert client.pipeline(transaction=True).ping().execute() == [True]
-    connection = client.connection_pool.get_connection()
-    try:
-        connection.send_packed_command(connection.pack_commands([("PING",)]))
-        assert connection.read_response() == b"PONG"
-    finally:
-        client.connection_pool.release(connection)
+    assert _write_once(client, [("PING",)]) == [b"PONG"]
     names = [a[0] if isinstance(a[0], str) else a[0].decode() for a in packed]
     assert names == ["PING", "PING", "ECHO", "MULTI", "PING", "EXEC", "PING"]
 
