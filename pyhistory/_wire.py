@@ -21,8 +21,16 @@ from redis.exceptions import ResponseError, TimeoutError
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timer
-else:  # redis-py's dependency there
+
+    def _move(timer: Any, deadline: float) -> None:
+        timer.reschedule(deadline)
+
+else:  # redis-py's dependency there; async-timeout 4 has update() but no reschedule()
     from async_timeout import timeout as _timer  # type: ignore[import-not-found, unused-ignore]
+
+    def _move(timer: Any, deadline: float) -> None:
+        timer.update(deadline)
+
 
 # A reply that came this much later than the timer was last moved (seconds) had to be waited for:
 # the timer moves, so the next reply gets the whole read timeout. Buffered replies come
@@ -54,7 +62,7 @@ async def read_replies(connection: Any, count: int) -> list[Any]:
                     replies.append(error)
                 now = loop.time()
                 if now - moved > WAITED:
-                    timer.reschedule(now + timeout)
+                    _move(timer, now + timeout)
                     moved = now
     except asyncio.TimeoutError:
         await connection.disconnect(nowait=True)

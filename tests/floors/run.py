@@ -3,9 +3,10 @@
 Each row is a fresh virtual environment under ``.venv-floors/`` on its own Python, with the
 pyhistory wheel built from this checkout installed into it:
 
-- ``floors``: the oldest Python that ``requires-python`` allows, with ``redis`` and
-  ``langchain-core`` pinned to the lowest versions the wheel declares (their own dependencies
-  resolve to the newest that fit, as pip does for a user);
+- ``floors``: the oldest Python that ``requires-python`` allows, with ``redis``,
+  ``langchain-core`` and (before Python 3.11) ``async-timeout`` pinned to the lowest versions
+  the wheel declares (their own dependencies resolve to the newest that fit, as pip does for a
+  user);
 - ``newest``: the newest Python found, with the newest ``redis`` and ``langchain-core``.
 
 In each row ``tests/floors/roundtrip.py`` runs real round trips, sync and asyncio, against
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENVS = ROOT / ".venv-floors"
 ROUNDTRIP = Path(__file__).with_name("roundtrip.py")
 # The direct dependencies whose floors are checked; pyproject must give each one a ">=" floor.
-CHECKED = ("redis", "langchain-core")
+CHECKED = ("redis", "langchain-core", "async-timeout")
 # The same for the checkpoint extra (which may raise langchain-core's floor).
 CHECKPOINT = ("langgraph-checkpoint", "langchain-core")
 # Candidates for the newest row, newest first.
