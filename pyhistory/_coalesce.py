@@ -14,8 +14,8 @@ Waiting for company costs loop passes: a queued command is written on the loop's
 its caller resumes one pass after the flight's task has its reply, and on a busy loop (a service
 streaming answers) every pass runs everyone else's ready work. So a command issued when the
 client has nothing queued and nothing in the air (:meth:`Coalescer.call`) is sent at once by its
-caller, as redis-py sends it, passing through the loop no more often; the commands issued while
-it is in the air form the next flight.
+caller, as redis-py sends it, passing through the loop no more often (a transaction too); the
+commands issued while it is in the air form the next flight.
 
 A transaction (MULTI ... EXEC: a plain append, pyhistory._core.plain_append, or a checkpoint's
 plain put) joins a flight as one item whose reply is its commands'. Such a flight is sent once:
@@ -71,17 +71,22 @@ class Coalescer:
         self._boarding: asyncio.Task[None] | None = None  # the flight that takes _pending
         self._alone = 0  # commands sent by their callers (call()), in the air
 
-    def call(self, args: tuple[Any, ...]) -> Awaitable[Any]:
-        """One command's reply: sent now by the caller when the client is idle (nothing queued,
-        nothing in the air), else in the next flight (:meth:`send`)."""
+    def call(self, item: _Item) -> Awaitable[Any]:
+        """One command's or transaction's reply (as :meth:`send` has it): sent now by the caller
+        when the client is idle (nothing queued, nothing in the air), else in the next flight."""
         if self._pending or self._flights or self._alone:
-            return self.send(args)
-        return self._send_alone(args)
+            return self.send(item)
+        return self._send_alone(item)
 
-    async def _send_alone(self, args: tuple[Any, ...]) -> Any:
+    async def _send_alone(self, item: _Item) -> Any:
         self._alone += 1
         try:
-            return await self._client.execute_command(*args)
+            if not isinstance(item, Transaction):
+                return await self._client.execute_command(*item)
+            # A flight of one, flown by its caller: sent once, then again as its fallback.
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            await self._fly([(item, future)])
+            return future.result()
         finally:
             self._alone -= 1
 

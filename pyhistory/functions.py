@@ -317,10 +317,10 @@ async def _asend(client: AsyncClient, call: Call, coalesce: bool = True) -> Any:
 
 
 async def _acoalesced(client: redis.asyncio.Redis, call: Call) -> Any:
-    """``call`` and its plain commands as one MULTI/EXEC in the next coalesced flight
-    (pyhistory._coalesce), which, when its connection fails, is sent again with ``call.again`` (or
-    the same transaction, safe to send twice) in its place."""
-    replies, again = await coalescer(client).send(
+    """``call`` and its plain commands as one MULTI/EXEC, sent at once on an idle client, else in
+    the next coalesced flight (pyhistory._coalesce). When its connection fails it is sent again
+    with ``call.again`` (or the same transaction, safe to send twice) in its place."""
+    replies, again = await coalescer(client).call(
         Transaction(_written(call), _written(call.again or call))
     )
     return _transaction_reply(_exec_replies(replies if replies is not None else again))
@@ -438,15 +438,15 @@ async def arun_plain_first(
 async def arun_plain(
     client: AsyncClient, commands: list[tuple[Any, ...]], call: Call
 ) -> tuple[list[Any] | None, Any]:
-    """:func:`arun_plain_first`, or, on a URL-built client with a pool, the same in the next
-    coalesced flight (pyhistory._coalesce: sent once, and again with ``call`` in place of the
-    transaction when it fails)."""
+    """:func:`arun_plain_first`, or, on a URL-built client with a pool, the same through the
+    coalescer (pyhistory._coalesce: at once on an idle client, else in the next flight; sent
+    once, and again with ``call`` in place of the transaction when it fails)."""
     if not (lean(client) and _honours_once(client)):
         return await arun_plain_first(client, commands, call)
     assert isinstance(client, redis.asyncio.Redis)
     started = time.monotonic()
     try:
-        replies, again = await coalescer(client).send(
+        replies, again = await coalescer(client).call(
             Transaction(commands, [(call.command, *call.args)])
         )
     except Exception as error:

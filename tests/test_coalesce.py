@@ -14,7 +14,7 @@ from conftest import VERSIONED
 
 from pyhistory import InvalidSessionIdError, RedisChatMessageHistory, WrongTypeError, testing
 from pyhistory._clients import async_client
-from pyhistory._coalesce import coalescer
+from pyhistory._coalesce import Transaction, coalescer
 
 
 def reads_processed(client: redis.Redis) -> int:
@@ -53,6 +53,33 @@ async def test_a_lone_command_is_sent_by_its_caller(url: str) -> None:
     queued = flights.call(command)
     assert isinstance(queued, asyncio.Future)  # waits for the next flight
     assert len(await in_the_air) == len(await queued) == 2
+
+
+async def test_a_lone_transaction_is_sent_by_its_caller(url: str, client: redis.Redis) -> None:
+    """A transaction (a plain append, a checkpoint's put) on an idle client is sent at once by
+    its caller too, and resolves as one in a flight does; one issued while it is in the air
+    joins the next flight."""
+    history = RedisChatMessageHistory("s", url=url)
+    await history.aadd_messages(turn(0))  # connected, functions loaded
+    aclient = await async_client(url)
+    assert isinstance(aclient, redis.asyncio.Redis)
+    flights = coalescer(aclient)
+
+    def push(value: str) -> Transaction:
+        commands = [("MULTI",), ("RPUSH", "k", value), ("EXEC",)]
+        return Transaction(commands, [("RPUSH", "k", value)])
+
+    lone = flights.call(push("a"))
+    assert not isinstance(lone, asyncio.Future)
+    in_the_air = asyncio.ensure_future(lone)
+    await asyncio.sleep(0)
+    queued = flights.call(push("b"))
+    assert isinstance(queued, asyncio.Future)
+    replies, again = await in_the_air
+    assert again is None and replies[-1] == [1]
+    replies, again = await queued
+    assert again is None and replies[-1] == [2]
+    assert client.lrange("k", 0, -1) == [b"a", b"b"]
 
 
 async def test_an_error_reply_stays_with_its_command(url: str, client: redis.Redis) -> None:
