@@ -1,4 +1,4 @@
-#!lua name=pyhistory_checkpoint_v3
+#!lua name=pyhistory_checkpoint_v4
 --[[
 pyhistory_checkpoint: LangGraph checkpoints in Redis, two keys per thread, one call per operation.
 
@@ -79,15 +79,16 @@ Work per call (a function blocks the server while it runs), at most:
   import    MAX_ITEMS (100,000) fields: an export page always fits
   get, put, put_writes, claim  one checkpoint's fields and writes
 
-Versioning: the library and every function carry the contract version (v3). Any change to this
-file ships under a new version (pyhistory_checkpoint_v4, ...), so two releases loaded on one
+Versioning: the library and every function carry the contract version (v4). Any change to this
+file ships under a new version (pyhistory_checkpoint_v5, ...), so two releases loaded on one
 server never replace each other's code. v2 reads and writes v1's layout (its fields and members
 are a superset): v1 and v2 processes can share threads during a rollout, except that v1 writers
 neither count values nor remove pins, so run retention (keep_last, max_age) only once every
 writer of a thread is v2. v3 has v2's layout and arguments; its retention without max_bytes
 leaves BYTES as it is (neither the checkpoints it removes nor, through retain, the ones it
 indexes are counted), and reads the pending writes of the checkpoints one trim removes with
-one range of the index.
+one range of the index. v4 has v3's layout; its delta takes the walk the caller holds
+(and replies the ancestors it walked), so v3 and v4 processes share threads.
 
 Errors: every argument is checked before the first write. A violation is an error reply
 "CODE message" with one of these code words:
@@ -1427,26 +1428,69 @@ delta: for each channel, what LangGraph's DeltaChannel rebuilds its value from: 
 along the checkpoint's ancestors, and the nearest ancestor's stored value (the seed). Walks the
 parent chain once for all channels, at most `budget` ancestors per call: a longer walk replies
 with a cursor, and the caller calls again from there for the channels that have no seed yet.
+A caller that holds the result of an earlier walk for the same channels (an agent's next step
+walks the same ancestors again, plus the new ones) names it: the walk stops at the first
+ancestor it held when every ancestor of the held walk still exists with as many pending writes
+as it had (checkpoints are written once; a pending write is never replaced by another to the
+same channel, only added or removed with its checkpoint), and the caller adds what it holds.
 Flagged no-writes.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   namespace               ARGV[2]  checkpoint id, or "" for the newest
   ARGV[3]   cursor: "" to start at the checkpoint's parent, else the ancestor id the previous
             call replied (the walk goes on from it, inclusive; ARGV[2] is then ignored)
   ARGV[4]   budget: most ancestors this call walks, in [1, DELTA_BUDGET]
-  ARGV[5]   n, then n channel names
+  ARGV[5]   h, then h pairs ancestor count: the walk the caller holds, its ancestors newest
+            first, each with the number of its pending writes; h at most DELTA_BUDGET
+  then      n, then n channel names
   then      pairs channel version: values the caller holds (as for get)
-  reply     {cursor, item, item, ...}: one item per channel, in ARGV order: {seed, write, ...}
+  reply     {cursor, held, {ancestor, count, ...}, item, item, ...}: held is 1 when the walk
+            ended at the caller's held walk (its seeds and writes come before these), else 0;
+            the ancestors this call walked, newest first, each with the number of its pending
+            writes; one item per channel, in ARGV order: {seed, write, ...}
             where seed is the typed value, "=" for a value the caller said it holds, or "" when
-            none was found (when the cursor is "": the walk reached the root without one), and
-            the writes (as get returns them) along the ancestors this call walked, oldest first.
-            The checkpoint's own pending writes are not included. The cursor is "" when the walk
-            is done; else the writes of the next call come before these.
+            none was found (when the cursor is "" and held 0: the walk reached the root without
+            one), and the writes (as get returns them) along the ancestors this call walked,
+            oldest first. The checkpoint's own pending writes are not included. The cursor is
+            "" when the walk is done; else the writes of the next call come before these.
   errors    BADARGS, BADSIZE, BADID
 ]]
+
+-- The walk a delta caller holds: {{ancestor, count}, ...} and the position after it.
+local function held_walk(args, at)
+  local h = args[at] and whole(args[at])
+  if not h or h > DELTA_BUDGET or at + 2 * h > #args then
+    return nil, nil, bad('BADARGS', 'bad count of held ancestors: ' .. shown(args[at] or ''))
+  end
+  local held = {}
+  for i = 1, h do
+    local ancestor, count = args[at + 2 * i - 1], args[at + 2 * i]
+    local err = bad_name('a held ancestor', ancestor)
+    if err then return nil, nil, err end
+    local n = whole(count)
+    if not n then return nil, nil, not_whole('BADARGS', 'a held write count', count) end
+    held[i] = {ancestor, n}
+  end
+  return held, at + 2 * h + 1, nil
+end
+
+-- Whether every ancestor of a held walk is still there with as many pending writes.
+local function still_held(data, index, ns, held)
+  for _, ancestor in ipairs(held) do
+    if redis.call('HEXISTS', data, checkpoint_name(ns, ancestor[1])) == 0 then
+      return false
+    end
+    local prefix = writes_prefix(ns, ancestor[1])
+    if redis.call('ZLEXCOUNT', index, '[' .. prefix, '(' .. prefix .. TOP) ~= ancestor[2] then
+      return false
+    end
+  end
+  return true
+end
+
 local function delta(keys, args)
-  if #keys ~= 2 or #args < 5 then
-    return bad('BADARGS', 'expected 2 keys and at least 5 arguments: ns id cursor budget n ' ..
-      'channel... (channel version)...')
+  if #keys ~= 2 or #args < 6 then
+    return bad('BADARGS', 'expected 2 keys and at least 6 arguments: ns id cursor budget h ' ..
+      '(ancestor count)... n channel... (channel version)...')
   end
   local ns, id, start = args[1], args[2], args[3]
   local err = bad_name('checkpoint_ns', ns, true) or bad_name('checkpoint_id', id, true)
@@ -1454,14 +1498,16 @@ local function delta(keys, args)
   if err then return err end
   local budget = budget_of(args[4], DELTA_BUDGET)
   if not budget then return bad_budget(args[4], DELTA_BUDGET) end
-  local names, at
-  names, at, err = section(args, 5, 1, 'channels')
+  local held, first, names, at
+  held, first, err = held_walk(args, 5)
+  if err then return err end
+  names, at, err = section(args, first, 1, 'channels')
   if err then return err end
   local known
   known, err = known_values(args, at)
   if err then return err end
   local remaining, left = {}, 0
-  for i = 6, 5 + #names do
+  for i = first + 1, first + #names do
     err = bad_name('channel', args[i])
     if err then return err end
     if not remaining[args[i]] then
@@ -1478,8 +1524,16 @@ local function delta(keys, args)
     local target = id and record(keys[1], ns, id)
     cursor = target and target[1] or ''
   end
-  local walked = 0
+  local walked, ancestors, stop, used = 0, {}, held[1] and held[1][1], 0
   while cursor ~= '' and left > 0 and walked < budget do
+    if cursor == stop then
+      if still_held(keys[1], keys[2], ns, held) then
+        used = 1
+        cursor = ''
+        break
+      end
+      stop = nil -- changed since: walk on
+    end
     walked = walked + 1
     local rec = record(keys[1], ns, cursor)
     if not rec then
@@ -1499,12 +1553,14 @@ local function delta(keys, args)
         end
       end
     end
-    local _, fields = pending_writes(keys[2], ns, cursor)
+    local members, fields = pending_writes(keys[2], ns, cursor)
+    ancestors[#ancestors + 1] = cursor
+    ancestors[#ancestors + 1] = #members
     local writes = {}
     for _, value in ipairs(hmget(keys[1], fields)) do
       if value then
-        local first = string.find(value, NUL, 1, true)
-        local second = string.find(value, NUL, first + 1, true)
+        local first_nul = string.find(value, NUL, 1, true)
+        local second = string.find(value, NUL, first_nul + 1, true)
         local channel = string.sub(value, second + 1, string.find(value, NUL, second + 1, true) - 1)
         if remaining[channel] then
           writes[#writes + 1] = {channel, value}
@@ -1522,8 +1578,8 @@ local function delta(keys, args)
   if left == 0 then
     cursor = ''
   end
-  local reply = {cursor}
-  for i = 6, 5 + #names do
+  local reply = {cursor, used, ancestors}
+  for i = first + 1, first + #names do
     local channel = args[i]
     local item = {seeds[channel] or ''}
     for a = #collected, 1, -1 do
@@ -1539,24 +1595,24 @@ local function delta(keys, args)
 end
 
 -- The library's whole surface. Names carry the contract version; see the header.
-redis.register_function{function_name = 'pyhistory_checkpoint_v3_put', callback = put}
+redis.register_function{function_name = 'pyhistory_checkpoint_v4_put', callback = put}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_put_writes', callback = put_writes}
+  function_name = 'pyhistory_checkpoint_v4_put_writes', callback = put_writes}
 -- get writes only a TTL: allow-oom lets a graph resume while the server is out of memory.
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_get', callback = get, flags = {'allow-oom'}}
+  function_name = 'pyhistory_checkpoint_v4_get', callback = get, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_get_ro', callback = get_ro, flags = {'no-writes'}}
+  function_name = 'pyhistory_checkpoint_v4_get_ro', callback = get_ro, flags = {'no-writes'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_list', callback = list, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v3_prune', callback = prune}
-redis.register_function{function_name = 'pyhistory_checkpoint_v3_copy', callback = copy}
+  function_name = 'pyhistory_checkpoint_v4_list', callback = list, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v4_prune', callback = prune}
+redis.register_function{function_name = 'pyhistory_checkpoint_v4_copy', callback = copy}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_export', callback = export, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v3_import', callback = import}
+  function_name = 'pyhistory_checkpoint_v4_export', callback = export, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v4_import', callback = import}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_delta', callback = delta, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v3_claim', callback = claim}
-redis.register_function{function_name = 'pyhistory_checkpoint_v3_retain', callback = retain}
+  function_name = 'pyhistory_checkpoint_v4_delta', callback = delta, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v4_claim', callback = claim}
+redis.register_function{function_name = 'pyhistory_checkpoint_v4_retain', callback = retain}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v3_delete_run', callback = delete_run}
+  function_name = 'pyhistory_checkpoint_v4_delete_run', callback = delete_run}

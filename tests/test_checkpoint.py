@@ -144,8 +144,8 @@ def test_any_thread_id_round_trips(url: str, client: redis.Redis, thread_id: str
 def test_the_functions_the_server_lists_are_the_ones_python_calls(
     url: str, client: redis.Redis
 ) -> None:
-    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v3"
-    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v3"]
+    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v4"
+    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v4"]
     listed = {f[1].decode() for f in library[library.index(b"functions") + 1]}
     called = {
         getattr(_calls, name)
@@ -169,12 +169,13 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
 
 
 # Every released version of the checkpoint library and the sha256 of its code. A change to
-# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v3, ...): two releases
+# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v4, ...): two releases
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
     "pyhistory_checkpoint_v2": "d1395b9972f762e8",
     "pyhistory_checkpoint_v3": "bf62e5f9ebcc5ec2",
+    "pyhistory_checkpoint_v4": "3cdbe7d1c35cc957",
 }
 
 
@@ -581,10 +582,92 @@ async def test_a_delta_walk_longer_than_the_budget_returns_the_same_history_asyn
     assert len(sent) > len(cases) + 4
 
 
+def walk_cases(saver: RedisSaver) -> list[tuple[Any, Any]]:
+    """Each checkpoint of thread "t" (newest first) and its rebuild, as ``saver`` returns it."""
+    return [
+        (t.config, history(saver.get_delta_channel_history(config=t.config, channels=["items"])))
+        for t in saver.list(config("t"))
+    ]
+
+
+def test_a_step_walks_only_the_ancestors_added_since_the_last(url: str) -> None:
+    """An agent's next step rebuilds its DeltaChannel through the ancestors the last step walked,
+    plus the new ones: the server checks the held ones (that each is there with as many pending
+    writes) instead of reading them again, and the rebuild is the same as a fresh saver's."""
+    saver, fresh = RedisSaver(url), RedisSaver(url, value_cache_bytes=0)
+    graph = build_long_graph(saver)
+    walked: list[tuple[int, int, int]] = []  # (ancestors offered, held used, ancestors walked)
+    read = saver._read
+
+    def _read(call: Call) -> Any:
+        reply = read(call)
+        if call.args[0] == LIBRARY.function("delta"):
+            walked.append((int(call.args[8]), int(reply[1]), len(reply[2]) // 2))
+        return reply
+
+    saver._read = _read  # type: ignore[method-assign]
+    for i in range(8):
+        graph.invoke({"items": [f"user {i}"]}, config("t", ns=None))
+    assert walked[0][0] == 0
+    assert max(offered for offered, _, _ in walked) > 10, walked
+    assert all(used and new <= 3 for offered, used, new in walked[1:]), walked  # one turn's
+    for (cfg, got), (_, want) in zip(walk_cases(saver), walk_cases(fresh), strict=True):
+        assert got == want, cfg
+
+
+def test_a_held_walk_that_changed_is_walked_again(url: str) -> None:
+    """A write added to an ancestor the saver walked before (a fork resumed from it), or an
+    ancestor removed since, is never hidden by what the saver holds."""
+    saver, fresh = RedisSaver(url), RedisSaver(url, value_cache_bytes=0)
+    graph = build_long_graph(saver)
+    for i in range(5):
+        graph.invoke({"items": [f"user {i}"]}, config("t", ns=None))
+    newest = saver.get_tuple(config("t", ns=None))
+    assert newest is not None
+    ancestors = list(saver.list(config("t")))
+    older = ancestors[3].config
+    assert history(
+        saver.get_delta_channel_history(config=newest.config, channels=["items"])
+    ) == history(fresh.get_delta_channel_history(config=newest.config, channels=["items"]))
+    # a new write on an ancestor the held walk names
+    saver.put_writes(older, [("items", ["a late write"])], "late-task")
+    got = history(saver.get_delta_channel_history(config=newest.config, channels=["items"]))
+    want = history(fresh.get_delta_channel_history(config=newest.config, channels=["items"]))
+    assert got == want and ["a late write"] in [w[1] for w in got["items"][0]]
+    # an ancestor removed: the walk ends where the chain is broken, as a fresh one does
+    data, _ = saver.keys("t")
+    with redis.Redis.from_url(url) as admin:
+        admin.hdel(data, "c\0\0" + ancestors[2].config["configurable"]["checkpoint_id"])
+    got = history(saver.get_delta_channel_history(config=newest.config, channels=["items"]))
+    want = history(fresh.get_delta_channel_history(config=newest.config, channels=["items"]))
+    assert got == want
+
+
+def test_a_walk_cache_is_bounded() -> None:
+    walks = _calls.WalkCache(4000)
+    held = _calls.HeldWalk((("a", 1),), {"items": b"x" * 100}, {"items": (b"w" * 100,)})
+    for i in range(100):
+        walks.hold((f"t{i}", "", ("items",)), held)
+    assert walks._bytes <= 4000
+    assert walks.get(("t99", "", ("items",))) is held
+    assert walks.get(("t0", "", ("items",))) is None
+    walks.hold(("t99", "", ("items",)), None)
+    assert walks.get(("t99", "", ("items",))) is None
+    huge = _calls.HeldWalk((("a", 1),), {"items": b"x" * 1000}, {"items": ()})
+    walks.hold(("big", "", ("items",)), huge)  # more than an eighth of the bound: not held
+    assert walks.get(("big", "", ("items",))) is None
+
+
+def test_delta_refuses_a_held_walk_it_cannot_read(url: str) -> None:
+    for held in ((1,), (1, "a"), (1, "a", "-1"), (1, "a\0", 1), (_calls.DELTA_BUDGET + 1,)):
+        with pytest.raises(errors.InvalidArgumentError):
+            raw(url, "delta", "", "", "", 5, *held, 1, "items")
+
+
 def test_delta_refuses_a_budget_beyond_its_most(url: str) -> None:
     for budget in (0, _calls.DELTA_BUDGET + 1):
         with pytest.raises(errors.InvalidSizeError):
-            raw(url, "delta", "", "", "", budget, 1, "items")
+            raw(url, "delta", "", "", "", budget, 0, 1, "items")
     with pytest.raises(errors.InvalidSizeError):
         raw(url, "export", "", _calls.COPY_BUDGET + 1)
 

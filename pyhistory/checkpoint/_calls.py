@@ -13,6 +13,7 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -703,9 +704,11 @@ def delta(
     known: Mapping[str, tuple[str, bytes]] | None = None,
     cursor: str = "",
     budget: int = DELTA_BUDGET,
+    held: Sequence[tuple[str, int]] = (),
 ) -> Call:
     """One call of a DeltaChannel walk, from the checkpoint's parent (cursor "") or from the
-    ancestor a previous call replied."""
+    ancestor a previous call replied; ``held``: the ancestors of a walk the caller holds for
+    the same channels (:class:`HeldWalk`), newest first, with their counts of pending writes."""
     names = [_name("a channel", channel, may_be_empty=False) for channel in channels]
     pairs = [
         item
@@ -714,7 +717,20 @@ def delta(
         for item in (channel, version)
     ]
     ns, checkpoint_id = namespace_of(config), checkpoint_of(config)
-    return _fcall(DELTA, thread_keys, ns, checkpoint_id, cursor, budget, len(names), *names, *pairs)
+    ancestors = [item for ancestor, count in held for item in (ancestor, count)]
+    return _fcall(
+        DELTA,
+        thread_keys,
+        ns,
+        checkpoint_id,
+        cursor,
+        budget,
+        len(held),
+        *ancestors,
+        len(names),
+        *names,
+        *pairs,
+    )
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -788,29 +804,86 @@ def list_reply(
     return cursor, [checkpoint_tuple(serde, thread_id, entry) for entry in reply[1:]]
 
 
+@dataclass(frozen=True)
+class HeldWalk:
+    """A finished DeltaChannel walk, as a later walk through the same ancestors may reuse it:
+    its ancestors (newest first, each with its count of pending writes, which the server checks
+    before it relies on them), and per channel the seed (typed, b"" for none) and the writes,
+    oldest first, as stored."""
+
+    ancestors: tuple[tuple[str, int], ...]
+    seeds: Mapping[str, bytes]
+    writes: Mapping[str, tuple[bytes, ...]]
+
+    def size(self) -> int:
+        return (
+            sum(len(a) + 16 for a, _ in self.ancestors)
+            + sum(len(v) for v in self.seeds.values())
+            + sum(len(w) for ws in self.writes.values() for w in ws)
+        )
+
+
 class DeltaWalk:
     """The raw result of a DeltaChannel walk spread over several delta calls: each call's writes
     come before the previous call's (it walked older ancestors); a channel is asked for again
-    until a call finds its seed or the walk ends."""
+    until a call finds its seed or the walk ends. A walk that reaches a :class:`HeldWalk` (the
+    server said it still stands) ends with what that one holds."""
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], held: HeldWalk | None = None) -> None:
         self.channels = list(channels)
         self.seeds: dict[str, bytes] = {}
-        self.writes: dict[str, list[Any]] = {channel: [] for channel in self.channels}
+        self.writes: dict[str, list[bytes]] = {channel: [] for channel in self.channels}
+        self.ancestors: list[tuple[str, int]] = []
         self.cursor = ""
+        self.held = held if held is not None and len(held.ancestors) <= DELTA_BUDGET else None
+        self._calls = 0
 
     def pending(self) -> list[str]:
         return [channel for channel in self.channels if channel not in self.seeds]
 
+    def offered(self) -> tuple[tuple[str, int], ...]:
+        """The held walk's ancestors, for the first call only (it asks for every channel)."""
+        return self.held.ancestors if self.held is not None and not self._calls else ()
+
     def add(self, asked: Sequence[str], reply: Sequence[Any]) -> bool:
         """Take one call's reply (for the channels ``asked``); True when the walk is done."""
+        offered = self.offered()
+        self._calls += 1
         self.cursor = _text(reply[0])
-        for channel, item in zip(asked, reply[1:], strict=True):
-            self.writes[channel][:0] = item[1:]
+        flat = reply[2]
+        self.ancestors += [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        for channel, item in zip(asked, reply[3:], strict=True):
+            self.writes[channel][:0] = [_bytes(w) for w in item[1:]]
             seed = _bytes(item[0])
             if seed:
                 self.seeds[channel] = seed
+        if int(reply[1]) and offered:
+            held = self.held
+            assert held is not None
+            self.ancestors += held.ancestors
+            for channel in self.channels:
+                self.writes[channel][:0] = held.writes[channel]
+                if held.seeds[channel]:
+                    self.seeds[channel] = held.seeds[channel]
+            return True
         return not self.cursor or not self.pending()
+
+    def finished(self, known: Mapping[str, tuple[str, bytes]] | None) -> HeldWalk | None:
+        """What a later walk through these ancestors may reuse, or None (a walk too long to
+        offer, or a seed the caller held that it no longer holds)."""
+        if (self.cursor and self.pending()) or len(self.ancestors) > DELTA_BUDGET:
+            return None
+        seeds: dict[str, bytes] = {}
+        for channel in self.channels:
+            seed = self.seeds.get(channel, b"")
+            if seed == b"=":
+                if known is None or channel not in known:
+                    return None
+                seed = known[channel][1]
+            seeds[channel] = seed
+        return HeldWalk(
+            tuple(self.ancestors), seeds, {c: tuple(self.writes[c]) for c in self.channels}
+        )
 
     def result(
         self, serde: SerializerProtocol, known: Mapping[str, tuple[str, bytes]] | None = None
@@ -827,6 +900,45 @@ class DeltaWalk:
                 history["seed"] = untyped(serde, seed)
             result[channel] = history
         return result
+
+
+class WalkCache:
+    """The newest finished DeltaChannel walk per thread, namespace and channels, so that the next
+    step's walk reads only the ancestors added since. Bounded by ``max_bytes`` (least recently
+    used first); what it holds is decoded anew on every use. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._walks: OrderedDict[tuple[str, str, tuple[str, ...]], tuple[HeldWalk, int]] = (
+            OrderedDict()
+        )
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, tuple[str, ...]]) -> HeldWalk | None:
+        with self._lock:
+            held = self._walks.get(key)
+            if held is None:
+                return None
+            self._walks.move_to_end(key)
+            return held[0]
+
+    def hold(self, key: tuple[str, str, tuple[str, ...]], walk: HeldWalk | None) -> None:
+        """Remember ``walk`` for ``key`` (None: forget what was held)."""
+        if not self.max_bytes:
+            return
+        size = walk.size() if walk is not None else 0
+        with self._lock:
+            old = self._walks.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if walk is None or size > self.max_bytes // 8:
+                return
+            self._walks[key] = (walk, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._walks:
+                _, (_, dropped) = self._walks.popitem(last=False)
+                self._bytes -= dropped
 
 
 def unique(channels: Iterable[str]) -> list[str]:

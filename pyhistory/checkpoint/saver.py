@@ -51,7 +51,7 @@ _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 def load_checkpoint_functions(client: SyncClient) -> str:
     """Load (or replace with identical code) the saver's library; on a cluster, on every primary.
-    Returns its name, e.g. ``"pyhistory_checkpoint_v3"``. The saver also loads it lazily."""
+    Returns its name, e.g. ``"pyhistory_checkpoint_v4"``. The saver also loads it lazily."""
     return load_library(client, _calls.LIBRARY)
 
 
@@ -106,7 +106,10 @@ class RedisSaver(BaseCheckpointSaver[str]):
         value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
             of the newest versions it wrote or read, per thread and namespace (least recently
             used threads go first), so that ``get_tuple`` of a thread this process just wrote
-            brings back only what changed. Values are decoded anew on every read. 0: off.
+            brings back only what changed. Values are decoded anew on every read. A quarter as
+            much again bounds the DeltaChannel walks it holds (the newest per thread, namespace
+            and channels), so that a step's walk reads only the ancestors added since the last
+            one, once the server has checked that the ones held are unchanged. 0: off.
         redis_client: a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``). Without
             ``async_redis_client`` the asyncio methods run it in a worker thread.
         async_redis_client: a ``redis.asyncio`` client (or asyncio ``RedisCluster``).
@@ -152,6 +155,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
                 f"value_cache_bytes must be an int, got {value_cache_bytes!r}"
             )
         self._values = _calls.ValueCache(max(0, value_cache_bytes))
+        self._walks = _calls.WalkCache(max(0, value_cache_bytes) // 4)
         # per-call budgets of copy/export and delta (the library's most; tests lower them)
         self._copy_budget = _calls.COPY_BUDGET
         self._delta_budget = _calls.DELTA_BUDGET
@@ -706,17 +710,26 @@ class RedisSaver(BaseCheckpointSaver[str]):
     ) -> Generator[Call | dict[str, DeltaChannelHistory], Any, None]:
         """The walk as a generator shared by sync and asyncio: it yields each call to send (and
         is sent its reply), then the result."""
-        thread_id = _calls.thread_of(config)
-        known = self._values.known(thread_id, _calls.namespace_of(config))
-        walk = _calls.DeltaWalk(_calls.unique(channels))
+        thread_id, ns = _calls.thread_of(config), _calls.namespace_of(config)
+        known = self._values.known(thread_id, ns)
+        names = _calls.unique(channels)
+        key = (thread_id, ns, tuple(names))
+        walk = _calls.DeltaWalk(names, self._walks.get(key))
         while True:
             asked = walk.pending()
             call = _calls.delta(
-                self.keys(thread_id), config, asked, known, walk.cursor, self._delta_budget
+                self.keys(thread_id),
+                config,
+                asked,
+                known,
+                walk.cursor,
+                self._delta_budget,
+                walk.offered(),
             )
             reply = yield call
             if walk.add(asked, reply):
                 break
+        self._walks.hold(key, walk.finished(known))
         yield walk.result(self.serde, known)
 
     @traced("pyhistory.checkpoint.get_delta_channel_history", thread=_config_thread)
@@ -725,7 +738,8 @@ class RedisSaver(BaseCheckpointSaver[str]):
     ) -> Mapping[str, DeltaChannelHistory]:
         """What each ``DeltaChannel`` is rebuilt from: the writes along the checkpoint's
         ancestors and the nearest stored value, walked on the server (at most 250 ancestors
-        per call; a stored value this saver holds already is not sent again)."""
+        per call; a stored value this saver holds already is not sent again, and the ancestors
+        of its last walk of the thread are checked on the server rather than read again)."""
         if not channels:
             return {}
         steps = self._delta_calls(config, channels)
