@@ -275,7 +275,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"## Per agent turn (one conversation, {results['per_turn_turns']} turns, warm)",
         "",
         "Round trips: flights the client wrote to the server (a pipeline or MULTI is one). "
-        "Server CPU: INFO used_cpu_user + used_cpu_sys over the run.",
+        "Server CPU: INFO used_cpu_user + used_cpu_sys over the run. Each figure is the median "
+        f"of {results.get('per_turn_reps', 1)} rounds, round robin over the savers (bench.json "
+        "has each round's server CPU).",
         "",
         *table(
             "saver | variant | round trips / turn | commands / turn | server CPU µs / turn "
@@ -402,7 +404,9 @@ def main() -> None:
     parser.add_argument("--kind", default="redis", choices=testing.KINDS)
     parser.add_argument("--quick", action="store_true", help="fewer turns, for a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "checkpoint")
+    parser.add_argument("--reps", type=int, help="rounds of the per-turn runs (default 5, quick 1)")
     args = parser.parse_args()
+    reps = args.reps or (1 if args.quick else 5)
     marks = [5, 10, 20] if args.quick else [10, 40, 100]
     turns = 10 if args.quick else 40
     tasks, tp_turns = (8, 3) if args.quick else (64, 10)
@@ -417,6 +421,7 @@ def main() -> None:
             "python": platform.python_version(),
             "quick": args.quick,
             "per_turn_turns": turns,
+            "per_turn_reps": reps,
             "tasks": tasks,
             "throughput_turns": tp_turns,
             "marks": marks,
@@ -424,14 +429,25 @@ def main() -> None:
             "throughput": [],
             "storage": [],
         }
-        for contender in contenders:
-            for variant, delta, keep in variants(contender):
-                admin.flushall()
-                row = per_turn(contender, url, admin, turns, delta, keep)
-                results["per_turn"].append(
-                    {"saver": contender.name, "variant": variant, "delta": delta, **row}
-                )
-                print(contender.name, variant, row, flush=True)
+        measured_turns: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
+        for _ in range(reps):  # round robin, as for the throughput below
+            for contender in contenders:
+                for variant, delta, keep in variants(contender):
+                    admin.flushall()
+                    row = per_turn(contender, url, admin, turns, delta, keep)
+                    measured_turns.setdefault((contender.name, variant, delta), []).append(row)
+                    print(contender.name, variant, row, flush=True)
+        for (name, variant, delta), rows in measured_turns.items():
+            median_row = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+            results["per_turn"].append(
+                {
+                    "saver": name,
+                    "variant": variant,
+                    "delta": delta,
+                    **median_row,
+                    "server_cpu_runs": [round(r["server_cpu_us"]) for r in rows],
+                }
+            )
         rates: dict[str, list[float]] = {c.name: [] for c in contenders}
         for _ in range(3):  # round robin: a busy moment of the machine hits every contender
             for contender in contenders:
