@@ -265,6 +265,78 @@ def test_each_operation_is_one_call(url: str, client: redis.Redis) -> None:
     }
 
 
+def same(a: Any, b: Any) -> None:
+    """Two checkpoint tuples hold the same checkpoint, values, metadata, parent and writes."""
+    assert a is not None and b is not None
+    assert a.config == b.config and a.parent_config == b.parent_config
+    assert a.checkpoint == b.checkpoint and a.metadata == b.metadata
+    assert a.pending_writes == b.pending_writes
+
+
+def test_a_get_of_the_newest_this_saver_wrote_is_plain_commands(
+    url: str, client: redis.Redis
+) -> None:
+    """The newest checkpoint a saver wrote comes back through plain commands in one MULTI/EXEC
+    (no value crosses into Lua), with the TTL refreshed, the same as the library's get has it;
+    only the values the saver does not hold travel."""
+    saver, fresh = RedisSaver(url, ttl=60), RedisSaver(url, value_cache_bytes=0)
+    first = put(saver, "t", 1, values={"a": "x" * 5000})
+    put(saver, "t", 2, parent=first, values={"b": 3}, versions={"a": 1})
+    data, index = saver.keys("t")
+    client.expire(data, 5)
+    client.config_resetstat()
+    got = saver.get_tuple(config("t"))
+    sent = commands(client)
+    assert "fcall" not in sent and sent["multi"] == sent["exec"] == 1, sent
+    assert client.ttl(data) > 50 and client.ttl(index) > 50
+    same(got, fresh.get_tuple(config("t")))
+    assert got is not None and got.checkpoint["channel_values"] == {"a": "x" * 5000, "b": 3}
+    assert sent["hmget"] == 1
+
+
+def test_a_plain_get_whose_guess_no_longer_holds_asks_the_library(
+    url: str, client: redis.Redis
+) -> None:
+    """Another writer's newer checkpoint, pending writes on the newest, a deleted thread: the
+    saver's plain get sees it in the same round trip and the library's get answers; what the
+    library found is the next plain get's guess."""
+    saver, other = RedisSaver(url), RedisSaver(url)
+    first = put(saver, "t", 1, values={"a": 1})
+    second = put(other, "t", 2, parent=first, values={"a": 2})
+    same(saver.get_tuple(config("t")), other.get_tuple(config("t", checkpoint_id=second)))
+    client.config_resetstat()
+    saver.get_tuple(config("t"))  # the library's answer became the guess
+    assert "fcall" not in commands(client)
+    other.put_writes(config("t", "", second), [("a", 5)], "task")
+    got = saver.get_tuple(config("t"))
+    assert got is not None and [w[1:] for w in got.pending_writes] == [("a", 5)]
+    saver.put_writes(config("t", "", second), [("a", 6)], "task2")
+    client.config_resetstat()
+    got = saver.get_tuple(config("t"))  # a head with pending writes: the library's get at once
+    assert commands(client).get("multi", 0) == 0
+    assert got is not None and len(got.pending_writes) == 2
+    third = put(saver, "t", 3, parent=second, values={"a": 3})
+    saver.delete_thread("t")
+    assert saver.get_tuple(config("t")) is None
+    assert saver.get_tuple(config("t", checkpoint_id=third)) is None
+
+
+async def test_a_get_of_the_newest_this_saver_wrote_is_plain_commands_asyncio(
+    url: str, client: redis.Redis
+) -> None:
+    saver, other = RedisSaver(url), RedisSaver(url)
+    checkpoint = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
+    stored = await saver.aput(config("t"), checkpoint, {"step": 1}, {"a": 1})  # type: ignore[typeddict-item]
+    await asyncio.to_thread(client.config_resetstat)
+    got = await saver.aget_tuple(config("t"))
+    assert "fcall" not in await asyncio.to_thread(commands, client)
+    same(got, await other.aget_tuple(stored))
+    parent = stored["configurable"]["checkpoint_id"]
+    second = await asyncio.to_thread(put, other, "t", 2, parent=parent, values={"a": 2})
+    got = await saver.aget_tuple(config("t"))
+    assert got is not None and got.config["configurable"]["checkpoint_id"] == second
+
+
 # --- expiry ----------------------------------------------------------------------------------
 
 

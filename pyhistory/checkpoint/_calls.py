@@ -577,6 +577,83 @@ def get(
     return _fcall(GET_RO, thread_keys, ns, checkpoint_id, *pairs)
 
 
+@dataclass(frozen=True)
+class Head:
+    """The newest checkpoint of a thread's namespace as this saver last wrote or read it: its id,
+    its parent's ("" for none), its channel versions as stored (see :func:`newest`), and
+    whether it has pending writes."""
+
+    checkpoint_id: str
+    parent: str
+    versions: tuple[tuple[str, str], ...]
+    pending: bool = False  # it has pending writes: read through the library, which sends them
+
+
+def head_of(
+    checkpoint_id: str, parent: str, channel_versions: Mapping[str, Any], pending: bool = False
+) -> Head:
+    return Head(
+        checkpoint_id,
+        parent,
+        tuple((channel, version_of(version)) for channel, version in channel_versions.items()),
+        pending,
+    )
+
+
+def newest(
+    thread_keys: tuple[str, str],
+    ns: str,
+    head: Head,
+    known: Mapping[str, tuple[str, bytes]],
+    refresh_ttl: int,
+) -> list[tuple[Any, ...]]:
+    """A get of a namespace's newest checkpoint, when this saver knows which one it was, as plain
+    commands in one MULTI/EXEC (no value crosses into Lua): the newest index entry, the
+    checkpoint, its metadata and the values this saver does not hold, whether it has pending
+    writes, and the TTL. :func:`newest_entry` says whether the guess held."""
+    data, index = thread_keys
+    checkpoints = f"c\0{ns}\0".encode()
+    prefix = f"w\0{ns}\0{head.checkpoint_id}\0".encode()
+    fields = [f"k\0{ns}\0{head.checkpoint_id}", f"m\0{ns}\0{head.checkpoint_id}"]
+    fields += [
+        blob_name(ns, channel, version)
+        for channel, version in head.versions
+        if known.get(channel, ("",))[0] != version
+    ]
+    commands: list[tuple[Any, ...]] = [
+        ("MULTI",),
+        ("ZREVRANGEBYLEX", index, b"(" + checkpoints + b"\xff", b"[" + checkpoints, "LIMIT", 0, 1),
+        ("HMGET", data, *fields),
+        ("ZRANGEBYLEX", index, b"[" + prefix, b"(" + prefix + b"\xff", "LIMIT", 0, 1),
+    ]
+    if refresh_ttl:
+        commands += (("EXPIRE", data, refresh_ttl), ("EXPIRE", index, refresh_ttl))
+    return [*commands, ("EXEC",)]
+
+
+def newest_entry(
+    ns: str, head: Head, known: Mapping[str, tuple[str, bytes]], replies: Sequence[Any]
+) -> list[Any] | None:
+    """What the library's get replies, from the replies of :func:`newest`, or None when the guess
+    did not hold (another checkpoint is newest, or it has pending writes, or it is gone)."""
+    if any(isinstance(reply, BaseException) for reply in replies):
+        return None
+    found, values, writes = replies[0], replies[1], replies[2]
+    name = f"c\0{ns}\0{head.checkpoint_id}".encode()
+    if len(found) != 1 or _bytes(found[0]) != name or writes or values[0] is None:
+        return None
+    blobs: list[Any] = []
+    fetched = iter(values[2:])
+    for channel, version in head.versions:
+        if known.get(channel, ("",))[0] == version:
+            blobs += (channel, b"")
+        else:
+            value = next(fetched)
+            if value is not None:
+                blobs += (channel, _bytes(value))
+    return [ns, head.checkpoint_id, head.parent, values[0], values[1] or b"", blobs, []]
+
+
 class ValueCache:
     """The typed values (the serializer's bytes) of the newest version of each channel this
     process wrote or read, per thread and namespace, so that a get need not bring them back

@@ -8,12 +8,13 @@ for what each call does on the server.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -39,12 +40,29 @@ from pyhistory.functions import (
     SyncClient,
     aload_library,
     arun,
+    arun_plain,
     arun_write,
     load_library,
+    plain_client,
     run,
+    run_plain_first,
     run_write,
 )
 from pyhistory.telemetry import traced
+
+
+class _Get(NamedTuple):
+    """A get_tuple: the library's get, and, when this saver knows the namespace's newest
+    checkpoint (``head``), the same as plain commands (``plain``, see ``_calls.newest``)."""
+
+    thread_id: str
+    ns: str
+    call: Call
+    known: dict[str, tuple[str, bytes]]
+    newest: bool  # the config names no checkpoint id
+    head: _calls.Head | None
+    plain: list[tuple[Any, ...]] | None
+
 
 _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
@@ -166,6 +184,10 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._holders: OrderedDict[tuple[str, str, str], dict[str, str]] = OrderedDict()
         # (run id, thread id) pairs this saver put into the index of runs: registered once.
         self._runs: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # The newest checkpoint per (thread, namespace) as this saver last wrote or read it: a
+        # get of the newest then reads it with plain commands, checking that it still is.
+        self._heads: OrderedDict[tuple[str, str], _calls.Head] = OrderedDict()
+        self._heads_lock = threading.Lock()
         self.cluster = cluster
         self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
             wait_for_replicas, wait_timeout_ms
@@ -261,31 +283,96 @@ class RedisSaver(BaseCheckpointSaver[str]):
 
     # --- get_tuple -----------------------------------------------------------------------------
 
-    def _get_call(self, config: RunnableConfig) -> tuple[str, Call, dict[str, tuple[str, bytes]]]:
-        thread_id = _calls.thread_of(config)
+    def _get_call(self, config: RunnableConfig) -> _Get:
+        thread_id, ns = _calls.thread_of(config), _calls.namespace_of(config)
         refresh = self._ttl if self.refresh_ttl_on_read else 0
-        known = self._values.known(thread_id, _calls.namespace_of(config))
-        return thread_id, _calls.get(self.keys(thread_id), config, refresh, known), known
+        known = self._values.known(thread_id, ns)
+        keys = self.keys(thread_id)
+        call = _calls.get(keys, config, refresh, known)
+        newest = not _calls.checkpoint_of(config)
+        head = self._head(thread_id, ns) if newest else None
+        plain = None
+        if head is not None and not head.pending:
+            plain = _calls.newest(keys, ns, head, known, refresh)
+        return _Get(thread_id, ns, call, known, newest, head, plain)
 
-    def _tuple(
-        self, thread_id: str, reply: Any, known: dict[str, tuple[str, bytes]]
-    ) -> CheckpointTuple | None:
+    def _found(self, get: _Get, reply: Any, by_library: bool) -> CheckpointTuple | None:
+        """The tuple a get's reply holds; the newest one the library found becomes the head."""
         if reply is None:
             return None
-        return _calls.checkpoint_tuple(self.serde, thread_id, reply, known, self._values)
+        found = _calls.checkpoint_tuple(self.serde, get.thread_id, reply, get.known, self._values)
+        if by_library and get.newest:
+            parent = found.parent_config
+            self._headed(
+                get.thread_id,
+                get.ns,
+                _calls.head_of(
+                    found.checkpoint["id"],
+                    parent["configurable"]["checkpoint_id"] if parent else "",
+                    found.checkpoint["channel_versions"],
+                    bool(found.pending_writes),
+                ),
+            )
+        return found
+
+    def _head(self, thread_id: str, ns: str) -> _calls.Head | None:
+        with self._heads_lock:
+            head = self._heads.get((thread_id, ns))
+            if head is not None:
+                self._heads.move_to_end((thread_id, ns))
+            return head
+
+    def _headed(self, thread_id: str, ns: str, head: _calls.Head) -> None:
+        """Remember the newest checkpoint of a namespace, as this saver wrote or read it."""
+        with self._heads_lock:
+            self._heads[(thread_id, ns)] = head
+            self._heads.move_to_end((thread_id, ns))
+            while len(self._heads) > _HEADS_REMEMBERED:
+                self._heads.popitem(last=False)
+
+    def _plain_found(
+        self, get: _Get, replies: list[Any] | None, reply: Any
+    ) -> tuple[bool, CheckpointTuple | None]:
+        """What a plain get found: (True, the tuple), or (False, None) when its guess of the
+        newest did not hold and the library's get is to follow."""
+        if replies is None:  # its connection failed: the library's get ran in its place
+            return True, self._found(get, reply, by_library=True)
+        assert get.head is not None
+        entry = _calls.newest_entry(get.ns, get.head, get.known, replies)
+        if entry is None:
+            return False, None
+        return True, self._found(get, entry, by_library=False)
 
     @traced("pyhistory.checkpoint.get_tuple", thread=_config_thread)
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (its newest when it names no ``checkpoint_id``), with
-        its channel values and pending writes, in one round trip; None when there is none."""
-        thread_id, call, known = self._get_call(config)
+        its channel values and pending writes, in one round trip; None when there is none.
+
+        The newest checkpoint of a namespace this saver wrote or read last is read with plain
+        commands in one MULTI/EXEC (no value crosses into Lua) that also checks that it still is
+        the newest and has no pending writes; when it is not, the library's get follows (a
+        second round trip)."""
+        get = self._get_call(config)
+        if get.plain is not None:
+            client = self.redis_client
+            if plain_client(client):
+                done, found = self._plain_found(get, *run_plain_first(client, get.plain, get.call))
+                if done:
+                    return found
         # Sent as a read even when it refreshes the TTL: a TTL is not worth a WAIT.
-        return self._tuple(thread_id, self._read(call), known)
+        return self._found(get, self._read(get.call), by_library=True)
 
     @traced("pyhistory.checkpoint.get_tuple", thread=_config_thread)
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread_id, call, known = self._get_call(config)
-        return self._tuple(thread_id, await self._aread(call), known)
+        get = self._get_call(config)
+        if get.plain is not None:
+            client = await self._async_client()
+            if client is not None and plain_client(client):
+                replies, reply = await arun_plain(client, get.plain, get.call)
+                done, found = self._plain_found(get, replies, reply)
+                if done:
+                    return found
+        return self._found(get, await self._aread(get.call), by_library=True)
 
     # --- list ----------------------------------------------------------------------------------
 
@@ -431,6 +518,22 @@ class RedisSaver(BaseCheckpointSaver[str]):
             ),
         )
 
+    def _pending_at(self, config: RunnableConfig) -> None:
+        """A head with pending writes is read through the library (its get brings them)."""
+        thread_id, ns = _calls.thread_of(config), _calls.namespace_of(config)
+        head = self._head(thread_id, ns)
+        if head is not None and head.checkpoint_id == _calls.checkpoint_of(config):
+            self._headed(thread_id, ns, replace(head, pending=True))
+
+    def _headed_by_put(self, config: RunnableConfig, checkpoint: Checkpoint) -> None:
+        self._headed(
+            _calls.thread_of(config),
+            _calls.namespace_of(config),
+            _calls.head_of(
+                checkpoint["id"], _calls.checkpoint_of(config), checkpoint["channel_versions"]
+            ),
+        )
+
     def _registered(self, pair: tuple[str, str]) -> None:
         """Remember that this put's run is in the index of runs."""
         if pair[0]:
@@ -468,6 +571,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         self._write(call)
         self._registered(pair)
         self._hold(stored, call)
+        self._headed_by_put(config, checkpoint)
         return stored
 
     @traced("pyhistory.checkpoint.put", thread=_config_thread)
@@ -484,6 +588,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         await self._awrite(call)
         self._registered(pair)
         self._hold(stored, call)
+        self._headed_by_put(config, checkpoint)
         return stored
 
     def _writes_call(
@@ -520,6 +625,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
             self._write(call)
+            self._pending_at(config)
 
     @traced("pyhistory.checkpoint.put_writes", thread=_config_thread)
     async def aput_writes(
@@ -532,6 +638,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
             await self._awrite(call)
+            self._pending_at(config)
 
     # --- delete, prune, copy -------------------------------------------------------------------
 
@@ -767,3 +874,5 @@ class RedisSaver(BaseCheckpointSaver[str]):
 _MAX_TRIM = _calls.MAX_TRIM
 # How many (run, thread) registrations a saver remembers, so that it sends each once.
 _RUNS_REMEMBERED = 4096
+# How many (thread, namespace) newest checkpoints a saver remembers for its plain gets.
+_HEADS_REMEMBERED = 4096
