@@ -454,13 +454,17 @@ def test_trim_every_bounds_a_namespace_and_frees_what_it_removes(
     checkpoints, exactly 3 right after a trim, and the values and writes of the removed ones go
     (the reference counts stay exact across puts that only index)."""
     saver = RedisSaver(url, keep_last=3, trim_every=4)
+    saver.setup()
     data, index = saver.keys("t")
     parent = None
     counts = []
+    client.config_resetstat()
     for n in range(1, 20):
         parent = put(saver, "t", n, parent=parent, values={"a": f"v{n}"})
         saver.put_writes(config("t", "", parent), [("a", n)], f"task{n}")
         counts.append(client.zlexcount(index, "[c\0", "(c\0\xff"))
+    # only the puts that trim call the library; the others index themselves with plain commands
+    assert client.info("commandstats")["cmdstat_fcall"]["calls"] == 5
     assert max(counts) == 6
     assert [n for n, count in enumerate(counts, 1) if count == 3] == [3, 5, 9, 13, 17]
     fields = client.hkeys(data)

@@ -347,8 +347,8 @@ def put(
     age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them.
 
     With retention a put of plain commands ends with the library's retain, which indexes and
-    counts the checkpoint once; keep_last and the age cut go with it only when ``trim`` (else
-    it only indexes), max_bytes always."""
+    counts the checkpoint once and trims: with max_bytes on every put, with keep_last and the
+    age cut only when ``trim`` (a put that does not trim is the plain put without retention)."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
@@ -374,9 +374,10 @@ def put(
     deltas = [ch for ch in counters if ch in checkpoint["channel_versions"] and ch not in values]
     filters = filter_index(meta)
     keep_last, cut, max_bytes = retention
-    retained = bool(keep_last or cut or max_bytes)
     if not trim:
         keep_last, cut = 0, ""
+    # A put that trims nothing and counts no bytes indexes itself with plain commands.
+    retained = bool(keep_last or cut or max_bytes)
     config_out = config_for(thread_id, ns, checkpoint_id)
     if not epoch and (not deltas or parent_holders is not None):
         holders: dict[str, str] = {}
