@@ -49,7 +49,16 @@ from redis.retry import Retry
 from pyhistory import telemetry
 
 # The bound every URL-built client keeps (pyhistory._limits), importable from here too.
-from pyhistory._limits import COMMAND_TIMEOUT, CONNECT_TIMEOUT, RETRY_WINDOW, first_attempt, once
+from pyhistory._limits import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    RETRY_WINDOW,
+    checked_out,
+    close_window,
+    once,
+    opening_window,
+    pool_wait,
+)
 from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
 from pyhistory._version import VERSION
 from pyhistory.errors import InvalidArgumentError, translate
@@ -79,16 +88,19 @@ class _BoundedRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        started = first_attempt()
+        started, window = opening_window()
         failures = 0
-        while True:
-            try:
-                return do()
-            except _RETRIED as error:
-                failures += 1
-                _failed(fail, error, failures, with_failure_count)
-                pause = _pause(self, error, failures, started, is_retryable)
-                time.sleep(pause)
+        try:
+            while True:
+                try:
+                    return do()
+                except _RETRIED as error:
+                    failures += 1
+                    _failed(fail, error, failures, with_failure_count)
+                    pause = _pause(self, error, failures, started, is_retryable)
+                    time.sleep(pause)
+        finally:
+            close_window(window)
 
 
 class _AsyncBoundedRetry(AsyncRetry):
@@ -104,20 +116,23 @@ class _AsyncBoundedRetry(AsyncRetry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        started = first_attempt()
+        started, window = opening_window()
         failures = 0
-        while True:
-            try:
-                return await do()
-            except _RETRIED as error:
-                failures += 1
-                outcome = _failed(fail, error, failures, with_failure_count)
-                if inspect.isawaitable(outcome):
-                    await outcome
-                if once():  # a flight that must not be sent again as it is
-                    raise
-                pause = _pause(self, error, failures, started, is_retryable)
-                await asyncio.sleep(pause)
+        try:
+            while True:
+                try:
+                    return await do()
+                except _RETRIED as error:
+                    failures += 1
+                    outcome = _failed(fail, error, failures, with_failure_count)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                    if once():  # a flight that must not be sent again as it is
+                        raise
+                    pause = _pause(self, error, failures, started, is_retryable)
+                    await asyncio.sleep(pause)
+        finally:
+            close_window(window)
 
 
 def _failed(fail: Callable[..., Any], error: Exception, failures: int, count: bool) -> Any:
@@ -265,6 +280,50 @@ def _packing(connection_class: type[Any]) -> type[Any]:
 MAX_CONNECTIONS = 100
 
 
+class _WindowedWait:
+    """For the blocking pools of URL-built clients: a wait for a free connection counts toward
+    the call's retry window and ends with it (pyhistory._limits.pool_wait, checked_out). Without
+    this, an attempt that started late in the window could wait out the pool's timeout and then
+    a read timeout (a hung server: calls succeeded 12 s in, past the 10 s bound), and a checkout
+    made by redis-py before its retry policy runs would not count at all. The pools read
+    ``timeout`` once per checkout (redis-py's BlockingConnectionPool, sync and asyncio);
+    tests/test_failures.py fails when a call outlives the bound."""
+
+    _wait: float | None = None
+
+    @property
+    def timeout(self) -> float | None:
+        return pool_wait(self._wait)
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._wait = value
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        waited_from = time.monotonic()
+        connection = super().get_connection(*args, **kwargs)  # type: ignore[misc]
+        checked_out(waited_from)
+        return connection
+
+
+class _AsyncWindowedWait(_WindowedWait):
+    """The asyncio twin of :class:`_WindowedWait`."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        waited_from = time.monotonic()
+        connection = await super(_WindowedWait, self).get_connection(*args, **kwargs)  # type: ignore[misc]
+        checked_out(waited_from)
+        return connection
+
+
+class _BlockingPool(_WindowedWait, redis.BlockingConnectionPool):
+    pass
+
+
+class _AsyncBlockingPool(_AsyncWindowedWait, redis.asyncio.BlockingConnectionPool):
+    pass
+
+
 def _pool(asyncio_client: bool) -> dict[str, Any]:
     return {
         **_options(asyncio_client),
@@ -387,7 +446,9 @@ class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connec
     pass
 
 
-class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+class _BlockingSentinelPool(
+    _WindowedWait, redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool
+):
     """The pool of the primary Sentinel names, capped as the other URL forms' pools are: a call
     that finds every connection busy waits for one."""
 
@@ -407,7 +468,9 @@ _BLOCKING_DISCONNECT_TAKES_FLAG = (
 
 
 class _AsyncBlockingSentinelPool(
-    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+    _AsyncWindowedWait,
+    redis.asyncio.sentinel.SentinelConnectionPool,
+    redis.asyncio.BlockingConnectionPool,
 ):
     """The asyncio twin of _BlockingSentinelPool."""
 
@@ -588,7 +651,7 @@ def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
         return _sentinel_master(url)
     if cluster or _is_cluster.get(url):
         return _sync_cluster(url, read_from_replicas)
-    pool = redis.BlockingConnectionPool.from_url(url, **_pool(False))
+    pool = _BlockingPool.from_url(url, **_pool(False))
     _pack_sync(pool)
     client = redis.Redis.from_pool(pool)
     if url not in _is_cluster:
@@ -612,7 +675,7 @@ async def _new_async(
         return master
     if cluster or _is_cluster.get(url):
         return await _async_cluster(url, read_from_replicas)
-    pool = redis.asyncio.BlockingConnectionPool.from_url(url, **_pool(True))
+    pool = _AsyncBlockingPool.from_url(url, **_pool(True))
     pool.connection_class = _packing(pool.connection_class)
     client = redis.asyncio.Redis.from_pool(pool)
     if url not in _is_cluster:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from redis.exceptions import ConnectionError, TimeoutError
 
@@ -19,7 +19,9 @@ COMMAND_TIMEOUT = 4.0
 # stays down is reported.
 RETRY_WINDOW = 6.0
 # The longest a call on a URL-built client can take before it raises: the last attempt starts
-# within the window and then waits at most one read timeout.
+# within the window and then waits at most one read timeout. Waits for a free pooled connection
+# and redis-py's reconnects (retried under the same policy) count toward the window and end
+# with it (see :func:`pool_wait`, :func:`opening_window`).
 FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
 
 # What a write sent once (outside the client's retry policy) fails with when its outcome is
@@ -28,15 +30,68 @@ FAILURE_BOUND = RETRY_WINDOW + COMMAND_TIMEOUT
 SEND_FAILURES = (ConnectionError, TimeoutError, OSError)
 
 # When the first attempt of the call now running started, when a call already tried once
-# outside the client's retry policy (a plain append: pyhistory.functions.run_plain_first). The
-# retry policy of URL-built clients counts its window from there, so the bound still holds.
+# outside the client's retry policy (a plain append: pyhistory.functions.run_plain_first), or
+# when the retry policy of a URL-built client is running. That policy counts its window from
+# there, and a wait for a free pooled connection made inside it ends with the window (see
+# :func:`pool_wait`), so the bound still holds.
 _FIRST_ATTEMPT: ContextVar[float | None] = ContextVar("pyhistory_first_attempt", default=None)
+
+# redis-py's own execute paths (a command, a pipeline) take a pooled connection and only then
+# run the retry policy. The pools of URL-built clients note here when such a checkout began to
+# wait and when it ended, and the retry policy that follows counts its window from that wait.
+_CHECKOUT: ContextVar[tuple[float, float] | None] = ContextVar("pyhistory_checkout", default=None)
+# A checkout that ended longer ago than this (seconds) did not precede the retry policy now
+# starting (its caller failed in between): its wait is not counted.
+_CHECKOUT_FRESH = 0.5
 
 
 def first_attempt() -> float:
     """When the current call's first attempt started: now, unless :func:`attempts_since` says."""
     started = _FIRST_ATTEMPT.get()
     return time.monotonic() if started is None else started
+
+
+def opening_window() -> tuple[float, Token[float | None]]:
+    """For a retry policy starting: when its window opened (the call's first attempt, or the
+    wait of the pool checkout just before it, or now), and the token that closes it
+    (:func:`close_window`). Within, pool waits end with the window."""
+    started = _FIRST_ATTEMPT.get()
+    if started is None:
+        started = time.monotonic()
+        checkout = _CHECKOUT.get()
+        if checkout is not None:
+            _CHECKOUT.set(None)
+            waited_from, taken = checkout
+            if started - taken < _CHECKOUT_FRESH:
+                started = waited_from
+    return started, _FIRST_ATTEMPT.set(started)
+
+
+def close_window(token: Token[float | None]) -> None:
+    _FIRST_ATTEMPT.reset(token)
+
+
+def pool_wait(configured: float | None) -> float | None:
+    """How long a checkout may wait for a free pooled connection: the pool's own timeout, and
+    within a retry window no later than its end (an attempt starts within the window, and then
+    waits at most one read timeout)."""
+    started = _FIRST_ATTEMPT.get()
+    if started is None or configured is None:
+        return configured
+    return max(0.0, min(configured, started + RETRY_WINDOW - time.monotonic()))
+
+
+def checked_out(waited_from: float) -> None:
+    """A pool's checkout that began to wait at ``waited_from`` got its connection; outside a
+    retry window (redis-py's own execute paths), the retry policy that follows counts from it."""
+    if _FIRST_ATTEMPT.get() is None:
+        _CHECKOUT.set((waited_from, time.monotonic()))
+
+
+def checkout_used() -> None:
+    """A connection checked out outside a retry policy was used without one (a transaction sent
+    once): its wait is not counted by the next call's window."""
+    _CHECKOUT.set(None)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,8 @@ from typing import Any
 import redis.asyncio
 from redis.exceptions import ResponseError, TimeoutError
 
+from pyhistory._limits import checkout_used
+
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timer
 
@@ -79,6 +81,7 @@ async def awrite_once(client: redis.asyncio.Redis, commands: list[tuple[Any, ...
     connection = None
     try:
         connection = await pool.get_connection()
+        checkout_used()
         await connection.send_packed_command(connection.pack_commands(commands))
         replies = await read_replies(connection, len(commands))
     except BaseException:

@@ -40,7 +40,7 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from pyhistory import telemetry
 from pyhistory._coalesce import Transaction, coalescer, lean
 from pyhistory._library import Call, Library
-from pyhistory._limits import RETRY_WINDOW, SEND_FAILURES, attempts_since
+from pyhistory._limits import RETRY_WINDOW, SEND_FAILURES, attempts_since, checkout_used
 from pyhistory._wire import awrite_once
 from pyhistory.errors import FunctionsNotLoadedError, ReplicationError, translate
 
@@ -375,6 +375,7 @@ def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[An
     connection = None
     try:
         connection = pool.get_connection()
+        checkout_used()
         connection.send_packed_command(connection.pack_commands(commands))
         replies = _read_replies(len(commands), connection.read_response)
     except BaseException:

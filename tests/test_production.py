@@ -6,8 +6,10 @@ clients of closed event loops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +32,7 @@ from langchain_community.chat_message_histories import (
 from langchain_core.messages import AIMessage, HumanMessage
 
 import pyhistory
-from pyhistory import RedisChatMessageHistory, _clients, testing
+from pyhistory import RedisChatMessageHistory, _clients, _limits, testing
 from pyhistory.cli import main as cli_main
 
 # --- behaviour of langchain_community's class ----------------------------------------------
@@ -306,6 +308,77 @@ def test_a_hung_server_is_a_typed_error_within_the_bound(
     assert took <= BOUND_AS_MEASURED and atook <= BOUND_AS_MEASURED
     os.kill(paused.pid, signal.SIGCONT)
     assert len(history.messages) >= 2  # and it recovers on its own
+
+
+@contextlib.contextmanager
+def _hung_with_its_accept_queue_full(hung: testing.LocalServer) -> Iterator[None]:
+    """The server stopped (SIGSTOP) and its accept queue (``--tcp-backlog 1``) filled: a new
+    connect gets no answer and waits out its connect timeout."""
+    hung.pause()
+    waiting = []
+    try:
+        for _ in range(8):
+            sock = socket.socket()
+            waiting.append(sock)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", hung.port))
+        time.sleep(0.3)
+        yield
+    finally:
+        hung.resume()
+        for sock in waiting:
+            sock.close()
+
+
+def test_a_reconnect_inside_a_call_keeps_the_calls_window(server: Server) -> None:
+    """A hung server whose accept queue is full: the call's read times out (4 s), then each
+    reconnect waits out its connect timeout. redis-py retries a connect under the connection's
+    retry policy, inside the call's own retry: that inner retry counts from the call's first
+    attempt, so no attempt starts after the window and the call fails within one connect timeout
+    of it. (When the inner retry opened a window of its own, this took 10.4 s.)"""
+    if server.local is None:
+        pytest.skip("needs a server process started by the tests")
+    bound = _clients.RETRY_WINDOW + _clients.CONNECT_TIMEOUT + 1.0
+    with testing.start_server(server.kind, args=["--tcp-backlog", "1"]) as hung:
+        history = RedisChatMessageHistory("s", url=hung.url, ttl=60)
+        history.add_messages(turn(1))  # connected, functions loaded
+        with _hung_with_its_accept_queue_full(hung):
+            error, took = timed(lambda: history.messages)
+        assert isinstance(error, pyhistory.ServerTimeoutError | pyhistory.ServerConnectionError)
+
+        async def read_when_hung() -> tuple[BaseException, float]:
+            await history.aadd_messages(turn(2))  # this loop's client, connected
+            with _hung_with_its_accept_queue_full(hung):
+                started = time.monotonic()
+                try:
+                    await history.aget_messages()
+                except BaseException as error:
+                    return error, time.monotonic() - started
+            pytest.fail("the read should have failed")
+
+        aerror, atook = asyncio.run(read_when_hung())
+        assert isinstance(aerror, pyhistory.ServerTimeoutError | pyhistory.ServerConnectionError)
+        print(f"hung, accept queue full: sync {took:.2f} s, asyncio {atook:.2f} s")
+        assert took <= bound and atook <= bound
+
+
+def test_a_wait_for_a_free_connection_ends_with_the_window(url: str) -> None:
+    """Every connection of a URL-built client's pool is busy: a checkout within a call's retry
+    window waits no longer than the window has left (the pool's own timeout, 4 s, outside one),
+    so an attempt that starts late in the window still fails within the bound."""
+    pool = _clients.sync_client(url).connection_pool
+    assert pool.timeout == _clients.COMMAND_TIMEOUT
+    busy = [pool.get_connection() for _ in range(_clients.MAX_CONNECTIONS)]
+    try:
+        with _limits.attempts_since(time.monotonic() - (_clients.RETRY_WINDOW - 0.5)):
+            error, took = timed(pool.get_connection)
+    finally:
+        for connection in busy:
+            pool.release(connection)
+    assert isinstance(error, redis.exceptions.ConnectionError)
+    assert took < 1.5
+    assert pool.timeout == _clients.COMMAND_TIMEOUT
 
 
 def test_a_wrong_password_is_not_retried(server: Server, client: redis.Redis) -> None:
