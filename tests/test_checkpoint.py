@@ -724,7 +724,7 @@ def test_a_walk_cache_is_bounded() -> None:
     held = _calls.HeldWalk((("a", 1),), {"items": b"x" * 100}, {"items": (b"w" * 100,)})
     for i in range(100):
         walks.hold((f"t{i}", "", ("items",)), held)
-    assert walks._bytes <= 4000
+    assert walks.held_bytes <= 4000
     assert walks.get(("t99", "", ("items",))) is held
     assert walks.get(("t0", "", ("items",))) is None
     walks.hold(("t99", "", ("items",)), None)

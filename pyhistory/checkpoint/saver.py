@@ -448,9 +448,10 @@ class RedisSaver(BaseCheckpointSaver[str]):
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
-    ) -> tuple[Call, RunnableConfig, Call | None, tuple[str, str]]:
+    ) -> tuple[Call, RunnableConfig, Call | None, tuple[str, str], _calls.Head]:
         """The put, the config it returns, on a cluster the run's registration to send before it
-        (elsewhere it rides in the put's own transaction), and (run id, thread id)."""
+        (elsewhere it rides in the put's own transaction), (run id, thread id), and the
+        checkpoint as its namespace's newest."""
         thread_id = _calls.thread_of(config)
         thread_keys = self.keys(thread_id)
         retention = (
@@ -460,7 +461,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         )
         ns, parent = _calls.namespace_of(config), _calls.checkpoint_of(config)
         trim = self._trim_due(thread_id, ns)
-        call, stored, run_id, holders = _calls.put(
+        call, stored, run_id, holders, head = _calls.put(
             self.serde,
             thread_keys,
             self._ttl,
@@ -479,12 +480,13 @@ class RedisSaver(BaseCheckpointSaver[str]):
                 self._holders.popitem(last=False)
         pair = (run_id, thread_id)
         if not run_id or pair in self._runs:
-            return call, stored, None, pair
+            return call, stored, None, pair, head
         register = _calls.register_run(self.key_prefix, run_id, thread_id, self._ttl)
         if self._on_cluster():
-            return call, stored, _calls.alone(register), pair
+            return call, stored, _calls.alone(register), pair, head
         again = call.again and replace(call.again, before=(*call.again.before, *register))
-        return replace(call, before=(*call.before, *register), again=again), stored, None, pair
+        call = replace(call, before=(*call.before, *register), again=again)
+        return call, stored, None, pair, head
 
     def _trim_due(self, thread_id: str, ns: str) -> bool:
         """Whether this put applies keep_last/max_age: on the first put to a namespace this saver
@@ -525,15 +527,6 @@ class RedisSaver(BaseCheckpointSaver[str]):
         if head is not None and head.checkpoint_id == _calls.checkpoint_of(config):
             self._headed(thread_id, ns, replace(head, pending=True))
 
-    def _headed_by_put(self, config: RunnableConfig, checkpoint: Checkpoint) -> None:
-        self._headed(
-            _calls.thread_of(config),
-            _calls.namespace_of(config),
-            _calls.head_of(
-                checkpoint["id"], _calls.checkpoint_of(config), checkpoint["channel_versions"]
-            ),
-        )
-
     def _registered(self, pair: tuple[str, str]) -> None:
         """Remember that this put's run is in the index of runs."""
         if pair[0]:
@@ -565,13 +558,15 @@ class RedisSaver(BaseCheckpointSaver[str]):
         claimed epoch (:meth:`claim_write_ownership`) a superseded one raises
         ``StaleOwnerError`` and nothing is stored. On a cluster the first checkpoint of a run
         in a thread also registers the run (one SADD on the run's node) for delete_for_runs."""
-        call, stored, register, pair = self._put_call(config, checkpoint, metadata, new_versions)
+        call, stored, register, pair, head = self._put_call(
+            config, checkpoint, metadata, new_versions
+        )
         if register is not None:
             self._write(register)
         self._write(call)
         self._registered(pair)
         self._hold(stored, call)
-        self._headed_by_put(config, checkpoint)
+        self._headed(pair[1], _calls.namespace_of(config), head)
         return stored
 
     @traced("pyhistory.checkpoint.put", thread=_config_thread)
@@ -582,13 +577,15 @@ class RedisSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        call, stored, register, pair = self._put_call(config, checkpoint, metadata, new_versions)
+        call, stored, register, pair, head = self._put_call(
+            config, checkpoint, metadata, new_versions
+        )
         if register is not None:
             await self._awrite(register)
         await self._awrite(call)
         self._registered(pair)
         self._hold(stored, call)
-        self._headed_by_put(config, checkpoint)
+        self._headed(pair[1], _calls.namespace_of(config), head)
         return stored
 
     def _writes_call(
