@@ -43,6 +43,9 @@ _CHECKOUT: ContextVar[tuple[float, float] | None] = ContextVar("pyhistory_checko
 # A checkout that ended longer ago than this (seconds) did not precede the retry policy now
 # starting (its caller failed in between): its wait is not counted.
 _CHECKOUT_FRESH = 0.5
+# Only a checkout that waited longer than this (seconds) is noted: a shorter wait changes no
+# window, and a checkout that finds a free connection costs no more than it did.
+_CHECKOUT_NOTED = 0.01
 
 
 def first_attempt() -> float:
@@ -83,15 +86,18 @@ def pool_wait(configured: float | None) -> float | None:
 
 def checked_out(waited_from: float) -> None:
     """A pool's checkout that began to wait at ``waited_from`` got its connection; outside a
-    retry window (redis-py's own execute paths), the retry policy that follows counts from it."""
-    if _FIRST_ATTEMPT.get() is None:
-        _CHECKOUT.set((waited_from, time.monotonic()))
+    retry window (redis-py's own execute paths), the retry policy that follows counts from it
+    when it waited long enough to matter."""
+    now = time.monotonic()
+    if now - waited_from > _CHECKOUT_NOTED and _FIRST_ATTEMPT.get() is None:
+        _CHECKOUT.set((waited_from, now))
 
 
 def checkout_used() -> None:
     """A connection checked out outside a retry policy was used without one (a transaction sent
     once): its wait is not counted by the next call's window."""
-    _CHECKOUT.set(None)
+    if _CHECKOUT.get() is not None:
+        _CHECKOUT.set(None)
 
 
 @contextlib.contextmanager

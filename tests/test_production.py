@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -379,6 +380,28 @@ def test_a_wait_for_a_free_connection_ends_with_the_window(url: str) -> None:
     assert isinstance(error, redis.exceptions.ConnectionError)
     assert took < 1.5
     assert pool.timeout == _clients.COMMAND_TIMEOUT
+
+
+def test_a_wait_for_a_free_connection_before_the_retry_policy_counts_toward_its_window(
+    url: str,
+) -> None:
+    """redis-py's own execute paths take a pooled connection and then run the retry policy: a
+    checkout that waited opens that policy's window at the start of its wait."""
+    pool = _clients.sync_client(url).connection_pool
+    busy = [pool.get_connection() for _ in range(_clients.MAX_CONNECTIONS)]
+    threading.Timer(0.5, pool.release, (busy.pop(),)).start()
+    try:
+        waited_from = time.monotonic()
+        busy.append(pool.get_connection())
+        started, window = _limits.opening_window()
+        _limits.close_window(window)
+        assert started <= waited_from + 0.01  # not the moment the retry policy began
+        started, window = _limits.opening_window()  # a stamp is used once
+        _limits.close_window(window)
+        assert started >= waited_from + 0.4
+    finally:
+        for connection in busy:
+            pool.release(connection)
 
 
 def test_a_wrong_password_is_not_retried(server: Server, client: redis.Redis) -> None:
