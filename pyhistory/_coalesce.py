@@ -5,7 +5,7 @@ Sent one by one, each pays for a pool checkout, a write, a read timeout and a re
 server wakes up for each. Here the commands that tasks issue before the event loop next runs its
 callbacks are written together on one pooled connection, as a non-transactional pipeline of
 redis-py's would send them, and each task gets its own reply (or its own error reply) back, parsed
-by the client's response callbacks. A lone command is sent as it is. Nothing changes for the
+by the client's response callbacks. A lone command is a flight of one. Nothing changes for the
 caller: the same commands, the same replies, the same retry policy (the flight runs under the
 client's own ``Retry``) and read timeouts (pyhistory._wire: one timer per flight), one round
 trip.
@@ -82,8 +82,14 @@ class Coalescer:
         self._alone += 1
         try:
             if not isinstance(item, Transaction):
-                return await self._client.execute_command(*item)
-            # A flight of one, flown by its caller: sent once, then again as its fallback.
+                # A flight of one, flown by its caller (pyhistory._wire: one timer for its write
+                # and its reply, where redis-py's execute_command arms two and, before Python
+                # 3.12, runs the write as a task of its own).
+                reply = (await self._flight([item], plain=False))[0]
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
+            # Sent once, then again as its fallback.
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             await self._fly([(item, future)])
             return future.result()
@@ -123,16 +129,12 @@ class Coalescer:
             if any(isinstance(item, Transaction) for item, _ in batch):
                 try:
                     with sending_once():
-                        replies = await self._flight(batch, plain=True)
+                        replies = await self._flight([item for item, _ in batch], plain=True)
                 except SEND_FAILURES:
                     with attempts_since(started):
-                        replies = await self._flight(batch, plain=False)
-            elif len(batch) == 1:
-                args, future = batch[0]
-                assert isinstance(args, tuple)
-                replies = [await self._client.execute_command(*args)]
+                        replies = await self._flight([item for item, _ in batch], plain=False)
             else:
-                replies = await self._flight(batch, plain=False)
+                replies = await self._flight([item for item, _ in batch], plain=False)
         except asyncio.CancelledError:  # the loop is shutting down
             for _, future in batch:
                 future.cancel()
@@ -152,14 +154,14 @@ class Coalescer:
             else:
                 future.set_result(reply)
 
-    async def _flight(self, batch: _Pending, plain: bool) -> list[Any]:
+    async def _flight(self, items: list[_Item], plain: bool) -> list[Any]:
         """The batch's commands in one flight, as a non-transactional pipeline of redis-py's
         sends them (under the client's retry policy, each reply parsed by the client's response
         callbacks, an error reply in place) but with replies read under one timer
         (pyhistory._wire): each item's reply (a transaction's: its commands' replies, unparsed,
         and None when ``plain``, else None and its fallback's)."""
         commands: list[tuple[Any, ...]] = []
-        for item, _ in batch:
+        for item in items:
             if not isinstance(item, Transaction):
                 commands.append(item)
             elif plain:
@@ -175,7 +177,7 @@ class Coalescer:
         callbacks = client.response_callbacks
         replies: list[Any] = []
         at = 0
-        for item, _ in batch:
+        for item in items:
             if not isinstance(item, Transaction):
                 reply = flat[at]
                 callback = callbacks.get(item[0])

@@ -17,7 +17,7 @@ import redis.asyncio.connection
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pyhistory import _clients
+from pyhistory import _clients, testing
 from pyhistory._coalesce import coalescer
 from pyhistory._wire import awrite_once
 from pyhistory.functions import _write_once
@@ -236,3 +236,47 @@ async def test_a_flight_parses_replies_as_a_command_sent_alone(
     await first
     assert together == alone
     assert alone[:2] == [True, True] and alone[3] == {b"a": b"1"}
+
+
+async def test_a_flight_writes_without_a_task_of_its_own(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py bounds a write with ``asyncio.wait_for`` when the connection has a socket
+    timeout (before Python 3.12 a task and two loop passes per write); a flight writes with no
+    socket timeout on its connection, under its own timer, and gives the timeout back."""
+    app = await _clients.async_client(url)
+    assert isinstance(app, redis.asyncio.Redis)
+    assert await app.ping()
+
+    def no_wait_for(awaitable: Any, *args: Any, **kwargs: Any) -> Any:
+        awaitable.close()
+        raise AssertionError("a write under asyncio.wait_for")
+
+    monkeypatch.setattr(asyncio, "wait_for", no_wait_for)
+    assert await awrite_once(app, [("PING",), ("ECHO", "x")]) == [b"PONG", b"x"]
+    assert await coalescer(app).call(("ECHO", "alone")) == b"alone"
+    pool = app.connection_pool
+    connection = await pool.get_connection()
+    try:
+        assert connection.socket_timeout == _clients.COMMAND_TIMEOUT
+    finally:
+        await pool.release(connection)
+    with pytest.raises(AssertionError, match="wait_for"):
+        await app.execute_command("PING")  # what redis-py's own write does
+
+
+async def test_a_write_that_cannot_finish_times_out(local_server: testing.LocalServer) -> None:
+    """A stopped server reads nothing: a value larger than the socket buffers cannot be written,
+    and the flight's timer ends the write within the read timeout."""
+    app = await _clients.async_client(f"{local_server.url}?socket_timeout=0.5")
+    assert isinstance(app, redis.asyncio.Redis)
+    assert await app.ping()
+    local_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="Timeout writing to"):
+            await awrite_once(app, [("SET", "big", b"x" * (64 << 20))])
+        assert time.monotonic() - started < 1.5
+    finally:
+        local_server.resume()
+    assert await app.ping()
