@@ -7,8 +7,7 @@ every write with ``asyncio.wait_for`` (see :func:`_send`). The replies of one fl
 together, so here one timer serves a flight, its write included: the write and the first reply
 come within the read timeout, each later reply within it of the one before (less at most
 ``WAITED``), and what does not is a ``TimeoutError`` that closes the connection, as redis-py has
-it. tests/test_wire.py fails when
-redis-py changes what this relies on."""
+it. tests/test_wire.py fails when redis-py changes what this relies on."""
 
 from __future__ import annotations
 

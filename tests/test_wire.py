@@ -2,7 +2,8 @@
 flights read their replies under one timer (pyhistory._wire). These fail when redis-py changes
 what either relies on: the asyncio connection's ``pack_command``, the pool's
 ``connection_class``, the sync connection's ``command_packer``,
-``read_response(timeout=math.inf)``, the client's ``get_retry`` and ``response_callbacks``."""
+``read_response(timeout=math.inf)``, a write without ``asyncio.wait_for`` on a connection whose
+``socket_timeout`` is None, the client's ``get_retry`` and ``response_callbacks``."""
 
 from __future__ import annotations
 
