@@ -287,7 +287,7 @@ class _WindowedWait:
     a read timeout (a hung server: calls succeeded 12 s in, past the 10 s bound), and a checkout
     made by redis-py before its retry policy runs would not count at all. The pools read
     ``timeout`` once per checkout (redis-py's BlockingConnectionPool, sync and asyncio);
-    tests/test_failures.py fails when a call outlives the bound."""
+    tests/test_production.py fails when a call outlives the bound."""
 
     _wait: float | None = None
 

@@ -48,12 +48,6 @@ _CHECKOUT_FRESH = 0.5
 _CHECKOUT_NOTED = 0.01
 
 
-def first_attempt() -> float:
-    """When the current call's first attempt started: now, unless :func:`attempts_since` says."""
-    started = _FIRST_ATTEMPT.get()
-    return time.monotonic() if started is None else started
-
-
 def opening_window() -> tuple[float, Token[float | None]]:
     """For a retry policy starting: when its window opened (the call's first attempt, or the
     wait of the pool checkout just before it, or now), and the token that closes it
