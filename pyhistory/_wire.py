@@ -35,6 +35,11 @@ else:  # redis-py's dependency there; async-timeout 4 has update() but no resche
         timer.update(deadline)
 
 
+def deadline_timer(delay: float | None) -> Any:
+    """``async with deadline_timer(delay)``: asyncio's timeout, async-timeout's before 3.11."""
+    return _timer(delay)
+
+
 # A reply that came this much later than the timer was last moved (seconds) had to be waited for:
 # the timer moves, so the next reply gets the whole read timeout. Buffered replies come
 # microseconds apart and leave it alone.

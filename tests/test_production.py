@@ -404,6 +404,46 @@ def test_a_wait_for_a_free_connection_before_the_retry_policy_counts_toward_its_
             pool.release(connection)
 
 
+async def test_an_asyncio_checkout_waits_its_turn_for_a_free_connection(url: str) -> None:
+    """The asyncio pool of URL-built clients at its cap: checkouts wait first come first served,
+    a release wakes the oldest, a waiter woken and then cancelled passes its turn on, and a wait
+    ends with its timeout (or the call's window) as redis-py's blocking pool's does."""
+    options = {**_clients._pool(True), "max_connections": 2}
+    pool = _clients._AsyncBlockingPool.from_url(url, **options)
+    try:
+        busy = [await pool.get_connection() for _ in range(2)]
+        order: list[int] = []
+
+        async def checkout(i: int) -> Any:
+            connection = await pool.get_connection()
+            order.append(i)
+            return connection
+
+        waiters = [asyncio.ensure_future(checkout(i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert not any(waiter.done() for waiter in waiters)
+        await pool.release(busy.pop())
+        waiters[0].cancel()  # woken by that release, cancelled before it ran
+        busy.append(await waiters[1])
+        await pool.release(busy.pop())
+        busy.append(await waiters[2])
+        assert order == [1, 2]
+        assert waiters[0].cancelled()
+
+        started = time.monotonic()
+        with (
+            _limits.attempts_since(started - (_clients.RETRY_WINDOW - 0.3)),
+            pytest.raises(redis.exceptions.ConnectionError, match="No connection available"),
+        ):
+            await pool.get_connection()
+        assert time.monotonic() - started < 1.0
+        for connection in busy:
+            await pool.release(connection)
+        assert len({id(await pool.get_connection()) for _ in range(2)}) == 2  # nothing leaked
+    finally:
+        await pool.disconnect()
+
+
 def test_a_wrong_password_is_not_retried(server: Server, client: redis.Redis) -> None:
     if server.local is None:
         pytest.skip("needs a server process started by the tests")
@@ -677,7 +717,7 @@ async def test_more_concurrent_calls_than_connections_wait_for_one(
     opened = int(client.info("stats")["total_connections_received"]) - before - 1  # - INFO's
     assert opened <= _clients.MAX_CONNECTIONS
     pool = (await _clients.async_client(url)).connection_pool
-    assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
+    assert isinstance(pool, _clients._AsyncBlockingPool)
     assert pool.max_connections == _clients.MAX_CONNECTIONS
     sync_pool = _clients.sync_client(url).connection_pool
     assert isinstance(sync_pool, redis.BlockingConnectionPool)
