@@ -282,14 +282,14 @@ class DecodedCache:
     def get(self, entry: bytes | str) -> BaseMessage | None:
         """A message the caller owns, equal to what ``entry`` decodes to; None when not cached."""
         recipe = self._recipes.get(entry)
-        return None if recipe is None else recipe.build()
+        return None if recipe is None else _build(recipe)
 
     def put(self, entry: bytes | str, message: BaseMessage) -> None:
         """Remember what ``entry`` decodes to (a private copy of ``message``)."""
         size = len(entry)
         if size > self.max_entry_bytes:
             return
-        recipe = _Recipe(message)
+        recipe = _recipe(message)
         with self._lock:
             if entry in self._recipes:
                 return
@@ -321,43 +321,74 @@ def _dup(value: Any) -> Any:
 
 _set = object.__setattr__
 
+# The message classes recipes were taken from; a recipe names its class by its index here.
+_CLASSES: list[type[BaseMessage]] = []
 
-class _Recipe:
-    """How to build a message equal to a decoded one, sharing nothing mutable with it: its
-    class, its field values (copied once, here), which of them are mutable, and pydantic's
-    bookkeeping (the fields set, extra fields), as ``model_construct`` sets them up."""
+# How to build a message equal to a decoded one, sharing nothing mutable with it, as
+# ``model_construct`` sets one up: its class (an index into _CLASSES), its field values (copied
+# once; None in place of the empty dicts and lists, made anew by each build), the names of those
+# empty dicts and lists and of the fields whose values are copied by each build, the fields set,
+# and the extra and private attributes. A plain tuple of plain values, so that the garbage
+# collector stops tracking it (and its dict of fields) once it has seen it: a cache of thousands
+# of recipes adds nothing to the full collections that pause the process.
+_Recipe = tuple[
+    int,
+    dict[str, Any],
+    tuple[str, ...],
+    tuple[str, ...],
+    tuple[str, ...],
+    tuple[str, ...],
+    "dict[str, Any] | None",
+    "dict[str, Any] | None",
+]
 
-    __slots__ = ("cls", "dicts", "extra", "fields", "fields_set", "lists", "mutable", "private")
 
-    def __init__(self, message: BaseMessage) -> None:
-        self.cls = type(message)
-        self.fields = {k: _dup(v) for k, v in message.__dict__.items()}
-        # Most messages' dicts and lists are empty (additional_kwargs, tool_calls, ...): those
-        # are made anew without a copy; the others are copied, to any depth.
-        kinds = {k: type(v) for k, v in self.fields.items() if type(v) in (dict, list)}
-        self.dicts = tuple(k for k, t in kinds.items() if t is dict and not self.fields[k])
-        self.lists = tuple(k for k, t in kinds.items() if t is list and not self.fields[k])
-        self.mutable = tuple(k for k in kinds if self.fields[k])
-        self.fields_set = frozenset(message.__pydantic_fields_set__)
-        extra = message.__pydantic_extra__
-        self.extra = None if extra is None else _dup(extra)
-        private = message.__pydantic_private__
-        self.private = None if private is None else _dup(private)
+def _recipe(message: BaseMessage) -> _Recipe:
+    cls = type(message)
+    try:
+        index = _CLASSES.index(cls)
+    except ValueError:
+        _CLASSES.append(cls)
+        index = len(_CLASSES) - 1
+    fields = {k: _dup(v) for k, v in message.__dict__.items()}
+    # Most messages' dicts and lists are empty (additional_kwargs, tool_calls, ...): those are
+    # made anew without a copy; the others are copied, to any depth.
+    kinds = {k: type(v) for k, v in fields.items() if type(v) in (dict, list)}
+    dicts = tuple(k for k, t in kinds.items() if t is dict and not fields[k])
+    lists = tuple(k for k, t in kinds.items() if t is list and not fields[k])
+    mutable = tuple(k for k in kinds if fields[k])
+    for name in dicts + lists:
+        fields[name] = None
+    extra = message.__pydantic_extra__
+    private = message.__pydantic_private__
+    return (
+        index,
+        fields,
+        dicts,
+        lists,
+        mutable,
+        tuple(message.__pydantic_fields_set__),
+        None if extra is None else _dup(extra),
+        None if private is None else _dup(private),
+    )
 
-    def build(self) -> BaseMessage:
-        fields = self.fields.copy()
-        for name in self.dicts:
-            fields[name] = {}
-        for name in self.lists:
-            fields[name] = []
-        for name in self.mutable:
-            fields[name] = _dup(fields[name])
-        message = self.cls.__new__(self.cls)
-        _set(message, "__dict__", fields)
-        _set(message, "__pydantic_fields_set__", set(self.fields_set))
-        _set(message, "__pydantic_extra__", None if self.extra is None else _dup(self.extra))
-        _set(message, "__pydantic_private__", None if self.private is None else _dup(self.private))
-        return message
+
+def _build(recipe: _Recipe) -> BaseMessage:
+    index, fields, dicts, lists, mutable, fields_set, extra, private = recipe
+    fields = fields.copy()
+    for name in dicts:
+        fields[name] = {}
+    for name in lists:
+        fields[name] = []
+    for name in mutable:
+        fields[name] = _dup(fields[name])
+    cls = _CLASSES[index]
+    message = cls.__new__(cls)
+    _set(message, "__dict__", fields)
+    _set(message, "__pydantic_fields_set__", set(fields_set))
+    _set(message, "__pydantic_extra__", None if extra is None else _dup(extra))
+    _set(message, "__pydantic_private__", None if private is None else _dup(private))
+    return message
 
 
 # The process's decoded messages: shared by every history, since equal bytes decode to equal

@@ -3,6 +3,7 @@ equals what LangChain itself decodes from the same bytes."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import redis
@@ -140,6 +141,23 @@ def test_the_cache_is_bounded_in_bytes() -> None:
     cache.put(big, HumanMessage("x" * 400))
     assert cache.get(big) is None  # larger than an entry may be
     assert DECODED.max_bytes == 4 << 20
+
+
+def test_cached_messages_add_one_object_each_to_what_the_garbage_collector_scans() -> None:
+    """A full collection pauses the process for every object it tracks: a cache of thousands of
+    decoded messages holds one tracked object per message (plain messages: their recipe's
+    fields and metadata are untracked once the collector has seen them)."""
+    cache = DecodedCache()
+    messages = [
+        HumanMessage(f"question {i}") if i % 2 else AIMessage(f"answer {i}") for i in range(2000)
+    ]
+    gc.collect()
+    before = len(gc.get_objects())
+    for message in messages:
+        cache.put(json.dumps(message_to_dict(message)).encode(), message)
+    gc.collect()
+    assert len(gc.get_objects()) - before <= len(messages) + 10  # the cache's own dict, ...
+    assert [cache.get(entry) for entry in list(cache._recipes)[:2]] == messages[:2]
 
 
 def test_corrupt_entries_are_refused_before_and_after_others_are_cached() -> None:
