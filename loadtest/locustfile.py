@@ -85,7 +85,6 @@ import locust  # noqa: F401
 # isort: split
 import asyncio
 import concurrent.futures
-import gc
 import itertools
 import json
 import logging
@@ -418,10 +417,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     with _lock:  # a new test (web UI) reads its settings again
         _shared.pop("settings", None)
         _requests.clear()
-    # Full garbage collections stall every user at once. Move what exists now (modules, locust,
-    # langchain) out of their reach, so they scan what the test allocates, not the harness.
-    gc.collect()
-    gc.freeze()
+    harness.freeze_collected()  # a full collection would stall every user at once
     try:
         _settings(environment)
     except ValueError as exc:

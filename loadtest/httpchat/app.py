@@ -36,6 +36,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+
 from httpchat.backends import Backend, make_backend
 from httpchat.model import FakeChatModel
 
@@ -76,6 +78,7 @@ def create_app() -> FastAPI:
         state["backend"] = make_backend(
             backend_name, url, window=window, ttl=ttl, max_messages=max_messages
         )
+        harness.freeze_collected()  # a full collection would stall every request in flight
         yield
         await state["backend"].close()
 

@@ -64,6 +64,13 @@ _server: dict[str, list[float]] = {
     "stream_append": [],
 }
 _users = iter(range(1 << 30))
+
+
+@events.test_start.add_listener
+def _on_test_start(**_: object) -> None:
+    harness.freeze_collected()  # a full collection would stall every user at once
+
+
 _requests = harness.RequestLog()
 _requests.install(
     events,

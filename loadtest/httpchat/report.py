@@ -327,8 +327,12 @@ def markdown(data: dict[str, Any]) -> str:
         f"appends the human and the AI message (ttl {s['ttl']} s, max_messages "
         f"{s['max_messages']}); {s['stream_share']:.0%} of the turns stream the answer",
         f"- load: locust, {s['users']} users (spawned at {s['spawn_rate']:g}/s), "
-        f"{s['run_time']} s per backend, think time {s['think']} s between turns, "
-        "conversations of 3-8 turns, then a new session or back to an earlier one",
+        f"{s['run_time']} s per backend and round ({s.get('rounds', 1)} rounds, every other "
+        f"in reverse order), think time {s['think']} s between turns, conversations of 3-8 "
+        "turns, then a new session or back to an earlier one",
+        "- the service's workers and locust move their start-up objects out of the garbage "
+        "collector's reach (`gc.freeze()`, as long-running services do): without it a full "
+        "collection pauses a process 70-90 ms about once a minute, whatever the backend",
         f"- Redis: {data['redis']} on loopback; machine: {m['cpu_count']} CPUs shared by Redis, "
         "the service's workers and locust (and other work on the machine: expect noise of a "
         f"few ms in the tails); Python {m['python']}",

@@ -280,7 +280,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fault-at", type=float, help="seconds into a fault run")
     parser.add_argument("--pause-seconds", type=float, default=3.0)
     parser.add_argument("--hang-seconds", type=float, default=12.0)
-    parser.add_argument("--rounds", type=int, default=1, help="every backend this many times")
+    parser.add_argument(
+        "--rounds", type=int, help="every backend this many times, every other round in reverse (2)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (2)")
     parser.add_argument("--think", default="1-3", help="think time between turns, s (1-3)")
     parser.add_argument("--stream-share", type=float, default=0.3)
@@ -305,6 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "users": 20 if quick else 200,
         "spawn_rate": 20.0,
         "run_time": 10 if quick else 60,
+        "rounds": 1 if quick else 2,
         "fault_run_time": 16 if quick else 40,
         "fault_at": 6.0 if quick else 15.0,
     }
@@ -353,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         return write_summary(data, out, plots=not args.no_plots)
     runs: list[Run] = []
     for round_ in range(args.rounds):
-        shift = round_ % len(args.backend_list)
-        order = args.backend_list[shift:] + args.backend_list[:shift]
+        # Every other round in reverse: over two rounds each backend's mean place is the same,
+        # so a drift over the session (the machine warming, other work) favours none.
+        order = args.backend_list[:: -1 if round_ % 2 else 1]
         suffix = f"-{round_ + 1}" if args.rounds > 1 else ""
         runs += [Run(f"{backend}{suffix}", backend) for backend in order]
     runs += [Run(f"fault-{fault}", "pyhistory", fault) for fault in args.fault_list]
