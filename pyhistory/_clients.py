@@ -288,7 +288,8 @@ class _WindowedWait:
     this, an attempt that started late in the window could wait out the pool's timeout and then
     a read timeout (a hung server: calls succeeded 12 s in, past the 10 s bound), and a checkout
     made by redis-py before its retry policy runs would not count at all. The pools read
-    ``timeout`` once per checkout (redis-py's BlockingConnectionPool, sync and asyncio);
+    ``timeout`` once per checkout that waits (redis-py's sync BlockingConnectionPool: every
+    checkout; :class:`_AsyncCappedPool`: one that finds every connection in use);
     tests/test_production.py fails when a call outlives the bound."""
 
     _wait: float | None = None
