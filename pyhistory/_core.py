@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import os
-import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 from redis.crc import key_slot
 
+from pyhistory import _forks
 from pyhistory._library import Call, Library, acl_glob
 from pyhistory.errors import (
     BatchTooLargeError,
@@ -269,7 +269,7 @@ class DecodedCache:
         self.max_entry_bytes = max_entry_bytes
         self._recipes: dict[bytes | str, _Recipe] = {}
         self._bytes = 0
-        self._lock = threading.Lock()
+        self._lock = _forks.lock(self, "_lock")
 
     def __len__(self) -> int:
         return len(self._recipes)

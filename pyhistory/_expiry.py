@@ -15,10 +15,12 @@ this process last found holding a list, or nothing, and whose batch ids are not 
 from __future__ import annotations
 
 import math
-import threading
+import sys
 import time
 import weakref
 from typing import Any
+
+from pyhistory import _forks
 
 # The server keeps time in whole milliseconds (an expiry may be set from a time up to a
 # millisecond old): what this process counts on is that much, and some, earlier.
@@ -49,7 +51,7 @@ class Expiries:
     def __init__(self, max_keys: int = 65536) -> None:
         self.max_keys = max_keys
         self._sessions: dict[str, _Session] = {}  # least recently refreshed or found first
-        self._lock = threading.Lock()
+        self._lock = _forks.lock(self, "_lock")
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -112,7 +114,7 @@ class Expiries:
 
 
 _by_client: weakref.WeakKeyDictionary[Any, Expiries] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+_lock = _forks.lock(sys.modules[__name__], "_lock")
 
 
 def expiries(client: Any) -> Expiries:

@@ -10,12 +10,14 @@ No I/O besides the log."""
 from __future__ import annotations
 
 import logging
-import threading
+import sys
 import time
 import weakref
 from typing import Any
 
 from redis.exceptions import ReadOnlyError
+
+from pyhistory import _forks
 
 logger = logging.getLogger("pyhistory")
 
@@ -30,7 +32,7 @@ class _Refusals:
 
 
 _by_client: weakref.WeakKeyDictionary[Any, _Refusals] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+_lock = _forks.lock(sys.modules[__name__], "_lock")
 
 
 def refused(client: Any, key: str, error: BaseException) -> None:

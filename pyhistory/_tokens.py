@@ -11,13 +11,12 @@ decoded (:data:`pyhistory._core.DECODED`), each one a copy the caller owns.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from pyhistory import _core
+from pyhistory import _core, _forks
 from pyhistory._bounded import is_summary
 from pyhistory._library import Call
 from pyhistory.errors import InvalidArgumentError
@@ -41,7 +40,7 @@ class TokenCounts:
     def __init__(self, max_counts: int = 65_536) -> None:
         self.max_counts = max_counts
         self._counts: dict[tuple[Any, bytes], int] = {}
-        self._lock = threading.Lock()
+        self._lock = _forks.lock(self, "_lock")
 
     def __len__(self) -> int:
         return len(self._counts)

@@ -10,11 +10,12 @@ catching what it caught.
 
 from __future__ import annotations
 
-import os
-import threading
+import sys
 from typing import Any
 
 from redis import exceptions as redis_errors
+
+from pyhistory import _forks
 
 
 class HistoryError(Exception):
@@ -181,18 +182,7 @@ _BY_CLASS: tuple[tuple[type[Exception], type[HistoryError]], ...] = (
 )
 # Every other redis-py class gets a subclass of ours (or of HistoryError) and of itself, made once.
 _MADE: dict[type[Exception], type[HistoryError]] = {}
-_MADE_LOCK = threading.Lock()
-
-
-def _new_lock_after_fork() -> None:
-    """A child process gets a lock of its own: one held by another thread of the parent at the
-    fork would stay held in the child forever."""
-    global _MADE_LOCK
-    _MADE_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_new_lock_after_fork)
+_MADE_LOCK = _forks.lock(sys.modules[__name__], "_MADE_LOCK")
 
 
 def _typed_class(kind: type[Exception], ours: type[HistoryError]) -> type[HistoryError]:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import math
-import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +37,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
-from pyhistory import telemetry
+from pyhistory import _forks, telemetry
 from pyhistory._coalesce import Transaction, coalescer, lean
 from pyhistory._library import Call, Library
 from pyhistory._limits import RETRY_WINDOW, SEND_FAILURES, attempts_since, checkout_used
@@ -784,7 +784,7 @@ class _Topology:
             self.lock.release()
 
 
-_topologies_lock = threading.Lock()
+_topologies_lock = _forks.lock(sys.modules[__name__], "_topologies_lock")
 
 
 def _topology(client: redis.cluster.RedisCluster) -> _Topology:
@@ -796,15 +796,6 @@ def _topology(client: redis.cluster.RedisCluster) -> _Topology:
                 topology = _Topology()
                 client._pyhistory_topology = topology  # type: ignore[attr-defined]
     return topology
-
-
-def _new_topology_lock_after_fork() -> None:
-    global _topologies_lock
-    _topologies_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_new_topology_lock_after_fork)
 
 
 def _settle(

@@ -146,6 +146,52 @@ def test_a_child_forked_under_load_builds_clients_of_its_own(url: str, client: r
     blocked.join(_clients.FAILURE_BOUND + 30)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_the_caches_locks_are_held_gets_free_ones(url: str) -> None:
+    """Every lock guarding a process-wide or per-client cache (decoded messages, what is known of
+    sessions' TTLs, refusals, typed error classes, token counts, a saver's heads) held by the
+    parent at the fork, as a busy thread may hold one: the child finds each free, and reads and
+    appends. (Before pyhistory._forks, a child forked under load could hang for good on the
+    decoded-message cache's lock.)"""
+    from pyhistory import _core, _expiry, _forks, _refusals, errors, functions
+    from pyhistory.checkpoint import RedisSaver
+
+    history = RedisChatMessageHistory("forked-locks", url=url, ttl=60)
+    history.add_messages(turn(1))
+    assert len(history.messages) == 2
+    saver = RedisSaver(url=url)
+    held = [
+        _core.DECODED._lock,
+        _expiry._lock,
+        _expiry.expiries(history.redis_client)._lock,
+        _refusals._lock,
+        errors._MADE_LOCK,
+        functions._topologies_lock,
+        saver._heads_lock,
+    ]
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                owned = [getattr(o, a) for o, names in _forks._owners.items() for a in names]
+                if any(lock.locked() for lock in owned):
+                    code = 4
+                else:
+                    child = RedisChatMessageHistory("forked-locks", url=f"{url}?client_name=c")
+                    child.add_messages(turn(2))
+                    code = 0 if len(child.messages) == 4 else 3
+            finally:
+                os._exit(code)
+        code = wait_for_exit(pid, 30)
+    finally:
+        for lock in held:
+            lock.release()
+    assert code == 0, {4: "a lock was still held", **CHILD_EXIT}.get(code, code)
+
+
 # --- closing the shared clients ----------------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from pyhistory import _forks
 from pyhistory._library import Call, Library
 from pyhistory.errors import (
     InvalidArgumentError,
@@ -709,7 +709,7 @@ class BytesLRU(Generic[K, V]):
         self.max_bytes = max_bytes
         self.bytes = 0
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = _forks.lock(self, "_lock")
 
     def get(self, key: K) -> V | None:
         with self._lock:

@@ -8,7 +8,6 @@ for what each call does on the server.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
@@ -31,7 +30,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.crc import key_slot
 
-from pyhistory import _clients, _core
+from pyhistory import _clients, _core, _forks
 from pyhistory._library import Call
 from pyhistory.checkpoint import _calls
 from pyhistory.errors import HistoryError, InvalidArgumentError
@@ -187,7 +186,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
         # The newest checkpoint per (thread, namespace) as this saver last wrote or read it: a
         # get of the newest then reads it with plain commands, checking that it still is.
         self._heads: OrderedDict[tuple[str, str], _calls.Head] = OrderedDict()
-        self._heads_lock = threading.Lock()
+        self._heads_lock = _forks.lock(self, "_heads_lock")
         self.cluster = cluster
         self.wait_for_replicas, self.wait_timeout_ms = _core.check_replicas(
             wait_for_replicas, wait_timeout_ms
