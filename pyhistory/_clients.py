@@ -313,59 +313,69 @@ class _AsyncCappedPool(_WindowedWait):
     """The asyncio twin of :class:`_WindowedWait`, over redis.asyncio's plain ``ConnectionPool``
     and its public methods. A checkout that finds a connection free, or room for one more, takes
     it as that pool does: no condition, no timer. Only a checkout that finds all
-    ``max_connections`` in use waits, first come first served, until a release wakes it or its
-    ``timeout`` ends (``ConnectionError("No connection available.")``, as redis-py's blocking
-    pool has it). redis.asyncio's ``BlockingConnectionPool`` enters a condition and a timer on
-    every checkout and release: 14.7 µs of client time for a checkout and its release, against
-    6.1 µs here (redis-py 8.2, Python 3.11). tests/test_production.py holds its tests."""
+    ``max_connections`` in use waits, in turn, until a release wakes it or its ``timeout`` ends
+    (``ConnectionError("No connection available.")``, as redis-py's blocking pool has it).
+    redis.asyncio's ``BlockingConnectionPool`` enters a condition and a timer on every checkout
+    and release: 14.7 µs of client time for a checkout and its release, against 6.1 µs here
+    (redis-py 8.2, Python 3.11). tests/test_production.py holds its tests."""
 
     def __init__(self, *args: Any, timeout: float | None = COMMAND_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timeout = timeout
-        # The checkouts waiting for a release, oldest first.
+        # The checkouts waiting for a release, in turn.
         self._sleepers: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        waited_from = time.monotonic()
+        connection = None
         if not self._sleepers and self.can_get_connection():  # type: ignore[attr-defined]
             connection = await self._take()
-            if connection is not None:
-                return connection
-        waited_from = time.monotonic()
-        wait = self.timeout
-        deadline = None if wait is None else asyncio.get_running_loop().time() + wait
-        try:
-            connection = await self._wait_for_connection(deadline)
-        except asyncio.TimeoutError as error:
-            raise ConnectionError("No connection available.") from error
-        checked_out(waited_from)
+        if connection is None:
+            connection = await self._wait_for_connection()
+        checked_out(waited_from)  # a checkout that reconnected counts too
         return connection
 
-    async def _wait_for_connection(self, deadline: float | None) -> Any:
+    async def _wait_for_connection(self) -> Any:
         loop = asyncio.get_running_loop()
+        wait = self.timeout
+        deadline = None if wait is None else loop.time() + wait
+        woken_before = False
         while True:
             woken: asyncio.Future[None] = loop.create_future()
-            self._sleepers.append(woken)
+            if woken_before:  # woken, and a checkout that came meanwhile took the connection
+                self._sleepers.appendleft(woken)
+            else:
+                self._sleepers.append(woken)
             try:
                 # Not asyncio.wait_for: before Python 3.12 it returns a result that came with
                 # a cancellation and swallows the cancellation.
-                left = None if deadline is None else deadline - loop.time()
-                async with _wire.deadline_timer(left):
+                async with _wire.deadline_timer(
+                    None if deadline is None else deadline - loop.time()
+                ):
                     await woken
-            except BaseException:
+            except BaseException as error:
                 if woken.done() and not woken.cancelled():
                     self._wake_one()  # woken, then cancelled: the next one in line takes it
                 else:
                     with contextlib.suppress(ValueError):
                         self._sleepers.remove(woken)
+                if isinstance(error, asyncio.TimeoutError):
+                    raise ConnectionError("No connection available.") from error
                 raise
+            woken_before = True
             if self.can_get_connection():  # type: ignore[attr-defined]
-                connection = await self._take()
+                try:
+                    connection = await self._take()
+                except BaseException:
+                    if self.can_get_connection():  # type: ignore[attr-defined]
+                        self._wake_one()  # its turn passes on with the free connection
+                    raise
                 if connection is not None:
                     return connection
 
     async def _take(self) -> Any:
         """A connection from the plain pool, or None when the last was taken while this checkout
-        awaited the pool's lock (redis-py 6.0 says so with a plain ConnectionError)."""
+        awaited the pool's lock."""
         try:
             return await super(_WindowedWait, self).get_connection()  # type: ignore[misc]
         except ConnectionError as error:
@@ -388,12 +398,41 @@ class _AsyncCappedPool(_WindowedWait):
                 self._wake_one()
 
 
+class _AsyncWindowedWait(_WindowedWait):
+    """:class:`_WindowedWait` for redis.asyncio's ``BlockingConnectionPool``."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        waited_from = time.monotonic()
+        connection = await super(_WindowedWait, self).get_connection()  # type: ignore[misc]
+        checked_out(waited_from)
+        return connection
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+# redis.asyncio's plain pool connects a connection outside its lock from redis-py 7.2. Before,
+# a checkout that finds a connection free would wait behind every other checkout's connect, with
+# no deadline (a server that does not answer: a connect timeout each, one after the other), so
+# older redis-py keeps the blocking pool, whose checkouts wait under their timeout.
+_CAPPED_POOL = _major_minor(redis.__version__) >= (7, 2)
+
+
 class _BlockingPool(_WindowedWait, redis.BlockingConnectionPool):
     pass
 
 
-class _AsyncBlockingPool(_AsyncCappedPool, redis.asyncio.ConnectionPool):
+class _AsyncCappedPlainPool(_AsyncCappedPool, redis.asyncio.ConnectionPool):
     pass
+
+
+class _AsyncOldBlockingPool(_AsyncWindowedWait, redis.asyncio.BlockingConnectionPool):
+    pass
+
+
+# The pool of URL-built asyncio clients.
+_AsyncBlockingPool: type[Any] = _AsyncCappedPlainPool if _CAPPED_POOL else _AsyncOldBlockingPool
 
 
 def _pool(asyncio_client: bool) -> dict[str, Any]:
@@ -539,8 +578,21 @@ _BLOCKING_DISCONNECT_TAKES_FLAG = (
 )
 
 
-class _AsyncBlockingSentinelPool(_AsyncCappedPool, redis.asyncio.sentinel.SentinelConnectionPool):
+class _AsyncCappedSentinelPool(_AsyncCappedPool, redis.asyncio.sentinel.SentinelConnectionPool):
     """The asyncio twin of _BlockingSentinelPool."""
+
+
+class _AsyncOldBlockingSentinelPool(
+    _AsyncWindowedWait,
+    redis.asyncio.sentinel.SentinelConnectionPool,
+    redis.asyncio.BlockingConnectionPool,
+):
+    """The asyncio twin of _BlockingSentinelPool, before redis-py 7.2 (see _CAPPED_POOL)."""
+
+
+_AsyncBlockingSentinelPool: type[Any] = (
+    _AsyncCappedSentinelPool if _CAPPED_POOL else _AsyncOldBlockingSentinelPool
+)
 
 
 def _sentinel_pool(asyncio_client: bool) -> dict[str, Any]:

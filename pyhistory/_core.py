@@ -348,8 +348,8 @@ def _recipe(message: BaseMessage) -> _Recipe:
     try:
         index = _CLASSES.index(cls)
     except ValueError:
-        _CLASSES.append(cls)
-        index = len(_CLASSES) - 1
+        _CLASSES.append(cls)  # another thread may append too: the first of equals is used
+        index = _CLASSES.index(cls)
     fields = {k: _dup(v) for k, v in message.__dict__.items()}
     # Most messages' dicts and lists are empty (additional_kwargs, tool_calls, ...): those are
     # made anew without a copy; the others are copied, to any depth.
