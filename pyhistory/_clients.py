@@ -375,13 +375,11 @@ class _AsyncCappedPool(_WindowedWait):
 
     async def _take(self) -> Any:
         """A connection from the plain pool, or None when the last was taken while this checkout
-        awaited the pool's lock."""
+        awaited the pool's lock (redis-py 7.2 and later say so with MaxConnectionsError)."""
         try:
             return await super(_WindowedWait, self).get_connection()  # type: ignore[misc]
-        except ConnectionError as error:
-            if isinstance(error, MaxConnectionsError) or str(error) == "Too many connections":
-                return None
-            raise
+        except MaxConnectionsError:
+            return None
 
     def _wake_one(self) -> None:
         while self._sleepers:
