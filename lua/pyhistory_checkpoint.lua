@@ -1,4 +1,4 @@
-#!lua name=pyhistory_checkpoint_v4
+#!lua name=pyhistory_checkpoint_v5
 --[[
 pyhistory_checkpoint: LangGraph checkpoints in Redis, two keys per thread, one call per operation.
 
@@ -57,17 +57,18 @@ rejected, the transaction still applies the HSET: its fields are orphans no reco
 read returns them, and they go with the thread (TTL, delete_thread). Callers that need no check
 on the server (no owner epoch) may write everything a put or put_writes writes with plain
 commands in one MULTI/EXEC instead, with the same fields, members and values; with retention
-they end the transaction with retain, which indexes and counts the checkpoint once.
+they end the transaction with retain, which indexes and counts the checkpoint once, or, when
+the transaction indexed and counted it itself, with trim (retention alone).
 
 Expiry: with a TTL, every write sets it on both keys together, so no key of a thread outlives the
 other; reads may refresh it too (get). Retention (keep_last, age, bytes) trims a namespace
-inside put or retain, never cutting a pinned checkpoint or what a kept checkpoint's
+inside put, retain or trim, never cutting a pinned checkpoint or what a kept checkpoint's
 DeltaChannels need.
 
 Work per call (a function blocks the server while it runs), at most:
   list      SCAN_BUDGET (1,000) checkpoints examined per page; a cursor goes on
-  put, retain  MAX_TRIM (1,000) checkpoints removed, SCAN_BUDGET pins and floors read per round;
-            with max_bytes, only while over budget, also up to MAX_TRIM candidate records read
+  put, retain, trim  MAX_TRIM (1,000) checkpoints removed, SCAN_BUDGET pins and floors read per
+            round; with max_bytes, only while over budget, also up to MAX_TRIM candidate records read
             (one HGET and at most one HSTRLEN per channel version of each)
   prune     PRUNE_NAMESPACES (100) namespaces, MAX_TRIM checkpoints removed; a cursor goes on
   delete_run  MAX_TRIM checkpoints; called again while there are more
@@ -79,8 +80,8 @@ Work per call (a function blocks the server while it runs), at most:
   import    MAX_ITEMS (100,000) fields: an export page always fits
   get, put, put_writes, claim  one checkpoint's fields and writes
 
-Versioning: the library and every function carry the contract version (v4). Any change to this
-file ships under a new version (pyhistory_checkpoint_v5, ...), so two releases loaded on one
+Versioning: the library and every function carry the contract version (v5). Any change to this
+file ships under a new version (pyhistory_checkpoint_v6, ...), so two releases loaded on one
 server never replace each other's code. v2 reads and writes v1's layout (its fields and members
 are a superset): v1 and v2 processes can share threads during a rollout, except that v1 writers
 neither count values nor remove pins, so run retention (keep_last, max_age) only once every
@@ -88,7 +89,12 @@ writer of a thread is v2. v3 has v2's layout and arguments; its retention withou
 leaves BYTES as it is (neither the checkpoints it removes nor, through retain, the ones it
 indexes are counted), and reads the pending writes of the checkpoints one trim removes with
 one range of the index. v4 has v3's layout; its delta takes the walk the caller holds
-(and replies the ancestors it walked), so v3 and v4 processes share threads.
+(and replies the ancestors it walked), so v3 and v4 processes share threads. v5 has v4's layout
+and arguments, and trim (retention alone, after plain commands that index and count); a trim
+counts its victims' values down together (one HMGET, one HSET, and their deletions in the
+trim's one HDEL), and with keep_last finds the cut and its victims with one range; retain sent
+again drops the "has a child" entry of a parent its first sending trimmed; v4 and v5
+processes share threads.
 
 Errors: every argument is checked before the first write. A violation is an error reply
 "CODE message" with one of these code words:
@@ -360,22 +366,33 @@ local function records(data, members)
   return found
 end
 
--- Add `delta` (1 or -1) to the reference counts of the blobs a record's versions name, and
--- delete every blob (with its count) whose count drops to 0. `fresh` holds the blob fields the
--- calling put wrote itself: their count starts from 0. A blob with no count (written by v1 of
--- this library) is never counted, so never deleted here. `unsized`: leave BYTES as it is (the
--- caller counts no bytes: retention without max_bytes).
-local function count_references(data, ns, versions, delta, fresh, unsized)
+-- Add `delta` (1 or -1) to the reference counts of the blobs named by `versions` (channel,
+-- version pairs: a record's, or several records' one after another, so a pair may come more
+-- than once: each time counts), and delete every blob (with its count) whose count drops to 0:
+-- at once, or, given `dropped`, by adding its fields there for the caller's HDEL. `fresh` holds
+-- the blob fields the calling put wrote itself: their count starts from 0. A blob with no count
+-- (written by v1 of this library) is never counted, so never deleted here. `unsized`: leave
+-- BYTES as it is (the caller counts no bytes: retention without max_bytes).
+local function count_references(data, ns, versions, delta, fresh, unsized, dropped)
   if #versions == 0 then
     return
   end
-  local blobs, counters = {}, {}
+  local blobs, counters, deltas, at = {}, {}, {}, {}
   for i = 1, #versions, 2 do
-    blobs[#blobs + 1] = blob_field(ns, versions[i], versions[i + 1])
-    counters[#counters + 1] = counter_field(ns, versions[i], versions[i + 1])
+    local counter = counter_field(ns, versions[i], versions[i + 1])
+    local k = at[counter]
+    if k then
+      deltas[k] = deltas[k] + delta
+    else
+      k = #counters + 1
+      at[counter] = k
+      counters[k] = counter
+      blobs[k] = blob_field(ns, versions[i], versions[i + 1])
+      deltas[k] = delta
+    end
   end
   local counts = hmget(data, counters)
-  local set, drop, bytes = {}, {}, 0
+  local set, drop, bytes = {}, dropped or {}, 0
   for i, counter in ipairs(counters) do
     local n = counts[i] and tonumber(counts[i])
     if not n and fresh and fresh[blobs[i]] then
@@ -385,7 +402,7 @@ local function count_references(data, ns, versions, delta, fresh, unsized)
       end
     end
     if n then
-      n = n + delta
+      n = n + deltas[i]
       if n > 0 then
         set[#set + 1] = counter
         set[#set + 1] = n
@@ -402,7 +419,7 @@ local function count_references(data, ns, versions, delta, fresh, unsized)
   if #set > 0 then
     chunked(function(...) return redis.call('HSET', data, ...) end, set, 2)
   end
-  if #drop > 0 then
+  if #drop > 0 and not dropped then
     chunked(function(...) return redis.call('HDEL', data, ...) end, drop)
   end
 end
@@ -445,6 +462,7 @@ local function remove(data, index, ns, victims, kept, run, unsized)
       of[#of + 1] = member
     end
   end
+  local counted = {} -- the channel versions of the victims' v2 records, one after another
   for v, rec in ipairs(records(data, victims)) do
     local member = victims[v]
     local _, id = split_checkpoint(member)
@@ -452,7 +470,10 @@ local function remove(data, index, ns, victims, kept, run, unsized)
       bytes = bytes + lengths(data, own_fields(ns, id))
     end
     if rec and rec[6] == 1 then
-      count_references(data, ns, rec[2], -1, nil, unsized)
+      local versions = rec[2]
+      for i = 1, #versions do
+        counted[#counted + 1] = versions[i]
+      end
     elseif rec and referenced then
       local channels = rec[2]
       for i = 1, #channels, 2 do
@@ -489,6 +510,7 @@ local function remove(data, index, ns, victims, kept, run, unsized)
       end
     end
   end
+  count_references(data, ns, counted, -1, nil, unsized, fields)
   if #fields > 0 then
     chunked(function(...) return redis.call('HDEL', data, ...) end, fields)
     chunked(function(...) return redis.call('ZREM', index, ...) end, members)
@@ -605,12 +627,16 @@ local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
   if max_bytes and max_bytes > 0 then
     cut = bytes_cut(data, index, ns, max_bytes)
   end
-  if keep > 0 then -- the keep-th newest, when there is one older than it
-    local kth = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, 2)
-    if #kth == 2 then
-      local _, id = split_checkpoint(kth[1])
-      if not cut or precedes(cut, id) then
-        cut = id
+  -- The keep-th newest, when there is one older than it, with up to MAX_TRIM older ones (newest
+  -- first): when the cut stays there and they are all, they are the victims.
+  local older, kth = {}, nil
+  if keep > 0 then
+    older = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, MAX_TRIM + 1)
+    if #older >= 2 then
+      local _, id = split_checkpoint(older[1])
+      kth = id
+      if not cut or precedes(cut, kth) then
+        cut = kth
       end
     end
   end
@@ -628,8 +654,15 @@ local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
     return 0
   end
   cut = safe_cut(data, index, ns, cut, not by_kept)
-  local victims = redis.call(
-    'ZRANGEBYLEX', index, low, '(' .. checkpoint_name(ns, cut), 'LIMIT', 0, MAX_TRIM)
+  local victims = {}
+  if cut == kth and #older <= MAX_TRIM then
+    for i = #older, 2, -1 do
+      victims[#victims + 1] = older[i]
+    end
+  else
+    victims = redis.call(
+      'ZRANGEBYLEX', index, low, '(' .. checkpoint_name(ns, cut), 'LIMIT', 0, MAX_TRIM)
+  end
   if #victims == 0 then
     return 0
   end
@@ -841,7 +874,9 @@ retain: index and count a checkpoint the caller wrote with plain commands in the
 (before this call: its record, documents and values, its other index entries), then apply
 retention in its namespace as put does. The checkpoint's own index entry is added here, with
 NX: its values' reference counts go up only when it is new, so a transaction sent again (a
-reply lost, the library loaded again) counts nothing twice.
+reply lost, the library loaded again) counts nothing twice; when it finds the entry there, the
+first transaction's trim may have removed the parent, and the parent's "has a child" entry,
+which this one added back, goes again.
   KEYS[1], KEYS[2]  the thread's data hash and index sorted set
   ARGV[1]   keep_last, as for put       ARGV[2]  age cut, as for put
   ARGV[3]   max_bytes, as for put
@@ -879,11 +914,44 @@ local function retain(keys, args)
     if max_bytes > 0 then
       add_bytes(keys[1], lengths(keys[1], own_fields(ns, id)))
     end
+  else -- sent again: the parent's "has a child" entry goes with a parent the first trimmed
+    local rec = record(keys[1], ns, id)
+    local parent = rec and rec[1] or ''
+    if parent ~= '' and redis.call('HEXISTS', keys[1], checkpoint_name(ns, parent)) == 0 then
+      redis.call('ZREM', keys[2], parent_name(ns, parent))
+    end
   end
   if keep == 0 and args[2] == '' and max_bytes == 0 then
     return 0
   end
   return trim(keys[1], keys[2], ns, keep, args[2], false, max_bytes)
+end
+
+--[[
+trim: retention alone (keep_last, age) in one namespace, as put and retain apply it, for a
+transaction that wrote, indexed and counted a checkpoint with plain commands (ZADD, HINCRBY)
+before this call. Retention by bytes is retain's (it counts a checkpoint's bytes as it indexes
+it). A transaction with this call, sent again after its reply was lost, would count its values
+twice: the caller sends retain's form of it instead.
+  KEYS[1], KEYS[2]  the thread's data hash and index sorted set
+  ARGV[1]   keep_last, as for put       ARGV[2]  age cut, as for put
+  ARGV[3]   namespace
+  reply     integer: how many checkpoints retention removed
+  errors    BADARGS, BADSIZE, BADID, WRONGTYPE
+]]
+local function retention(keys, args)
+  if #keys ~= 2 or #args ~= 3 then
+    return bad('BADARGS', 'expected 2 keys and 3 arguments: keep_last age_cut ns')
+  end
+  local keep = whole(args[1])
+  if not keep then return not_whole('BADSIZE', 'keep_last', args[1]) end
+  local err = bad_name('age cut', args[2], true) or bad_name('checkpoint_ns', args[3], true)
+    or wrong_types(keys)
+  if err then return err end
+  if keep == 0 and args[2] == '' then
+    return 0
+  end
+  return trim(keys[1], keys[2], args[3], keep, args[2], false, 0)
 end
 
 --[[
@@ -1595,24 +1663,25 @@ local function delta(keys, args)
 end
 
 -- The library's whole surface. Names carry the contract version; see the header.
-redis.register_function{function_name = 'pyhistory_checkpoint_v4_put', callback = put}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_put', callback = put}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_put_writes', callback = put_writes}
+  function_name = 'pyhistory_checkpoint_v5_put_writes', callback = put_writes}
 -- get writes only a TTL: allow-oom lets a graph resume while the server is out of memory.
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_get', callback = get, flags = {'allow-oom'}}
+  function_name = 'pyhistory_checkpoint_v5_get', callback = get, flags = {'allow-oom'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_get_ro', callback = get_ro, flags = {'no-writes'}}
+  function_name = 'pyhistory_checkpoint_v5_get_ro', callback = get_ro, flags = {'no-writes'}}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_list', callback = list, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v4_prune', callback = prune}
-redis.register_function{function_name = 'pyhistory_checkpoint_v4_copy', callback = copy}
+  function_name = 'pyhistory_checkpoint_v5_list', callback = list, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_prune', callback = prune}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_copy', callback = copy}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_export', callback = export, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v4_import', callback = import}
+  function_name = 'pyhistory_checkpoint_v5_export', callback = export, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_import', callback = import}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_delta', callback = delta, flags = {'no-writes'}}
-redis.register_function{function_name = 'pyhistory_checkpoint_v4_claim', callback = claim}
-redis.register_function{function_name = 'pyhistory_checkpoint_v4_retain', callback = retain}
+  function_name = 'pyhistory_checkpoint_v5_delta', callback = delta, flags = {'no-writes'}}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_claim', callback = claim}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_retain', callback = retain}
+redis.register_function{function_name = 'pyhistory_checkpoint_v5_trim', callback = retention}
 redis.register_function{
-  function_name = 'pyhistory_checkpoint_v4_delete_run', callback = delete_run}
+  function_name = 'pyhistory_checkpoint_v5_delete_run', callback = delete_run}

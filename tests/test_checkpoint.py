@@ -144,8 +144,8 @@ def test_any_thread_id_round_trips(url: str, client: redis.Redis, thread_id: str
 def test_the_functions_the_server_lists_are_the_ones_python_calls(
     url: str, client: redis.Redis
 ) -> None:
-    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v4"
-    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v4"]
+    assert load_checkpoint_functions(client) == "pyhistory_checkpoint_v5"
+    (library,) = [lib for lib in client.function_list() if lib[1] == b"pyhistory_checkpoint_v5"]
     listed = {f[1].decode() for f in library[library.index(b"functions") + 1]}
     called = {
         getattr(_calls, name)
@@ -163,19 +163,21 @@ def test_the_functions_the_server_lists_are_the_ones_python_calls(
             "CLAIM",
             "DELETE_RUN",
             "RETAIN",
+            "TRIM",
         )
     }
     assert listed == called == set(LIBRARY.functions)
 
 
 # Every released version of the checkpoint library and the sha256 of its code. A change to
-# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v4, ...): two releases
+# lua/pyhistory_checkpoint.lua ships under a new name (pyhistory_checkpoint_v6, ...): two releases
 # share a server during a rollout, and FUNCTION LOAD REPLACE of one name with other code flaps.
 RELEASED = {
     "pyhistory_checkpoint_v1": "fd1e5be6d52daa93",
     "pyhistory_checkpoint_v2": "d1395b9972f762e8",
     "pyhistory_checkpoint_v3": "bf62e5f9ebcc5ec2",
     "pyhistory_checkpoint_v4": "3cdbe7d1c35cc957",
+    "pyhistory_checkpoint_v5": "7e8eca5d4a9e3b88",
 }
 
 
@@ -922,6 +924,31 @@ def test_the_library_refuses_bad_puts_and_stores_nothing(
     assert client.dbsize() == 0
 
 
+@pytest.mark.parametrize(
+    ("function", "args", "error"),
+    [
+        ("trim", ("x", "", ""), errors.InvalidSizeError),
+        ("trim", (-1, "", ""), errors.InvalidSizeError),
+        ("trim", (1, b"a\xff", ""), errors.InvalidCheckpointIdError),
+        ("trim", (1, "", "n\0s"), errors.InvalidCheckpointIdError),
+        ("trim", (1, ""), errors.InvalidArgumentError),
+        ("retain", (1, "", 0, "", "id", "a"), errors.InvalidArgumentError),
+        ("retain", (1, "", 0, "", ""), errors.InvalidCheckpointIdError),
+        ("retain", (1, "", "x", "", "id"), errors.InvalidSizeError),
+    ],
+)
+def test_the_library_refuses_bad_retention_calls_and_changes_nothing(
+    url: str, client: redis.Redis, function: str, args: tuple[Any, ...], error: type[Exception]
+) -> None:
+    saver = RedisSaver(url)
+    first = put(saver, "t", 1, values={"a": 1})
+    put(saver, "t", 2, parent=first, values={"a": 2})
+    before = {key: client.dump(key) for key in saver.keys("t")}
+    with pytest.raises(error):
+        raw(url, function, *args)
+    assert {key: client.dump(key) for key in saver.keys("t")} == before
+
+
 @pytest.mark.parametrize("idx", ["01", "-0", "1.5", "", "x", "99999999999"])
 def test_the_library_refuses_bad_write_indexes(url: str, client: redis.Redis, idx: str) -> None:
     with pytest.raises(errors.InvalidCheckpointIdError):
@@ -929,11 +956,12 @@ def test_the_library_refuses_bad_write_indexes(url: str, client: redis.Redis, id
     assert client.dbsize() == 0
 
 
+@pytest.mark.parametrize("keep_last", [None, 1], ids=["all", "keep_last"])
 @pytest.mark.parametrize("which", [0, 1], ids=["data", "index"])
 def test_a_wrong_type_key_is_refused_before_any_write(
-    url: str, client: redis.Redis, which: int
+    url: str, client: redis.Redis, which: int, keep_last: int | None
 ) -> None:
-    saver = RedisSaver(url)
+    saver = RedisSaver(url, keep_last=keep_last, trim_every=1 if keep_last else None)
     thread_keys = saver.keys("t")
     client.set(thread_keys[which], "not ours")
     first = None

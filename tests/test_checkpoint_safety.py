@@ -226,6 +226,8 @@ def test_a_retried_put_writes_stores_nothing_twice(url: str, client: redis.Redis
 
 
 def test_a_retried_put_is_applied_once(url: str, client: redis.Redis) -> None:
+    """A put sent again after its first attempt was applied and its reply lost: the saver
+    sends its retain form (``again``) in its place, which applies nothing twice."""
     saver = RedisSaver(url, keep_last=3)
     call, *_ = saver._put_call(config("t"), empty_checkpoint(), {"step": 1}, {})
     head = put(saver, "t", 1, values={"a": "x" * 100})
@@ -237,7 +239,7 @@ def test_a_retried_put_is_applied_once(url: str, client: redis.Redis) -> None:
     )
     saver._write(call)
     once = client.hgetall(saver.keys("t")[0])
-    saver._write(call)
+    saver._write(call.again or call)
     assert client.hgetall(saver.keys("t")[0]) == once
 
 
@@ -300,6 +302,26 @@ def test_a_put_whose_reply_was_lost_counts_its_values_once(url: str, client: red
             for n in range(1, len(STEPS) + 1):
                 parent = saver.put(*_step(thread, parent, n))["configurable"]["checkpoint_id"]
     _counted_once(client, saver, proxy)
+
+
+def test_a_trimming_put_whose_reply_was_lost_counts_and_trims_once(
+    url: str, client: redis.Redis
+) -> None:
+    """With keep_last a put also indexes and counts with plain commands, then retain trims; a
+    put applied and its reply lost is sent again as retain's indexing form, which counts
+    nothing twice: the counts are those of a thread that lost nothing, and the trim is done."""
+    port = client.connection_pool.connection_kwargs["port"]
+    with FaultProxy(port, lambda _, attempt: attempt == 1, mark=_plain_put_counted) as proxy:
+        for thread, target in (("lost", proxy.url), ("kept", url)):
+            saver = RedisSaver(target, keep_last=1, trim_every=1)
+            parent = None
+            for n in range(1, len(STEPS) + 1):
+                parent = saver.put(*_step(thread, parent, n))["configurable"]["checkpoint_id"]
+    assert proxy.cuts == len(STEPS)
+    lost, kept = _counts(client, saver.keys("lost")[0]), _counts(client, saver.keys("kept")[0])
+    assert lost == kept and sorted(kept.values()) == [b"1", b"1"], lost
+    assert client.zcard(saver.keys("lost")[1]) == client.zcard(saver.keys("kept")[1])
+    assert len(list(saver.list(config("lost")))) == 1
 
 
 async def test_an_aput_whose_reply_was_lost_counts_its_values_once(

@@ -57,6 +57,7 @@ IMPORT = LIBRARY.function("import")
 DELTA = LIBRARY.function("delta")
 CLAIM = LIBRARY.function("claim")
 RETAIN = LIBRARY.function("retain")
+TRIM = LIBRARY.function("trim")
 DELETE_RUN = LIBRARY.function("delete_run")
 MAX_TRIM = LIBRARY.constant("MAX_TRIM")
 IDX_OFFSET = LIBRARY.constant("IDX_OFFSET")
@@ -492,11 +493,12 @@ def plain_put(
     the parent's pin removed; the TTL.
 
     The checkpoint's own index entry and its values' reference counts go in once however often
-    the transaction is applied. With ``retention`` (keep_last, age cut, max_bytes) the
-    library's retain, called after these in the same transaction, adds them. Without, plain
-    ZADD and one HINCRBY per channel version add them (no function call: the cheapest put for
-    the server), and ``again``, sent in place of the transaction when its reply was lost, is
-    the retain form, which adds them only if the first was not applied."""
+    the transaction is applied. With max_bytes (in ``retention``: keep_last, age cut,
+    max_bytes) the library's retain, called after these in the same transaction, adds them
+    (and counts their bytes). Otherwise plain ZADD and one HINCRBY per channel version add them
+    (no function call reads them: the cheapest put for the server), followed, with keep_last
+    or an age cut, by the library's trim; ``again``, sent in place of the transaction when its
+    reply was lost, is the retain form, which adds them only if the first was not applied."""
     data, index = thread_keys
     floor = checkpoint_id
     for holder in holders.values():
@@ -538,12 +540,15 @@ def plain_put(
         LIBRARY,
         (written, *unpinned, *indexed, *expires),
     )
-    if retention is not None:
-        return retained
+    if retention is not None and retention[2]:
+        return retained  # by bytes: retain counts the checkpoint's bytes as it indexes it
     commands: list[tuple[Any, ...]] = [written]
     for i in range(0, len(versions), 2):
         commands.append(("HINCRBY", data, counter_field(ns, versions[i], versions[i + 1]), 1))
     commands += (*unpinned, ("ZADD", index, 0, name, *members), *expires)
+    if retention is not None:  # keep_last, max_age: indexed and counted as without, then trim
+        trim = (TRIM, 2, *thread_keys, retention[0], retention[1], ns)
+        return Call("FCALL", trim, data, LIBRARY, tuple(commands), again=retained)
     *before, last = commands
     return Call(last[0], tuple(last[1:]), data, None, tuple(before), again=retained)
 

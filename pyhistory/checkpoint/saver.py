@@ -68,7 +68,7 @@ _PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 def load_checkpoint_functions(client: SyncClient) -> str:
     """Load (or replace with identical code) the saver's library; on a cluster, on every primary.
-    Returns its name, e.g. ``"pyhistory_checkpoint_v4"``. The saver also loads it lazily."""
+    Returns its name, e.g. ``"pyhistory_checkpoint_v5"``. The saver also loads it lazily."""
     return load_library(client, _calls.LIBRARY)
 
 
