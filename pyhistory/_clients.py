@@ -64,7 +64,7 @@ from pyhistory._limits import (
 from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
 from pyhistory._version import VERSION
 from pyhistory.errors import InvalidArgumentError, translate
-from pyhistory.functions import AsyncClient, SyncClient, prepare
+from pyhistory.functions import AsyncClient, SyncClient, fresh_checkout, prepare
 
 T = TypeVar("T")
 
@@ -771,6 +771,7 @@ def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
         return _sync_cluster(url, read_from_replicas)
     pool = _BlockingPool.from_url(url, **_pool(False))
     _pack_sync(pool)
+    pool.connection_class = fresh_checkout(pool.connection_class)
     client = redis.Redis.from_pool(pool)
     if url not in _is_cluster:
         try:

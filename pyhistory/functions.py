@@ -368,6 +368,51 @@ def _read_replies(count: int, read: Callable[[], Any]) -> list[Any]:
     return replies
 
 
+# How long after this module's code read every reply a pooled connection was owed the pools of
+# URL-built sync clients hand it out again without polling its socket (see FreshCheckout).
+FRESH_CHECKOUT = 1.0
+
+
+class FreshCheckout:
+    """A mixin for the connections of the sync pools pyhistory builds from a URL. redis-py's
+    pools poll a connection's socket on every checkout (``can_read``) for a reply left unread or
+    a socket the server closed: a system call that, with several threads, also hands the GIL
+    to another thread and waits to take it back (sync turns with 8 threads: about 7 % more per
+    second without it, docs/performance.md). A connection this module's code used last,
+    reading every reply it was owed before handing it back (:func:`_write_once`), holds nothing
+    unread; when it is checked out again within FRESH_CHECKOUT, the poll is skipped. A socket
+    the server closed meanwhile fails the first command written on it, which goes again on a
+    new connection as it does after any connection failure (reads under the client's retry
+    policy, a plain append as its form that is applied once). Every other checkout polls: a
+    connection redis-py's own code used last, or one idle for longer. tests/test_clients.py
+    fails when redis-py's checkout stops asking ``can_read``."""
+
+    _clean_at = -math.inf
+
+    def can_read(self, timeout: float = 0) -> bool:
+        clean_at = self._clean_at
+        if clean_at != -math.inf:
+            self._clean_at = -math.inf  # once: the checkout's question, no later one
+            if not timeout and time.monotonic() - clean_at < FRESH_CHECKOUT:
+                return False
+        return super().can_read(timeout)  # type: ignore[misc, no-any-return]
+
+
+_fresh_classes: dict[type[Any], type[Any]] = {}
+
+
+def fresh_checkout(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` with :class:`FreshCheckout`."""
+    if issubclass(connection_class, FreshCheckout):
+        return connection_class
+    found = _fresh_classes.get(connection_class)
+    if found is None:
+        found = type(connection_class.__name__, (FreshCheckout, connection_class), {})
+        found.__module__ = __name__
+        _fresh_classes[connection_class] = found
+    return found
+
+
 def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """``commands`` written once on one pooled connection: their replies (an error reply in
     place). Whatever interrupts them closes the connection (its replies unread) and is raised."""
@@ -384,8 +429,31 @@ def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[An
                 connection.disconnect()
                 pool.release(connection)
         raise
+    if isinstance(connection, FreshCheckout):
+        connection._clean_at = time.monotonic()
     pool.release(connection)
     return replies
+
+
+def run_read(client: SyncClient, call: Call) -> Any:
+    """A plain read (no library, no side effect): on a standalone client with a pool, written
+    once on a pooled connection (which then comes back from the pool without a socket poll,
+    see :class:`FreshCheckout`); when that connection fails, or the server answers with an
+    error, :func:`run` sends it again and says what went wrong as it always does (under the
+    client's retry policy, its window counted from the first attempt)."""
+    if not plain_client(client):
+        return run(client, call)
+    assert isinstance(client, redis.Redis)
+    started = time.monotonic()
+    try:
+        (reply,) = _write_once(client, [(call.command, *call.args)])
+    except SEND_FAILURES as error:
+        telemetry.retried(error)
+        with attempts_since(started):
+            return run(client, call)
+    if isinstance(reply, ResponseError):
+        return run(client, call)
+    return reply
 
 
 def _typed_exec_replies(replies: list[Any]) -> list[Any]:

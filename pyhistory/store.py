@@ -41,6 +41,7 @@ from pyhistory.functions import (
     run,
     run_pair,
     run_plain_first,
+    run_read,
     run_reads,
     run_write,
 )
@@ -420,7 +421,7 @@ class MessageStore:
         client = self._read_client()
         read, refresh = _core.read(self.key, self._window), self._refresh_call(client)
         if refresh is None:
-            entries = run(client, read)
+            entries = run_read(client, read)
         else:
             sent_at = time.monotonic()
             entries, existed = run_pair(client, read, refresh)

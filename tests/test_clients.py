@@ -282,3 +282,59 @@ def test_a_child_forked_while_an_error_class_is_made_can_make_one() -> None:
             finally:
                 os._exit(code)
     assert wait_for_exit(pid, 60) == 0
+
+
+# --- a checkout right after a clean exchange ---------------------------------------------------
+
+
+def test_a_connection_read_clean_comes_back_without_a_socket_poll(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's pools poll a connection's socket on every checkout; the URL-built sync pool
+    skips the poll once, for a connection pyhistory's own code read every reply of less than
+    FRESH_CHECKOUT ago. Fails when redis-py's checkout stops asking can_read, or when the skip
+    outlives its one checkout."""
+    polls: list[object] = []
+    can_read = redis.connection.AbstractConnection.can_read
+
+    def counted(self: redis.connection.AbstractConnection, timeout: float = 0) -> bool:
+        polls.append(self)
+        return can_read(self, timeout)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "can_read", counted)
+    monkeypatch.setattr(pyhistory.functions, "FRESH_CHECKOUT", 0.2)
+    named, _ = named_url(url)
+    history = RedisChatMessageHistory("fresh", url=named)
+    history.add_messages(turn(1))  # builds the client, loads the library: redis-py's calls
+    assert len(history.messages) == 2  # after redis-py's own call: polled
+    polled = len(polls)
+    assert polled >= 1
+    history.add_messages(turn(2))  # after a read pyhistory made, just now: not polled
+    assert len(history.messages) == 4
+    assert len(history.messages) == 4
+    assert len(polls) == polled
+    time.sleep(0.25)
+    assert len(history.messages) == 4  # idle longer than FRESH_CHECKOUT: polled
+    assert len(polls) == polled + 1
+    client = _clients.sync_client(named)
+    assert client.ping()  # redis-py's own call: takes the skip, leaves none behind
+    assert client.ping()
+    assert len(polls) == polled + 2
+
+
+def test_a_connection_the_server_closed_after_a_clean_exchange_is_replaced(
+    url: str, client: redis.Redis
+) -> None:
+    """A connection checked out without a poll may be one the server closed meanwhile: the read
+    and the append on it still succeed, on a new connection, and the append is stored once."""
+    named, _ = named_url(url)
+    history = RedisChatMessageHistory("killed", url=named)
+    history.add_messages(turn(1))
+    first = [m.content for m in turn(1)]
+    assert [m.content for m in history.messages] == first  # the connection read clean
+    assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert [m.content for m in history.messages] == first  # on it, unpolled; then a new one
+    assert [m.content for m in history.messages] == first
+    assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    history.add_messages(turn(2))  # on the killed connection, unpolled; then once, on a new one
+    assert [m.content for m in history.messages] == [m.content for m in turn(1) + turn(2)]
