@@ -64,7 +64,7 @@ from pyhistory._limits import (
 from pyhistory._limits import FAILURE_BOUND as FAILURE_BOUND
 from pyhistory._version import VERSION
 from pyhistory.errors import InvalidArgumentError, translate
-from pyhistory.functions import AsyncClient, SyncClient, fresh_checkout, prepare
+from pyhistory.functions import AsyncClient, FreshCheckout, SyncClient, mixed_in, prepare
 
 T = TypeVar("T")
 
@@ -225,7 +225,7 @@ class _HiredisPacking:
     redis-py's sync connections pack them, rather than by redis.asyncio's pure-Python packer,
     which costs several times more (a chat turn's commands: about 4 µs against 29; a
     checkpoint put's: 4 against 24). With the default encoding only (UTF-8, strict: what
-    hiredis writes); otherwise redis-py's own. tests/test_packing.py fails when redis-py stops
+    hiredis writes); otherwise redis-py's own. tests/test_wire.py fails when redis-py stops
     packing through ``pack_command``."""
 
     encoder: Any
@@ -262,19 +262,11 @@ def _pack_sync(pool: redis.ConnectionPool) -> None:
         kwargs["command_packer"] = _PACKER
 
 
-_packing_classes: dict[type[Any], type[Any]] = {}
-
-
 def _packing(connection_class: type[Any]) -> type[Any]:
     """``connection_class`` with :class:`_HiredisPacking` (the same class without hiredis)."""
-    if _hiredis_pack is None or issubclass(connection_class, _HiredisPacking):
+    if _hiredis_pack is None:
         return connection_class
-    found = _packing_classes.get(connection_class)
-    if found is None:
-        found = type(connection_class.__name__, (_HiredisPacking, connection_class), {})
-        found.__module__ = __name__
-        _packing_classes[connection_class] = found
-    return found
+    return mixed_in(_HiredisPacking, connection_class)
 
 
 # A URL-built client holds at most this many connections; a call that finds them all busy waits
@@ -771,7 +763,7 @@ def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
         return _sync_cluster(url, read_from_replicas)
     pool = _BlockingPool.from_url(url, **_pool(False))
     _pack_sync(pool)
-    pool.connection_class = fresh_checkout(pool.connection_class)
+    pool.connection_class = mixed_in(FreshCheckout, pool.connection_class)
     client = redis.Redis.from_pool(pool)
     if url not in _is_cluster:
         try:

@@ -398,18 +398,18 @@ class FreshCheckout:
         return super().can_read(timeout)  # type: ignore[misc, no-any-return]
 
 
-_fresh_classes: dict[type[Any], type[Any]] = {}
+_mixed: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 
 
-def fresh_checkout(connection_class: type[Any]) -> type[Any]:
-    """``connection_class`` with :class:`FreshCheckout`."""
-    if issubclass(connection_class, FreshCheckout):
+def mixed_in(mixin: type[Any], connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` with ``mixin`` before it (one class per pair, made once)."""
+    if issubclass(connection_class, mixin):
         return connection_class
-    found = _fresh_classes.get(connection_class)
+    found = _mixed.get((mixin, connection_class))
     if found is None:
-        found = type(connection_class.__name__, (FreshCheckout, connection_class), {})
-        found.__module__ = __name__
-        _fresh_classes[connection_class] = found
+        found = type(connection_class.__name__, (mixin, connection_class), {})
+        found.__module__ = mixin.__module__
+        _mixed[(mixin, connection_class)] = found
     return found
 
 
