@@ -114,6 +114,7 @@ local MAX_ITEMS = 100000 -- most channels, blobs, filters or writes one call may
 local CHUNK = 500 -- fields per HSET/HMGET/HDEL/ZADD: keeps unpack() within Lua's stack limit
 local SCAN_BUDGET = 1000 -- most checkpoints one list call examines before it hands back a cursor
 local MAX_TRIM = 1000 -- most checkpoints one put or prune removes (the rest go on the next call)
+local TRIM_WINDOW = 64 -- most victims a keep_last trim takes from the range that finds its cut
 local PRUNE_NAMESPACES = 100 -- most namespaces one prune call examines (a cursor goes on)
 local DELTA_BUDGET = 250 -- most ancestors one delta call walks (a cursor goes on)
 local COPY_BUDGET = 1000 -- most fields, then index members, one copy or export call reads
@@ -370,9 +371,11 @@ end
 -- version pairs: a record's, or several records' one after another, so a pair may come more
 -- than once: each time counts), and delete every blob (with its count) whose count drops to 0:
 -- at once, or, given `dropped`, by adding its fields there for the caller's HDEL. `fresh` holds
--- the blob fields the calling put wrote itself: their count starts from 0. A blob with no count
--- (written by v1 of this library) is never counted, so never deleted here. `unsized`: leave
--- BYTES as it is (the caller counts no bytes: retention without max_bytes).
+-- the blob fields whose missing count starts from 0: put's, the values it wrote; retain's, every
+-- value its checkpoint names (as the plain commands' HINCRBY do), so a v1 value (written
+-- uncounted by v1 of this library) that a v2 checkpoint names is counted from then on. Any
+-- other blob with no count is never counted, so never deleted here. `unsized`: leave BYTES as
+-- it is (the caller counts no bytes: retention without max_bytes).
 local function count_references(data, ns, versions, delta, fresh, unsized, dropped)
   if #versions == 0 then
     return
@@ -627,11 +630,11 @@ local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
   if max_bytes and max_bytes > 0 then
     cut = bytes_cut(data, index, ns, max_bytes)
   end
-  -- The keep-th newest, when there is one older than it, with up to MAX_TRIM older ones (newest
-  -- first): when the cut stays there and they are all, they are the victims.
+  -- The keep-th newest, when there is one older than it, with up to TRIM_WINDOW older ones
+  -- (newest first): when the cut stays there and they are all, they are the victims.
   local older, kth = {}, nil
   if keep > 0 then
-    older = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, MAX_TRIM + 1)
+    older = redis.call('ZREVRANGEBYLEX', index, high, low, 'LIMIT', keep - 1, TRIM_WINDOW + 2)
     if #older >= 2 then
       local _, id = split_checkpoint(older[1])
       kth = id
@@ -655,7 +658,7 @@ local function trim(data, index, ns, keep, age_cut, by_kept, max_bytes)
   end
   cut = safe_cut(data, index, ns, cut, not by_kept)
   local victims = {}
-  if cut == kth and #older <= MAX_TRIM then
+  if cut == kth and #older <= TRIM_WINDOW + 1 then
     for i = #older, 2, -1 do
       victims[#victims + 1] = older[i]
     end

@@ -763,7 +763,9 @@ def _new_sync(url: str, cluster: bool, read_from_replicas: bool) -> SyncClient:
         return _sync_cluster(url, read_from_replicas)
     pool = _BlockingPool.from_url(url, **_pool(False))
     _pack_sync(pool)
-    pool.connection_class = mixed_in(FreshCheckout, pool.connection_class)
+    if pool.connection_kwargs.get("protocol") in (None, 2, "2"):
+        # RESP3's pending pushes (redis-py's maintenance notices) are read at the checkout poll
+        pool.connection_class = mixed_in(FreshCheckout, pool.connection_class)
     client = redis.Redis.from_pool(pool)
     if url not in _is_cluster:
         try:

@@ -427,7 +427,8 @@ def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[An
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.disconnect()
-                pool.release(connection)
+            with contextlib.suppress(Exception):
+                pool.release(connection)  # even when disconnect failed: the slot comes back
         raise
     if isinstance(connection, FreshCheckout):
         connection._clean_at = time.monotonic()
@@ -438,9 +439,9 @@ def _write_once(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[An
 def run_read(client: SyncClient, call: Call) -> Any:
     """A plain read (no library, no side effect): on a standalone client with a pool, written
     once on a pooled connection (which then comes back from the pool without a socket poll,
-    see :class:`FreshCheckout`); when that connection fails, or the server answers with an
-    error, :func:`run` sends it again and says what went wrong as it always does (under the
-    client's retry policy, its window counted from the first attempt)."""
+    see :class:`FreshCheckout`); when that connection fails, :func:`run` sends it again under
+    the client's retry policy (its window counted from the first attempt). Errors are typed as
+    :func:`run` types them."""
     if not plain_client(client):
         return run(client, call)
     assert isinstance(client, redis.Redis)
@@ -451,8 +452,12 @@ def run_read(client: SyncClient, call: Call) -> Any:
         telemetry.retried(error)
         with attempts_since(started):
             return run(client, call)
+    except BaseException as error:
+        _raise_typed(error)
+        raise
     if isinstance(reply, ResponseError):
-        return run(client, call)
+        _raise_typed(reply)
+        raise reply
     return reply
 
 

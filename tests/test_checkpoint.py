@@ -177,7 +177,7 @@ RELEASED = {
     "pyhistory_checkpoint_v2": "d1395b9972f762e8",
     "pyhistory_checkpoint_v3": "bf62e5f9ebcc5ec2",
     "pyhistory_checkpoint_v4": "3cdbe7d1c35cc957",
-    "pyhistory_checkpoint_v5": "7e8eca5d4a9e3b88",
+    "pyhistory_checkpoint_v5": "d704b498564c2c67",
 }
 
 

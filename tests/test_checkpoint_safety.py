@@ -132,6 +132,30 @@ def test_keep_last_frees_the_values_only_removed_checkpoints_named(
     assert len(list(saver.list(config("t")))) == 2
 
 
+@pytest.mark.parametrize("backlog", [30, 100])
+def test_keep_last_set_on_a_long_thread_trims_it_in_one_put(
+    url: str, client: redis.Redis, backlog: int
+) -> None:
+    """A trim takes its victims from the range that finds its cut when they are few (up to the
+    library's TRIM_WINDOW, 64) and from a range of their own when there are more."""
+    parent = None
+    saver = RedisSaver(url)
+    for n in range(1, backlog + 1):
+        parent = put(saver, "t", n, parent=parent, values={"a": n}, versions={"b": 1})
+    trimmed = RedisSaver(url, keep_last=3, trim_every=1)
+    put(trimmed, "t", backlog + 1, parent=parent, values={"a": backlog + 1}, versions={"b": 1})
+    assert [t.metadata["step"] for t in trimmed.list(config("t"))] == [
+        backlog + 1,
+        backlog,
+        backlog - 1,
+    ]
+    counts = _counts(client, saver.keys("t")[0])
+    assert counts == {
+        b"n\0\0b\0" + b"1": b"3",
+        **{b"n\0\0a\0" + str(n).encode(): b"1" for n in range(backlog - 1, backlog + 2)},
+    }
+
+
 def test_retention_with_delta_channels_keeps_every_rebuild(url: str) -> None:
     unbounded, bounded = RedisSaver(url), RedisSaver(url, keep_last=2)
     expected = run_turns(build_graph(unbounded), "a", 7)
@@ -307,7 +331,7 @@ def test_a_put_whose_reply_was_lost_counts_its_values_once(url: str, client: red
 def test_a_trimming_put_whose_reply_was_lost_counts_and_trims_once(
     url: str, client: redis.Redis
 ) -> None:
-    """With keep_last a put also indexes and counts with plain commands, then retain trims; a
+    """With keep_last a put also indexes and counts with plain commands, then calls trim; a
     put applied and its reply lost is sent again as retain's indexing form, which counts
     nothing twice: the counts are those of a thread that lost nothing, and the trim is done."""
     port = client.connection_pool.connection_kwargs["port"]

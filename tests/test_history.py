@@ -382,6 +382,8 @@ async def test_key_of_another_type(url: str, client: redis.Redis) -> None:
         await history.aadd_messages([HumanMessage("x")])
     with pytest.raises(pyhistory.WrongTypeError):
         await history.aget_messages()
+    with pytest.raises(pyhistory.WrongTypeError):  # a read with no TTL to refresh: LRANGE alone
+        await asyncio.to_thread(lambda: RedisChatMessageHistory("s", url=url).messages)
     assert stored(client) == before
 
 

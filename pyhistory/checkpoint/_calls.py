@@ -392,9 +392,10 @@ def put(
     of its namespace (:class:`Head`). ``retention``: (keep_last,
     age cut, max_bytes); ``parent_holders``: the parent's, when this saver knows them.
 
-    With retention a put of plain commands ends with the library's retain, which indexes and
-    counts the checkpoint once and trims: with max_bytes on every put, with keep_last and the
-    age cut only when ``trim`` (a put that does not trim is the plain put without retention)."""
+    With max_bytes a put of plain commands ends with the library's retain, which indexes and
+    counts the checkpoint once and trims, on every put. With keep_last and the age cut, a put
+    that trims (``trim``) indexes and counts with plain commands and ends with the library's
+    trim; the others are the plain put without retention (see :func:`plain_put`)."""
     thread_id = thread_of(config)
     ns = namespace_of(config)
     parent = checkpoint_of(config)
