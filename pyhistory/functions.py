@@ -441,24 +441,36 @@ def run_read(client: SyncClient, call: Call) -> Any:
     once on a pooled connection (which then comes back from the pool without a socket poll,
     see :class:`FreshCheckout`); when that connection fails, :func:`run` sends it again under
     the client's retry policy (its window counted from the first attempt). Errors are typed as
-    :func:`run` types them."""
+    :func:`run` types them; an error reply is raised without sending the read again."""
     if not plain_client(client):
         return run(client, call)
-    assert isinstance(client, redis.Redis)
-    started = time.monotonic()
-    try:
-        (reply,) = _write_once(client, [(call.command, *call.args)])
-    except SEND_FAILURES as error:
-        telemetry.retried(error)
-        with attempts_since(started):
-            return run(client, call)
-    except BaseException as error:
-        _raise_typed(error)
-        raise
+    replies, reply = _write_or_run(client, [(call.command, *call.args)], call)
+    if replies is None:
+        return reply
+    (reply,) = replies
     if isinstance(reply, ResponseError):
         _raise_typed(reply)
         raise reply
     return reply
+
+
+def _write_or_run(
+    client: SyncClient, commands: list[tuple[Any, ...]], call: Call
+) -> tuple[list[Any] | None, Any]:
+    """``commands`` written once on one pooled connection: their replies (errors in place) and
+    None; or, when the connection fails, None and ``call``'s reply, run with the client's retry
+    policy (its window counted from the first attempt). Other errors are raised typed."""
+    assert isinstance(client, redis.Redis)
+    started = time.monotonic()
+    try:
+        return _write_once(client, commands), None
+    except SEND_FAILURES as error:
+        telemetry.retried(error)
+        with attempts_since(started):
+            return None, run(client, call)
+    except BaseException as error:
+        _raise_typed(error)
+        raise
 
 
 def _typed_exec_replies(replies: list[Any]) -> list[Any]:
@@ -476,17 +488,9 @@ def run_plain_first(
     (errors in place) and None. When the connection fails, ``call``, which must do the same
     work and recognise a transaction that was applied, is run instead with the client's retry
     policy (its window counted from the first attempt): (None, its reply)."""
-    assert isinstance(client, redis.Redis)
-    started = time.monotonic()
-    try:
-        replies = _write_once(client, commands)
-    except SEND_FAILURES as error:
-        telemetry.retried(error)
-        with attempts_since(started):
-            return None, run(client, call)
-    except BaseException as error:
-        _raise_typed(error)
-        raise
+    replies, reply = _write_or_run(client, commands, call)
+    if replies is None:
+        return None, reply
     return _typed_exec_replies(replies), None
 
 
