@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import gzip
 import json
 import math
 import os
@@ -270,7 +271,10 @@ class RequestLog:
 
 
 def load_requests(path: Path) -> dict[str, Any]:
-    """What :meth:`RequestLog.dump` wrote."""
+    """What :meth:`RequestLog.dump` wrote (``path``, or ``path`` + ``.gz`` once packed)."""
+    if not path.exists():
+        with gzip.open(f"{path}.gz", "rt", encoding="utf-8") as packed:
+            return json.load(packed)  # type: ignore[no-any-return]
     return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 

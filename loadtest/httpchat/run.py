@@ -61,6 +61,7 @@ class Run:
     name: str  # folder name
     backend: str
     fault: str = ""  # "", "restart", "pause" or "hang"
+    seconds: float | None = None  # the run's length, when not --run-time's
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -198,7 +199,7 @@ def execute(run: Run, redis_: harness.RedisUnderTest, args: argparse.Namespace) 
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     redis_.flush()
-    duration = args.fault_run_time if run.fault else args.run_time
+    duration = run.seconds or (args.fault_run_time if run.fault else args.run_time)
     log(f"{run.name}: {args.users} users, {duration} s, backend {run.backend}")
     with service(run.backend, redis_.url, args, folder) as base:
         fault_thread = None
@@ -257,6 +258,20 @@ def _fault(run: Run, redis_: harness.RedisUnderTest, args: argparse.Namespace) -
     log(f"  fault over after {run.meta['fault_end'] - run.meta['fault_start']:.2f} s")
 
 
+def _summarised_again(run: dict[str, Any], raw: Path) -> dict[str, Any]:
+    """A run's figures computed again from its per-run files in ``raw`` when they are there (the
+    report's code may have changed since), else as summary.json has them."""
+    folder = raw / run["folder"]
+    if not (folder / "requests.json.gz").exists():
+        return run
+    meta = {k: run[k] for k in ("locust_exit_code", "seconds", "machine_cpu_busy", "loadavg_end")}
+    if run.get("fault_report"):
+        start = harness.load_requests(folder / "requests.json")["marks"]["start"]
+        meta["fault_start"] = start + run["fault_at_s"]
+        meta["fault_end"] = meta["fault_start"] + run["fault_seconds"]
+    return report.summarise_run(run["name"], run["backend"], run["fault"], folder, meta)
+
+
 def failure_bound() -> float | None:
     """The longest a pyhistory call on a URL-built client takes before it raises (seconds)."""
     from pyhistory import _clients
@@ -281,7 +296,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pause-seconds", type=float, default=3.0)
     parser.add_argument("--hang-seconds", type=float, default=12.0)
     parser.add_argument(
-        "--rounds", type=int, help="every backend this many times, every other round in reverse (2)"
+        "--rounds",
+        type=int,
+        help="every backend this many times, every other round in reverse (3: the targets take "
+        "the median round, so one disturbed round moves no result)",
+    )
+    parser.add_argument(
+        "--warm-up",
+        type=harness.parse_seconds,
+        help="an unreported run of the first backend before the rounds, s (20; 0: none)",
     )
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (2)")
     parser.add_argument("--think", default="1-3", help="think time between turns, s (1-3)")
@@ -299,7 +322,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
-        "--render", action="store_true", help="write summary.md and the plots from summary.json"
+        "--render",
+        action="store_true",
+        help="write summary.md and the plots from summary.json (each run's figures computed "
+        "again from --raw, when given and there)",
     )
     args = parser.parse_args(argv)
     quick = args.quick
@@ -307,7 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "users": 20 if quick else 200,
         "spawn_rate": 20.0,
         "run_time": 10 if quick else 60,
-        "rounds": 1 if quick else 2,
+        "rounds": 1 if quick else 3,
+        "warm_up": 0 if quick else 20,
         "fault_run_time": 16 if quick else 40,
         "fault_at": 6.0 if quick else 15.0,
     }
@@ -346,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         data = report.summarise(
-            old["runs"],
+            [_summarised_again(run, args.raw) for run in old["runs"]],
             settings=old["settings"],
             redis_label=old["redis"],
             started=old["started"],
@@ -355,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         data["machine"] = old["machine"]
         return write_summary(data, out, plots=not args.no_plots)
     runs: list[Run] = []
+    if args.warm_up and args.backend_list:
+        # Unreported: the session's first run was the slowest of its backend's (a server and a
+        # machine not yet in their steady state), whichever backend came first.
+        runs.append(Run("warm-up", args.backend_list[0], seconds=args.warm_up))
     for round_ in range(args.rounds):
         # Every other round in reverse: over two rounds each backend's mean place is the same,
         # so a drift over the session (the machine warming, other work) favours none.
@@ -368,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for run in runs:
-            results.append(execute(run, redis_, args))
+            summary = execute(run, redis_, args)
+            if run.name != "warm-up":
+                results.append(summary)
     finally:
         redis_.stop()
     settings = {
