@@ -58,7 +58,7 @@ def test_backends_and_a_restart_without_debian_redis(tmp_path: Path) -> None:
     out = tmp_path / "http"
     proc = run_http(
         out,
-        *("--backends", "pyhistory,memory", "--run-time", "4s"),
+        *("--backends", "pyhistory,memory", "--run-time", "4s", "--warm-up", "2"),
         *("--faults", "restart", "--fault-run-time", "8s", "--fault-at", "3"),
         env=env,
     )
@@ -67,7 +67,8 @@ def test_backends_and_a_restart_without_debian_redis(tmp_path: Path) -> None:
     data = summary(out)
     assert not data["redis"].startswith("redis 7.0"), data["redis"]  # not Debian's server
     runs = {run["name"]: run for run in data["runs"]}
-    assert set(runs) == {"pyhistory", "memory", "fault-restart"}, output
+    assert set(runs) == {"pyhistory", "memory", "fault-restart"}, output  # no warm-up run
+    assert (tmp_path / "raw" / "warm-up" / "requests.json.gz").is_file()
     for run in runs.values():
         assert run["requests"] > 0, run
         assert run["failures"] == 0, (run["name"], run["errors"])
@@ -79,6 +80,41 @@ def test_backends_and_a_restart_without_debian_redis(tmp_path: Path) -> None:
     assert (out / "summary.md").read_text(encoding="utf-8").startswith("# The chat service")
     # what is committed: the summary and the plots, no per-run files and no locust HTML
     assert {p.name for p in out.iterdir()} <= {"summary.md", "summary.json", "latency.png"}
+    # the figures computed again from the per-run files are the same
+    again = subprocess.run(
+        [sys.executable, str(RUN), "--render", "--raw", str(tmp_path / "raw"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    redone = {run["name"]: run for run in summary(out)["runs"]}
+    for name, run in runs.items():
+        for key in ("requests", "failures", "by_name", "all", "server_timing", "timeline"):
+            assert redone[name][key] == run[key], (name, key)
+    fault, redone_fault = runs["fault-restart"]["fault_report"], redone["fault-restart"]
+    assert redone_fault["fault_report"]["failed"] == fault["failed"]
+    assert redone_fault["fault_report"]["requests_in_fault"] == fault["requests_in_fault"]
+
+
+def test_each_round_is_shown_beside_the_median() -> None:
+    sys.path.insert(0, str(ROOT / "loadtest"))
+    from httpchat import report
+
+    def run(backend: str, p99: float, fault: str = "") -> dict[str, Any]:
+        return {"backend": backend, "fault": fault, "by_name": {"chat": {"p99_ms": p99}}}
+
+    runs = [
+        *(run("pyhistory", 91.0), run("pipeline", 92.0), run("memory", 90.0)),
+        *(run("memory", 89.0), run("pipeline", 90.0), run("pyhistory", 91.5)),
+        run("pyhistory", 300.0, fault="hang"),
+    ]
+    assert report._rounds_note(runs, "chat") == (
+        "; by round: +1.00 vs +2.00, +2.50 vs +1.00 ms (pyhistory at or below in 1 of 2)"
+    )
+    assert report._rounds_note(runs[:3], "chat") == ""  # one round: nothing to show
 
 
 def test_failed_requests_are_counted(tmp_path: Path) -> None:

@@ -281,17 +281,15 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _rounds_note(runs: list[dict[str, Any]], endpoint: str) -> str:
     """Each round's p99 over that round's floor, ours against the pipeline's: how far a single
     round's comparison moves (a p99 rests on the slowest 1 % of a round's requests)."""
-    p99: dict[tuple[str, int], float] = {}
-    for run in runs:
-        if not run["fault"] and endpoint in run["by_name"]:
-            index = sum(1 for key in p99 if key[0] == run["backend"])
-            p99[(run["backend"], index)] = run["by_name"][endpoint]["p99_ms"]
-    pairs = []
-    for index in range(len(runs)):
-        if not all((name, index) in p99 for name in (OURS, HAND, FLOOR)):
-            break
-        floor = p99[(FLOOR, index)]
-        pairs.append((p99[(OURS, index)] - floor, p99[(HAND, index)] - floor))
+    p99 = {
+        name: [
+            r["by_name"][endpoint]["p99_ms"]
+            for r in runs
+            if r["backend"] == name and not r["fault"] and endpoint in r["by_name"]
+        ]
+        for name in (OURS, HAND, FLOOR)
+    }
+    pairs = [(o - f, h - f) for o, h, f in zip(p99[OURS], p99[HAND], p99[FLOOR], strict=False)]
     if len(pairs) < 2:
         return ""
     shown = ", ".join(f"{ours:+.2f} vs {hand:+.2f}" for ours, hand in pairs)
