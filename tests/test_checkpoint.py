@@ -481,9 +481,10 @@ def test_trim_every_bounds_a_namespace_and_frees_what_it_removes(
     assert client.zlexcount(index, "[c\0", "(c\0\xff") == 3
 
 
-def test_trim_every_defaults_to_a_quarter_of_keep_last(url: str) -> None:
-    assert RedisSaver(url, keep_last=10)._trim_every == 2
+def test_trim_every_defaults_to_half_of_keep_last(url: str) -> None:
+    assert RedisSaver(url, keep_last=10)._trim_every == 5
     assert RedisSaver(url, keep_last=3)._trim_every == 1
+    assert RedisSaver(url, keep_last=2)._trim_every == 1
     assert RedisSaver(url, max_age=60)._trim_every == 1
     for bad in (0, -1, True, 1.5):
         with pytest.raises(errors.InvalidSizeError):

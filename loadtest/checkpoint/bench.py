@@ -43,7 +43,7 @@ from app import build_agent
 from harness import pyplot, server_cpu_seconds, table
 
 from pyhistory import testing
-from pyhistory.checkpoint import RedisSaver
+from pyhistory.checkpoint import RedisSaver, _calls
 
 ROOT = Path(__file__).resolve().parents[2]
 PADDING = 1000  # characters added to each answer: about 1 KB per turn
@@ -265,6 +265,7 @@ def storage(
 def write_report(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    every = _calls.check_trim_every(None, 10)  # the default with keep_last=10
     lines = [
         "# LangGraph savers side by side",
         "",
@@ -338,8 +339,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "each step (quadratic growth). DeltaChannel stores each step's new messages and a "
         "snapshot every 20 updates; `keep_last` drops old checkpoints; together the growth per "
         "turn approaches the size of the turn itself. With `keep_last=10` the saver trims on "
-        "every 2nd put (`trim_every`, by default a quarter of `keep_last`), so a namespace "
-        "holds 10 or 11 checkpoints (besides what DeltaChannel rebuilds need).",
+        f"one put in {every} (`trim_every`, by default half of `keep_last`), so a namespace "
+        f"holds 10 to {10 + every - 1} checkpoints (besides what DeltaChannel rebuilds need).",
         "- Throughput is bounded by LangGraph's own Python work per step, on a 2-core machine "
         "shared with other jobs: runs vary. The table shows the median of three rounds "
         "(round robin over the savers); bench.json has each.",

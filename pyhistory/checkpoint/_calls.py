@@ -124,9 +124,9 @@ def check_keep_last(value: object) -> int:
 
 
 def check_trim_every(value: object, keep_last: int) -> int:
-    """None: a quarter of keep_last (at least 1), else an int in [1, MAX_INT]."""
+    """None: half of keep_last (at least 1), else an int in [1, MAX_INT]."""
     if value is None:
-        return max(1, keep_last // 4)
+        return max(1, keep_last // 2)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
         raise InvalidSizeError(
             f"trim_every must be None or an int in [1, {MAX_INT}], got {value!r}"

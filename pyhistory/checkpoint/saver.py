@@ -118,7 +118,7 @@ class RedisSaver(BaseCheckpointSaver[str]):
             first put to a thread's namespace and then on every ``trim_every``-th put to it, so
             that one trim removes several checkpoints at once (a namespace holds at most
             ``keep_last + trim_every - 1`` checkpoints that retention may remove, per saver
-            writing it). None: ``max(1, keep_last // 4)`` (1 with max_age alone); 1: every put.
+            writing it). None: ``max(1, keep_last // 2)`` (1 with max_age alone); 1: every put.
             With max_bytes every put applies retention.
         value_cache_bytes: the most bytes of values (the serializer's output) this saver keeps
             of the newest versions it wrote or read, per thread and namespace (least recently
