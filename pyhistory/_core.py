@@ -287,7 +287,7 @@ class DecodedCache:
     def put(self, entry: bytes | str, message: BaseMessage) -> None:
         """Remember what ``entry`` decodes to (a private copy of ``message``)."""
         size = len(entry)
-        if size > self.max_entry_bytes:
+        if size > self.max_entry_bytes or type(message).__new__ is not _new:
             return
         recipe = _recipe(message)
         with self._lock:
@@ -320,6 +320,7 @@ def _dup(value: Any) -> Any:
 
 
 _set = object.__setattr__
+_new = object.__new__
 
 # The message classes recipes were taken from; a recipe names its class by its index here.
 _CLASSES: list[type[BaseMessage]] = []
@@ -380,13 +381,14 @@ def _build(recipe: _Recipe) -> BaseMessage:
         fields[name] = {}
     for name in lists:
         fields[name] = []
-    for name in mutable:
-        fields[name] = _dup(fields[name])
-    cls = _CLASSES[index]
-    message = cls.__new__(cls)
+    if mutable:
+        for name in mutable:
+            fields[name] = _dup(fields[name])
+    message = _new(_CLASSES[index])  # a class with a __new__ of its own gets no recipe
     _set(message, "__dict__", fields)
     _set(message, "__pydantic_fields_set__", set(fields_set))
-    _set(message, "__pydantic_extra__", None if extra is None else _dup(extra))
+    # most messages' extra is an empty dict (or None): made anew without a call
+    _set(message, "__pydantic_extra__", extra if extra is None else _dup(extra) if extra else {})
     _set(message, "__pydantic_private__", None if private is None else _dup(private))
     return message
 

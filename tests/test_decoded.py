@@ -143,6 +143,24 @@ def test_the_cache_is_bounded_in_bytes() -> None:
     assert DECODED.max_bytes == 4 << 20
 
 
+class _Made(HumanMessage):
+    """A message class that makes its instances itself."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Made:
+        made = super().__new__(cls)
+        object.__setattr__(made, "_made_here", True)
+        return made
+
+
+def test_a_class_with_a_new_of_its_own_is_decoded_each_time_not_copied() -> None:
+    cache = DecodedCache()
+    entry = json.dumps(message_to_dict(HumanMessage("hi"))).encode()
+    cache.put(entry, _Made("hi"))
+    assert cache.get(entry) is None  # copies bypass __new__: such a class gets no recipe
+    cache.put(entry, HumanMessage("hi"))
+    assert cache.get(entry) == HumanMessage("hi")
+
+
 def test_cached_messages_add_one_object_each_to_what_the_garbage_collector_scans() -> None:
     """A full collection pauses the process for every object it tracks: a cache of thousands of
     decoded messages holds one tracked object per message (plain messages: their recipe's
