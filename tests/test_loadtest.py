@@ -149,3 +149,16 @@ def test_bench_quick_server_cost(tmp_path: Path) -> None:
     same = [t for t in data["targets"] if t["measure"].startswith("the server-cost form")]
     assert same and same[0]["met"], same
     assert (out / "results.md").is_file()
+
+
+def test_a_ratio_between_contenders_pairs_their_repetitions() -> None:
+    """Each repetition runs the contenders back to back: a ratio is taken within one, then the
+    median (Valkey's server CPU per turn at one flight, from docs/bench/results.json)."""
+    sys.path.insert(0, str(ROOT / "loadtest"))
+    from bench.report import paired
+
+    ours, theirs = [28.5, 27.5, 27.2, 25.8, 25.6], [25.3, 29.8, 27.4, 24.9, 26.0]
+    value, each = paired(ours, theirs)
+    assert [round(r, 2) for r in each] == [1.13, 0.92, 0.99, 1.04, 0.98]
+    assert round(value, 2) == 0.99  # the medians' ratio, 27.2 / 26.0, would say 1.05
+    assert paired([2.0, 3.0, 4.0], [1.0, 2.0]) == (2.0, [])  # unpaired: 3 / 1.5, the medians
