@@ -12,7 +12,9 @@ into the results folder (default ``loadtest/results/<timestamp>-<contender>/``):
 - ``locust_stats.csv``, ``locust_stats_history.csv``, ``locust_failures.csv``,
   ``locust_exceptions.csv``: locust's ``--csv`` output;
 - ``report.html``: locust's ``--html`` report (here only: it is not committed anywhere);
-- ``latency.json``: exact per-operation latencies (locust's percentiles are whole milliseconds);
+- ``latency.json``: exact per-operation latencies of the requests that started a second or more
+  after the ramp-up (``harness.SETTLE_S``; locust's percentiles are whole milliseconds, over
+  the whole run);
 - ``locust.log`` (what locust printed), ``command.txt``, ``summary.json``.
 
 The server, the locust subprocess and its CSV are ``loadtest/harness.py``'s, shared with
@@ -164,7 +166,8 @@ def run_one(
             "failures": int(row["Failure Count"]),
             "rps": float(row["Requests/s"]),
             "avg_ms": float(row["Average Response Time"]),
-            # exact when latency.json is there, else locust's whole milliseconds
+            # exact when latency.json has them (an operation made only during the ramp-up,
+            # like prefill, has none), else locust's whole milliseconds
             "p50_ms": exact.get("p50_ms", _float(row.get("50%"))),
             "p99_ms": exact.get("p99_ms", _float(row.get("99%"))),
             "max_ms": float(row["Max Response Time"]),

@@ -162,3 +162,29 @@ def test_a_ratio_between_contenders_pairs_their_repetitions() -> None:
     assert [round(r, 2) for r in each] == [1.13, 0.92, 0.99, 1.04, 0.98]
     assert round(value, 2) == 0.99  # the medians' ratio, 27.2 / 26.0, would say 1.05
     assert paired([2.0, 3.0, 4.0], [1.0, 2.0]) == (2.0, [])  # unpaired: 3 / 1.5, the medians
+
+
+def test_latency_counts_the_requests_that_started_after_the_ramp_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exact latencies `make loadtest` writes leave out what started during the ramp-up and
+    the second after it (as the chat service's report does); failures count over the whole run."""
+    sys.path.insert(0, str(ROOT / "loadtest"))
+    import harness
+
+    log = harness.RequestLog()
+    log.marks = {"start": 100.0, "spawned": 110.0}
+    for end, name, ms, error in [
+        (104.0, "prefill", 3.0, None),
+        (111.05, "fetch", 100.0, None),  # started at 110.95: within the settling second
+        (111.2, "fetch", 150.0, None),
+        (112.0, "fetch", 5.0, None),
+        (105.0, "fetch", 2.0, ConnectionError("gone")),
+    ]:
+        monkeypatch.setattr(harness.time, "time", lambda end=end: end)
+        log._on_request(name, ms, error)
+    summary = log.summary()
+    assert summary["fetch"]["count"] == 2
+    assert summary["fetch"]["max_ms"] == 150.0
+    assert summary["fetch"]["failures"] == 1
+    assert summary["prefill"] == {"failures": 0}

@@ -20,10 +20,6 @@ HAND = "pipeline"
 THEIRS = "langchain"
 P99_BUDGET_MS = 2.0
 ENDPOINTS = ("chat", "chat (stream)")
-# Latency counts the requests that started this long after the ramp-up ended: the last users'
-# first requests, which open their connections while locust is still spawning, are left out
-# (in every backend's runs they were most of a round's slowest 1 %).
-SETTLE_S = 1.0
 
 
 def _locust_aggregated(folder: Path) -> dict[str, int]:
@@ -40,10 +36,10 @@ def summarise_run(
     requests = record["requests"]  # [end, name, ms, ok, error]
     marks = record["marks"]
     start = float(marks.get("start", meta.get("started", 0.0)))
-    # Latency is taken once every user runs (SETTLE_S after the ramp-up, by the time each
-    # request started); failures over the whole run.
-    steady_from = float(marks["spawned"]) + SETTLE_S if "spawned" in marks and not fault else start
-    steady = [r for r in requests if r[0] - r[2] / 1000 >= steady_from]
+    # Latency is taken once every user runs (harness.SETTLE_S after the ramp-up, by the time
+    # each request started); failures over the whole run.
+    steady_from = start if fault else harness.settled_since(marks, start)
+    steady = [r for r in requests if harness.started_since(r[0], r[2], steady_from)]
     end = max((r[0] for r in requests), default=steady_from)
     window = max(1e-9, end - steady_from)
     names = sorted({r[1] for r in requests})
@@ -363,8 +359,9 @@ def markdown(data: dict[str, Any]) -> str:
         "the service's workers and locust (and other work on the machine: expect noise of a "
         f"few ms in the tails); Python {m['python']}",
         "- latencies are exact (timed per request by the locustfile; locust's own CSV rounds "
-        f"them), for the requests that started {SETTLE_S:g} s or more after every user ran (the "
-        "last users' first requests open their connections); failures over the whole run",
+        f"them), for the requests that started {harness.SETTLE_S:g} s or more after every user "
+        "ran (the last users' first requests open their connections); failures over the whole "
+        "run",
         "",
         "## Targets",
         "",
