@@ -13,8 +13,8 @@ into the results folder (default ``loadtest/results/<timestamp>-<contender>/``):
   ``locust_exceptions.csv``: locust's ``--csv`` output;
 - ``report.html``: locust's ``--html`` report (here only: it is not committed anywhere);
 - ``latency.json``: exact per-operation latencies of the requests that started a second or more
-  after the ramp-up (``harness.SETTLE_S``; locust's percentiles are whole milliseconds, over
-  the whole run);
+  after the ramp-up (``harness.SETTLE_S``): the summary's p50 and p99; its requests/s and max
+  are locust's, over the whole run (locust's percentiles are whole milliseconds);
 - ``locust.log`` (what locust printed), ``command.txt``, ``summary.json``.
 
 The server, the locust subprocess and its CSV are ``loadtest/harness.py``'s, shared with
@@ -153,7 +153,9 @@ def run_one(
         "problems": problems,
         "results": str(out),
         "operations": {},
-        # exact: from latency.json; locust: its whole-millisecond buckets (e.g. with --processes)
+        # exact: from latency.json, the requests after the ramp-up (an operation made only
+        # during it has locust's, its own "percentiles" says so); locust: its whole-millisecond
+        # buckets over the whole run (e.g. with --processes)
         "percentiles": "exact" if latency else "locust",
     }
     for op in (*OPERATIONS, "prefill"):
@@ -171,6 +173,7 @@ def run_one(
             "p50_ms": exact.get("p50_ms", _float(row.get("50%"))),
             "p99_ms": exact.get("p99_ms", _float(row.get("99%"))),
             "max_ms": float(row["Max Response Time"]),
+            "percentiles": "exact" if "p50_ms" in exact else "locust",
         }
     add_ai = summary["operations"].get("add_ai")
     summary["turns_per_s"] = add_ai["rps"] if add_ai else 0.0
@@ -205,6 +208,11 @@ def format_run(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {op:<10} {s['requests']:>9} {s['failures']:>6} {s['rps']:>9.1f} "
             f"{_ms(s['p50_ms']):>8} {_ms(s['p99_ms']):>8} {_ms(s['max_ms']):>8}"
+            + (
+                "  (percentiles: locust's, the whole run)"
+                if summary["percentiles"] == "exact" and s["percentiles"] == "locust"
+                else ""
+            )
         )
     for problem in summary["problems"]:
         lines.append(f"  PROBLEM: {problem}")

@@ -285,7 +285,9 @@ class DecodedCache:
         return None if recipe is None else _build(recipe)
 
     def put(self, entry: bytes | str, message: BaseMessage) -> None:
-        """Remember what ``entry`` decodes to (a private copy of ``message``)."""
+        """Remember what ``entry`` decodes to (a private copy of ``message``); not a message of a
+        class with a ``__new__`` of its own (copies are made without calling it): such an entry
+        is decoded anew on every read."""
         size = len(entry)
         if size > self.max_entry_bytes or type(message).__new__ is not _new:
             return
@@ -381,9 +383,8 @@ def _build(recipe: _Recipe) -> BaseMessage:
         fields[name] = {}
     for name in lists:
         fields[name] = []
-    if mutable:
-        for name in mutable:
-            fields[name] = _dup(fields[name])
+    for name in mutable:
+        fields[name] = _dup(fields[name])
     message = _new(_CLASSES[index])  # a class with a __new__ of its own gets no recipe
     _set(message, "__dict__", fields)
     _set(message, "__pydantic_fields_set__", set(fields_set))

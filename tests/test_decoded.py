@@ -38,6 +38,7 @@ def rich() -> list[BaseMessage]:
         ),
         ToolMessage("found it", tool_call_id="call-1", artifact={"rows": [1, 2, 3]}),
         AIMessage("it is a cat", additional_kwargs={}, response_metadata={}),
+        HumanMessage("and this?", custom={"k": [1, {"deep": [2]}]}),  # a field of its own (extra)
     ]
 
 
@@ -66,6 +67,11 @@ def vandalise(messages: list[BaseMessage]) -> None:
                 message.usage_metadata["input_tokens"] = 99
         if isinstance(message, ToolMessage):
             message.artifact["rows"].append(4)
+        custom = (message.__pydantic_extra__ or {}).get("custom")
+        if isinstance(custom, dict):
+            custom["k"].append(3)
+            custom["k"][1]["deep"].clear()
+        message.unheard_of = "set"  # pydantic keeps it among the extras
     messages.reverse()
     messages.pop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -152,16 +153,20 @@ def test_bench_quick_server_cost(tmp_path: Path) -> None:
 
 
 def test_a_ratio_between_contenders_pairs_their_repetitions() -> None:
-    """Each repetition runs the contenders back to back: a ratio is taken within one, then the
-    median (Valkey's server CPU per turn at one flight, from docs/bench/results.json)."""
+    """Each repetition runs every contender once: a ratio is taken within one, then the median
+    (Valkey's server CPU per turn at one flight, from docs/bench/results.json)."""
     sys.path.insert(0, str(ROOT / "loadtest"))
-    from bench.report import paired
+    from bench.report import _turns_ratio, paired
 
     ours, theirs = [28.5, 27.5, 27.2, 25.8, 25.6], [25.3, 29.8, 27.4, 24.9, 26.0]
     value, each = paired(ours, theirs)
     assert [round(r, 2) for r in each] == [1.13, 0.92, 0.99, 1.04, 0.98]
     assert round(value, 2) == 0.99  # the medians' ratio, 27.2 / 26.0, would say 1.05
     assert paired([2.0, 3.0, 4.0], [1.0, 2.0]) == (2.0, [])  # unpaired: 3 / 1.5, the medians
+    assert paired([2.0, 3.0], [0.0, 1.0]) == (3.0, [3.0])  # one repetition has nothing to divide
+    assert math.isnan(paired([1.0], [0.0])[0])
+    # rows without repetitions: their own figures
+    assert _turns_ratio({"turns_per_s": 3.0}, {"turns_per_s": 2.0}) == (1.5, [])
 
 
 def test_latency_counts_the_requests_that_started_after_the_ramp_up(

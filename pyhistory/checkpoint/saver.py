@@ -103,13 +103,15 @@ class RedisSaver(BaseCheckpointSaver[str]):
             ``get_tuple`` (sliding expiry). None: threads never expire.
         refresh_ttl_on_read: whether ``get_tuple`` also refreshes the TTL (default True).
         keep_last: keep only the newest N checkpoints per thread and namespace, trimmed inside
-            each ``put`` (older ones go with their pending writes and the values only they used),
-            except those a kept checkpoint's ``DeltaChannel`` values are rebuilt from and those
-            with pending writes no child checkpoint has applied yet (an interrupt waiting for
-            its resume). None: keep all (what LangGraph's time travel needs).
-        max_age: seconds (or ``timedelta``): each ``put`` also removes the checkpoints of its
-            namespace made longer ago than this (by their uuid6 ids and this process's clock),
-            with the same exceptions, and never the newest. None: no age limit.
+            a ``put`` (see ``trim_every``; older ones go with their pending writes and the values
+            only they used), except those a kept checkpoint's ``DeltaChannel`` values are
+            rebuilt from and those with pending writes no child checkpoint has applied yet (an
+            interrupt waiting for its resume). None: keep all (what LangGraph's time travel
+            needs).
+        max_age: seconds (or ``timedelta``): a ``put`` (see ``trim_every``) also removes the
+            checkpoints of its namespace made longer ago than this (by their uuid6 ids and this
+            process's clock), with the same exceptions, and never the newest. None: no age
+            limit.
         max_bytes: each ``put`` also removes the oldest checkpoints of its namespace while the
             thread holds more than this many bytes (checkpoints, metadata and the values they
             name, as stored; pending writes are not counted), with the same exceptions, and
