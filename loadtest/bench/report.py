@@ -38,15 +38,26 @@ def paired(ours: list[float], theirs: list[float]) -> tuple[float, list[float]]:
     return (median(ours) / below if ours and below else math.nan), []
 
 
+def _rows_ratio(
+    ours_each: list[float], theirs_each: list[float], ours: float, theirs: float
+) -> tuple[float, list[float]]:
+    """Two rows' figure, paired by repetition when both rows have their repetitions' figures,
+    else the rows' own (their medians) divided, with no per-repetition ratios."""
+    if ours_each and theirs_each:
+        return paired(ours_each, theirs_each)
+    return paired([ours], [theirs])[0], []
+
+
 def _turns_ratio(
     ours: dict[str, Any], theirs: dict[str, Any], key: str = "turns_per_s"
 ) -> tuple[float, list[float]]:
-    """One contender's figure ``key`` over another's (rows of one scenario), paired by
-    repetition; the ratio of the rows' medians for rows without repetitions."""
-    reps = [*ours.get("reps", []), *theirs.get("reps", [])]
-    if not ours.get("reps") or not theirs.get("reps") or any(key not in r for r in reps):
-        return paired([ours[key]], [theirs[key]])[0], []
-    return paired([r[key] for r in ours["reps"]], [r[key] for r in theirs["reps"]])
+    """One contender's figure ``key`` over another's (rows of one scenario)."""
+
+    def each(row: dict[str, Any]) -> list[float]:
+        reps = row.get("reps", [])
+        return [r[key] for r in reps] if all(key in r for r in reps) else []
+
+    return _rows_ratio(each(ours), each(theirs), ours[key], theirs[key])
 
 
 def _each(ratios: list[float]) -> str:
@@ -345,10 +356,13 @@ def _cost(cost: dict[str, Any], kind: str, contender: str, depth: int) -> Any:
 
 
 def _cost_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, list[float]]:
-    """pyhistory's server CPU per operation over another form's (rows of one server), paired."""
-    if not ours.get("server_cpu_us_reps") or not theirs.get("server_cpu_us_reps"):
-        return paired([ours["server_cpu_us"]], [theirs["server_cpu_us"]])[0], []
-    return paired(ours["server_cpu_us_reps"], theirs["server_cpu_us_reps"])
+    """pyhistory's server CPU per operation over another form's (rows of one server)."""
+    return _rows_ratio(
+        ours.get("server_cpu_us_reps", []),
+        theirs.get("server_cpu_us_reps", []),
+        ours["server_cpu_us"],
+        theirs["server_cpu_us"],
+    )
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -30,9 +30,17 @@ def _locust_aggregated(folder: Path) -> dict[str, int]:
 
 
 def summarise_run(
-    name: str, backend: str, fault: str, folder: Path, meta: dict[str, Any]
+    name: str,
+    backend: str,
+    fault: str,
+    folder: Path,
+    meta: dict[str, Any],
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    record = harness.load_requests(folder / "requests.json")
+    """A run's figures from its per-request record (``record``, read from ``folder`` unless
+    given) and what the runner noted (``meta``)."""
+    if record is None:
+        record = harness.load_requests(folder / "requests.json")
     requests = record["requests"]  # [end, name, ms, ok, error]
     marks = record["marks"]
     start = float(marks.get("start", meta.get("started", 0.0)))
@@ -84,7 +92,7 @@ def summarise_run(
         # requests in the air while the fault lasted: they ended after it began and started before
         # it ended
         during = [r for r in requests if r[0] >= t0 and r[0] - r[2] / 1000 <= t1]
-        after = [r for r in requests if r[3] and r[0] - r[2] / 1000 >= t1]
+        after = [r for r in requests if r[3] and harness.started_since(r[0], r[2], t1)]
         out["fault"] = fault
         out["fault_report"] = {
             "failed": len(failures),

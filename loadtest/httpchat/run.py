@@ -62,6 +62,7 @@ class Run:
     backend: str
     fault: str = ""  # "", "restart", "pause" or "hang"
     seconds: float | None = None  # the run's length, when not --run-time's
+    reported: bool = True  # False: a warm-up, left out of the summary
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -265,11 +266,11 @@ def _summarised_again(run: dict[str, Any], raw: Path) -> dict[str, Any]:
     if not (folder / "requests.json.gz").exists():
         return run
     meta = {k: run[k] for k in ("locust_exit_code", "seconds", "machine_cpu_busy", "loadavg_end")}
+    record = harness.load_requests(folder / "requests.json")
     if run.get("fault_report"):
-        start = harness.load_requests(folder / "requests.json")["marks"]["start"]
-        meta["fault_start"] = start + run["fault_at_s"]
+        meta["fault_start"] = record["marks"]["start"] + run["fault_at_s"]
         meta["fault_end"] = meta["fault_start"] + run["fault_seconds"]
-    return report.summarise_run(run["name"], run["backend"], run["fault"], folder, meta)
+    return report.summarise_run(run["name"], run["backend"], run["fault"], folder, meta, record)
 
 
 def failure_bound() -> float | None:
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_up and args.backend_list:
         # Unreported: the session's first run was the slowest of its backend's (a server and a
         # machine not yet in their steady state), whichever backend came first.
-        runs.append(Run("warm-up", args.backend_list[0], seconds=args.warm_up))
+        runs.append(Run("warm-up", args.backend_list[0], seconds=args.warm_up, reported=False))
     for round_ in range(args.rounds):
         # Every other round in reverse: over two rounds each backend's mean place is the same,
         # so a drift over the session (the machine warming, other work) favours none.
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in runs:
             summary = execute(run, redis_, args)
-            if run.name != "warm-up":
+            if run.reported:
                 results.append(summary)
     finally:
         redis_.stop()
